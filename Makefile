@@ -1,0 +1,59 @@
+# kfold-ensembler: every target calls the package's CLI (python -m pipeline ...).
+# Variables: CONFIG=<competition yaml>  MODEL=<recipe|alias|timm name>  FOLDS=0,2  EPOCHS=n
+#            ARGS="key=value ..."  FORCE=1 (overwrite finished work)
+
+CONFIG ?= configs/digits.yaml
+MODEL ?=
+FOLDS ?=
+EPOCHS ?=
+ARGS ?=
+FORCE ?=
+PYTHON ?= python3
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUN := $(PY) -m pipeline
+COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test folds train predict ensemble models bench-ensemble clean-demo
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: CONFIG=$(CONFIG) MODEL= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(STAMP) ## create .venv and install the project (done by every target)
+
+demo: $(STAMP) ## run every stage on the built-in demo competition, ending with a leaderboard
+	$(RUN) demo --config $(CONFIG) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FORCE),--force) $(ARGS)
+
+test: $(STAMP) ## run the test suite (CPU, tiny models)
+	$(PY) -m pytest tests -q
+
+folds: $(STAMP) ## make the k-fold split: folds/<competition>.csv
+	$(RUN) folds $(COMMON)
+
+train: $(STAMP) ## train MODEL on every fold (or FOLDS=0,2), predict OOF and test with TTA
+	$(RUN) train $(if $(MODEL),--model $(MODEL)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(COMMON)
+
+predict: $(STAMP) ## re-predict OOF and test for MODEL from its saved checkpoints (no training)
+	$(RUN) predict $(if $(MODEL),--model $(MODEL)) --config $(CONFIG) $(ARGS)
+
+ensemble: $(STAMP) ## blend the stored runs, score them by nested CV, write submissions/
+	$(RUN) ensemble $(COMMON)
+
+models: $(STAMP) ## list model aliases and recipes
+	$(RUN) models --config $(CONFIG)
+
+bench-ensemble: $(STAMP) ## benchmark every blend method on synthetic predictions (writes bench/ensemble.json)
+	$(PY) -m pipeline.bench_blend --out bench/ensemble.json
+
+clean-demo: ## remove the demo's data, folds, runs and submissions
+	rm -rf data/digits folds/digits.csv folds/digits.json runs/digits submissions/digits

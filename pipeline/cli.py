@@ -1,0 +1,182 @@
+"""Command line: one sub-command per stage. The Makefile calls only this.
+
+    python -m pipeline folds    --config configs/digits.yaml
+    python -m pipeline train    --config ... --model resnet18 [--folds 0,2] [--epochs 3] [--force] [key=value ...]
+    python -m pipeline predict  --config ... --model resnet18 [key=value ...]
+    python -m pipeline ensemble --config ...
+    python -m pipeline models
+    python -m pipeline demo     --config configs/digits.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_CONFIG = "configs/digits.yaml"
+
+
+class UsageError(ValueError):
+    """A command-line value is wrong."""
+
+
+def _parse_folds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip() != ""]
+    except ValueError:
+        raise UsageError(f"FOLDS={text!r} must be comma-separated fold numbers, e.g. 0,2") from None
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    items = list(args.overrides or [])
+    if getattr(args, "epochs", None) is not None:
+        items.append(f"train.epochs={args.epochs}")
+    return items
+
+
+def _load(args: argparse.Namespace):
+    from pipeline.config import load_config
+    from pipeline.demo_data import DEMO_BUILDERS
+
+    config = load_config(args.config, _overrides(args), check_files=False)
+    if config.competition.demo and not (config.data_dir / config.competition.train_csv).is_file():
+        print(f"building the demo competition in {config.data_dir} ...")
+        DEMO_BUILDERS[config.competition.demo](config.data_dir)
+    from pipeline.config import check_data_files
+
+    check_data_files(config)
+    return config
+
+
+def cmd_folds(args: argparse.Namespace) -> int:
+    from pipeline.data import load_competition
+    from pipeline.folds import fold_summary, run_folds
+    from pipeline.report import format_table
+
+    config = _load(args)
+    competition = load_competition(config)
+    folds, fingerprint, status = run_folds(config, competition, force=args.force)
+    print(format_table(fold_summary(competition.y, folds, competition.classes).to_dict("records"),
+                       f"folds: {config.folds.n_splits}-fold {config.folds.strategy}, seed {config.folds.seed}"))
+    print(f"{config.folds_csv}: {status} (fingerprint {fingerprint})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.train import run_train
+
+    config = _load(args)
+    models = [args.model] if args.model else config.models
+    if not models:
+        raise UsageError("name a model: make train MODEL=resnet18 (or list models: in the competition config)")
+    for model in models:
+        run_train(config, model, _parse_folds(args.folds), force=args.force, overrides=_overrides(args))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipeline.train import run_predict
+
+    config = _load(args)
+    models = [args.model] if args.model else config.models
+    if not models:
+        raise UsageError("name a model: make predict MODEL=resnet18")
+    for model in models:
+        run_predict(config, model, overrides=_overrides(args))
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from pipeline.ensemble import run_ensemble
+
+    config = _load(args)
+    run_ensemble(config, force=args.force)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config, recipe_names, resolve_train_config
+    from pipeline.models import MODEL_ALIASES
+    from pipeline.report import format_table
+
+    print(format_table([{"alias": alias, "timm model": name, "family": family} for alias, (name, family) in MODEL_ALIASES.items()],
+                       "model aliases (any timm model name works too)"))
+    if Path(args.config).is_file():
+        config = load_config(args.config, check_files=False)
+        rows = []
+        for recipe in recipe_names(config):
+            _, cfg = resolve_train_config(config, recipe)
+            rows.append({"recipe": recipe, "model": cfg.model, "image size": cfg.image_size or "model's",
+                         "epochs": cfg.epochs, "lr": cfg.lr, "batch": cfg.batch_size})
+        print()
+        print(format_table(rows, f"recipes in {config.recipes_path}"))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.data import load_competition
+    from pipeline.ensemble import run_ensemble
+    from pipeline.folds import run_folds
+    from pipeline.train import run_train
+
+    started = time.perf_counter()
+    config = _load(args)
+    competition = load_competition(config)
+    _, fingerprint, status = run_folds(config, competition, force=args.force)
+    print(f"folds: {config.folds_csv} {status} (fingerprint {fingerprint})")
+    for model in config.models:
+        run_train(config, model, force=args.force, overrides=_overrides(args), competition=competition)
+    run_ensemble(config, force=args.force, competition=competition)
+    print(f"demo finished in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+COMMANDS = {
+    "folds": (cmd_folds, "make the k-fold split (folds/<competition>.csv)"),
+    "train": (cmd_train, "train one model on every fold, predict OOF and test with TTA"),
+    "predict": (cmd_predict, "re-predict OOF and test from saved checkpoints"),
+    "ensemble": (cmd_ensemble, "blend the stored runs and write submissions"),
+    "models": (cmd_models, "list model aliases and recipes"),
+    "demo": (cmd_demo, "run every stage on the demo competition"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="k-fold training and ensembling for Kaggle image competitions")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (func, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(func=func)
+        p.add_argument("--config", default=DEFAULT_CONFIG, help=f"competition YAML (default {DEFAULT_CONFIG})")
+        p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. train.lr=1e-3 folds.n_splits=3")
+        if name in ("train", "predict"):
+            p.add_argument("--model", help="recipe name, model alias or timm name")
+        if name in ("train", "demo", "predict"):
+            p.add_argument("--epochs", type=int, help="override train.epochs")
+        if name == "train":
+            p.add_argument("--folds", help="comma-separated subset of folds, e.g. 0,2")
+        if name in ("train", "folds", "ensemble", "demo"):
+            p.add_argument("--force", action="store_true", help="overwrite finished work")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.config import ConfigError
+    from pipeline.data import DataError
+    from pipeline.folds import FoldsError
+    from pipeline.models import ModelError
+    from pipeline.store import StoreError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, FoldsError, ModelError, StoreError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished folds are kept; rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,355 @@
+"""Competition configs and model recipes: YAML, validated on load.
+
+A competition config (``configs/<competition>.yaml``) names the data, the task,
+the metric, the folds and the training defaults. A model recipe
+(``configs/recipes/<name>.yaml``) names an architecture and overrides training
+settings that suit it. Command-line overrides (``key=value``) go on top.
+
+Every key is checked before any work starts: an unknown key, a wrong type or a
+missing file raises :class:`ConfigError` naming the key, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.metrics import METRICS
+
+TASKS_SUPPORTED = ("multiclass",)
+TASKS_PLANNED = ("binary", "multilabel", "regression", "ordinal")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message says which key and how to fix it."""
+
+
+class _Strict(BaseModel):
+    # strict: YAML already carries types, so "3" for an int is a mistake worth reporting.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class CompetitionConfig(_Strict):
+    """Where the data lives and what is predicted."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data_dir: str
+    train_csv: str = "train.csv"
+    sample_submission: str = "sample_submission.csv"
+    train_images: str = "train/{id}.png"
+    test_images: str = "test/{id}.png"
+    id_column: str = "id"
+    target_column: str = "label"
+    task: Literal["multiclass", "binary", "multilabel", "regression", "ordinal"] = "multiclass"
+    metric: str = "accuracy"
+    solution: str | None = None
+    demo: Literal["digits"] | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric {value!r}; choose one of {sorted(METRICS)}")
+        return value
+
+    @field_validator("task")
+    @classmethod
+    def _supported_task(cls, value: str) -> str:
+        if value not in TASKS_SUPPORTED:
+            raise ValueError(f"task {value!r} is not supported yet; supported: {list(TASKS_SUPPORTED)}")
+        return value
+
+    @field_validator("train_images", "test_images")
+    @classmethod
+    def _has_id_placeholder(cls, value: str) -> str:
+        if "{id}" not in value:
+            raise ValueError(f"{value!r} must contain '{{id}}', e.g. 'train/{{id}}.png'")
+        return value
+
+
+class FoldsConfig(_Strict):
+    n_splits: int = Field(default=5, ge=2, le=50)
+    strategy: Literal["stratified", "kfold", "group", "stratified_group"] = "stratified"
+    group_column: str | None = None
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _group_needs_column(self) -> "FoldsConfig":
+        if self.strategy in ("group", "stratified_group") and not self.group_column:
+            raise ValueError(f"strategy {self.strategy!r} needs folds.group_column (the column of train.csv that holds the group)")
+        return self
+
+
+class TrainConfig(_Strict):
+    """Training settings; the competition gives defaults, a recipe overrides them."""
+
+    model: str | None = None
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    pretrained: bool | str = False
+    image_size: int | None = Field(default=None, ge=8)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: Literal["nearest", "bilinear", "bicubic", "area", "lanczos"] | None = None
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    drop_rate: float = Field(default=0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(default=None, gt=0)
+    patience: int | None = Field(default=None, ge=1)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    num_workers: int | Literal["auto"] = "auto"
+    log_every: int = Field(default=20, ge=1)
+    augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)
+    tta: list[str] = Field(default_factory=lambda: ["identity"])
+
+    @field_validator("augment")
+    @classmethod
+    def _known_transforms(cls, steps: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
+        from pipeline.transforms import check_augment_steps
+
+        check_augment_steps(steps)
+        return steps
+
+    @field_validator("tta")
+    @classmethod
+    def _known_views(cls, views: list[str]) -> list[str]:
+        from pipeline.transforms import parse_view
+
+        for view in views:
+            parse_view(view)
+        return views
+
+    @model_validator(mode="after")
+    def _mean_std_pairs(self) -> "TrainConfig":
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != 3:
+                raise ValueError(f"{key} needs 3 values (one per RGB channel), got {value}")
+        return self
+
+
+class EnsembleConfig(_Strict):
+    optuna_trials: int = Field(default=200, ge=1)
+    optuna_timeout: float | None = Field(default=None, gt=0)
+    seed: int = 42
+    methods: list[str] | None = None
+    prune_correlation: float = Field(default=0.999, gt=0, le=1)
+
+
+class Config(_Strict):
+    """One competition: the root of a YAML file."""
+
+    competition: CompetitionConfig
+    folds: FoldsConfig = Field(default_factory=FoldsConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    models: list[str] = Field(default_factory=list)
+    recipes_dir: str = "recipes"
+    output_dir: str = "."
+
+    # set by load_config, not by the YAML file
+    source: str | None = None
+
+    # -- paths -----------------------------------------------------------------
+    @property
+    def config_dir(self) -> Path:
+        return Path(self.source).parent if self.source else Path(".")
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.config_dir / self.competition.data_dir).resolve()
+
+    def data_path(self, relative: str) -> Path:
+        return self.data_dir / relative
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
+
+    @property
+    def folds_csv(self) -> Path:
+        return self.out / "folds" / f"{self.competition.name}.csv"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.out / "runs" / self.competition.name
+
+    @property
+    def submissions_dir(self) -> Path:
+        return self.out / "submissions" / self.competition.name
+
+    @property
+    def recipes_path(self) -> Path:
+        return self.config_dir / self.recipes_dir
+
+
+def _format_validation_error(error: ValidationError, where: str) -> str:
+    lines = [f"invalid config {where}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key {key!r}{_suggest_key(error, item)}")
+        else:
+            lines.append(f"  - {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _suggest_key(error: ValidationError, item: dict) -> str:
+    model = _model_at(Config, item["loc"][:-1])
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(item["loc"][-1]), list(model.model_fields), n=3)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else f"; known keys: {', '.join(model.model_fields)}"
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` strings into a nested dict; values are read as YAML.
+
+    A bare key that names a training setting (``lr=1e-3``) means ``train.<key>``.
+
+    Raises
+    ------
+    ConfigError
+        For an item without ``=``.
+    """
+    nested: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-3)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        parts = key.strip().split(".")
+        if len(parts) == 1 and parts[0] in TrainConfig.model_fields:
+            parts = ["train", parts[0]]
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Merge ``update`` into a copy of ``base``; nested dicts merge, other values replace."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "model_kwargs":
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> Config:
+    """Read, merge and validate a competition config.
+
+    Parameters
+    ----------
+    path : str or Path
+        The competition YAML file.
+    overrides : list of str, optional
+        ``key=value`` items applied on top (``ARGS=`` in the Makefile).
+    check_files : bool
+        Also check that the data files exist (skipped for a demo competition
+        whose data is built on first use).
+
+    Returns
+    -------
+    Config
+    """
+    path = Path(path)
+    raw = deep_merge(_read_yaml(path), parse_overrides(overrides))
+    raw["source"] = str(path)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, str(path))) from None
+    if check_files and config.competition.demo is None:
+        check_data_files(config)
+    return config
+
+
+def check_data_files(config: Config) -> None:
+    """Raise :class:`ConfigError` if a file the config names is missing."""
+    comp = config.competition
+    for key in ("train_csv", "sample_submission") + (("solution",) if comp.solution else ()):
+        file = config.data_path(getattr(comp, key))
+        if not file.is_file():
+            raise ConfigError(f"competition.{key}: file {file} does not exist; fix the path in {config.source}")
+
+
+def recipe_names(config: Config) -> list[str]:
+    """The recipes available beside the config, by name."""
+    folder = config.recipes_path
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def resolve_train_config(config: Config, model: str, overrides: list[str] | None = None) -> tuple[str, TrainConfig]:
+    """The training settings for one run: competition defaults < recipe < overrides.
+
+    Parameters
+    ----------
+    config : Config
+    model : str
+        A recipe name (``configs/recipes/<model>.yaml``), a model alias or a timm name.
+    overrides : list of str, optional
+        ``key=value`` items; keys under ``train.`` (or bare training keys) apply here.
+
+    Returns
+    -------
+    (run_name, TrainConfig)
+    """
+    base = config.train.model_dump(exclude_unset=False)
+    recipe_file = config.recipes_path / f"{model}.yaml"
+    if recipe_file.is_file():
+        recipe = _read_yaml(recipe_file)
+        if "model" not in recipe:
+            raise ConfigError(f"recipe {recipe_file} must name its architecture with 'model: <name>'")
+        where = str(recipe_file)
+    else:
+        recipe = {"model": model}
+        where = f"model {model!r}"
+    merged = deep_merge(deep_merge(base, recipe), parse_overrides(overrides).get("train", {}))
+    try:
+        train = TrainConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, where).replace("  - ", "  - train.")) from None
+    return model, train
+
+
+def config_hash(data: Any) -> str:
+    """A short stable hash of JSON-able data (configs, fold assignments)."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,239 @@
+"""A competition folder in Kaggle's layout: read, check, and serve images to PyTorch.
+
+Layout (names set in the competition config)::
+
+    <data_dir>/train.csv              id, label[, group columns ...]
+    <data_dir>/sample_submission.csv  id, then the target column or one column per class
+    <data_dir>/train/{id}.png         one image per row of train.csv
+    <data_dir>/test/{id}.png          one image per row of sample_submission.csv
+    <data_dir>/solution.csv           optional: test labels, read only by the scorer
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from pipeline.config import Config
+from pipeline.transforms import to_rgb_uint8
+
+
+class DataError(ValueError):
+    """The competition data is not usable; the message names the file, row or value."""
+
+
+@dataclass
+class Competition:
+    """The parsed competition: tables, class list, image paths."""
+
+    train: pd.DataFrame
+    sample_submission: pd.DataFrame
+    classes: list[str]
+    train_paths: list[Path]
+    test_paths: list[Path]
+    id_column: str
+    target_column: str
+    solution: pd.DataFrame | None = None
+    y: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def train_ids(self) -> np.ndarray:
+        return self.train[self.id_column].astype(str).to_numpy()
+
+    @property
+    def test_ids(self) -> np.ndarray:
+        return self.sample_submission[self.id_column].astype(str).to_numpy()
+
+    def solution_labels(self) -> np.ndarray | None:
+        """Test labels as class indices in sample-submission order, if a solution file exists."""
+        if self.solution is None:
+            return None
+        lookup = {c: i for i, c in enumerate(self.classes)}
+        sol = self.solution.set_index(self.solution[self.id_column].astype(str))
+        return sol.loc[self.test_ids, self.target_column].astype(str).map(lookup).to_numpy()
+
+
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _require_columns(frame: pd.DataFrame, columns: list[str], path: Path, config_key: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path} has no column {', '.join(repr(c) for c in missing)} (columns: {list(frame.columns)}); "
+            f"fix the file or set {config_key} in the competition config"
+        )
+
+
+def _check_ids(frame: pd.DataFrame, id_column: str, path: Path) -> None:
+    ids = frame[id_column]
+    if ids.isna().any():
+        rows = (np.flatnonzero(ids.isna().to_numpy()) + 2)[:5].tolist()
+        raise DataError(f"{path}: empty id in row(s) {rows} (row 1 is the header)")
+    dup = ids[ids.duplicated(keep=False)]
+    if len(dup):
+        raise DataError(f"{path}: duplicate ids {sorted(dup.unique().tolist())[:5]}; each id must appear once")
+
+
+def _image_paths(data_dir: Path, pattern: str, ids: np.ndarray) -> list[Path]:
+    root = data_dir.resolve()
+    paths = []
+    for image_id in ids:
+        path = (root / pattern.format(id=image_id)).resolve()
+        # an id such as '../../etc/passwd' must not reach outside the competition folder
+        if root not in path.parents:
+            raise DataError(f"image path for id {image_id!r} ({path}) is outside the competition folder {root}")
+        paths.append(path)
+    return paths
+
+
+def check_images(paths: list[Path], what: str, show: int = 5) -> None:
+    """Every image must exist and open; raise naming the first few bad files.
+
+    ``Image.open`` reads only the header, so this costs little even on large sets;
+    a file corrupt past its header is caught when it is decoded.
+    """
+    missing, unreadable = [], []
+    for path in paths:
+        if not path.is_file():
+            missing.append(path)
+            continue
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018 - forces the header parse
+        except (UnidentifiedImageError, OSError):
+            unreadable.append(path)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {', '.join(str(p) for p in missing[:show])})")
+    if unreadable:
+        problems.append(f"{len(unreadable)} unreadable (e.g. {', '.join(str(p) for p in unreadable[:show])})")
+    if problems:
+        raise DataError(f"{what} images: {'; '.join(problems)}. Check competition.{what}_images in the config")
+
+
+def load_competition(config: Config, check_image_files: bool = True) -> Competition:
+    """Read and check the competition tables and image paths.
+
+    Raises
+    ------
+    DataError
+        For a missing file or column, an empty label, a duplicate id, or a missing
+        or unreadable image; nothing is written before this passes.
+    """
+    comp = config.competition
+    data_dir = config.data_dir
+    train_path = data_dir / comp.train_csv
+    sub_path = data_dir / comp.sample_submission
+    train = _read_csv(train_path, "train csv")
+    _require_columns(train, [comp.id_column], train_path, "competition.id_column")
+    _require_columns(train, [comp.target_column], train_path, "competition.target_column")
+    _check_ids(train, comp.id_column, train_path)
+    if config.folds.group_column:
+        _require_columns(train, [config.folds.group_column], train_path, "folds.group_column")
+    labels = train[comp.target_column]
+    empty = labels.isna() | (labels.str.strip() == "")
+    if empty.any():
+        rows = (np.flatnonzero(empty.to_numpy()) + 2)[:5].tolist()
+        raise DataError(f"{train_path}: empty or NaN label in column {comp.target_column!r} at row(s) {rows} (row 1 is the header)")
+
+    sample = _read_csv(sub_path, "sample submission")
+    _require_columns(sample, [comp.id_column], sub_path, "competition.id_column")
+    _check_ids(sample, comp.id_column, sub_path)
+
+    classes = sorted(labels.unique().tolist(), key=_natural_key)
+    lookup = {c: i for i, c in enumerate(classes)}
+    y = labels.map(lookup).to_numpy(dtype=np.int64)
+
+    solution = None
+    if comp.solution:
+        sol_path = data_dir / comp.solution
+        solution = _read_csv(sol_path, "solution")
+        _require_columns(solution, [comp.id_column, comp.target_column], sol_path, "competition.solution")
+
+    competition = Competition(
+        train=train,
+        sample_submission=sample,
+        classes=classes,
+        train_paths=_image_paths(data_dir, comp.train_images, train[comp.id_column].to_numpy()),
+        test_paths=_image_paths(data_dir, comp.test_images, sample[comp.id_column].to_numpy()),
+        id_column=comp.id_column,
+        target_column=comp.target_column,
+        solution=solution,
+        y=y,
+    )
+    if check_image_files:
+        check_images(competition.train_paths, "train")
+        check_images(competition.test_paths, "test")
+    return competition
+
+
+def _natural_key(label: str):
+    # numeric class names sort as numbers ("2" before "10")
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """Decode one image file to RGB uint8 ``(H, W, 3)``."""
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("RGB", "L"):
+                image = image.convert("RGB")
+            return to_rgb_uint8(np.asarray(image))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}") from None
+
+
+class ImageStore:
+    """Images by index: decoded once and held in memory when they fit, else decoded on access."""
+
+    def __init__(self, paths: list[Path], preload: bool | str = "auto", memory_budget_bytes: int = 2 << 30, desc: str = "images"):
+        self.paths = list(paths)
+        self._images: list[np.ndarray] | None = None
+        if preload == "auto" and self.paths:
+            first = decode_image(self.paths[0])
+            preload = first.nbytes * len(self.paths) <= memory_budget_bytes
+        if preload:
+            self._images = [decode_image(p) for p in tqdm(self.paths, desc=f"decode {desc}", leave=False, mininterval=1.0)]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if self._images is not None:
+            return self._images[index]
+        return decode_image(self.paths[index])
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Rows of an :class:`ImageStore` through an albumentations transform."""
+
+    def __init__(self, store: ImageStore, indices: np.ndarray, transform, labels: np.ndarray | None = None):
+        self.store = store
+        self.indices = np.asarray(indices)
+        self.transform = transform
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int):
+        index = int(self.indices[item])
+        image = self.transform(image=self.store[index])["image"]
+        label = -1 if self.labels is None else int(self.labels[index])
+        return image, label

@@ -1,0 +1,297 @@
+"""Stage 4: blend the stored runs, score every blend honestly, write Kaggle submissions.
+
+Every finished run made on the current folds and classes is read from the OOF store;
+runs made on other folds are left out with the reason (mixing splits leaks). Each
+blend method of :mod:`pipeline.blend` is scored in-sample and by nested
+cross-validation over the same folds; the method with the best *nested* score is
+chosen. One submission per method is written, each checked against
+``sample_submission.csv`` first; ``submission.csv`` is the chosen one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import blend, io
+from pipeline.config import Config, config_hash
+from pipeline.data import Competition, load_competition
+from pipeline.folds import read_folds
+from pipeline.metrics import Metric, get_metric
+from pipeline.report import format_seconds, format_table
+from pipeline.store import StoreError, StoredRun, load_runs
+
+# what `make ensemble` runs when the config names no methods: the baselines first
+DEFAULT_METHODS = ("mean", "optuna", "caruana", "slsqp", "hill_climb", "rank_mean", "geometric_mean",
+                   "logit_mean", "logreg_stacker", "lgbm_stacker")
+
+
+class SubmissionError(ValueError):
+    """A submission does not match the sample submission's format."""
+
+
+# -- submissions ----------------------------------------------------------------------------
+
+def submission_frame(sample: pd.DataFrame, id_column: str, target_column: str, classes: list[str], test_probs: np.ndarray) -> pd.DataFrame:
+    """A submission in the sample submission's format: its ids in its order, its columns.
+
+    The sample decides the format: ``id, <target>`` gets the arg-max class name;
+    ``id, <class>...`` gets one probability per class.
+
+    Raises
+    ------
+    SubmissionError
+        If the sample's columns fit neither format.
+    """
+    columns = list(sample.columns)
+    out = pd.DataFrame({id_column: sample[id_column].to_numpy()})
+    if columns == [id_column, target_column]:
+        out[target_column] = np.asarray(classes, dtype=object)[test_probs.argmax(axis=1)]
+    elif set(columns[1:]) == {str(c) for c in classes} and columns[0] == id_column:
+        index = {str(c): k for k, c in enumerate(classes)}
+        for column in columns[1:]:
+            out[column] = test_probs[:, index[column]]
+    else:
+        raise SubmissionError(
+            f"sample submission columns {columns} fit neither '{id_column}, {target_column}' (labels) "
+            f"nor '{id_column}' plus one column per class {classes[:5]}..."
+        )
+    check_submission(out, sample, id_column)
+    return out
+
+
+def check_submission(submission: pd.DataFrame, sample: pd.DataFrame, id_column: str) -> None:
+    """Same ids in the same order, same columns, no NaN or inf.
+
+    Raises
+    ------
+    SubmissionError
+        Naming what differs.
+    """
+    if list(submission.columns) != list(sample.columns):
+        raise SubmissionError(f"submission columns {list(submission.columns)} != sample's {list(sample.columns)}")
+    if len(submission) != len(sample) or not (submission[id_column].astype(str).to_numpy() == sample[id_column].astype(str).to_numpy()).all():
+        raise SubmissionError("submission ids differ from the sample submission's ids or order")
+    values = submission.drop(columns=id_column)
+    if values.isna().any().any():
+        raise SubmissionError("submission has NaN values")
+    numeric = values.select_dtypes(include="number")
+    if len(numeric.columns) and not np.isfinite(numeric.to_numpy(dtype=float)).all():
+        raise SubmissionError("submission has inf values")
+
+
+class SubmissionWriter:
+    """Writes submissions and remembers which files it wrote.
+
+    Only files listed in its manifest are replaced or removed; a user's own file
+    with a clashing name is left alone unless ``force`` is set.
+    """
+
+    def __init__(self, folder: Path, force: bool = False):
+        self.folder = folder
+        self.force = force
+        self.manifest_path = folder / ".written.json"
+        self.previous = set(io.read_json(self.manifest_path)) if self.manifest_path.is_file() else set()
+        self.written: list[str] = []
+
+    def write(self, name: str, frame: pd.DataFrame) -> Path:
+        path = self.folder / name
+        if path.exists() and name not in self.previous and not self.force:
+            raise StoreError(f"{path} exists and was not written by the pipeline; move it or pass FORCE=1")
+        io.write_csv(path, frame)
+        self.written.append(name)
+        return path
+
+    def finish(self) -> None:
+        # drop our own stale files (e.g. an old CV score in a file name) so the folder shows this run only
+        for name in self.previous - set(self.written):
+            (self.folder / name).unlink(missing_ok=True)
+        io.write_json(self.manifest_path, sorted(self.written))
+
+
+# -- the stage --------------------------------------------------------------------------------
+
+@dataclass
+class Candidate:
+    """One leaderboard row: a single model or a blend."""
+
+    name: str
+    kind: str
+    cv: float
+    nested: float
+    test: np.ndarray
+    cv_plain: float | None = None
+    gap: float | None = None
+    weight_std: float | None = None
+    weights: np.ndarray | None = None
+    seconds: float = 0.0
+    private: float | None = None
+
+
+def _method_params(config: Config, method: str, runs: list[StoredRun], fingerprint: str, storage_dir: Path | None) -> dict:
+    if method != "optuna":
+        return {}
+    params = {"n_trials": config.ensemble.optuna_trials, "timeout": config.ensemble.optuna_timeout, "seed": config.ensemble.seed}
+    if storage_dir is not None:
+        # one study per set of runs: a rerun on the same runs continues it, new runs start a new one
+        key = config_hash([fingerprint, [(r.name, r.meta.get("config_hash")) for r in runs], config.competition.metric])
+        params.update(storage=f"sqlite:///{(storage_dir / 'optuna.db').resolve()}", study_name=f"blend-{key}")
+    return params
+
+
+def blend_candidates(preds: np.ndarray, tests: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, methods: list[str], params_for) -> list[Candidate]:
+    """Score each method in-sample and by nested CV; refit on all rows and predict the test set."""
+    candidates = []
+    for method in methods:
+        started = time.perf_counter()
+        result = blend.nested_score(method, preds, y, folds, metric, params=params_for(method, nested=True))
+        final = blend.make_blend(method, **params_for(method, nested=False)).fit(preds, y, metric)
+        in_sample = metric(y, final.predict(preds))
+        candidates.append(Candidate(
+            name=method, kind=blend.BLEND_METHODS[method].kind, cv=in_sample, nested=result.nested,
+            test=final.predict(tests), gap=(in_sample - result.nested) * (1 if metric.greater_is_better else -1),
+            weight_std=result.weight_std, weights=final.weights_, seconds=time.perf_counter() - started,
+        ))
+    return candidates
+
+
+def run_ensemble(config: Config, force: bool = False, competition: Competition | None = None) -> dict:
+    """Blend every usable run, print the leaderboard, write the submissions.
+
+    Returns
+    -------
+    dict with the chosen method, the leaderboard rows and the submission paths.
+    """
+    competition = competition or load_competition(config)
+    folds, fingerprint = read_folds(config, competition)
+    metric = get_metric(config.competition.metric)
+    runs, excluded = load_runs(config.runs_dir, competition.train_ids, competition.test_ids, competition.classes, fingerprint)
+    for name, reason in excluded:
+        print(f"left out {name}: {reason}")
+    if not runs:
+        raise StoreError(f"no finished runs in {config.runs_dir} on the current folds; train some first: make train MODEL=<name>")
+
+    y = competition.y
+    preds = np.stack([r.oof for r in runs])
+    tests = np.stack([r.test for r in runs])
+    singles = [Candidate(name=f"single-{r.name}", kind="single", cv=metric(y, r.oof), nested=metric(y, r.oof),
+                         test=r.test, cv_plain=r.meta.get("cv_plain"),
+                         seconds=r.meta.get("train_seconds", 0.0) + r.meta.get("predict_seconds", 0.0)) for r in runs]
+
+    keep, pruned = blend.prune_correlated(preds, threshold=config.ensemble.prune_correlation,
+                                          scores=np.array([s.cv for s in singles]), metric=metric)
+    for dropped, kept, corr in pruned:
+        print(f"pruned {runs[dropped].name}: OOF correlation {corr:.4f} with {runs[kept].name} (adds nothing)")
+    kept_runs = [runs[i] for i in keep]
+
+    candidates = list(singles)
+    if len(kept_runs) >= 2:
+        storage_dir = config.runs_dir / "_ensemble"
+        storage_dir.mkdir(parents=True, exist_ok=True)
+        methods = list(config.ensemble.methods or DEFAULT_METHODS)
+        unknown = [m for m in methods if m not in blend.BLEND_METHODS]
+        if unknown:
+            raise StoreError(f"unknown ensemble method(s) {unknown}; known: {sorted(blend.BLEND_METHODS)}")
+
+        def params_for(method: str, nested: bool) -> dict:
+            return _method_params(config, method, kept_runs, fingerprint, None if nested else storage_dir)
+
+        candidates += blend_candidates(preds[keep], tests[keep], y, folds, metric, methods, params_for)
+    else:
+        print("only one distinct model: no blend to search (train another architecture to ensemble)")
+
+    private = competition.solution_labels()
+    if private is not None:
+        for cand in candidates:
+            cand.private = metric(private, cand.test)
+
+    best_single = max(singles, key=lambda c: c.cv if metric.greater_is_better else -c.cv)
+    chosen = _choose(candidates, metric)
+    writer = SubmissionWriter(config.submissions_dir, force=force)
+    paths = {}
+    for cand in candidates:
+        if cand.kind == "single" and cand is not best_single:
+            continue
+        frame = submission_frame(competition.sample_submission, competition.id_column, competition.target_column,
+                                 competition.classes, cand.test)
+        label = "best-single" if cand.kind == "single" else cand.name
+        paths[cand.name] = writer.write(f"{label}_cv{cand.nested:.4f}.csv", frame)
+    chosen_frame = submission_frame(competition.sample_submission, competition.id_column, competition.target_column,
+                                    competition.classes, chosen.test)
+    paths["submission"] = writer.write("submission.csv", chosen_frame)
+
+    rows = leaderboard_rows(candidates, metric, chosen)
+    writer.write("leaderboard.csv", pd.DataFrame(rows))
+    plot = plot_ensemble(config.submissions_dir / "ensemble.png", runs, preds, candidates, keep)
+    if plot:
+        writer.written.append(plot.name)
+    writer.finish()
+
+    print(format_table(rows, f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
+                             f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold"))
+    print(f"chosen by nested CV: {chosen.name} -> {paths['submission']}")
+    print(f"all submissions: {config.submissions_dir}/")
+    return {"chosen": chosen.name, "rows": rows, "paths": {k: str(v) for k, v in paths.items()}}
+
+
+def _choose(candidates: list[Candidate], metric: Metric) -> Candidate:
+    # best nested score; on a tie (rounded so float noise does not decide) the earlier, simpler candidate
+    sign = 1 if metric.greater_is_better else -1
+    return max(candidates, key=lambda c: (round(sign * c.nested, 6), -candidates.index(c)))
+
+
+def leaderboard_rows(candidates: list[Candidate], metric: Metric, chosen: Candidate) -> list[dict]:
+    sign = -1 if metric.greater_is_better else 1
+    ordered = sorted(candidates, key=lambda c: (sign * c.nested, c.kind == "single"))
+    rows = []
+    for cand in ordered:
+        rows.append({
+            "submission": cand.name + (" *" if cand is chosen else ""),
+            "kind": cand.kind,
+            "CV": cand.cv,
+            "CV no TTA": cand.cv_plain,
+            "nested CV": None if cand.kind == "single" else cand.nested,
+            "gap": cand.gap,
+            "weight std": cand.weight_std,
+            "private LB": cand.private,
+            "time": format_seconds(cand.seconds),
+        })
+    return rows
+
+
+def plot_ensemble(path: Path, runs: list[StoredRun], preds: np.ndarray, candidates: list[Candidate], keep: np.ndarray) -> Path | None:
+    """Two panels: each weight method's weights per model, and the models' OOF correlation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.name for r in runs]
+    corr = np.corrcoef(preds.reshape(len(runs), -1)) if len(runs) > 1 else np.ones((1, 1))
+    weighted = [c for c in candidates if c.weights is not None and c.kind != "single"]
+    fig, (ax_w, ax_c) = plt.subplots(1, 2, figsize=(12, 4.5))
+    kept_names = [names[i] for i in keep]
+    width = 0.8 / max(1, len(weighted))
+    for j, cand in enumerate(weighted):
+        ax_w.bar(np.arange(len(kept_names)) + j * width, cand.weights, width=width, label=cand.name)
+    ax_w.set_xticks(np.arange(len(kept_names)) + 0.4 - width / 2, kept_names, rotation=20, ha="right")
+    ax_w.set_ylabel("weight")
+    ax_w.set_title("blend weights per model")
+    if weighted:
+        ax_w.legend(fontsize=8)
+    image = ax_c.imshow(corr, vmin=min(0.9, corr.min()), vmax=1.0, cmap="viridis")
+    ax_c.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax_c.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax_c.text(j, i, f"{corr[i, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
+    ax_c.set_title("OOF prediction correlation (lower = more diverse)")
+    fig.colorbar(image, ax=ax_c)
+    fig.tight_layout()
+    io.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return path

@@ -1,0 +1,165 @@
+"""Stage 1: the k-fold split, made once and read by every later stage.
+
+``folds/<competition>.csv`` holds ``id, fold``; ``folds/<competition>.json`` holds
+its fingerprint (a hash of the assignment), which every run records so that the
+ensemble never mixes predictions made on different splits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+from pipeline import io
+from pipeline.config import Config, config_hash
+from pipeline.data import Competition
+
+
+class FoldsError(ValueError):
+    """The folds file is missing, stale, or cannot be made from this data."""
+
+
+SPLITTERS = {
+    "stratified": lambda n, seed: StratifiedKFold(n_splits=n, shuffle=True, random_state=seed),
+    "kfold": lambda n, seed: KFold(n_splits=n, shuffle=True, random_state=seed),
+    "group": lambda n, seed: GroupKFold(n_splits=n, shuffle=True, random_state=seed),
+    "stratified_group": lambda n, seed: StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed),
+}
+
+
+def make_folds(y: np.ndarray, n_splits: int = 5, strategy: str = "stratified", seed: int = 42, groups: np.ndarray | None = None) -> np.ndarray:
+    """Assign each row to a validation fold.
+
+    Parameters
+    ----------
+    y : array of shape (n_rows,)
+        Class indices (used by the stratified strategies).
+    n_splits : int
+        Number of folds.
+    strategy : {"stratified", "kfold", "group", "stratified_group"}
+    seed : int
+        Same seed, same folds.
+    groups : array of shape (n_rows,), optional
+        Required by the group strategies; a group never straddles two folds.
+
+    Returns
+    -------
+    ndarray of int of shape (n_rows,)
+        The fold of each row, 0 .. n_splits-1.
+
+    Raises
+    ------
+    FoldsError
+        For an unknown strategy, missing groups, or too few rows per class/group.
+    """
+    if strategy not in SPLITTERS:
+        raise FoldsError(f"unknown folds strategy {strategy!r}; choose one of {sorted(SPLITTERS)}")
+    y = np.asarray(y)
+    if strategy in ("group", "stratified_group"):
+        if groups is None:
+            raise FoldsError(f"strategy {strategy!r} needs groups (set folds.group_column)")
+        n_groups = len(np.unique(groups))
+        if n_groups < n_splits:
+            raise FoldsError(f"{n_groups} groups cannot fill {n_splits} folds; lower folds.n_splits")
+    if strategy in ("stratified", "stratified_group"):
+        counts = np.bincount(y)
+        rare = np.flatnonzero((counts > 0) & (counts < n_splits))
+        if len(rare) and strategy == "stratified":
+            raise FoldsError(
+                f"class index(es) {rare.tolist()} have fewer rows ({counts[rare].tolist()}) than folds ({n_splits}); "
+                "lower folds.n_splits or use strategy 'kfold'"
+            )
+    splitter = SPLITTERS[strategy](n_splits, seed)
+    folds = np.full(len(y), -1, dtype=np.int64)
+    for fold, (_, valid_idx) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
+        folds[valid_idx] = fold
+    return folds
+
+
+def fingerprint(ids: np.ndarray, folds: np.ndarray) -> str:
+    """A hash of the id -> fold assignment, independent of row order."""
+    order = np.argsort(ids, kind="stable")
+    return config_hash([np.asarray(ids)[order].tolist(), np.asarray(folds)[order].tolist()])
+
+
+def folds_frame(ids: np.ndarray, folds: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"id": ids, "fold": folds})
+
+
+def read_folds(config: Config, competition: Competition) -> tuple[np.ndarray, str]:
+    """The saved folds aligned to ``train.csv`` row order, with their fingerprint.
+
+    Raises
+    ------
+    FoldsError
+        If the file is missing or its ids differ from train.csv.
+    """
+    path = config.folds_csv
+    if not path.is_file():
+        raise FoldsError(f"no folds file {path}; run 'make folds' first")
+    frame = pd.read_csv(path, dtype={"id": str})
+    by_id = dict(zip(frame["id"].astype(str), frame["fold"].astype(int)))
+    ids = competition.train_ids
+    missing = [i for i in ids if i not in by_id]
+    if missing or len(by_id) != len(ids):
+        raise FoldsError(
+            f"{path} does not match train.csv ({len(missing)} train ids missing, {len(by_id)} vs {len(ids)} rows); "
+            "run 'make folds FORCE=1' to remake it (runs made on the old folds will no longer ensemble)"
+        )
+    folds = np.array([by_id[i] for i in ids], dtype=np.int64)
+    return folds, fingerprint(ids, folds)
+
+
+def fold_summary(y: np.ndarray, folds: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """Rows and class shares per fold: the table printed after the folds stage."""
+    rows = []
+    for fold in np.unique(folds):
+        mask = folds == fold
+        shares = np.bincount(y[mask], minlength=len(classes)) / mask.sum()
+        rows.append({"fold": int(fold), "rows": int(mask.sum()),
+                     "min class share": f"{shares.min():.3f}", "max class share": f"{shares.max():.3f}"})
+    return pd.DataFrame(rows)
+
+
+def run_folds(config: Config, competition: Competition, force: bool = False) -> tuple[np.ndarray, str, str]:
+    """Make and save the folds unless an identical file exists.
+
+    Returns
+    -------
+    (folds, fingerprint, status) where status is "written", "unchanged" or "replaced".
+
+    Raises
+    ------
+    FoldsError
+        If a different folds file exists and ``force`` is not set.
+    """
+    groups = None
+    if config.folds.group_column:
+        groups = competition.train[config.folds.group_column].to_numpy()
+    folds = make_folds(competition.y, config.folds.n_splits, config.folds.strategy, config.folds.seed, groups)
+    ids = competition.train_ids
+    new_print = fingerprint(ids, folds)
+    path: Path = config.folds_csv
+    status = "written"
+    if path.is_file():
+        try:
+            _, old_print = read_folds(config, competition)
+        except FoldsError:
+            old_print = None
+        if old_print == new_print:
+            return folds, new_print, "unchanged"
+        if not force:
+            raise FoldsError(
+                f"{path} exists with other folds (fingerprint {old_print}, new {new_print}); "
+                "pass FORCE=1 to replace it (runs made on the old folds will no longer ensemble)"
+            )
+        status = "replaced"
+    io.write_csv(path, folds_frame(ids, folds))
+    io.write_json(path.with_suffix(".json"), {
+        "fingerprint": new_print, "n_splits": config.folds.n_splits, "strategy": config.folds.strategy,
+        "seed": config.folds.seed, "group_column": config.folds.group_column, "rows": len(ids),
+    })
+    return folds, new_print, status

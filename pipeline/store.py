@@ -1,0 +1,168 @@
+"""Stage 3: the out-of-fold store. Every run's predictions, keyed by id, with their provenance.
+
+Layout, one folder per run::
+
+    runs/<competition>/<run>/
+        meta.json              status, resolved config, folds fingerprint, classes, scores, timings, versions
+        oof.parquet            id, fold, one probability column per class (TTA applied)
+        oof_plain.parquet      the same without TTA
+        test.parquet           id, one probability column per class (mean over folds, TTA applied)
+        fold<k>/best.safetensors   best checkpoint of fold k (by the validation metric)
+        fold<k>/last.pt            training state after the last complete epoch (resume)
+        fold<k>/valid.parquet, valid_plain.parquet, test.parquet, fold.json
+
+A run is finished only when ``meta.json`` says ``"status": "finished"``; the
+ensemble reads finished runs alone. Predictions from another notebook can be
+dropped in with the same three files (``oof.parquet``, ``test.parquet`` and a
+``meta.json`` with ``status``, ``folds_fingerprint`` and ``classes``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import io
+
+
+class StoreError(ValueError):
+    """A stored run is inconsistent with the competition or is held by another process."""
+
+
+@dataclass
+class StoredRun:
+    """One finished run's predictions aligned to the competition's row order."""
+
+    name: str
+    oof: np.ndarray
+    test: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+def prediction_frame(ids: np.ndarray, probs: np.ndarray, classes: list[str], folds: np.ndarray | None = None) -> pd.DataFrame:
+    """Predictions keyed by id, one named column per class."""
+    frame = pd.DataFrame({"id": np.asarray(ids, dtype=str)})
+    if folds is not None:
+        frame["fold"] = np.asarray(folds, dtype=np.int64)
+    for k, name in enumerate(classes):
+        frame[str(name)] = probs[:, k].astype(np.float64)
+    return frame
+
+
+def frame_probs(frame: pd.DataFrame, ids: np.ndarray, classes: list[str], source: str) -> np.ndarray:
+    """Class columns of ``frame`` in the order of ``ids``; raise if ids or columns differ."""
+    missing_cols = [c for c in classes if str(c) not in frame.columns]
+    if missing_cols:
+        raise StoreError(f"{source}: no column for class(es) {missing_cols[:5]}")
+    indexed = frame.set_index(frame["id"].astype(str))
+    if indexed.index.has_duplicates:
+        raise StoreError(f"{source}: duplicate ids")
+    ids = np.asarray(ids, dtype=str)
+    if len(indexed) != len(ids) or not indexed.index.isin(ids).all():
+        raise StoreError(f"{source}: ids differ from the competition's ({len(indexed)} rows vs {len(ids)})")
+    probs = indexed.loc[ids, [str(c) for c in classes]].to_numpy(dtype=np.float64)
+    if not np.isfinite(probs).all():
+        raise StoreError(f"{source}: NaN or inf predictions")
+    return probs
+
+
+def library_versions() -> dict[str, str]:
+    import albumentations
+    import sklearn
+    import timm
+    import torch
+
+    import pipeline
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "albumentations": albumentations.__version__, "numpy": np.__version__, "pandas": pd.__version__,
+            "scikit-learn": sklearn.__version__, "pipeline": pipeline.__version__}
+
+
+def read_meta(run_dir: Path) -> dict | None:
+    path = run_dir / "meta.json"
+    return io.read_json(path) if path.is_file() else None
+
+
+def load_runs(runs_dir: Path, train_ids: np.ndarray, test_ids: np.ndarray, classes: list[str], folds_fingerprint: str) -> tuple[list[StoredRun], list[tuple[str, str]]]:
+    """Every finished run made on these folds and classes, and the runs left out with why.
+
+    Returns
+    -------
+    (runs, excluded) where excluded is a list of ``(run name, reason)``.
+    """
+    runs, excluded = [], []
+    if not runs_dir.is_dir():
+        return runs, excluded
+    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        meta = read_meta(run_dir)
+        if meta is None:
+            continue
+        if meta.get("status") != "finished":
+            done = sorted(meta.get("folds_done", []))
+            excluded.append((run_dir.name, f"unfinished (folds done: {done or 'none'})"))
+            continue
+        if meta.get("folds_fingerprint") != folds_fingerprint:
+            excluded.append((run_dir.name, f"made on other folds (fingerprint {meta.get('folds_fingerprint')} != {folds_fingerprint}); mixing splits leaks"))
+            continue
+        if [str(c) for c in meta.get("classes", [])] != [str(c) for c in classes]:
+            excluded.append((run_dir.name, "its class list differs from train.csv's"))
+            continue
+        try:
+            oof = frame_probs(pd.read_parquet(run_dir / "oof.parquet"), train_ids, classes, f"{run_dir}/oof.parquet")
+            test = frame_probs(pd.read_parquet(run_dir / "test.parquet"), test_ids, classes, f"{run_dir}/test.parquet")
+        except (StoreError, OSError) as exc:
+            excluded.append((run_dir.name, str(exc)))
+            continue
+        runs.append(StoredRun(run_dir.name, oof, test, meta))
+    return runs, excluded
+
+
+class RunLock:
+    """An exclusive lock on a run folder; a lock whose owner process died is taken over.
+
+    Two processes training the same run would overwrite each other's checkpoints.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _alive(owner):
+                    raise StoreError(f"run {self.path.parent} is being trained by process {owner}; wait for it or stop it") from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            return self
+        raise StoreError(f"could not lock {self.path}")
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,86 @@
+"""Fixtures that shrink the real demo config: same file, smaller data, one epoch, tiny models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.config import load_config
+from pipeline.demo_data import build_digits_competition
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = ROOT / "configs" / "digits.yaml"
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """The full demo competition, built once per test session (about a second)."""
+    return build_digits_competition(tmp_path_factory.mktemp("digits"))
+
+
+def _small_competition(source: Path, target: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """A stratified sample of the demo competition in the same layout."""
+    rng = np.random.default_rng(seed)
+    train = pd.read_csv(source / "train.csv", dtype=str)
+    picked = train.groupby("label", group_keys=False).apply(lambda g: g.sample(n_train // 10, random_state=seed))
+    picked = picked.sort_values("id")
+    sample = pd.read_csv(source / "sample_submission.csv", dtype=str)
+    test_ids = np.sort(rng.choice(sample["id"].to_numpy(), size=n_test, replace=False))
+    solution = pd.read_csv(source / "solution.csv", dtype=str).set_index("id").loc[test_ids].reset_index()
+    (target / "train").mkdir(parents=True)
+    (target / "test").mkdir()
+    for image_id in picked["id"]:
+        shutil.copy(source / "train" / f"{image_id}.png", target / "train")
+    for image_id in test_ids:
+        shutil.copy(source / "test" / f"{image_id}.png", target / "test")
+    picked.to_csv(target / "train.csv", index=False)
+    pd.DataFrame({"id": test_ids, "label": "0"}).to_csv(target / "sample_submission.csv", index=False)
+    solution.to_csv(target / "solution.csv", index=False)
+    return target
+
+
+@pytest.fixture()
+def small_competition(digits_dir, tmp_path) -> Path:
+    """60 training images (6 per class) and 20 test images."""
+    return _small_competition(digits_dir, tmp_path / "data", n_train=60, n_test=20)
+
+
+@pytest.fixture()
+def write_config(tmp_path):
+    """Write a shrunk copy of configs/digits.yaml; ``changes`` are merged in (nested dicts)."""
+
+    def write(data_dir: Path, changes: dict | None = None, name: str = "comp.yaml") -> Path:
+        config = yaml.safe_load(DEMO_CONFIG.read_text())
+        config["competition"]["data_dir"] = str(data_dir)
+        config["competition"].pop("demo")
+        config["output_dir"] = str(tmp_path / "out")
+        config["recipes_dir"] = str(ROOT / "configs" / "recipes")
+        config["folds"]["n_splits"] = 3
+        config["train"].update(epochs=1, batch_size=16, patience=None, tta=["identity", "shift(1,0)"])
+        config["ensemble"].update(optuna_trials=20, methods=["mean", "optuna", "caruana"])
+        config["models"] = ["digits_resnet", "digits_effnet"]
+        for key, value in (changes or {}).items():
+            if isinstance(value, dict):
+                config.setdefault(key, {}).update(value)
+            else:
+                config[key] = value
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+@pytest.fixture()
+def small_config(small_competition, write_config):
+    return write_config(small_competition)
+
+
+@pytest.fixture()
+def loaded_small_config(small_config):
+    return load_config(small_config)

@@ -1,0 +1,539 @@
+"""Tests of pipeline.blend: the contract of every registered method, planted
+answers on synthetic OOF predictions, honest (nested) scoring, and errors.
+
+Contract tests are parametrised over ``BLEND_METHODS`` itself, so a newly
+registered method is tested without editing this file; ``FAST`` only lowers
+the cost of the slow ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import blend as B
+from pipeline.blend import (
+    BLEND_METHODS,
+    BlendMethod,
+    NestedResult,
+    apply_temperature,
+    fit_temperature,
+    make_blend,
+    nested_score,
+    prune_correlated,
+    register_blend,
+    select_method,
+    single_model_scores,
+)
+from pipeline.metrics import get_metric
+
+# Cheaper settings for the slow methods; everything else runs on defaults.
+FAST = {
+    "optuna": {"n_trials": 12},
+    # n_jobs=1: with both cores busy (pytest + anything else) LightGBM's OpenMP
+    # threads spin against each other, measured at 10-20 s instead of 0.1 s a fit
+    "lgbm_stacker": {"n_estimators": 25, "min_child_samples": 5, "n_jobs": 1},
+}
+METHODS = list(BLEND_METHODS)
+TASKS = {"multiclass": 10, "binary": 1}
+
+
+def fast(name: str, **extra) -> dict:
+    return {**FAST.get(name, {}), **extra}
+
+
+def _probs(z: np.ndarray) -> np.ndarray:
+    """Logits (..., C) -> probabilities; C == 1 means binary sigmoid."""
+    if z.shape[-1] == 1:
+        return 1.0 / (1.0 + np.exp(-z))
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _signal(y: np.ndarray, n_cols: int) -> np.ndarray:
+    """Unit logit pointing at the true class, shape (n_rows, n_cols)."""
+    if n_cols == 1:
+        return (2.0 * y - 1.0)[:, None]
+    return np.eye(n_cols)[y]
+
+
+def synth(strengths, n_rows: int, n_cols: int, seed: int = 0, noise: float = 1.0):
+    """OOF predictions of models with the given signal strengths.
+
+    Returns
+    -------
+    preds : (n_models, n_rows, n_cols), y : (n_rows,)
+    """
+    rng = np.random.default_rng(seed)
+    n_classes = 2 if n_cols == 1 else n_cols
+    y = rng.integers(0, n_classes, n_rows)
+    s = np.asarray(strengths, dtype=float)[:, None, None]
+    z = s * _signal(y, n_cols)[None] + noise * rng.normal(size=(len(s), n_rows, n_cols))
+    return _probs(z), y
+
+
+def assert_valid_proba(pred: np.ndarray, n_rows: int, n_cols: int) -> None:
+    assert pred.shape == (n_rows, n_cols)
+    assert np.all(np.isfinite(pred))
+    assert pred.min() >= 0.0 and pred.max() <= 1.0
+    if n_cols > 1:
+        np.testing.assert_allclose(pred.sum(axis=1), 1.0, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- #
+# Contract of every registered method
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("name", METHODS)
+def test_contract(name, task):
+    n_cols = TASKS[task]
+    preds, y = synth([0.5, 1.0, 1.5, 2.0], n_rows=300, n_cols=n_cols, seed=1)
+    test_preds, _ = synth([0.5, 1.0, 1.5, 2.0], n_rows=40, n_cols=n_cols, seed=2)
+    method = make_blend(name, **fast(name))
+    assert isinstance(method, BlendMethod)
+    assert method.kind in {"mean", "weights", "stacker"}
+    assert method.name == name
+    assert method.fit(preds, y, "log_loss") is method
+
+    pred = method.predict(preds)
+    assert_valid_proba(pred, 300, n_cols)
+    assert_valid_proba(method.predict(test_preds), 40, n_cols)
+
+    if method.kind == "stacker":
+        assert method.weights_ is None
+    else:
+        w = method.weights_
+        assert w.shape == (4,)
+        assert np.all(w >= 0)
+        assert w.sum() == pytest.approx(1.0)
+
+    # deterministic: a second instance with the same parameters (and seed)
+    again = make_blend(name, **fast(name)).fit(preds, y, "log_loss").predict(preds)
+    np.testing.assert_array_equal(pred, again)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_accepts_calibrate_and_label_metrics(name):
+    preds, y = synth([0.5, 1.0, 2.0], n_rows=200, n_cols=5, seed=3)
+    pred = make_blend(name, **fast(name, calibrate=True)).fit(preds, y, "accuracy").predict(preds)
+    assert_valid_proba(pred, 200, 5)
+
+
+# --------------------------------------------------------------------------- #
+# Planted answers
+# --------------------------------------------------------------------------- #
+
+WEIGHT_METHODS = [n for n in METHODS if BLEND_METHODS[n].kind == "weights"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("name", WEIGHT_METHODS)
+def test_one_good_model_gets_most_weight(name, task):
+    # model 3 is strong, the others barely informative
+    preds, y = synth([0.3, 0.3, 0.3, 3.0, 0.3, 0.3], n_rows=400, n_cols=TASKS[task], seed=4)
+    w = make_blend(name, **fast(name)).fit(preds, y, "log_loss").weights_
+    assert int(np.argmax(w)) == 3
+    assert w[3] >= 0.5, w
+
+
+def _complementary(n_cols: int, seed: int = 5):
+    """Two models, each strong on its own half of the rows and noise elsewhere."""
+    rng = np.random.default_rng(seed)
+    n_rows = 600
+    n_classes = 2 if n_cols == 1 else n_cols
+    y = rng.integers(0, n_classes, n_rows)
+    half = rng.permutation(n_rows) < n_rows // 2
+    sig = 4.0 * _signal(y, n_cols)
+    za = np.where(half[:, None], sig, 0.0) + rng.normal(size=(n_rows, n_cols))
+    zb = np.where(~half[:, None], sig, 0.0) + rng.normal(size=(n_rows, n_cols))
+    return _probs(np.stack([za, zb])), y
+
+
+@pytest.mark.parametrize("metric", ["log_loss", "accuracy"])
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("name", METHODS)
+def test_complementary_models_blend_beats_both(name, task, metric):
+    if name == "rank_mean" and metric == "log_loss":
+        pytest.skip("rank averages are not calibrated probabilities; rank_mean is for rank metrics")
+    m = get_metric(metric)
+    preds, y = _complementary(TASKS[task])
+    singles = single_model_scores(preds, y, m)
+    blended = m(y, make_blend(name, **fast(name)).fit(preds, y, m).predict(preds))
+    assert all(m.is_better(blended, s) for s in singles), (blended, singles)
+
+
+def test_rank_mean_beats_singles_on_auc():
+    m = get_metric("roc_auc")
+    preds, y = _complementary(1)
+    blended = m(y, make_blend("rank_mean").fit(preds, y, m).predict(preds))
+    assert blended > single_model_scores(preds, y, m).max()
+
+
+def test_stacker_uses_extra_features():
+    # the extra feature carries what the models miss: the label itself, noisily
+    preds, y = synth([0.3, 0.3], n_rows=500, n_cols=1, seed=6)
+    extra = (y + np.random.default_rng(0).normal(0, 0.3, len(y)))[:, None]
+    m = get_metric("log_loss")
+    for name in ["logreg_stacker", "lgbm_stacker"]:
+        without = m(y, make_blend(name, **fast(name)).fit(preds, y, m).predict(preds))
+        method = make_blend(name, **fast(name)).fit(preds, y, m, extra=extra)
+        assert m(y, method.predict(preds, extra=extra)) < without - 0.1
+        with pytest.raises(ValueError, match="fitted with 1 extra features"):
+            method.predict(preds)
+
+
+def test_mean_kinds_ignore_extra():
+    preds, y = synth([1.0, 2.0], n_rows=100, n_cols=3, seed=7)
+    extra = np.ones((100, 2))
+    a = make_blend("mean").fit(preds, y, "log_loss", extra=extra).predict(preds, extra=extra)
+    np.testing.assert_allclose(a, preds.mean(axis=0))
+
+
+# --------------------------------------------------------------------------- #
+# Method specifics
+# --------------------------------------------------------------------------- #
+
+
+def test_caruana_ties_prefer_a_chosen_model_and_keep_best_prefix():
+    # accuracy makes ties exact.  Model 1 is model 0 fixed on 20 rows, so step 1
+    # picks model 1; averaging either model into it then keeps those rows right
+    # (0.55/0.45 + 0.45/0.55 still favours the truth), a tie that must go to the
+    # model already chosen (1), not to the lower index (0).
+    rng = np.random.default_rng(8)
+    n_rows = 200
+    y = rng.integers(0, 2, n_rows)
+    right = np.where(rng.random(n_rows) < 0.7, y, 1 - y)
+    m1 = np.full((n_rows, 2), 0.4)
+    m1[np.arange(n_rows), right] = 0.6
+    m0 = m1.copy()
+    fixed = np.flatnonzero(right == y)[:20]
+    m0[fixed, y[fixed]], m0[fixed, 1 - y[fixed]] = 0.45, 0.55
+    weak = _probs(np.random.default_rng(9).normal(size=(n_rows, 2)))
+    stack = np.stack([m0, m1, weak])
+    method = make_blend("caruana", n_steps=6).fit(stack, y, "accuracy")
+    trajectory = method.trajectories_[0]
+    assert trajectory[0] == 1
+    assert 0 not in trajectory
+    length = method.best_lengths_[0]
+    counts = np.bincount(trajectory[:length], minlength=3)
+    np.testing.assert_allclose(method.weights_, counts / length)
+    np.testing.assert_array_equal(method.weights_, [0.0, 1.0, 0.0])  # shortest best prefix
+
+
+def test_caruana_sorted_init_and_bags():
+    preds, y = synth([0.5, 2.0, 1.0, 1.5, 0.2, 0.8], n_rows=300, n_cols=5, seed=9)
+    method = make_blend("caruana", sorted_init=2, n_steps=3).fit(preds, y, "log_loss")
+    singles = single_model_scores(preds, y, "log_loss")
+    assert method.trajectories_[0][:2] == list(np.argsort(singles)[:2])
+
+    bagged = make_blend("caruana", n_bags=5, bag_fraction=0.5, seed=3).fit(preds, y, "log_loss")
+    assert len(bagged.trajectories_) == 5
+    assert all(len(set(t)) <= 3 for t in bagged.trajectories_)  # 3 of 6 models per bag
+    assert bagged.weights_.sum() == pytest.approx(1.0)
+    again = make_blend("caruana", n_bags=5, bag_fraction=0.5, seed=3).fit(preds, y, "log_loss")
+    np.testing.assert_array_equal(bagged.weights_, again.weights_)
+
+
+def test_hill_climb_allow_negative_gives_valid_probabilities():
+    preds, y = synth([2.0, 1.9, 0.5, 1.0], n_rows=300, n_cols=6, seed=10)
+    m = get_metric("log_loss")
+    method = make_blend("hill_climb", allow_negative=True, step=0.1).fit(preds, y, m)
+    assert method.weights_.sum() == pytest.approx(1.0)
+    pred = method.predict(preds)
+    assert_valid_proba(pred, 300, 6)
+    assert m(y, pred) <= single_model_scores(preds, y, m).min() + 1e-12
+
+
+def test_slsqp_uses_log_loss_surrogate_for_label_metrics():
+    preds, y = synth([1.0, 2.0], n_rows=200, n_cols=3, seed=11)
+    assert make_blend("slsqp").fit(preds, y, "accuracy").surrogate_ == "log_loss"
+    assert make_blend("slsqp").fit(preds, y, "log_loss").surrogate_ is None
+
+
+@pytest.mark.parametrize("n_cols", [1, 7])
+def test_fast_log_loss_objective_equals_metric(n_cols):
+    preds, y = synth([0.5, 1.0, 3.0], n_rows=250, n_cols=n_cols, seed=12)
+    m = get_metric("log_loss")
+    obj = B._LinearLoss(preds, y, m)
+    assert obj.fast
+    w = np.array([0.2, 0.3, 0.5])
+    assert obj.weights_loss(w) == pytest.approx(m.loss(y, np.tensordot(w, preds, axes=1)), rel=1e-12)
+    base = np.tensordot(w, obj.stack, axes=1)
+    got = obj.affine_losses(base, 0.25)
+    want = [m.loss(y, 0.75 * np.tensordot(w, preds, axes=1) + 0.25 * p) for p in preds]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_allclose(obj.affine_losses(base, 0.25, np.array([2, 0])), [want[2], want[0]], rtol=1e-12)
+    # float32 candidate scans (caruana, hill_climb) stay well inside their 1e-6 rounding
+    obj32 = B._LinearLoss(preds, y, m, dtype=np.float32)
+    np.testing.assert_allclose(obj32.affine_losses(base.astype(np.float32), 0.25), want, rtol=1e-6)
+
+
+def test_hill_climb_pruning_is_exact():
+    # a model with a non-negative slope at a=0 never improves the blend for a > 0
+    preds, y = synth([0.5, 1.0, 3.0, 2.0, 0.2], n_rows=300, n_cols=4, seed=22)
+    obj = B._LinearLoss(preds, y, get_metric("log_loss"))
+    base = np.tensordot([0.1, 0.1, 0.5, 0.2, 0.1], obj.stack, axes=1)
+    keep = set(obj.descent_models(base).tolist())
+    current = obj.loss(base)
+    grid = np.arange(1, 11) * 0.05
+    full = np.array([obj.affine_losses(base, a) for a in grid])  # (n_grid, n_models)
+    for i in set(range(5)) - keep:
+        assert np.all(full[:, i] >= current - 1e-12)
+    # the early-stopping scan finds the move of the full grid scan
+    move, loss = B.HillClimb._best_move_convex(obj, base, current, grid)
+    g, i = np.unravel_index(np.argmin(full), full.shape)
+    assert move == (i, pytest.approx(grid[g])) and loss == pytest.approx(full[g, i])
+
+
+def test_power_mean_special_cases():
+    preds, y = synth([1.0, 2.0, 0.5], n_rows=50, n_cols=4, seed=13)
+    one = make_blend("power_mean", power=1).fit(preds, y, "log_loss").predict(preds)
+    np.testing.assert_allclose(one, preds.mean(axis=0), rtol=1e-12)
+    zero = make_blend("power_mean", power=0).fit(preds, y, "log_loss").predict(preds)
+    geo = make_blend("geometric_mean").fit(preds, y, "log_loss").predict(preds)
+    np.testing.assert_allclose(zero, geo)
+
+
+# --------------------------------------------------------------------------- #
+# Temperature
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("n_cols", [1, 5])
+def test_fit_temperature_undoes_a_planted_temperature(n_cols):
+    rng = np.random.default_rng(14)
+    z = rng.normal(0, 2.0, size=(4000, n_cols))
+    p = _probs(z)
+    # labels drawn from p, so p is calibrated
+    if n_cols == 1:
+        y = (rng.random(4000) < p[:, 0]).astype(int)
+    else:
+        y = (rng.random(4000)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    np.testing.assert_allclose(apply_temperature(p, 1.0), p, atol=1e-12)
+    sharpened = apply_temperature(p, 0.5)
+    assert fit_temperature(sharpened, y) == pytest.approx(2.0, rel=0.15)
+
+
+def test_calibrate_keeps_a_temperature_only_when_it_helps():
+    rng = np.random.default_rng(15)
+    n_rows, c = 1000, 4
+    z = rng.normal(0, 2.0, size=(n_rows, c))
+    p = _probs(z)
+    y = (rng.random(n_rows)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    # three under-confident copies: their mean needs a temperature below 1
+    soft = np.stack([apply_temperature(p, t) for t in (2.5, 3.0, 3.5)])
+    m = get_metric("log_loss")
+    plain = make_blend("mean").fit(soft, y, m)
+    cal = make_blend("mean", calibrate=True).fit(soft, y, m)
+    assert plain.temperature_ == 1.0
+    assert cal.temperature_ < 1.0
+    assert m(y, cal.predict(soft)) < m(y, plain.predict(soft))
+    # not for label metrics
+    assert make_blend("mean", calibrate=True).fit(soft, y, "accuracy").temperature_ == 1.0
+    # and not when it does not help: the calibrated probabilities themselves
+    assert make_blend("mean", calibrate=True).fit(p[None], y, m).temperature_ == pytest.approx(1.0, rel=0.1)
+
+
+# --------------------------------------------------------------------------- #
+# Nested (honest) scoring and selection
+# --------------------------------------------------------------------------- #
+
+FITTED_METHODS = [n for n in METHODS if BLEND_METHODS[n].kind != "mean"]
+
+
+@pytest.mark.parametrize("name", FITTED_METHODS)
+def test_nested_is_not_better_than_in_sample_on_pure_noise(name):
+    # 20 models of pure noise: anything a blender fits is overfitting
+    rng = np.random.default_rng(16)
+    n_rows, c = 200, 3
+    y = rng.integers(0, c, n_rows)
+    preds = _probs(rng.normal(0, 1.0, size=(20, n_rows, c)))
+    folds = np.arange(n_rows) % 4
+    res = nested_score(name, preds, y, folds, "log_loss", params=fast(name))
+    assert res.nested >= res.in_sample
+    assert res.gap == pytest.approx(res.nested - res.in_sample)
+    assert res.gap > 0
+
+
+def test_nested_result_fields_and_row_order():
+    preds, y = synth([0.5, 1.0, 2.0], n_rows=120, n_cols=3, seed=17)
+    folds = np.random.default_rng(0).integers(0, 4, 120)
+    res = nested_score("mean", preds, y, folds, "log_loss")
+    assert isinstance(res, NestedResult)
+    # a mean has nothing to fit: the held-out rows, put back in order, are the mean
+    np.testing.assert_allclose(res.oof_pred, preds.mean(axis=0))
+    assert res.nested == pytest.approx(res.in_sample)
+    assert res.gap == pytest.approx(0.0)
+    assert res.weight_std == 0.0
+    assert sorted(res.fold_scores) == [0, 1, 2, 3]
+    m = get_metric("log_loss")
+    for f, s in res.fold_scores.items():
+        assert s == pytest.approx(m(y[folds == f], preds.mean(axis=0)[folds == f]))
+    assert res.seconds >= 0
+    assert res.fitted.weights_ is res.weights
+
+    w = nested_score("caruana", preds, y, folds, "accuracy")
+    assert w.weight_std is not None and w.weights.shape == (3,)
+    assert w.gap == pytest.approx(w.in_sample - w.nested)  # accuracy: higher is better
+    s = nested_score("logreg_stacker", preds, y, folds, "log_loss")
+    assert s.weight_std is None and s.weights is None
+
+
+def test_nested_score_accepts_a_factory_and_a_new_registration():
+    @register_blend("_test_best_single")
+    class BestSingle(BlendMethod):
+        kind = "weights"
+
+        def _fit(self, preds, y, metric, extra):
+            losses = [metric.loss(y, p) for p in preds]
+            self.weights_ = np.eye(len(preds))[int(np.argmin(losses))]
+
+    try:
+        preds, y = synth([0.5, 2.0], n_rows=80, n_cols=2, seed=18)
+        folds = np.arange(80) % 2
+        res = nested_score(BestSingle, preds, y, folds, "log_loss")
+        assert res.method == "_test_best_single"
+        np.testing.assert_array_equal(res.weights, [0.0, 1.0])
+        assert make_blend("_test_best_single").name == "_test_best_single"
+        with pytest.raises(ValueError, match="already registered"):
+            register_blend("_test_best_single")(BestSingle)
+    finally:
+        del BLEND_METHODS["_test_best_single"]
+
+
+def _result(name, nested):
+    return NestedResult(method=name, params={}, in_sample=nested, nested=nested, gap=0.0, fold_scores={},
+                        weight_std=None, weights=None, oof_pred=np.zeros((1, 1)), seconds=0.0, fitted=None)
+
+
+@pytest.mark.parametrize(
+    "scores, metric, expected",
+    [
+        ({"optuna": 0.40, "mean": 0.45, "caruana": 0.41}, "log_loss", "optuna"),
+        ({"caruana": 0.40, "optuna": 0.40, "mean": 0.40}, "log_loss", "mean"),  # tie -> registry order
+        ({"lgbm_stacker": 0.90, "hill_climb": 0.90}, "accuracy", "hill_climb"),
+        ({"mean": 0.80, "logreg_stacker": 0.85}, "accuracy", "logreg_stacker"),
+        ({"custom": 0.5, "slsqp": 0.5}, "roc_auc", "slsqp"),  # unregistered names last
+    ],
+)
+def test_select_method(scores, metric, expected):
+    results = {k: _result(k, v) for k, v in scores.items()}
+    assert select_method(results, metric) == expected
+
+
+def test_optuna_persistent_study_continues(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'blend.db'}"
+    preds, y = synth([0.5, 1.0, 2.0], n_rows=100, n_cols=3, seed=19)
+    first = make_blend("optuna", n_trials=4, storage=storage, study_name="s").fit(preds, y, "log_loss")
+    assert len(first.study_.trials) == 4
+    second = make_blend("optuna", n_trials=3, storage=storage, study_name="s").fit(preds, y, "log_loss")
+    assert len(second.study_.trials) == 7
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 7
+    # a study built for other predictions is not silently continued
+    with pytest.raises(ValueError, match="was created for"):
+        make_blend("optuna", n_trials=1, storage=storage, study_name="s").fit(preds[:2], y, "log_loss")
+    # nested refits use their own studies, not the all-rows one
+    nested_score("optuna", preds, y, np.arange(100) % 2, "log_loss",
+                 params={"n_trials": 2, "storage": storage, "study_name": "n"})
+    names = set(optuna.get_all_study_names(storage))
+    assert {"n", "n/fold0", "n/fold1"} <= names
+
+
+# --------------------------------------------------------------------------- #
+# Pruning
+# --------------------------------------------------------------------------- #
+
+
+def test_prune_correlated_keeps_the_better_duplicate():
+    preds, y = synth([1.0, 1.5], n_rows=300, n_cols=4, seed=20)
+    rng = np.random.default_rng(0)
+    dup = np.clip(preds[0] + rng.normal(0, 1e-4, preds[0].shape), 0, None)
+    dup /= dup.sum(axis=1, keepdims=True)
+    stack = np.stack([preds[0], preds[1], dup])
+    scores = np.array([0.50, 0.60, 0.45])  # log loss: model 2 beats its twin
+    kept, pruned = prune_correlated(stack, 0.995, scores, "log_loss")
+    assert kept.tolist() == [1, 2]
+    assert len(pruned) == 1 and pruned[0][:2] == (0, 2) and pruned[0][2] > 0.995
+    # no scores: the lower index is kept
+    kept, pruned = prune_correlated(stack, 0.995)
+    assert kept.tolist() == [0, 1] and pruned[0][:2] == (2, 0)
+    # higher-is-better metric, scores computed from y
+    kept, _ = prune_correlated(stack, 0.995, metric="accuracy", y=y)
+    assert len(kept) == 2 and 1 in kept
+    with pytest.raises(ValueError, match="needs metric"):
+        prune_correlated(stack, 0.995, scores)
+
+
+# --------------------------------------------------------------------------- #
+# Errors
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize(
+    "name, params, exc, match",
+    [
+        ("nope", {}, KeyError, r"unknown blend method 'nope'.*known methods: mean, rank_mean"),
+        ("mean", {"power": 2}, ValueError, r"unknown parameter\(s\) 'power' for blend method 'mean'.*valid parameters: calibrate"),
+        ("optuna", {"n_trial": 5, "sead": 1}, ValueError, r"'n_trial', 'sead'.*valid parameters: .*n_trials"),
+        ("optuna", {"n_trials": 0}, ValueError, r"n_trials must be an int >= 1"),
+        ("caruana", {"n_steps": 0}, ValueError, r"n_steps must be an int >= 1"),
+        ("caruana", {"bag_fraction": 1.5}, ValueError, r"bag_fraction must be in \(0, 1\]"),
+        ("hill_climb", {"step": 0}, ValueError, r"step must be in \(0, 1\]"),
+        ("logreg_stacker", {"C": -1}, ValueError, r"C must be > 0"),
+    ],
+)
+def test_make_blend_errors(name, params, exc, match):
+    with pytest.raises(exc, match=match):
+        make_blend(name, **params)
+
+
+_P, _Y = synth([1.0, 2.0], n_rows=20, n_cols=3, seed=21)
+
+
+def _with(arr, index, value):
+    arr = arr.copy()
+    arr[index] = value
+    return arr
+
+
+@pytest.mark.parametrize(
+    "preds, y, extra, match",
+    [
+        (_P[0], _Y, None, r"preds must be 3-D \(n_models, n_rows, n_cols\); got shape \(20, 3\)"),
+        (_with(_P, (1, 5, 2), np.nan), _Y, None, r"1 NaN/inf values, first at model 1, row 5, column 2"),
+        (_with(_P, (0, 3, 0), np.inf), _Y, None, r"NaN/inf"),
+        (_P * 5 - 2, _Y, None, r"probabilities in \[0, 1\].*apply softmax"),
+        (_P * 0.5, _Y, None, r"rows must sum to 1; model 0 row \d+ sums to 0.5"),
+        (_P, _Y[:-1], None, r"y has 19 labels but preds has 20 rows"),
+        (_P, _Y + 3, None, r"y must hold labels 0..2"),
+        (_P, _Y + 0.5, None, r"integer class labels"),
+        (_P, _Y, np.ones((19, 2)), r"extra must have shape \(n_rows=20, n_features\)"),
+        (_P, _Y, _with(np.ones((20, 2)), (4, 1), np.nan), r"extra contains NaN/inf, first at row 4, feature 1"),
+    ],
+)
+def test_fit_validation_errors(preds, y, extra, match):
+    with pytest.raises(ValueError, match=match):
+        make_blend("mean").fit(preds, y, "log_loss", extra=extra)
+
+
+def test_predict_errors():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        make_blend("mean").predict(_P)
+    method = make_blend("slsqp").fit(_P, _Y, "log_loss")
+    with pytest.raises(ValueError, match="preds has 1 models but the blend was fitted on 2"):
+        method.predict(_P[:1])
+    with pytest.raises(ValueError, match="preds has 4 columns but the blend was fitted on 3"):
+        method.predict(np.full((2, 5, 4), 0.25))
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        nested_score("mean", _P, _Y, np.zeros(20), "log_loss")
+
+
+def test_near_normalised_rows_are_renormalised():
+    preds = _P * (1 + 1e-4)  # float16/csv round-off, within tolerance
+    pred = make_blend("mean").fit(preds, _Y, "log_loss").predict(preds)
+    np.testing.assert_allclose(pred.sum(axis=1), 1.0)
