@@ -1149,13 +1149,18 @@ class LogRegStacker(_Stacker):
 
     Parameters
     ----------
-    C : float, default 0.1
-        Inverse L2 strength; small because the inputs (one logit per model
-        and class) are strongly collinear.
+    C : float, default 0.001
+        Inverse L2 strength (sklearn's: it multiplies the summed loss).  The
+        model has ``n_models * n_classes`` inputs per class, which overfits
+        fast: on the benchmark's synthetic set (50 models x 10 classes,
+        20,000 rows) nested log loss was 1.810 / 1.759 / 1.690 for C = 0.1 /
+        0.01 / 0.001, against 1.680 for caruana.  The penalty per row is
+        ``1 / (C * n_rows)``, so small OOF sets need a larger C (about 0.1
+        for 1,000 rows).  Check it with :func:`nested_score` on your data.
     max_iter : int, default 200
     """
 
-    defaults = {"C": 0.1, "max_iter": 200}
+    defaults = {"C": 0.001, "max_iter": 200}
 
     def _check_params(self):
         _require(self.params["C"] > 0, f"C must be > 0; got {self.params['C']!r}")

@@ -74,7 +74,8 @@ def make_folds(y: np.ndarray, n_splits: int = 5, strategy: str = "stratified", s
             )
     splitter = SPLITTERS[strategy](n_splits, seed)
     folds = np.full(len(y), -1, dtype=np.int64)
-    for fold, (_, valid_idx) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
+    uses_groups = strategy in ("group", "stratified_group")
+    for fold, (_, valid_idx) in enumerate(splitter.split(np.zeros(len(y)), y, groups if uses_groups else None)):
         folds[valid_idx] = fold
     return folds
 

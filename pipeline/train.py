@@ -28,13 +28,13 @@ from safetensors.torch import save_file as save_safetensors
 from tqdm.auto import tqdm
 
 from pipeline import io
-from pipeline.config import Config, TrainConfig, config_hash, resolve_train_config
+from pipeline.config import Config, ConfigError, TrainConfig, config_hash, resolve_train_config
 from pipeline.data import Competition, ImageDataset, ImageStore, load_competition
 from pipeline.folds import FoldsError, read_folds, run_folds
 from pipeline.metrics import Metric, get_metric
 from pipeline.models import count_parameters, create_model, data_config, model_family, resolve_model_name
 from pipeline.report import format_seconds, format_table
-from pipeline.store import RunLock, StoreError, frame_probs, library_versions, prediction_frame, read_meta
+from pipeline.store import RunLock, StoreError, library_versions, prediction_frame, read_meta
 from pipeline.transforms import apply_views, build_transform, parse_view
 
 # settings that change how fast a run goes or how it is shown, not what it learns
@@ -382,7 +382,7 @@ def _fold_list(spec: RunSpec, folds_subset: list[int] | None) -> list[int]:
         return all_folds
     bad = [f for f in folds_subset if f not in all_folds]
     if bad:
-        raise ValueError(f"FOLDS={','.join(map(str, folds_subset))}: fold(s) {bad} do not exist; folds are {all_folds}")
+        raise ConfigError(f"FOLDS={','.join(map(str, folds_subset))}: fold(s) {bad} do not exist; folds are {all_folds}")
     return sorted(set(folds_subset))
 
 

@@ -27,7 +27,7 @@ def _small_competition(source: Path, target: Path, n_train: int, n_test: int, se
     """A stratified sample of the demo competition in the same layout."""
     rng = np.random.default_rng(seed)
     train = pd.read_csv(source / "train.csv", dtype=str)
-    picked = train.groupby("label", group_keys=False).apply(lambda g: g.sample(n_train // 10, random_state=seed))
+    picked = train.groupby("label").sample(n_train // 10, random_state=seed)
     picked = picked.sort_values("id")
     sample = pd.read_csv(source / "sample_submission.csv", dtype=str)
     test_ids = np.sort(rng.choice(sample["id"].to_numpy(), size=n_test, replace=False))

@@ -51,7 +51,7 @@ def test_local_weights_load_into_a_model_with_other_classes(tmp_path, suffix):
     model = create_model("test_resnet", num_classes=7, pretrained=str(path))
     assert model.get_classifier().out_features == 7
     loaded = model.state_dict()
-    assert torch.equal(loaded["conv1.weight"], state["conv1.weight"])  # backbone from the file
+    assert torch.equal(loaded["conv1.0.weight"], state["conv1.0.weight"])  # backbone from the file
     assert not torch.equal(loaded["fc.weight"][:7], state["fc.weight"][:7])  # classifier re-initialised
 
 
