@@ -17,7 +17,7 @@ RUN := $(PY) -m pipeline
 COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test folds train predict ensemble models bench-ensemble clean-demo
+.PHONY: help install demo test folds train predict ensemble import-oof models bench-ensemble clean-demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,9 @@ predict: $(STAMP) ## re-predict OOF and test for MODEL from its saved checkpoint
 
 ensemble: $(STAMP) ## blend the stored runs, score them by nested CV, write submissions/
 	$(RUN) ensemble $(COMMON)
+
+import-oof: $(STAMP) ## add predictions made elsewhere: NAME=<run> OOF=<file> TEST=<file>
+	$(RUN) import-oof --name "$(NAME)" --oof "$(OOF)" --test "$(TEST)" $(COMMON)
 
 models: $(STAMP) ## list model aliases and recipes
 	$(RUN) models --config $(CONFIG)

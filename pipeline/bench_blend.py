@@ -15,7 +15,6 @@ the whole run fits in about two minutes on two cores.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 
@@ -144,8 +143,7 @@ def _run(args: argparse.Namespace) -> dict:
         "caruana_timing": car,
     }
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(report, fh, indent=2, default=float)
+        write_json(args.out, report)
         print(f"wrote {args.out}")
     return report
 

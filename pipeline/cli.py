@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,26 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_oof(args: argparse.Namespace) -> int:
+    from pipeline.data import load_competition
+    from pipeline.folds import read_folds
+    from pipeline.metrics import get_metric
+    from pipeline.store import import_run
+
+    config = _load(args)
+    if not (args.name and args.oof and args.test):
+        raise UsageError("import-oof needs NAME=<run name> OOF=<oof .csv/.parquet> TEST=<test .csv/.parquet>")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
+        raise UsageError(f"NAME={args.name!r}: use letters, digits, '.', '_' and '-' (it names a folder in the store)")
+    competition = load_competition(config, check_image_files=False)
+    folds, fingerprint = read_folds(config, competition)
+    meta = import_run(config.runs_dir / args.name, Path(args.oof), Path(args.test), competition.train_ids,
+                      competition.test_ids, folds, fingerprint, competition.classes,
+                      get_metric(config.competition.metric), competition.y, force=args.force)
+    print(f"imported {args.name}: CV {meta['cv']:.4f} ({config.competition.metric}); 'make ensemble' now includes it")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from pipeline.config import load_config, recipe_names, resolve_train_config
     from pipeline.models import MODEL_ALIASES
@@ -140,6 +161,7 @@ COMMANDS = {
     "train": (cmd_train, "train one model on every fold, predict OOF and test with TTA"),
     "predict": (cmd_predict, "re-predict OOF and test from saved checkpoints"),
     "ensemble": (cmd_ensemble, "blend the stored runs and write submissions"),
+    "import-oof": (cmd_import_oof, "add OOF and test predictions made elsewhere to the store"),
     "models": (cmd_models, "list model aliases and recipes"),
     "demo": (cmd_demo, "run every stage on the demo competition"),
 }
@@ -159,7 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--epochs", type=int, help="override train.epochs")
         if name == "train":
             p.add_argument("--folds", help="comma-separated subset of folds, e.g. 0,2")
-        if name in ("train", "folds", "ensemble", "demo"):
+        if name == "import-oof":
+            p.add_argument("--name", help="run name for the imported predictions")
+            p.add_argument("--oof", help="OOF predictions: id, fold, one column per class (.csv or .parquet)")
+            p.add_argument("--test", help="test predictions: id, one column per class (.csv or .parquet)")
+        if name in ("train", "folds", "ensemble", "demo", "import-oof"):
             p.add_argument("--force", action="store_true", help="overwrite finished work")
     return parser
 

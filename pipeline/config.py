@@ -69,6 +69,7 @@ class CompetitionConfig(_Strict):
     task: Literal["multiclass", "binary", "multilabel", "regression", "ordinal"] = "multiclass"
     metric: str = "accuracy"
     solution: str | None = None
+    test_csv: str | None = None
     demo: Literal["digits"] | None = None
 
     @field_validator("metric")
@@ -166,10 +167,17 @@ class EnsembleConfig(_Strict):
     seed: int = 42
     methods: list[str] | None = None
     prune_correlation: float = Field(default=0.999, gt=0, le=1)
+    stacker_features: list[str] = Field(default_factory=list)
 
 
 class Config(_Strict):
     """One competition: the root of a YAML file."""
+
+    @model_validator(mode="after")
+    def _features_need_test_table(self) -> "Config":
+        if self.ensemble.stacker_features and not self.competition.test_csv:
+            raise ValueError("ensemble.stacker_features need competition.test_csv (the test rows' metadata: id plus the same columns)")
+        return self
 
     competition: CompetitionConfig
     folds: FoldsConfig = Field(default_factory=FoldsConfig)
@@ -324,7 +332,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_file
 def check_data_files(config: Config) -> None:
     """Raise :class:`ConfigError` if a file the config names is missing."""
     comp = config.competition
-    for key in ("train_csv", "sample_submission") + (("solution",) if comp.solution else ()):
+    optional = tuple(key for key in ("solution", "test_csv") if getattr(comp, key))
+    for key in ("train_csv", "sample_submission") + optional:
         file = config.data_path(getattr(comp, key))
         if not file.is_file():
             raise ConfigError(f"competition.{key}: file {file} does not exist; fix the path in {config.source}")

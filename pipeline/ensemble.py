@@ -10,7 +10,6 @@ chosen. One submission per method is written, each checked against
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,29 +131,62 @@ class Candidate:
     private: float | None = None
 
 
-def _method_params(config: Config, method: str, runs: list[StoredRun], fingerprint: str, storage_dir: Path | None) -> dict:
+def _method_params(config: Config, method: str, runs: list[StoredRun], fingerprint: str, storage_dir: Path) -> dict:
+    # temperature scaling of the blend, kept only where it lowers the log loss (checked inside the method)
+    calibrate = {"calibrate": True} if config.competition.metric == "log_loss" else {}
     if method != "optuna":
-        return {}
-    params = {"n_trials": config.ensemble.optuna_trials, "timeout": config.ensemble.optuna_timeout, "seed": config.ensemble.seed}
-    if storage_dir is not None:
-        # one study per set of runs: a rerun on the same runs continues it, new runs start a new one
-        key = config_hash([fingerprint, [(r.name, r.meta.get("config_hash")) for r in runs], config.competition.metric])
-        params.update(storage=f"sqlite:///{(storage_dir / 'optuna.db').resolve()}", study_name=f"blend-{key}")
+        return calibrate
+    params = {**calibrate, "n_trials": config.ensemble.optuna_trials, "timeout": config.ensemble.optuna_timeout, "seed": config.ensemble.seed}
+    # one study per set of runs (the fold refits get their own): a rerun on the same runs continues it
+    key = config_hash([fingerprint, [(r.name, r.meta.get("config_hash")) for r in runs], config.competition.metric])
+    params.update(storage=f"sqlite:///{(storage_dir / 'optuna.db').resolve()}", study_name=f"blend-{key}")
     return params
 
 
-def blend_candidates(preds: np.ndarray, tests: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, methods: list[str], params_for) -> list[Candidate]:
-    """Score each method in-sample and by nested CV; refit on all rows and predict the test set."""
+def stacker_features(config: Config, competition: Competition) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """Per-row metadata columns for the stackers, from train.csv and the test table.
+
+    Raises
+    ------
+    StoreError
+        If a column is missing or not numeric, or a test id has no row.
+    """
+    columns = config.ensemble.stacker_features
+    if not columns:
+        return None, None
+    test_path = config.data_path(config.competition.test_csv)
+    test = pd.read_csv(test_path, dtype={competition.id_column: str})
+    tables = {"train.csv": competition.train, str(test_path): test}
+    out = []
+    for where, table in tables.items():
+        missing = [c for c in columns if c not in table.columns]
+        if missing:
+            raise StoreError(f"ensemble.stacker_features: {where} has no column(s) {missing}")
+        values = table.set_index(table[competition.id_column].astype(str))
+        ids = competition.train_ids if where == "train.csv" else competition.test_ids
+        absent = [i for i in ids if i not in values.index]
+        if absent:
+            raise StoreError(f"ensemble.stacker_features: {where} has no row for id(s) {absent[:5]}")
+        numeric = values.loc[ids, columns].apply(pd.to_numeric, errors="coerce")
+        if numeric.isna().any().any():
+            bad = numeric.columns[numeric.isna().any()].tolist()
+            raise StoreError(f"ensemble.stacker_features: column(s) {bad} of {where} are not all numbers; encode them first")
+        out.append(numeric.to_numpy(dtype=np.float64))
+    return out[0], out[1]
+
+
+def blend_candidates(preds: np.ndarray, tests: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, methods: list[str], params_for, extra: np.ndarray | None = None, extra_test: np.ndarray | None = None) -> list[Candidate]:
+    """Score each method in-sample and by nested CV; refit on all rows and predict the test set.
+
+    ``extra``/``extra_test`` are per-row metadata features; only the stackers read them.
+    """
     candidates = []
     for method in methods:
-        started = time.perf_counter()
-        result = blend.nested_score(method, preds, y, folds, metric, params=params_for(method, nested=True))
-        final = blend.make_blend(method, **params_for(method, nested=False)).fit(preds, y, metric)
-        in_sample = metric(y, final.predict(preds))
+        result = blend.nested_score(method, preds, y, folds, metric, extra=extra, params=params_for(method))
         candidates.append(Candidate(
-            name=method, kind=blend.BLEND_METHODS[method].kind, cv=in_sample, nested=result.nested,
-            test=final.predict(tests), gap=(in_sample - result.nested) * (1 if metric.greater_is_better else -1),
-            weight_std=result.weight_std, weights=final.weights_, seconds=time.perf_counter() - started,
+            name=method, kind=blend.BLEND_METHODS[method].kind, cv=result.in_sample, nested=result.nested,
+            test=result.fitted.predict(tests, extra=extra_test), gap=result.gap,
+            weight_std=result.weight_std, weights=result.weights, seconds=result.seconds,
         ))
     return candidates
 
@@ -197,10 +229,11 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
         if unknown:
             raise StoreError(f"unknown ensemble method(s) {unknown}; known: {sorted(blend.BLEND_METHODS)}")
 
-        def params_for(method: str, nested: bool) -> dict:
-            return _method_params(config, method, kept_runs, fingerprint, None if nested else storage_dir)
+        def params_for(method: str) -> dict:
+            return _method_params(config, method, kept_runs, fingerprint, storage_dir)
 
-        candidates += blend_candidates(preds[keep], tests[keep], y, folds, metric, methods, params_for)
+        extra, extra_test = stacker_features(config, competition)
+        candidates += blend_candidates(preds[keep], tests[keep], y, folds, metric, methods, params_for, extra, extra_test)
     else:
         print("only one distinct model: no blend to search (train another architecture to ensemble)")
 

@@ -166,3 +166,73 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise StoreError(f"{path} does not exist")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"id": str})
+    raise StoreError(f"{path}: expected a .csv or .parquet file")
+
+
+def validate_import(oof: pd.DataFrame, test: pd.DataFrame, train_ids: np.ndarray, test_ids: np.ndarray, folds: np.ndarray, classes: list[str], source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check predictions made elsewhere against this competition; return them in our row order.
+
+    Parameters
+    ----------
+    oof : DataFrame
+        ``id``, ``fold`` and one probability column per class, one row per train id.
+    test : DataFrame
+        ``id`` and one probability column per class, one row per test id.
+    train_ids, test_ids, folds, classes
+        The competition's ids, our fold of each train row, the class names.
+
+    Returns
+    -------
+    (oof_probs, test_probs) aligned to ``train_ids`` and ``test_ids``.
+
+    Raises
+    ------
+    StoreError
+        Naming the first problem: a missing column, ids that differ, a fold
+        assignment that differs from ours (mixing splits leaks), NaN, or values
+        that are not probabilities.
+    """
+    for frame, what in ((oof, "OOF"), (test, "test")):
+        if "id" not in frame.columns:
+            raise StoreError(f"{source}: the {what} file needs an 'id' column (columns: {list(frame.columns)[:8]})")
+    if "fold" not in oof.columns:
+        raise StoreError(f"{source}: the OOF file needs a 'fold' column with each row's validation fold (ours: folds/<competition>.csv)")
+    oof_probs = frame_probs(oof, train_ids, classes, f"{source} (OOF)")
+    test_probs = frame_probs(test, test_ids, classes, f"{source} (test)")
+    their_folds = oof.set_index(oof["id"].astype(str)).loc[np.asarray(train_ids, dtype=str), "fold"].to_numpy()
+    differ = np.flatnonzero(their_folds.astype(np.int64) != folds)
+    if len(differ):
+        raise StoreError(
+            f"{source}: fold assignment differs from ours on {len(differ)} rows (e.g. id {train_ids[differ[0]]}: "
+            f"fold {their_folds[differ[0]]} vs {folds[differ[0]]}); retrain that model on folds/<competition>.csv - mixing splits leaks"
+        )
+    for probs, what in ((oof_probs, "OOF"), (test_probs, "test")):
+        if probs.min() < 0 or probs.max() > 1:
+            raise StoreError(f"{source}: {what} values outside [0, 1] (min {probs.min():.3g}, max {probs.max():.3g}); import probabilities, not logits")
+        if len(classes) > 1 and not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+            raise StoreError(f"{source}: {what} rows do not sum to 1 (e.g. {probs.sum(axis=1)[0]:.4f}); apply a softmax first")
+    return oof_probs, test_probs
+
+
+def import_run(run_dir: Path, oof_path: Path, test_path: Path, train_ids: np.ndarray, test_ids: np.ndarray, folds: np.ndarray, folds_fingerprint: str, classes: list[str], metric, y: np.ndarray, force: bool = False) -> dict:
+    """Validate predictions from another notebook and add them to the store as a finished run."""
+    if (run_dir / "meta.json").is_file() and not force:
+        raise StoreError(f"run {run_dir} exists; choose another NAME or pass FORCE=1")
+    oof_probs, test_probs = validate_import(_read_table(oof_path), _read_table(test_path), train_ids, test_ids, folds, classes, str(oof_path))
+    io.write_parquet(run_dir / "oof.parquet", prediction_frame(train_ids, oof_probs, classes, folds))
+    io.write_parquet(run_dir / "test.parquet", prediction_frame(test_ids, test_probs, classes))
+    meta = {"name": run_dir.name, "status": "finished", "model": "imported", "family": "imported",
+            "source": {"oof": str(oof_path), "test": str(test_path)}, "classes": classes,
+            "folds_fingerprint": folds_fingerprint, "cv": metric(y, oof_probs), "metric": metric.name,
+            "created": pd.Timestamp.now().isoformat(timespec="seconds")}
+    io.write_json(run_dir / "meta.json", meta)
+    return meta

@@ -1,0 +1,118 @@
+"""The ensemble stage on stored predictions: imports, honest choice, submissions, stacker features."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.data import load_competition
+from pipeline.folds import read_folds
+
+
+def _synthetic(config, strength: float, seed: int):
+    """OOF and test probabilities that know the true class with the given strength."""
+    competition = load_competition(config)
+    folds, _ = read_folds(config, competition)
+    rng = np.random.default_rng(seed)
+    truth_test = competition.solution_labels()
+
+    def probs(labels):
+        logits = rng.normal(size=(len(labels), 10)) + strength * np.eye(10)[labels]
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    oof = pd.DataFrame(probs(competition.y), columns=[str(c) for c in competition.classes])
+    oof.insert(0, "fold", folds)
+    oof.insert(0, "id", competition.train_ids)
+    test = pd.DataFrame(probs(truth_test), columns=[str(c) for c in competition.classes])
+    test.insert(0, "id", competition.test_ids)
+    return oof, test
+
+
+def _import(config_path, tmp_path, name, oof, test, suffix=".csv"):
+    oof_path, test_path = tmp_path / f"{name}_oof{suffix}", tmp_path / f"{name}_test{suffix}"
+    for frame, path in ((oof, oof_path), (test, test_path)):
+        frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
+    return main(["import-oof", "--config", str(config_path), "--name", name, "--oof", str(oof_path), "--test", str(test_path)])
+
+
+@pytest.fixture()
+def with_folds(small_config):
+    assert main(["folds", "--config", str(small_config)]) == 0
+    return small_config
+
+
+def test_imported_runs_are_blended_and_scored(with_folds, tmp_path, capsys):
+    config = load_config(with_folds)
+    for name, strength, seed, suffix in (("notebook_a", 2.0, 1, ".csv"), ("notebook_b", 2.0, 2, ".parquet"), ("weak", 0.5, 3, ".csv")):
+        assert _import(with_folds, tmp_path, name, *_synthetic(config, strength, seed), suffix=suffix) == 0
+    assert "imported notebook_a: CV" in capsys.readouterr().out
+    assert main(["ensemble", "--config", str(with_folds), "ensemble.methods=[mean, optuna, caruana, slsqp, logreg_stacker]"]) == 0
+    board = pd.read_csv(config.submissions_dir / "leaderboard.csv")
+    names = [s.rstrip(" *") for s in board["submission"]]
+    assert {"single-notebook_a", "single-notebook_b", "single-weak", "mean", "optuna", "caruana", "slsqp", "logreg_stacker"} == set(names)
+    blends = board[board["kind"] != "single"]
+    assert blends["nested CV"].notna().all() and blends["private LB"].between(0, 1).all()
+    chosen = board[board["submission"].str.endswith(" *")]
+    assert len(chosen) == 1
+    # the choice is the best nested score, not the best in-sample one
+    best_nested = board["nested CV"].fillna(board["CV"]).max()
+    assert board.loc[chosen.index[0], "nested CV"] == best_nested or board.loc[chosen.index[0], "CV"] == best_nested
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda oof, test: (oof.drop(columns="fold"), test), "needs a 'fold' column"),
+    (lambda oof, test: (oof.assign(fold=(oof["fold"] + 1) % 3), test), "fold assignment differs from ours"),
+    (lambda oof, test: (oof.iloc[1:], test), r"ids differ from the competition's \(59 rows vs 60\)"),
+    (lambda oof, test: (oof, test.drop(columns="3")), r"no column for class\(es\) \['3'\]"),
+    (lambda oof, test: (oof.assign(**{"0": np.nan}), test), "NaN or inf"),
+    (lambda oof, test: (oof.assign(**{"0": 3.0}), test), r"outside \[0, 1\].*not logits"),
+    (lambda oof, test: (oof, test.assign(**{"0": 0.5})), "do not sum to 1"),
+])
+def test_bad_imports_are_refused(with_folds, tmp_path, capsys, spoil, message):
+    config = load_config(with_folds)
+    assert _import(with_folds, tmp_path, "bad", *spoil(*_synthetic(config, 2.0, 0))) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (config.runs_dir / "bad").exists()
+
+
+def test_import_refuses_to_overwrite(with_folds, tmp_path, capsys):
+    config = load_config(with_folds)
+    oof, test = _synthetic(config, 2.0, 0)
+    assert _import(with_folds, tmp_path, "nb", oof, test) == 0
+    assert _import(with_folds, tmp_path, "nb", oof, test) == 2
+    assert "exists; choose another NAME or pass FORCE=1" in capsys.readouterr().err
+
+
+def test_stackers_read_metadata_features(digits_dir, tmp_path, write_config, capsys):
+    data = tmp_path / "digits_meta"
+    shutil.copytree(digits_dir, data)
+    train = pd.read_csv(data / "train.csv", dtype=str)
+    sample = pd.read_csv(data / "sample_submission.csv", dtype=str)
+    solution = pd.read_csv(data / "solution.csv", dtype=str).set_index("id")
+    # a metadata column that carries the label (as an anatomical site can in melanoma data): weak models + it
+    train.assign(meta=train["label"].astype(int)).to_csv(data / "train.csv", index=False)
+    pd.DataFrame({"id": sample["id"], "meta": solution.loc[sample["id"], "label"].astype(int).to_numpy()}).to_csv(data / "test.csv", index=False)
+    config_path = write_config(data, {"competition": {"test_csv": "test.csv"},
+                                      "ensemble": {"stacker_features": ["meta"], "methods": ["mean", "lgbm_stacker"]}})
+    assert main(["folds", "--config", str(config_path)]) == 0
+    config = load_config(config_path)
+    for name, seed in (("a", 1), ("b", 2)):
+        assert _import(config_path, tmp_path, name, *_synthetic(config, 0.5, seed)) == 0
+    assert main(["ensemble", "--config", str(config_path)]) == 0
+    board = pd.read_csv(config.submissions_dir / "leaderboard.csv")
+    rows = {s.rstrip(" *"): r for s, r in zip(board["submission"], board.to_dict("records"))}
+    assert rows["mean"]["nested CV"] < 0.5
+    assert rows["lgbm_stacker"]["nested CV"] > 0.95 and rows["lgbm_stacker"]["private LB"] > 0.95
+
+
+def test_stacker_features_need_a_test_table(small_competition, write_config):
+    from pipeline.config import ConfigError
+    with pytest.raises(ConfigError, match="stacker_features need competition.test_csv"):
+        load_config(write_config(small_competition, {"ensemble": {"stacker_features": ["meta"]}}))
