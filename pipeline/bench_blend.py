@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from .blend import BLEND_METHODS, make_blend, nested_score, select_method
+from .io import write_json
 from .metrics import get_metric
 
 # Lower budgets than the defaults so the default-size run stays near two

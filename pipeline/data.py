@@ -214,6 +214,10 @@ class ImageStore:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def in_memory(self) -> bool:
+        return self._images is not None
+
     def __getitem__(self, index: int) -> np.ndarray:
         if self._images is not None:
             return self._images[index]

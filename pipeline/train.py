@@ -432,7 +432,7 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
 
         store = image_store(spec.competition.train_paths, "train")
         data = FoldData(store, image_store(spec.competition.test_paths, "test"), spec.competition.y, spec.folds)
-        runtime = select_runtime(spec.cfg, store._images is not None)
+        runtime = select_runtime(spec.cfg, store.in_memory)
         views, view_names = _view_list(spec.cfg)
         print(f"{spec.name}: {meta['timm_name']} on {runtime.device}"
               f"{' (' + str(runtime.amp_dtype).replace('torch.', '') + ' autocast)' if runtime.amp_dtype else ''}, "
@@ -469,7 +469,7 @@ def run_predict(config: Config, model: str, overrides: list[str] | None = None, 
             raise StoreError(f"run {spec.run_dir} was trained with other settings; predict with the same recipe and ARGS")
         store = image_store(spec.competition.train_paths, "train")
         data = FoldData(store, image_store(spec.competition.test_paths, "test"), spec.competition.y, spec.folds)
-        runtime = select_runtime(spec.cfg, store._images is not None)
+        runtime = select_runtime(spec.cfg, store.in_memory)
         views, view_names = _view_list(spec.cfg)
         for fold in meta["folds_done"]:
             fold_dir = spec.run_dir / f"fold{fold}"
