@@ -67,14 +67,19 @@ def cmd_folds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_to_run(args: argparse.Namespace, config) -> list[str]:
+    """MODEL, or else the competition's `models:` line-up."""
+    models = [args.model] if args.model else config.models
+    if not models:
+        raise UsageError(f"name a model: make {args.command} MODEL=resnet18 (or list models: in the competition config)")
+    return models
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.train import run_train
 
     config = _load(args)
-    models = [args.model] if args.model else config.models
-    if not models:
-        raise UsageError("name a model: make train MODEL=resnet18 (or list models: in the competition config)")
-    for model in models:
+    for model in _models_to_run(args, config):
         run_train(config, model, _parse_folds(args.folds), force=args.force, overrides=_overrides(args))
     return 0
 
@@ -83,10 +88,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pipeline.train import run_predict
 
     config = _load(args)
-    models = [args.model] if args.model else config.models
-    if not models:
-        raise UsageError("name a model: make predict MODEL=resnet18")
-    for model in models:
+    for model in _models_to_run(args, config):
         run_predict(config, model, overrides=_overrides(args))
     return 0
 

@@ -168,6 +168,18 @@ class EnsembleConfig(_Strict):
     methods: list[str] | None = None
     prune_correlation: float = Field(default=0.999, gt=0, le=1)
     stacker_features: list[str] = Field(default_factory=list)
+    method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_methods(self) -> "EnsembleConfig":
+        from pipeline.blend import make_blend
+
+        for name in list(self.methods or []) + list(self.method_params):
+            try:
+                make_blend(name, **self.method_params.get(name, {}))
+            except KeyError as exc:  # an unknown method; pydantic reports ValueErrors only
+                raise ValueError(exc.args[0]) from None
+        return self
 
 
 class Config(_Strict):

@@ -134,13 +134,14 @@ class Candidate:
 def _method_params(config: Config, method: str, runs: list[StoredRun], fingerprint: str, storage_dir: Path) -> dict:
     # temperature scaling of the blend, kept only where it lowers the log loss (checked inside the method)
     calibrate = {"calibrate": True} if config.competition.metric == "log_loss" else {}
+    user = config.ensemble.method_params.get(method, {})
     if method != "optuna":
-        return calibrate
+        return {**calibrate, **user}
     params = {**calibrate, "n_trials": config.ensemble.optuna_trials, "timeout": config.ensemble.optuna_timeout, "seed": config.ensemble.seed}
     # one study per set of runs (the fold refits get their own): a rerun on the same runs continues it
     key = config_hash([fingerprint, [(r.name, r.meta.get("config_hash")) for r in runs], config.competition.metric])
     params.update(storage=f"sqlite:///{(storage_dir / 'optuna.db').resolve()}", study_name=f"blend-{key}")
-    return params
+    return {**params, **user}
 
 
 def stacker_features(config: Config, competition: Competition) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
@@ -224,10 +225,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     if len(kept_runs) >= 2:
         storage_dir = config.runs_dir / "_ensemble"
         storage_dir.mkdir(parents=True, exist_ok=True)
-        methods = list(config.ensemble.methods or DEFAULT_METHODS)
-        unknown = [m for m in methods if m not in blend.BLEND_METHODS]
-        if unknown:
-            raise StoreError(f"unknown ensemble method(s) {unknown}; known: {sorted(blend.BLEND_METHODS)}")
+        methods = list(config.ensemble.methods or DEFAULT_METHODS)  # names checked when the config was loaded
 
         def params_for(method: str) -> dict:
             return _method_params(config, method, kept_runs, fingerprint, storage_dir)

@@ -19,6 +19,8 @@ from pipeline.config import ConfigError, load_config, parse_overrides, resolve_t
     ({"train": {"tta": ["identity", "rotate(90)"]}}, r"unknown TTA view 'rotate\(90\)'"),
     ({"train": {"augment": [{"Blurr": {}}]}}, r"unknown albumentations transform 'Blurr'"),
     ({"train": {"augment": [{"Affine": {"rotate": "lots"}}]}}, r"bad parameters for Affine"),
+    ({"ensemble": {"methods": ["mean", "carauna"]}}, r"unknown blend method 'carauna'"),
+    ({"ensemble": {"method_params": {"caruana": {"n_step": 50}}}}, r"n_step"),
     ({"competition": {"train_csv": "nope.csv"}}, r"competition.train_csv: file .*nope.csv does not exist"),
 ])
 def test_bad_config_fails_on_load(small_competition, write_config, changes, message):
