@@ -138,7 +138,7 @@ def _method_params(config: Config, method: str, runs: list[StoredRun], fingerpri
     if method != "optuna":
         return {**calibrate, **user}
     params = {**calibrate, "n_trials": config.ensemble.optuna_trials, "timeout": config.ensemble.optuna_timeout, "seed": config.ensemble.seed}
-    # one study per set of runs (the fold refits get their own): a rerun on the same runs continues it
+    # one stored study per set of runs (nested fold refits stay in memory): a rerun on the same runs continues it
     key = config_hash([fingerprint, [(r.name, r.meta.get("config_hash")) for r in runs], config.competition.metric])
     params.update(storage=f"sqlite:///{(storage_dir / 'optuna.db').resolve()}", study_name=f"blend-{key}")
     return {**params, **user}

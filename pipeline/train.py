@@ -263,7 +263,7 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
     bar.close()
     train_seconds = time.perf_counter() - started + elapsed_before
 
-    result = predict_fold(run_name, cfg, fold, data, classes, metric, runtime, fold_dir, views, view_names, model=model)
+    result = predict_fold(cfg, fold, data, classes, metric, runtime, fold_dir, views, view_names, model=model)
     result.update({"best_epoch": best_epoch + 1, "epochs_run": len(history), "train_seconds": train_seconds,
                    "history": history, "image_size": dcfg.image_size, "mean": dcfg.mean, "std": dcfg.std,
                    "interpolation": dcfg.interpolation, "params": count_parameters(model)})
@@ -271,7 +271,7 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
     return result
 
 
-def predict_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, classes: list[str], metric: Metric, runtime: Runtime, fold_dir: Path, views: list[Callable], view_names: list[str], model: torch.nn.Module | None = None) -> dict:
+def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str], metric: Metric, runtime: Runtime, fold_dir: Path, views: list[Callable], view_names: list[str], model: torch.nn.Module | None = None) -> dict:
     """Load a fold's best checkpoint and predict its validation rows and the test set with TTA."""
     started = time.perf_counter()
     if model is None:
@@ -473,7 +473,7 @@ def run_predict(config: Config, model: str, overrides: list[str] | None = None, 
         views, view_names = _view_list(spec.cfg)
         for fold in meta["folds_done"]:
             fold_dir = spec.run_dir / f"fold{fold}"
-            result = predict_fold(spec.name, spec.cfg, fold, data, spec.competition.classes, spec.metric, runtime,
+            result = predict_fold(spec.cfg, fold, data, spec.competition.classes, spec.metric, runtime,
                                   fold_dir, views, view_names)
             fold_info = io.read_json(fold_dir / "fold.json")
             fold_info.update(result)
