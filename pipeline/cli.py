@@ -198,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.folds import FoldsError
     from pipeline.models import ModelError
     from pipeline.store import StoreError
+    from pipeline.train import TrainingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, FoldsError, ModelError, StoreError, UsageError) as exc:
+    except (ConfigError, DataError, FoldsError, ModelError, StoreError, TrainingError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

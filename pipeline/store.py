@@ -84,6 +84,25 @@ def library_versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__, "pipeline": pipeline.__version__}
 
 
+def code_version() -> dict[str, str | bool]:
+    """The pipeline's version and, inside a git checkout, its commit and whether it has local changes."""
+    import subprocess
+
+    import pipeline
+
+    version: dict[str, str | bool] = {"pipeline": pipeline.__version__}
+    source = Path(pipeline.__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            version["git_commit"] = commit.stdout.strip()
+            status = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=source, capture_output=True, text=True, timeout=10)
+            version["git_dirty"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass  # no git on this machine (a Kaggle notebook): the package version is what we have
+    return version
+
+
 def read_meta(run_dir: Path) -> dict | None:
     path = run_dir / "meta.json"
     return io.read_json(path) if path.is_file() else None

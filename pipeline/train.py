@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from tqdm.auto import tqdm
@@ -34,7 +35,7 @@ from pipeline.folds import FoldsError, read_folds, run_folds
 from pipeline.metrics import Metric, get_metric
 from pipeline.models import count_parameters, create_model, data_config, model_family, resolve_model_name
 from pipeline.report import format_seconds, format_table
-from pipeline.store import RunLock, StoreError, library_versions, prediction_frame, read_meta
+from pipeline.store import RunLock, StoreError, code_version, library_versions, prediction_frame, read_meta
 from pipeline.transforms import apply_views, build_transform, parse_view
 
 # settings that change how fast a run goes or how it is shown, not what it learns
@@ -155,19 +156,66 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (for example the loss became NaN); the message says what to change."""
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
 def _save_state(path: Path, state: dict) -> None:
+    """Save the training state, keeping the one before it as a fallback.
+
+    The older file is renamed aside before the new one is written (itself atomically),
+    so at any moment of a crash at least one complete state is on disk.
+    """
+    if path.is_file():
+        os.replace(path, _previous(path))
     io.write_with(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_state(path: Path) -> dict | None:
-    """The last saved training state, or None if there is none or it is damaged."""
+    """The last complete training state: ``last.pt``, else the one before it, else None."""
+    for candidate in (path, _previous(path)):
+        if not candidate.is_file():
+            continue
+        try:
+            state = torch.load(candidate, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a damaged file raises one of several torch/pickle errors
+            print(f"  warning: {candidate.name} is damaged ({type(exc).__name__}); trying the state before it")
+            continue
+        if candidate != path:
+            print(f"  using the previous training state {candidate.name} (epoch {state['epoch'] + 1})")
+        return state
+    return None
+
+
+def _save_best(path: Path, model: torch.nn.Module, epoch: int, score: float) -> None:
+    # the checkpoint carries its own epoch and score, so a resume never trusts a stale figure
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"epoch": str(epoch), "score": repr(float(score))}
+    io.write_with(path, lambda tmp: save_safetensors(tensors, str(tmp), metadata=metadata))
+
+
+def _best_checkpoint_info(path: Path) -> tuple[int, float] | None:
+    """(epoch, score) recorded in a best checkpoint, or None if it is missing or damaged."""
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged file raises one of several torch/pickle errors
-        print(f"  warning: ignoring damaged training state {path} ({type(exc).__name__}); the fold restarts")
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return int(metadata["epoch"]), float(metadata["score"])
+    except Exception:  # noqa: BLE001 - any unreadable checkpoint is treated as absent
         return None
+
+
+def _check_loss(mean_loss: float, epoch: int, step: int, cfg: TrainConfig) -> None:
+    if not math.isfinite(mean_loss):
+        raise TrainingError(
+            f"the training loss is {mean_loss} at epoch {epoch + 1}, step {step + 1} (lr {cfg.lr}); "
+            "lower train.lr, set train.grad_clip, or set train.amp=false"
+        )
 
 
 def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, classes: list[str], metric: Metric, runtime: Runtime, fold_dir: Path, views: list[Callable], view_names: list[str]) -> dict:
@@ -208,15 +256,20 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
     history: list[dict] = []
     best_score, best_epoch, start_epoch, elapsed_before = metric.worst, -1, 0, 0.0
     state = _load_state(state_path)
-    if state is not None and best_path.is_file():
+    best_info = _best_checkpoint_info(best_path)
+    if state is not None and best_info is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
+        start_epoch = state["epoch"] + 1
         history = list(state["history"])
         elapsed_before = float(state["train_seconds"])
-        print(f"  {run_name} fold {fold}: resuming after epoch {state['epoch'] + 1}/{cfg.epochs}")
+        # the best checkpoint on disk is the truth: it may be newer than a fallback state
+        best_epoch, best_score = best_info
+        print(f"  {run_name} fold {fold}: resuming after epoch {start_epoch}/{cfg.epochs}")
+    elif state is not None:
+        print(f"  {run_name} fold {fold}: the best checkpoint is missing or damaged; the fold restarts")
 
     valid_y = data.y[valid_idx]
     started = time.perf_counter()
@@ -245,16 +298,19 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
             scheduler.step()
             loss_sum += loss.detach()
             if (step + 1) % cfg.log_every == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}", refresh=False)
+                mean_loss = loss_sum.item() / (step + 1)  # the only host sync of the loop, every log_every steps
+                _check_loss(mean_loss, epoch, step, cfg)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
                 bar.update(cfg.log_every)
         bar.update(steps_per_epoch - (steps_per_epoch // cfg.log_every) * cfg.log_every)
+        train_loss = loss_sum.item() / max(1, steps_per_epoch)
+        _check_loss(train_loss, epoch, steps_per_epoch - 1, cfg)
         probs = predict_views(model, valid_loader, views[:1], runtime)[0]
         score = metric(valid_y, probs)
-        train_loss = loss_sum.item() / max(1, steps_per_epoch)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "valid_score": score, "lr": scheduler.get_last_lr()[0]})
         if metric.is_better(score, best_score):
             best_score, best_epoch = score, epoch
-            io.write_with(best_path, lambda tmp: save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp)))
+            _save_best(best_path, model, epoch, score)
         bar.set_postfix(loss=f"{train_loss:.4f}", **{metric.name: f"{score:.4f}", "best": f"{best_score:.4f}"})
         _save_state(state_path, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
@@ -392,7 +448,8 @@ def _base_meta(config: Config, spec: RunSpec) -> dict:
         "family": model_family(spec.cfg.model), "competition": config.competition.name,
         "metric": config.competition.metric, "classes": spec.competition.classes,
         "folds_fingerprint": spec.fingerprint, "n_folds": int(len(np.unique(spec.folds))),
-        "config_hash": spec.settings_hash, "config": spec.cfg.model_dump(), "versions": library_versions(),
+        "config_hash": spec.settings_hash, "config": spec.cfg.model_dump(), "seed": spec.cfg.seed,
+        "versions": library_versions(), "code_version": code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "folds_done": [],
     }
 
@@ -446,7 +503,8 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
                                 fold_dir, views, view_names)
             meta["folds_done"] = sorted(set(meta["folds_done"]) | {fold})
             io.write_json(spec.run_dir / "meta.json", meta)
-            (fold_dir / "last.pt").unlink(missing_ok=True)  # the fold is final: its resume state is no longer needed
+            for state_file in (fold_dir / "last.pt", _previous(fold_dir / "last.pt")):
+                state_file.unlink(missing_ok=True)  # the fold is final: its resume states are no longer needed
             print(f"  fold {fold}: {spec.metric.name} {result['score']:.4f} (no TTA {result['score_plain']:.4f}), "
                   f"best epoch {result['best_epoch']}/{result['epochs_run']}, {format_seconds(result['train_seconds'])}")
         meta = assemble_run(spec, meta)
