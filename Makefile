@@ -17,7 +17,7 @@ RUN := $(PY) -m pipeline
 COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test folds train predict ensemble import-oof models bench-ensemble clean-demo
+.PHONY: help install demo test validate folds train predict ensemble import-oof models bench-ensemble clean-demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,9 @@ demo: $(STAMP) ## run every stage on the built-in demo competition, ending with 
 
 test: $(STAMP) ## run the test suite (CPU, tiny models)
 	$(PY) -m pytest tests -q
+
+validate: $(STAMP) ## check the competition folder (every image, labels, ids) before training
+	$(RUN) validate --config $(CONFIG) $(ARGS)
 
 folds: $(STAMP) ## make the k-fold split: folds/<competition>.csv
 	$(RUN) folds $(COMMON)

@@ -1,5 +1,6 @@
 """Command line: one sub-command per stage. The Makefile calls only this.
 
+    python -m pipeline validate --config configs/digits.yaml [--image-size 224]
     python -m pipeline folds    --config configs/digits.yaml
     python -m pipeline train    --config ... --model resnet18 [--folds 0,2] [--epochs 3] [--force] [key=value ...]
     python -m pipeline predict  --config ... --model resnet18 [key=value ...]
@@ -65,6 +66,20 @@ def cmd_folds(args: argparse.Namespace) -> int:
                        f"folds: {config.folds.n_splits}-fold {config.folds.strategy}, seed {config.folds.seed}"))
     print(f"{config.folds_csv}: {status} (fingerprint {fingerprint})")
     return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.report import format_table
+    from pipeline.validate import validate_competition, write_problems
+
+    config = _load(args)
+    report = validate_competition(config, input_size=args.image_size)
+    print(format_table(report.table_rows(), f"validate: {config.competition.name} ({config.data_dir})"))
+    if len(report.problems):
+        print(f"every problem file: {write_problems(report, config)}")
+    print(f"{report.n_errors} error(s), {report.n_warnings} warning(s)"
+          + ("; fix the errors before training" if report.n_errors else ""))
+    return 1 if report.n_errors else 0
 
 
 def _models_to_run(args: argparse.Namespace, config) -> list[str]:
@@ -159,6 +174,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "validate": (cmd_validate, "check the competition folder: tables, every image, labels, ids"),
     "folds": (cmd_folds, "make the k-fold split (folds/<competition>.csv)"),
     "train": (cmd_train, "train one model on every fold, predict OOF and test with TTA"),
     "predict": (cmd_predict, "re-predict OOF and test from saved checkpoints"),
@@ -183,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--epochs", type=int, help="override train.epochs")
         if name == "train":
             p.add_argument("--folds", help="comma-separated subset of folds, e.g. 0,2")
+        if name == "validate":
+            p.add_argument("--image-size", type=int, help="input size to check images against (default: the model line-up's)")
         if name == "import-oof":
             p.add_argument("--name", help="run name for the imported predictions")
             p.add_argument("--oof", help="OOF predictions: id, fold, one column per class (.csv or .parquet)")

@@ -7,6 +7,7 @@ Layout (names set in the competition config)::
     <data_dir>/train/{id}.png         one image per row of train.csv
     <data_dir>/test/{id}.png          one image per row of sample_submission.csv
     <data_dir>/solution.csv           optional: test labels, read only by the scorer
+    <data_dir>/test.csv               optional: test rows' metadata (same ids as the sample submission)
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from pipeline.transforms import to_rgb_uint8
 
 
 class DataError(ValueError):
-    """The competition data is not usable; the message names the file, row or value."""
+    """The competition data is not usable; the message names the file, row or value.
+
+    ``problems`` lists every problem found, one sentence each (the message joins them).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 @dataclass
@@ -40,6 +48,7 @@ class Competition:
     id_column: str
     target_column: str
     solution: pd.DataFrame | None = None
+    test_table: pd.DataFrame | None = None
     y: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
@@ -68,23 +77,30 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
         raise DataError(f"cannot read {what} {path}: {exc}") from None
 
 
-def _require_columns(frame: pd.DataFrame, columns: list[str], path: Path, config_key: str) -> None:
+def _missing_columns(frame: pd.DataFrame, columns: list[str], path: Path, config_key: str) -> list[str]:
     missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{path} has no column {', '.join(repr(c) for c in missing)} (columns: {list(frame.columns)}); "
-            f"fix the file or set {config_key} in the competition config"
-        )
+    if not missing:
+        return []
+    return [f"{path} has no column {', '.join(repr(c) for c in missing)} (columns: {list(frame.columns)}); "
+            f"fix the file or set {config_key} in the competition config"]
 
 
-def _check_ids(frame: pd.DataFrame, id_column: str, path: Path) -> None:
+def _id_problems(frame: pd.DataFrame, id_column: str, path: Path) -> list[str]:
     ids = frame[id_column]
+    problems = []
     if ids.isna().any():
         rows = (np.flatnonzero(ids.isna().to_numpy()) + 2)[:5].tolist()
-        raise DataError(f"{path}: empty id in row(s) {rows} (row 1 is the header)")
-    dup = ids[ids.duplicated(keep=False)]
+        problems.append(f"{path}: empty id in row(s) {rows} (row 1 is the header)")
+    dup = ids[ids.duplicated(keep=False) & ids.notna()]
     if len(dup):
-        raise DataError(f"{path}: duplicate ids {sorted(dup.unique().tolist())[:5]}; each id must appear once")
+        problems.append(f"{path}: {dup.nunique()} duplicate ids {sorted(dup.unique().tolist())[:5]}; each id must appear once")
+    return problems
+
+
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        head = problems[0] if len(problems) == 1 else f"{len(problems)} problems in the competition data:\n  - " + "\n  - ".join(problems)
+        raise DataError(head, problems)
 
 
 def _image_paths(data_dir: Path, pattern: str, ids: np.ndarray) -> list[Path]:
@@ -138,30 +154,43 @@ def load_competition(config: Config, check_image_files: bool = True) -> Competit
     train_path = data_dir / comp.train_csv
     sub_path = data_dir / comp.sample_submission
     train = _read_csv(train_path, "train csv")
-    _require_columns(train, [comp.id_column], train_path, "competition.id_column")
-    _require_columns(train, [comp.target_column], train_path, "competition.target_column")
-    _check_ids(train, comp.id_column, train_path)
-    if config.folds.group_column:
-        _require_columns(train, [config.folds.group_column], train_path, "folds.group_column")
-    labels = train[comp.target_column]
-    empty = labels.isna() | (labels.str.strip() == "")
-    if empty.any():
-        rows = (np.flatnonzero(empty.to_numpy()) + 2)[:5].tolist()
-        raise DataError(f"{train_path}: empty or NaN label in column {comp.target_column!r} at row(s) {rows} (row 1 is the header)")
-
     sample = _read_csv(sub_path, "sample submission")
-    _require_columns(sample, [comp.id_column], sub_path, "competition.id_column")
-    _check_ids(sample, comp.id_column, sub_path)
-
-    classes = sorted(labels.unique().tolist(), key=_natural_key)
-    lookup = {c: i for i, c in enumerate(classes)}
-    y = labels.map(lookup).to_numpy(dtype=np.int64)
-
-    solution = None
+    # every table problem is collected first, so one run of `make validate` shows them all
+    problems = _missing_columns(train, [comp.id_column], train_path, "competition.id_column")
+    problems += _missing_columns(train, [comp.target_column], train_path, "competition.target_column")
+    if config.folds.group_column:
+        problems += _missing_columns(train, [config.folds.group_column], train_path, "folds.group_column")
+    problems += _missing_columns(sample, [comp.id_column], sub_path, "competition.id_column")
+    if comp.id_column in train.columns:
+        problems += _id_problems(train, comp.id_column, train_path)
+    if comp.id_column in sample.columns:
+        problems += _id_problems(sample, comp.id_column, sub_path)
+    if comp.target_column in train.columns:
+        labels = train[comp.target_column]
+        empty = labels.isna() | (labels.str.strip() == "")
+        if empty.any():
+            rows = (np.flatnonzero(empty.to_numpy()) + 2)[:5].tolist()
+            problems.append(f"{train_path}: empty or NaN label in column {comp.target_column!r} at row(s) {rows} "
+                            f"(row 1 is the header; {int(empty.sum())} in all)")
+    solution, test_table = None, None
     if comp.solution:
         sol_path = data_dir / comp.solution
         solution = _read_csv(sol_path, "solution")
-        _require_columns(solution, [comp.id_column, comp.target_column], sol_path, "competition.solution")
+        problems += _missing_columns(solution, [comp.id_column, comp.target_column], sol_path, "competition.solution")
+    if comp.test_csv:
+        test_path = data_dir / comp.test_csv
+        test_table = _read_csv(test_path, "test csv")
+        problems += _missing_columns(test_table, [comp.id_column], test_path, "competition.id_column")
+        if comp.id_column in test_table.columns and comp.id_column in sample.columns:
+            extra = set(test_table[comp.id_column]) ^ set(sample[comp.id_column])
+            if extra:
+                problems.append(f"{test_path}: ids differ from {sub_path.name} ({len(extra)} id(s) in one but not the other, e.g. {sorted(extra)[:3]})")
+    _raise_if(problems)
+
+    labels = train[comp.target_column]
+    classes = sorted(labels.unique().tolist(), key=_natural_key)
+    lookup = {c: i for i, c in enumerate(classes)}
+    y = labels.map(lookup).to_numpy(dtype=np.int64)
 
     competition = Competition(
         train=train,
@@ -172,6 +201,7 @@ def load_competition(config: Config, check_image_files: bool = True) -> Competit
         id_column=comp.id_column,
         target_column=comp.target_column,
         solution=solution,
+        test_table=test_table,
         y=y,
     )
     if check_image_files:
@@ -188,13 +218,35 @@ def _natural_key(label: str):
         return (1, 0.0, label)
 
 
+# 16-bit and 32-bit integer modes hold 0..65535: scaled to 0..255 over that full range
+_WIDE_INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def image_to_rgb(image: Image.Image) -> np.ndarray:
+    """Any PIL image mode to RGB uint8 ``(H, W, 3)``.
+
+    Grayscale is repeated over three channels, 16-bit data is scaled to 8 bits over
+    its full range, float images are min-max scaled, and every other mode (palette,
+    CMYK, RGBA, ...) goes through PIL's own conversion to RGB (alpha is dropped).
+    """
+    if image.mode in _WIDE_INTEGER_MODES:
+        wide = np.asarray(image).astype(np.float32)
+        return to_rgb_uint8(np.clip(np.rint(wide / 257.0), 0, 255))
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        low, high = float(np.nanmin(values)), float(np.nanmax(values))
+        scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
+        return to_rgb_uint8(np.rint(np.nan_to_num(scaled)))
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    return to_rgb_uint8(np.asarray(image))
+
+
 def decode_image(path: Path) -> np.ndarray:
-    """Decode one image file to RGB uint8 ``(H, W, 3)``."""
+    """Decode one image file to RGB uint8 ``(H, W, 3)`` (see :func:`image_to_rgb`)."""
     try:
         with Image.open(path) as image:
-            if image.mode not in ("RGB", "L"):
-                image = image.convert("RGB")
-            return to_rgb_uint8(np.asarray(image))
+            return image_to_rgb(image)
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}") from None
 

@@ -155,9 +155,7 @@ def stacker_features(config: Config, competition: Competition) -> tuple[np.ndarr
     columns = config.ensemble.stacker_features
     if not columns:
         return None, None
-    test_path = config.data_path(config.competition.test_csv)
-    test = pd.read_csv(test_path, dtype={competition.id_column: str})
-    tables = {"train.csv": competition.train, str(test_path): test}
+    tables = {"train.csv": competition.train, config.competition.test_csv: competition.test_table}
     out = []
     for where, table in tables.items():
         missing = [c for c in columns if c not in table.columns]

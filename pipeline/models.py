@@ -172,5 +172,13 @@ def data_config(model: torch.nn.Module, image_size: int | None = None, mean=None
     )
 
 
+def default_input_size(name: str) -> int | None:
+    """The input size of a model's default pretrained config (no model is built), or None if timm has none."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(resolve_model_name(name))
+    if pretrained_cfg is None or not pretrained_cfg.input_size:
+        return None
+    return int(max(pretrained_cfg.input_size[1:]))
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
