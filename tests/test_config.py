@@ -51,5 +51,5 @@ def test_recipe_overrides_defaults_and_cli_overrides_recipe(loaded_small_config)
     assert cfg.model == "test_resnet" and cfg.image_size == 32  # from the recipe
     assert cfg.lr == 0.01  # from the override
     assert cfg.epochs == 1  # from the competition defaults
-    _, plain = resolve_train_config(loaded_small_config, "resnet18")
-    assert plain.model == "resnet18" and plain.image_size is None  # the model's own size
+    _, plain = resolve_train_config(loaded_small_config, "efficientnet_b1")
+    assert plain.model == "efficientnet_b1" and plain.image_size is None  # the model's own size

@@ -1,0 +1,665 @@
+"""Screen many architectures on the user's data, small and fast: ``make zoo``; then ``make zoo-promote TOP=K``.
+
+Each architecture is a recipe (``configs/recipes/<name>.yaml``: model, image size,
+batch size, learning rate), or a model alias/timm name with the competition's
+defaults. The screen trains it on a stratified subset of the training rows, at a
+small image size, for a few epochs, on the first fold(s), with the normal train
+stage (so it resumes after a crash), in its own process (so one architecture that
+runs out of memory or cannot take the input size is recorded and the screen goes
+on). Every architecture is then timed the same way: parameters, GFLOPs at its full
+input size, training and inference images/s at the screening size (warm-up
+excluded, synchronised on a GPU) and peak memory.
+
+Outputs, under ``<output_dir>/zoo/<competition>/``: ``leaderboard.csv`` and
+``leaderboard.md``, ``report.html`` (opens offline: the figures are embedded) and
+the figures as PNG files, one ``<architecture>/screen.json`` per architecture.
+The screening runs themselves live in the store under the competition name
+``<competition>.zoo``, apart from the real runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, ValidationError, field_validator
+
+from pipeline import io
+from pipeline.config import (Config, ConfigError, TrainConfig, _Strict, config_hash, format_validation_error, load_config,
+                             read_yaml, resolve_train_config)
+from pipeline.data import Competition, load_competition
+from pipeline.report import format_seconds, format_table
+
+DEFAULT_ZOO = "configs/zoo/default.yaml"
+
+
+# -- the zoo file ------------------------------------------------------------------------------
+
+class ScreenConfig(_Strict):
+    """How small and fast the screen is; ``auto`` values scale with the dataset."""
+
+    rows: int | Literal["auto"] = "auto"           # stratified subset of train rows; auto: min(all, max(500, 30 per class))
+    image_size: int | Literal["auto"] = "auto"     # auto: the images' median shorter side, clamped to 64..128, never above the recipe's
+    epochs: int = Field(default=3, ge=1)
+    folds: int = Field(default=1, ge=1)            # screen on the first k folds of the subset's split
+    seed: int = 0
+    timing_batch_size: int = Field(default=32, ge=1)
+    timing_steps: int = Field(default=5, ge=1)
+    accuracy_tolerance: float = Field(default=0.01, ge=0)  # "best per cost": the fastest within this of the best CV
+
+    @field_validator("rows", "image_size")
+    @classmethod
+    def _positive(cls, value):
+        if value != "auto" and value < 8:
+            raise ValueError(f"must be 'auto' or at least 8, got {value}")
+        return value
+
+
+class ZooConfig(_Strict):
+    """``screen:`` settings and ``architectures:``, each a name or ``{name: {screening overrides}}``."""
+
+    screen: ScreenConfig = Field(default_factory=ScreenConfig)
+    architectures: list[str | dict[str, dict[str, Any]]]
+
+    @field_validator("architectures")
+    @classmethod
+    def _entries(cls, entries):
+        if not entries:
+            raise ValueError("list at least one architecture")
+        names = []
+        for entry in entries:
+            if isinstance(entry, dict) and len(entry) != 1:
+                raise ValueError(f"an entry is a name or {{name: {{overrides}}}}, got {entry}")
+            names.append(entry if isinstance(entry, str) else next(iter(entry)))
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"architectures listed twice: {duplicates}")
+        return entries
+
+    def entries(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(e, {}) if isinstance(e, str) else next(iter(e.items())) for e in self.architectures]
+
+
+def load_zoo(path: str | Path, config: Config) -> ZooConfig:
+    """Read and validate a zoo file; every architecture must resolve to valid training settings.
+
+    Raises
+    ------
+    ConfigError
+        Naming the bad key, value or architecture.
+    """
+    from pipeline.models import resolve_model_name
+
+    path = Path(path)
+    try:
+        zoo = ZooConfig.model_validate(read_yaml(path))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path), ZooConfig)) from None
+    for name, overrides in zoo.entries():
+        _, cfg = resolve_train_config(config, name)
+        try:
+            TrainConfig.model_validate({**cfg.model_dump(), **overrides})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, f"{path}: {name}", TrainConfig)) from None
+        try:
+            resolve_model_name(cfg.model)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: architecture {name!r}: {exc}") from None
+    return zoo
+
+
+# -- the screening data ------------------------------------------------------------------------
+
+def stratified_subset(y: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:
+    """Row indices of a class-stratified subset of about ``rows`` rows (every class kept), sorted.
+
+    Parameters
+    ----------
+    y : array of int
+        Class index per row.
+    rows : int
+        Wanted size; all rows when it is at least ``len(y)``.
+    seed : int
+        Seed of the draw within each class.
+    """
+    if rows >= len(y):
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    fraction = rows / len(y)
+    picked = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        take = min(len(members), max(2, round(fraction * len(members))))
+        picked.append(rng.permutation(members)[:take])
+    return np.sort(np.concatenate(picked))
+
+
+def screen_rows(screen: ScreenConfig, y: np.ndarray) -> int:
+    if screen.rows != "auto":
+        return int(screen.rows)
+    return int(min(len(y), max(500, 30 * len(np.unique(y)))))
+
+
+def median_short_side(paths: list[Path], sample: int = 200) -> int:
+    """Median shorter side of a sample of the images (headers only)."""
+    from PIL import Image
+
+    step = max(1, len(paths) // sample)
+    sides = []
+    for path in paths[::step][:sample]:
+        with Image.open(path) as image:
+            sides.append(min(image.size))
+    return int(np.median(sides))
+
+
+def screen_image_size(screen: ScreenConfig, full_size: int, data_side: int) -> int:
+    """The screening input size: small, but never above the architecture's full size."""
+    if screen.image_size != "auto":
+        return min(int(screen.image_size), full_size)
+    return min(full_size, int(np.clip(data_side, 64, 128)))
+
+
+def zoo_config(config: Config) -> Config:
+    """The competition config whose store, folds and runs hold the screening runs."""
+    competition = config.competition.model_copy(update={"name": f"{config.competition.name}.zoo"})
+    return config.model_copy(update={"competition": competition})
+
+
+def subset_competition(competition: Competition, rows: np.ndarray) -> Competition:
+    """The training rows ``rows`` of a competition, with no test set (a screen predicts none)."""
+    return Competition(
+        train=competition.train.iloc[rows].reset_index(drop=True),
+        sample_submission=competition.sample_submission.iloc[:0],
+        classes=competition.classes,
+        train_paths=[competition.train_paths[i] for i in rows],
+        test_paths=[],
+        id_column=competition.id_column,
+        target_column=competition.target_column,
+        y=competition.y[rows],
+    )
+
+
+@dataclass
+class ScreenPlan:
+    """Everything both the coordinator and each worker derive the same way."""
+
+    config: Config            # the real competition
+    screen_config: Config     # the ".zoo" competition that stores the screening runs
+    zoo: ZooConfig
+    competition: Competition  # the screening subset
+    folds: list[int]
+    data_side: int
+    out_dir: Path
+
+    def overrides(self, name: str, extra: dict[str, Any]) -> tuple[list[str], int, int]:
+        """``key=value`` overrides that shrink a recipe to its screen, with its screening and full input sizes."""
+        from pipeline.models import default_input_size
+
+        _, cfg = resolve_train_config(self.config, name)
+        full = cfg.image_size or default_input_size(cfg.model) or 224
+        settings = {"image_size": screen_image_size(self.zoo.screen, full, self.data_side),
+                    "epochs": self.zoo.screen.epochs, "patience": None, "tta": ["identity"], **extra}
+        return [f"train.{k}={_yaml_value(v)}" for k, v in settings.items()], int(settings["image_size"]), int(full)
+
+    def settings_hash(self, name: str, extra: dict[str, Any]) -> str:
+        from pipeline.train import settings_dump
+
+        overrides, _, _ = self.overrides(name, extra)
+        _, cfg = resolve_train_config(self.config, name, overrides)
+        return config_hash({"train": settings_dump(cfg), "screen": self.zoo.screen.model_dump(), "folds": self.folds,
+                            "rows": self.competition.train_ids.tolist()})
+
+
+def _yaml_value(value: Any) -> str:
+    import json
+
+    return json.dumps(value)  # JSON is YAML: lists, nulls and strings survive the override parser
+
+
+def make_plan(config: Config, zoo: ZooConfig, out_dir: Path | None = None) -> ScreenPlan:
+    """Draw the screening subset, save its folds, and fix what every architecture is screened on."""
+    from pipeline.folds import run_folds
+
+    competition = load_competition(config)
+    rows = stratified_subset(competition.y, screen_rows(zoo.screen, competition.y), zoo.screen.seed)
+    subset = subset_competition(competition, rows)
+    screen_config = zoo_config(config)
+    folds, _, _ = run_folds(screen_config, subset, force=True)  # the subset's split is derived, never hand-made
+    n_folds = len(np.unique(folds))
+    if zoo.screen.folds > n_folds:
+        raise ConfigError(f"screen.folds={zoo.screen.folds} but the split has {n_folds} folds; lower screen.folds")
+    out_dir = out_dir or config.out / "zoo" / config.competition.name
+    return ScreenPlan(config, screen_config, zoo, subset, list(range(zoo.screen.folds)),
+                      median_short_side(subset.train_paths), out_dir)
+
+
+# -- one architecture (in its own process) ----------------------------------------------------------
+
+def measure_cost(model_name: str, n_classes: int, screen_size: int, full_size: int, batch_size: int, steps: int,
+                 model_kwargs: dict | None = None) -> dict:
+    """Parameters, GFLOPs at the full input size, and training/inference images/s at the screening size.
+
+    Every architecture is timed the same way: a synthetic batch of ``batch_size``, two
+    warm-up steps that are not counted, then ``steps`` timed steps; on a GPU with AMP
+    and channels_last as in training, and synchronised before each clock read.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.models import count_parameters, create_model
+    from pipeline.train import _autocast, _to_device, select_runtime
+
+    runtime = select_runtime(TrainConfig(), images_in_memory=True)
+    model = create_model(model_name, n_classes, False, **(model_kwargs or {}))
+    params = count_parameters(model)
+    model.eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, full_size, full_size))
+    gflops = counter.get_total_flops() / 1e9
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    x = _to_device(torch.randn(batch_size, 3, screen_size, screen_size), runtime)
+    y = torch.randint(0, n_classes, (batch_size,), device=runtime.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def sync():
+        if runtime.is_cuda:
+            torch.cuda.synchronize()
+
+    def train_step():
+        with _autocast(runtime):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    @torch.inference_mode()
+    def infer_step():
+        with _autocast(runtime):
+            model(x)
+
+    rates = {}
+    for name, step, mode in (("train", train_step, model.train), ("infer", infer_step, model.eval)):
+        mode()
+        for _ in range(2):
+            step()
+        sync()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        rates[name] = batch_size * steps / (time.perf_counter() - started)
+    return {"params": params, "gflops": gflops, "train_ips": rates["train"], "infer_ips": rates["infer"]}
+
+
+def peak_memory_mb() -> tuple[float, str]:
+    """Peak memory of this process: GPU memory allocated on a GPU, else the process's maximum RSS."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20, "gpu"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu rss"
+
+
+def screen_one(plan: ScreenPlan, name: str, extra: dict[str, Any]) -> dict:
+    """Train one architecture on the screening folds and time it; return its ``screen.json`` record."""
+    from pipeline.models import model_family, resolve_model_name
+    from pipeline.train import run_train
+
+    started = time.perf_counter()
+    overrides, screen_size, full_size = plan.overrides(name, extra)
+    meta = run_train(plan.screen_config, name, plan.folds, overrides=overrides, competition=plan.competition)
+    folds = {int(k): v for k, v in meta["folds"].items()}
+    _, cfg = resolve_train_config(plan.config, name, overrides)
+    cost = measure_cost(cfg.model, len(plan.competition.classes), screen_size, full_size,
+                        plan.zoo.screen.timing_batch_size, plan.zoo.screen.timing_steps, cfg.model_kwargs)
+    memory, memory_kind = peak_memory_mb()
+    histories = {f: io.read_json(plan.screen_config.runs_dir / name / f"fold{f}" / "fold.json")["history"] for f in folds}
+    return {
+        "name": name, "status": "ok", "model": cfg.model, "timm_name": resolve_model_name(cfg.model),
+        "family": model_family(cfg.model), "metric": plan.config.competition.metric,
+        "cv": float(np.mean([folds[f]["score"] for f in plan.folds])), "folds": plan.folds,
+        "screen_image_size": screen_size, "full_image_size": full_size, "epochs": plan.zoo.screen.epochs,
+        "rows": len(plan.competition.y), **cost, "peak_memory_mb": memory, "memory_kind": memory_kind,
+        "train_seconds": float(sum(folds[f]["train_seconds"] for f in plan.folds)),
+        "wall_seconds": time.perf_counter() - started, "history": histories,
+        "settings_hash": plan.settings_hash(name, extra),
+    }
+
+
+def _worker(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    zoo = load_zoo(args.zoo, config)
+    plan = make_plan(config, zoo)
+    extra = dict(zoo.entries())[args.name]
+    record_path = plan.out_dir / args.name / "screen.json"
+    try:
+        record = screen_one(plan, args.name, extra)
+    except Exception as exc:  # noqa: BLE001 - any failure of one architecture is recorded; the screen goes on
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        io.write_json(record_path, {"name": args.name, "status": "failed", "error": f"{type(exc).__name__}: {message}"[:300],
+                                    "settings_hash": plan.settings_hash(args.name, extra)})
+        raise
+    io.write_json(record_path, record)
+    return 0
+
+
+# -- the screen ---------------------------------------------------------------------------------------
+
+def _run_worker(config_path: Path, zoo_path: Path, name: str, overrides: list[str], log_path: Path) -> int:
+    command = [sys.executable, "-m", "pipeline.zoo", "--config", str(config_path), "--zoo", str(zoo_path), "--name", name,
+               "--", *overrides]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")).returncode
+
+
+def _exit_reason(code: int, log_path: Path) -> str:
+    if code < 0:
+        reason = f"killed by signal {-code}" + (" (out of memory?)" if code == -9 else "")
+    else:
+        reason = f"exit code {code}"
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()] if log_path.is_file() else []
+    return f"{reason}: {lines[-1][:200]}" if lines else reason
+
+
+def run_zoo(config_path: str | Path, zoo_path: str | Path = DEFAULT_ZOO, overrides: list[str] | None = None) -> tuple[pd.DataFrame, int]:
+    """Screen every architecture of a zoo file, skipping those already screened with the same settings.
+
+    Returns
+    -------
+    (leaderboard, n_failed): the leaderboard sorted by screening CV (failed ones last).
+    """
+    config = load_config(config_path, overrides)
+    zoo = load_zoo(zoo_path, config)
+    plan = make_plan(config, zoo)
+    entries = zoo.entries()
+    print(f"zoo: {len(entries)} architectures on {len(plan.competition.y)} of the training rows, "
+          f"{zoo.screen.epochs} epochs, fold(s) {plan.folds} of {config.folds.n_splits}; logs in {plan.out_dir}/<name>/screen.log")
+    records, spent = [], []
+    for k, (name, extra) in enumerate(entries, start=1):
+        record_path = plan.out_dir / name / "screen.json"
+        old = io.read_json(record_path) if record_path.is_file() else None
+        if old and old.get("status") == "ok" and old.get("settings_hash") == plan.settings_hash(name, extra):
+            print(f"[{k}/{len(entries)}] {name}: screened before (CV {old['cv']:.4f}), skipped")
+            records.append(old)
+            continue
+        left = len(entries) - k + 1
+        eta = f", about {format_seconds(np.mean(spent) * left)} left" if spent else ""
+        print(f"[{k}/{len(entries)}] {name}: screening{eta}", flush=True)
+        record_path.unlink(missing_ok=True)
+        started = time.perf_counter()
+        code = _run_worker(Path(config_path), Path(zoo_path), name, list(overrides or []), plan.out_dir / name / "screen.log")
+        spent.append(time.perf_counter() - started)
+        record = io.read_json(record_path) if record_path.is_file() else None
+        if code != 0 and (record is None or record.get("status") == "ok"):
+            record = {"name": name, "status": "failed", "error": _exit_reason(code, plan.out_dir / name / "screen.log")}
+            io.write_json(record_path, record)
+        records.append(record)
+        if record["status"] == "ok":
+            print(f"[{k}/{len(entries)}] {name}: CV {record['cv']:.4f}, {record['infer_ips']:.0f} img/s inference, "
+                  f"{format_seconds(spent[-1])}", flush=True)
+        else:
+            print(f"[{k}/{len(entries)}] {name}: FAILED - {record['error']}", flush=True)
+    board = leaderboard(records, config.competition.metric)
+    write_report(plan, board, records)
+    n_failed = int((board["status"] != "ok").sum())
+    return board, n_failed
+
+
+# -- the leaderboard and the report -------------------------------------------------------------------------
+
+def leaderboard(records: list[dict], metric_name: str) -> pd.DataFrame:
+    """One row per architecture, best screening CV first, failed ones last."""
+    from pipeline.metrics import get_metric
+
+    metric = get_metric(metric_name)
+    rows = []
+    for r in records:
+        ok = r["status"] == "ok"
+        rows.append({
+            "architecture": r["name"], "model": r.get("timm_name", ""), "cv": r["cv"] if ok else math.nan,
+            "params_m": r["params"] / 1e6 if ok else math.nan, "gflops": r["gflops"] if ok else math.nan,
+            "image_size": f"{r['screen_image_size']}/{r['full_image_size']}" if ok else "",
+            "train_ips": r["train_ips"] if ok else math.nan, "infer_ips": r["infer_ips"] if ok else math.nan,
+            "peak_memory_mb": r["peak_memory_mb"] if ok else math.nan,
+            "wall_seconds": r["wall_seconds"] if ok else math.nan,
+            "status": "ok" if ok else "failed", "error": r.get("error", ""),
+        })
+    board = pd.DataFrame(rows)
+    sign = -1 if metric.greater_is_better else 1
+    board["_order"] = np.where(board["status"] == "ok", sign * board["cv"].fillna(0), np.inf)
+    return board.sort_values(["_order", "architecture"]).drop(columns="_order").reset_index(drop=True)
+
+
+def format_leaderboard(board: pd.DataFrame, metric_name: str) -> str:
+    rows = []
+    for r in board.to_dict("records"):
+        ok = r["status"] == "ok"
+        rows.append({"architecture": r["architecture"], f"CV ({metric_name})": f"{r['cv']:.4f}" if ok else "-",
+                     "params (M)": f"{r['params_m']:.1f}" if ok else "-", "GFLOPs": f"{r['gflops']:.2f}" if ok else "-",
+                     "size screen/full": r["image_size"] or "-",
+                     "train img/s": f"{r['train_ips']:.0f}" if ok else "-", "infer img/s": f"{r['infer_ips']:.0f}" if ok else "-",
+                     "peak MB": f"{r['peak_memory_mb']:.0f}" if ok else "-",
+                     "wall": format_seconds(r["wall_seconds"]) if ok else "-",
+                     "status": "ok" if ok else f"failed: {r['error'][:60]}"})
+    return format_table(rows, "zoo leaderboard (screening CV on a subset; throughput at the screening size)")
+
+
+def pareto_front(score: np.ndarray, speed: np.ndarray, greater_is_better: bool = True) -> np.ndarray:
+    """Boolean mask of the points no other point beats on both score and speed (higher speed is better)."""
+    score = np.asarray(score, dtype=float) * (1 if greater_is_better else -1)
+    speed = np.asarray(speed, dtype=float)
+    front = np.ones(len(score), dtype=bool)
+    for i in range(len(score)):
+        dominated = (score >= score[i]) & (speed >= speed[i]) & ((score > score[i]) | (speed > speed[i]))
+        front[i] = not dominated.any()
+    return front
+
+
+def oof_residual_correlation(plan: ScreenPlan, names: list[str]) -> pd.DataFrame:
+    """Correlation of the architectures' OOF errors (probabilities minus the one-hot truth) on the screened rows.
+
+    Two strong models agree on easy rows whatever they are; the errors show whether they
+    fail on the same rows, which is what decides whether averaging them helps.
+    """
+    residuals = {}
+    for name in names:
+        parts = []
+        for fold in plan.folds:
+            frame = pd.read_parquet(plan.screen_config.runs_dir / name / f"fold{fold}" / "valid.parquet")
+            parts.append(frame)
+        frame = pd.concat(parts).sort_values("row")
+        probs = frame.drop(columns="row").to_numpy(dtype=np.float64)
+        truth = np.eye(probs.shape[1])[plan.competition.y[frame["row"].to_numpy()]]
+        residuals[name] = (probs - truth).ravel()
+    return pd.DataFrame(residuals).corr()
+
+
+def _oof_probs(plan: ScreenPlan, name: str) -> tuple[np.ndarray, np.ndarray]:
+    frame = pd.concat([pd.read_parquet(plan.screen_config.runs_dir / name / f"fold{f}" / "valid.parquet") for f in plan.folds])
+    frame = frame.sort_values("row")
+    return frame["row"].to_numpy(), frame.drop(columns="row").to_numpy(dtype=np.float64)
+
+
+def shortlist(plan: ScreenPlan, board: pd.DataFrame) -> list[dict]:
+    """Best accuracy; best accuracy per cost (the fastest within the tolerance of the best); most complementary pair."""
+    from pipeline.metrics import get_metric
+
+    metric = get_metric(plan.config.competition.metric)
+    ok = board[board["status"] == "ok"].reset_index(drop=True)
+    if ok.empty:
+        return []
+    best = ok.iloc[0]
+    picks = [{"pick": "best accuracy", "architectures": best["architecture"], "why": f"CV {best['cv']:.4f}"}]
+    tolerance = plan.zoo.screen.accuracy_tolerance
+    close = ok[np.abs(ok["cv"] - best["cv"]) <= tolerance]
+    fastest = close.sort_values("infer_ips", ascending=False).iloc[0]
+    picks.append({"pick": "best accuracy per cost", "architectures": fastest["architecture"],
+                  "why": f"CV {fastest['cv']:.4f} (within {tolerance} of the best) at {fastest['infer_ips']:.0f} img/s, "
+                         f"{fastest['infer_ips'] / best['infer_ips']:.1f}x the best one's speed"})
+    names = ok["architecture"].tolist()
+    if len(names) >= 2:
+        probs = {n: _oof_probs(plan, n) for n in names}
+        rows = probs[names[0]][0]
+        y = plan.competition.y[rows]
+        corr = oof_residual_correlation(plan, names)
+        scored = []
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                blend = (probs[a][1] + probs[b][1]) / 2
+                scored.append((metric(y, blend), -corr.loc[a, b] if metric.greater_is_better else corr.loc[a, b], a, b))
+        scored.sort(reverse=metric.greater_is_better)
+        score, _, a, b = scored[0]
+        picks.append({"pick": "most complementary pair", "architectures": f"{a} + {b}",
+                      "why": f"their average scores {score:.4f} on the screened rows; error correlation {corr.loc[a, b]:.2f}"})
+    return picks
+
+
+def _figures(plan: ScreenPlan, board: pd.DataFrame, records: list[dict]) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.metrics import get_metric
+
+    metric = get_metric(plan.config.competition.metric)
+    ok = board[board["status"] == "ok"]
+    figures: dict[str, Path] = {}
+    if ok.empty:
+        return figures
+    front_mask = pareto_front(ok["cv"], ok["infer_ips"], metric.greater_is_better)
+    for key, column, label, log in (("pareto_throughput", "infer_ips", "inference images/s (screening size)", True),
+                                    ("pareto_params", "params_m", "parameters (millions)", True)):
+        fig, ax = plt.subplots(figsize=(7, 5))
+        ax.scatter(ok[column], ok["cv"], c=np.where(front_mask, "tab:red", "tab:blue"), zorder=3)
+        for _, r in ok.iterrows():
+            ax.annotate(r["architecture"], (r[column], r["cv"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if key == "pareto_throughput":
+            front = ok[front_mask].sort_values(column)
+            ax.step(front[column], front["cv"], where="post", color="tab:red", alpha=0.6, label="Pareto front")
+            ax.legend()
+        ax.set_xscale("log" if log else "linear")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"screening CV ({metric.name})")
+        ax.set_title(f"{plan.config.competition.name}: accuracy against {label.split(' (')[0]}")
+        ax.grid(alpha=0.3)
+        figures[key] = _save_figure(fig, plan.out_dir / f"{key}.png")
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        history = r["history"][str(r["folds"][0])] if str(r["folds"][0]) in r["history"] else next(iter(r["history"].values()))
+        ax.plot([h["epoch"] for h in history], [h["valid_score"] for h in history], marker="o", label=r["name"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric.name} (fold {plan.folds[0]})")
+    ax.set_title("learning curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    figures["learning_curves"] = _save_figure(fig, plan.out_dir / "learning_curves.png")
+    if len(ok) >= 2:
+        corr = oof_residual_correlation(plan, ok["architecture"].tolist())
+        fig, ax = plt.subplots(figsize=(1.0 + 0.5 * len(corr), 0.6 + 0.5 * len(corr)))
+        image = ax.imshow(corr.to_numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_xticks(range(len(corr)), corr.columns, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(corr)), corr.index, fontsize=8)
+        for i in range(len(corr)):
+            for j in range(len(corr)):
+                ax.text(j, i, f"{corr.iat[i, j]:.2f}", ha="center", va="center", fontsize=6)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        ax.set_title("correlation of OOF errors (lower = more diverse)")
+        figures["oof_correlation"] = _save_figure(fig, plan.out_dir / "oof_correlation.png")
+    return figures
+
+
+def _save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    io.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def write_report(plan: ScreenPlan, board: pd.DataFrame, records: list[dict]) -> dict[str, Path]:
+    """Write leaderboard.csv/.md, the figures and report.html (self-contained) under the zoo folder."""
+    metric_name = plan.config.competition.metric
+    text = format_leaderboard(board, metric_name)
+    picks = shortlist(plan, board)
+    figures = _figures(plan, board, records)
+    out = {"csv": io.write_csv(plan.out_dir / "leaderboard.csv", board)}
+    md = [f"# Zoo screen: {plan.config.competition.name}", "",
+          f"{len(plan.competition.y)} training rows, fold(s) {plan.folds}, {plan.zoo.screen.epochs} epochs; "
+          f"throughput measured on {_device_name()} at the screening size.", "", "```", text, "```", "",
+          "## Shortlist", ""] + [f"- **{p['pick']}**: {p['architectures']} ({p['why']})" for p in picks] + [""]
+    md += [f"![{key}]({path.name})" for key, path in figures.items()]
+    out["md"] = io.write_text(plan.out_dir / "leaderboard.md", "\n".join(md) + "\n")
+    images = "".join(
+        f'<figure><img alt="{key}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+        f"<figcaption>{html.escape(key.replace('_', ' '))}</figcaption></figure>" for key, path in figures.items())
+    picks_html = "".join(f"<li><b>{html.escape(p['pick'])}</b>: {html.escape(p['architectures'])} ({html.escape(p['why'])})</li>" for p in picks)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>zoo: {html.escape(plan.config.competition.name)}</title>"
+            "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}pre{background:#f6f6f6;padding:1em;overflow:auto}"
+            "figure{display:inline-block;margin:0.5em}img{max-width:520px}</style></head><body>"
+            f"<h1>Zoo screen: {html.escape(plan.config.competition.name)}</h1><pre>{html.escape(text)}</pre>"
+            f"<h2>Shortlist</h2><ul>{picks_html}</ul><h2>Figures</h2>{images}</body></html>")
+    out["html"] = io.write_text(plan.out_dir / "report.html", page)
+    out.update(figures)
+    return out
+
+
+def _device_name() -> str:
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def promote(config: Config, board: pd.DataFrame, top: int, force: bool = False) -> list[dict]:
+    """Train the best ``top`` screened architectures on every fold at full size, through the normal train stage."""
+    from pipeline.train import run_train
+
+    ok = board[board["status"] == "ok"]
+    if ok.empty:
+        raise ConfigError("no architecture was screened successfully; nothing to promote")
+    chosen = ok["architecture"].tolist()[:top]
+    print(f"promoting the top {len(chosen)}: {', '.join(chosen)} (every fold, full size); 'make ensemble' then blends them")
+    return [run_train(config, name, force=force) for name in chosen]
+
+
+def read_leaderboard(config: Config) -> pd.DataFrame:
+    path = config.out / "zoo" / config.competition.name / "leaderboard.csv"
+    if not path.is_file():
+        raise ConfigError(f"no zoo leaderboard {path}; run 'make zoo' first")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The per-architecture worker: ``python -m pipeline.zoo --config C --zoo Z --name N``."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.zoo", description="screen one architecture (called by 'make zoo')")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--zoo", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("overrides", nargs="*", help="the coordinator's key=value config overrides")
+    return _worker(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
