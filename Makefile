@@ -1,5 +1,5 @@
 # kfold-ensembler: every target calls the package's CLI (python -m pipeline ...).
-# Variables: CONFIG=<competition yaml>  MODEL=<recipe|alias|timm name>  FOLDS=0,2  EPOCHS=n
+# Variables: CONFIG=<competition yaml>  MODEL=<recipe|alias|timm name>  FOLDS=0,2  EPOCHS=n  ZOO=<zoo yaml>  TOP=k
 #            ARGS="key=value ..."  FORCE=1 (overwrite finished work)
 
 CONFIG ?= configs/digits.yaml
@@ -8,16 +8,22 @@ FOLDS ?=
 EPOCHS ?=
 ARGS ?=
 FORCE ?=
+ZOO ?= configs/zoo/default.yaml
+TOP ?=
+GPUS ?=
+IMAGE_SIZE ?=
 PYTHON ?= python3
 
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN := $(PY) -m pipeline
+# GPUS=n: the same code in n processes under torchrun (DistributedDataParallel, one GPU each)
+LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m pipeline,$(RUN))
 COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test validate folds train predict ensemble import-oof models bench-ensemble clean-demo
+.PHONY: help install demo test validate folds train predict ensemble import-oof zoo zoo-promote models bench bench-ensemble clean-demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,11 +49,11 @@ validate: $(STAMP) ## check the competition folder (every image, labels, ids) be
 folds: $(STAMP) ## make the k-fold split: folds/<competition>.csv
 	$(RUN) folds $(COMMON)
 
-train: $(STAMP) ## train MODEL on every fold (or FOLDS=0,2), predict OOF and test with TTA
-	$(RUN) train $(if $(MODEL),--model $(MODEL)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(COMMON)
+train: $(STAMP) ## train MODEL on every fold (or FOLDS=0,2), predict OOF and test with TTA (GPUS=n: DDP)
+	$(LAUNCH) train $(if $(MODEL),--model $(MODEL)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(COMMON)
 
 predict: $(STAMP) ## re-predict OOF and test for MODEL from its saved checkpoints (no training)
-	$(RUN) predict $(if $(MODEL),--model $(MODEL)) --config $(CONFIG) $(ARGS)
+	$(LAUNCH) predict $(if $(MODEL),--model $(MODEL)) --config $(CONFIG) $(ARGS)
 
 ensemble: $(STAMP) ## blend the stored runs, score them by nested CV, write submissions/
 	$(RUN) ensemble $(COMMON)
@@ -55,11 +61,20 @@ ensemble: $(STAMP) ## blend the stored runs, score them by nested CV, write subm
 import-oof: $(STAMP) ## add predictions made elsewhere: NAME=<run> OOF=<file> TEST=<file>
 	$(RUN) import-oof --name "$(NAME)" --oof "$(OOF)" --test "$(TEST)" $(COMMON)
 
+zoo: $(STAMP) ## screen every architecture of ZOO= quickly; leaderboard + report (TOP=k also trains the best k)
+	$(RUN) zoo --zoo $(ZOO) $(if $(TOP),--top $(TOP)) $(COMMON)
+
+zoo-promote: $(STAMP) ## train the best TOP=k screened architectures on every fold at full size
+	$(RUN) zoo-promote $(if $(TOP),--top $(TOP)) $(COMMON)
+
 models: $(STAMP) ## list model aliases and recipes
 	$(RUN) models --config $(CONFIG)
+
+bench: $(STAMP) ## benchmark data loading, training and TTA for MODEL at IMAGE_SIZE (writes bench/bench.json)
+	$(PY) -m pipeline.bench --model $(or $(MODEL),test_resnet) --image-size $(or $(IMAGE_SIZE),64) --out bench/bench.json $(ARGS)
 
 bench-ensemble: $(STAMP) ## benchmark every blend method on synthetic predictions (writes bench/ensemble.json)
 	$(PY) -m pipeline.bench_blend --out bench/ensemble.json
 
 clean-demo: ## remove the demo's data, folds, runs and submissions
-	rm -rf data/digits folds/digits.csv folds/digits.json runs/digits submissions/digits
+	rm -rf data/digits folds/digits.csv folds/digits.json runs/digits submissions/digits cache/digits

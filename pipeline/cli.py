@@ -5,6 +5,8 @@
     python -m pipeline train    --config ... --model resnet18 [--folds 0,2] [--epochs 3] [--force] [key=value ...]
     python -m pipeline predict  --config ... --model resnet18 [key=value ...]
     python -m pipeline ensemble --config ...
+    python -m pipeline zoo      --config ... [--zoo configs/zoo/default.yaml] [--top 3]
+    python -m pipeline zoo-promote --config ... --top 3
     python -m pipeline models
     python -m pipeline demo     --config configs/digits.yaml
 """
@@ -155,6 +157,30 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from pipeline.zoo import format_leaderboard, promote, run_zoo
+
+    config = _load(args)
+    board, n_failed = run_zoo(args.config, args.zoo, _overrides(args))
+    print(format_leaderboard(board, config.competition.metric))
+    print(f"report: {config.out / 'zoo' / config.competition.name / 'report.html'}")
+    if args.top:
+        promote(config, board, args.top, force=args.force)
+    if n_failed:
+        print(f"{n_failed} architecture(s) failed; see their screen.log", file=sys.stderr)
+    return 1 if n_failed else 0
+
+
+def cmd_zoo_promote(args: argparse.Namespace) -> int:
+    from pipeline.zoo import promote, read_leaderboard
+
+    config = _load(args)
+    if not args.top or args.top < 1:
+        raise UsageError("zoo-promote needs TOP=<number of architectures>, e.g. make zoo-promote TOP=3")
+    promote(config, read_leaderboard(config), args.top, force=args.force)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.data import load_competition
     from pipeline.ensemble import run_ensemble
@@ -181,6 +207,8 @@ COMMANDS = {
     "ensemble": (cmd_ensemble, "blend the stored runs and write submissions"),
     "import-oof": (cmd_import_oof, "add OOF and test predictions made elsewhere to the store"),
     "models": (cmd_models, "list model aliases and recipes"),
+    "zoo": (cmd_zoo, "screen many architectures quickly; leaderboard and report"),
+    "zoo-promote": (cmd_zoo_promote, "train the best TOP screened architectures on every fold"),
     "demo": (cmd_demo, "run every stage on the demo competition"),
 }
 
@@ -199,13 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--epochs", type=int, help="override train.epochs")
         if name == "train":
             p.add_argument("--folds", help="comma-separated subset of folds, e.g. 0,2")
+        if name in ("zoo", "zoo-promote"):
+            p.add_argument("--top", type=int, help="train the best TOP screened architectures on every fold")
+        if name == "zoo":
+            p.add_argument("--zoo", default="configs/zoo/default.yaml", help="zoo file: screen settings and architectures")
         if name == "validate":
             p.add_argument("--image-size", type=int, help="input size to check images against (default: the model line-up's)")
         if name == "import-oof":
             p.add_argument("--name", help="run name for the imported predictions")
             p.add_argument("--oof", help="OOF predictions: id, fold, one column per class (.csv or .parquet)")
             p.add_argument("--test", help="test predictions: id, one column per class (.csv or .parquet)")
-        if name in ("train", "folds", "ensemble", "demo", "import-oof"):
+        if name in ("train", "folds", "ensemble", "demo", "import-oof", "zoo", "zoo-promote"):
             p.add_argument("--force", action="store_true", help="overwrite finished work")
     return parser
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -118,7 +118,7 @@ class TrainConfig(_Strict):
     std: list[float] | None = None
     interpolation: Literal["nearest", "bilinear", "bicubic", "area", "lanczos"] | None = None
     epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 64   # "auto": the largest that fits the GPU
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.05, ge=0)
     warmup_epochs: float = Field(default=1.0, ge=0)
@@ -129,11 +129,29 @@ class TrainConfig(_Strict):
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
+    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"          # auto: bf16 where the GPU has it, else fp16
     channels_last: bool = True
-    num_workers: int | Literal["auto"] = "auto"
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False
+    sync_bn: bool = False                                        # SyncBatchNorm across GPUs under torchrun
+    ddp_backend: Literal["auto", "nccl", "gloo"] = "auto"        # auto: nccl on GPUs, gloo on CPUs
+    # the data path: decoded-image cache and DataLoader settings ("auto": chosen from the machine)
+    cache: Literal["auto", "disk", "memory", "off"] = "auto"
+    cache_margin: float = Field(default=1.15, ge=1.0, le=2.0)
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    pin_memory: bool | Literal["auto"] = "auto"
+    persistent_workers: bool | Literal["auto"] = "auto"
+    prefetch_factor: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     log_every: int = Field(default=20, ge=1)
     augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)
     tta: list[str] = Field(default_factory=lambda: ["identity"])
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_yaml_bool(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` (or `no`) as false and `on` as true: they mean "off" and "disk" here
+        if isinstance(value, bool):
+            return "disk" if value else "off"
+        return value
 
     @field_validator("augment")
     @classmethod
@@ -227,6 +245,10 @@ class Config(_Strict):
         return self.out / "runs" / self.competition.name
 
     @property
+    def cache_dir(self) -> Path:
+        return self.out / "cache" / self.competition.name
+
+    @property
     def submissions_dir(self) -> Path:
         return self.out / "submissions" / self.competition.name
 
@@ -235,19 +257,20 @@ class Config(_Strict):
         return self.config_dir / self.recipes_dir
 
 
-def _format_validation_error(error: ValidationError, where: str) -> str:
+def format_validation_error(error: ValidationError, where: str, root: type[BaseModel] | None = None) -> str:
+    """One line per invalid key; an unknown key gets the closest known keys of ``root`` (default: :class:`Config`)."""
     lines = [f"invalid config {where}:"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
-            lines.append(f"  - unknown key {key!r}{_suggest_key(error, item)}")
+            lines.append(f"  - unknown key {key!r}{_suggest_key(item, root or Config)}")
         else:
             lines.append(f"  - {key}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)
 
 
-def _suggest_key(error: ValidationError, item: dict) -> str:
-    model = _model_at(Config, item["loc"][:-1])
+def _suggest_key(item: dict, root: type[BaseModel]) -> str:
+    model = _model_at(root, item["loc"][:-1])
     if model is None:
         return ""
     close = difflib.get_close_matches(str(item["loc"][-1]), list(model.model_fields), n=3)
@@ -300,7 +323,7 @@ def deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -330,12 +353,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_file
     Config
     """
     path = Path(path)
-    raw = deep_merge(_read_yaml(path), parse_overrides(overrides))
+    raw = deep_merge(read_yaml(path), parse_overrides(overrides))
     raw["source"] = str(path)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, str(path))) from None
+        raise ConfigError(format_validation_error(exc, str(path))) from None
     if check_files and config.competition.demo is None:
         check_data_files(config)
     return config
@@ -375,7 +398,7 @@ def resolve_train_config(config: Config, model: str, overrides: list[str] | None
     base = config.train.model_dump(exclude_unset=False)
     recipe_file = config.recipes_path / f"{model}.yaml"
     if recipe_file.is_file():
-        recipe = _read_yaml(recipe_file)
+        recipe = read_yaml(recipe_file)
         if "model" not in recipe:
             raise ConfigError(f"recipe {recipe_file} must name its architecture with 'model: <name>'")
         where = str(recipe_file)
@@ -386,7 +409,7 @@ def resolve_train_config(config: Config, model: str, overrides: list[str] | None
     try:
         train = TrainConfig.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, where).replace("  - ", "  - train.")) from None
+        raise ConfigError(format_validation_error(exc, where, TrainConfig).replace("  - ", "  - train.")) from None
     return model, train
 
 

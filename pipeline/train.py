@@ -8,10 +8,18 @@ epoch, so a rerun after a crash continues the unfinished fold and skips finished
 
 The hot loop never waits on the GPU: losses are summed on the device and read back
 every ``log_every`` steps only.
+
+Speed: images come from the decoded-image cache (``train.cache``, ``pipeline/cache.py``),
+DataLoader settings are chosen from the machine (``loader_settings``), ``train.compile``
+wraps the step in ``torch.compile``, ``batch_size: auto`` finds the largest batch that
+fits the GPU (``find_batch_size``). Under ``torchrun`` (``make train GPUS=n``) the same
+code runs as DistributedDataParallel (``pipeline/distributed.py``): rank 0 alone writes,
+and validation and test rows are sharded without padding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -29,8 +37,11 @@ from safetensors.torch import save_file as save_safetensors
 from tqdm.auto import tqdm
 
 from pipeline import io
+from pipeline.cache import ImageCache, cache_bytes, cache_key, cache_side, open_cache
 from pipeline.config import Config, ConfigError, TrainConfig, config_hash, resolve_train_config
 from pipeline.data import Competition, ImageDataset, ImageStore, load_competition
+from pipeline.distributed import (SINGLE, DistContext, barrier, broadcast_buffers, broadcast_object, gather_rows,
+                                  init_distributed, launched_by_torchrun, shard)
 from pipeline.folds import FoldsError, read_folds, run_folds
 from pipeline.metrics import Metric, get_metric
 from pipeline.models import count_parameters, create_model, data_config, model_family, resolve_model_name
@@ -39,7 +50,19 @@ from pipeline.store import RunLock, StoreError, code_version, library_versions, 
 from pipeline.transforms import apply_views, build_transform, parse_view
 
 # settings that change how fast a run goes or how it is shown, not what it learns
-_NOT_HASHED = ("log_every", "num_workers", "tta")
+_NOT_HASHED = ("log_every", "num_workers", "tta", "compile", "ddp_backend", "cache", "cache_margin", "pin_memory",
+               "persistent_workers", "prefetch_factor")
+# settings hashed only when set away from their default, so runs made before they existed keep their hash
+_HASHED_WHEN_SET = {"amp_dtype": "auto", "sync_bn": False}
+
+
+def settings_dump(cfg: TrainConfig) -> dict:
+    """The training settings that decide what a run learns (the part of the run's hash that comes from ``train``)."""
+    dump = cfg.model_dump(exclude=set(_NOT_HASHED))
+    for key, default in _HASHED_WHEN_SET.items():
+        if dump.get(key) == default:
+            dump.pop(key)
+    return dump
 
 
 # -- device and loader ------------------------------------------------------------------
@@ -53,37 +76,115 @@ class Runtime:
     channels_last: bool
     num_workers: int
     pin_memory: bool
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+    compile_mode: str | None = None
+    dist: DistContext = SINGLE
 
     @property
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
 
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
 
-def select_runtime(cfg: TrainConfig, images_in_memory: bool) -> Runtime:
-    """Pick the device, AMP dtype, memory format and loader settings for this machine."""
+
+def use_cuda_for(cfg: TrainConfig) -> bool:
+    """Whether this run trains on a GPU (``train.device``: auto, cpu or cuda).
+
+    Raises
+    ------
+    ConfigError
+        If ``device`` is ``cuda`` and no CUDA device is visible.
+    """
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; use device=auto or cpu")
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_cuda else "cpu")
-    amp_dtype = None
-    if use_cuda and cfg.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    cpus = os.cpu_count() or 1
-    if cfg.num_workers == "auto":
-        # on the CPU the model and the loader share the same cores: in-memory images need no workers
-        workers = min(8, max(cpus - 1, 0)) if use_cuda else (0 if images_in_memory else min(2, cpus))
-    else:
+        raise ConfigError("train.device is 'cuda' but no CUDA device is visible; use train.device=auto or cpu")
+    return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+
+
+def loader_settings(cfg: TrainConfig, use_cuda: bool, images_in_memory: bool, cpus: int | None = None,
+                    processes_per_machine: int = 1) -> dict:
+    """DataLoader settings for this machine; each ``"auto"`` in the config is chosen here, any other value is kept.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        ``num_workers``, ``pin_memory``, ``persistent_workers``, ``prefetch_factor``.
+    use_cuda : bool
+        Whether batches go to a GPU.
+    images_in_memory : bool
+        Whether images are already decoded (the cache or an in-memory store) or decoded on access.
+    cpus : int, optional
+        CPU cores of this machine (default: ``os.cpu_count()``).
+    processes_per_machine : int
+        Training processes sharing those cores (one per GPU under torchrun).
+
+    Returns
+    -------
+    dict with ``num_workers``, ``pin_memory``, ``persistent_workers`` and ``prefetch_factor`` (None without workers).
+    """
+    cpus = cpus or os.cpu_count() or 1
+    share = max(1, cpus // max(1, processes_per_machine))
+    if cfg.num_workers != "auto":
         workers = int(cfg.num_workers)
+    elif use_cuda:
+        # the GPU waits for the CPU: every core this process can spare, but one for the training loop itself
+        workers = min(8, max(share - 1, 1))
+    else:
+        # on the CPU the model and the loader share the same cores: decoded images are transformed in-process,
+        # files still to decode get workers so decoding overlaps the step
+        workers = 0 if images_in_memory else min(2, share)
+    pin = use_cuda if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
+    persistent = workers > 0 if cfg.persistent_workers == "auto" else bool(cfg.persistent_workers) and workers > 0
+    prefetch = None
+    if workers > 0:
+        prefetch = (4 if use_cuda else 2) if cfg.prefetch_factor == "auto" else int(cfg.prefetch_factor)
+    return {"num_workers": workers, "pin_memory": pin, "persistent_workers": persistent, "prefetch_factor": prefetch}
+
+
+def amp_dtype_for(cfg: TrainConfig, use_cuda: bool, bf16_supported: bool | None = None) -> torch.dtype | None:
+    """The autocast dtype: bf16 by default where the GPU has it, fp16 (with a grad scaler) on request or otherwise.
+
+    Raises
+    ------
+    ConfigError
+        If ``amp_dtype`` is ``bf16`` on a GPU without bf16.
+    """
+    if not (use_cuda and cfg.amp):
+        return None
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported()
+    if cfg.amp_dtype == "fp16":
+        return torch.float16
+    if cfg.amp_dtype == "bf16" and not bf16_supported:
+        raise ConfigError("train.amp_dtype is 'bf16' but this GPU has no bf16; use train.amp_dtype=fp16 or auto")
+    return torch.bfloat16 if bf16_supported else torch.float16
+
+
+def select_runtime(cfg: TrainConfig, images_in_memory: bool, context: DistContext = SINGLE) -> Runtime:
+    """Pick the device, AMP dtype, memory format, compilation and loader settings for this machine."""
+    use_cuda = use_cuda_for(cfg)
+    device = torch.device("cuda", context.local_rank) if use_cuda and context.enabled else torch.device("cuda" if use_cuda else "cpu")
     if use_cuda:
         torch.backends.cudnn.benchmark = True
-    return Runtime(device, amp_dtype, bool(use_cuda and cfg.channels_last), workers, use_cuda)
+    loader = loader_settings(cfg, use_cuda, images_in_memory, processes_per_machine=context.local_world_size)
+    compile_mode = None
+    if cfg.compile:
+        compile_mode = "default" if cfg.compile is True else cfg.compile
+    return Runtime(device, amp_dtype_for(cfg, use_cuda), bool(use_cuda and cfg.channels_last), loader["num_workers"],
+                   loader["pin_memory"], loader["persistent_workers"], loader["prefetch_factor"], compile_mode, context)
 
 
-def make_loader(dataset, batch_size: int, runtime: Runtime, shuffle: bool = False, generator: torch.Generator | None = None, drop_last: bool = False):
+def make_loader(dataset, batch_size: int, runtime: Runtime, shuffle: bool = False, generator: torch.Generator | None = None,
+                drop_last: bool = False, sampler=None):
+    """A DataLoader with the runtime's settings; ``shuffle`` draws from ``generator`` (a resumable order)."""
     kwargs = dict(batch_size=batch_size, num_workers=runtime.num_workers, pin_memory=runtime.pin_memory, drop_last=drop_last)
     if runtime.num_workers > 0:
-        kwargs.update(persistent_workers=True, prefetch_factor=4)
-    if shuffle:
+        kwargs.update(persistent_workers=runtime.persistent_workers, prefetch_factor=runtime.prefetch_factor)
+    if sampler is not None:
+        kwargs["sampler"] = sampler
+    elif shuffle:
         kwargs["sampler"] = torch.utils.data.RandomSampler(dataset, generator=generator)
     return torch.utils.data.DataLoader(dataset, **kwargs)
 
@@ -121,23 +222,218 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime) -
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=runtime.is_cuda or None)
 
 
+def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, runtime: Runtime, grad_clip: float | None = None,
+               scheduler=None) -> torch.Tensor:
+    """One optimisation step on a batch already on the device; returns the loss, detached, without a host sync.
+
+    The same function trains the folds and is timed by ``make bench``.
+    """
+    with _autocast(runtime):
+        loss = criterion(model(x), y)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach()
+
+
+def maybe_compile(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """``torch.compile(model)`` when ``train.compile`` asks for it; the model itself otherwise.
+
+    The compiled module shares the parameters of ``model``; checkpoints are always taken
+    from ``model``, so their keys never carry the compiler's ``_orig_mod.`` prefix.
+    """
+    if runtime.compile_mode is None:
+        return model
+    return torch.compile(model, mode=runtime.compile_mode)
+
+
+# -- the largest batch that fits ---------------------------------------------------------
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "ALLOC_FAILED" in text)
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def find_batch_size(fits: Callable[[int], bool], start: int = 16, limit: int = 1024, safety: float = 0.9,
+                    multiple: int = 8) -> int:
+    """The largest batch size for which ``fits(batch)`` is true, with a safety margin.
+
+    Doubles from ``start`` until a batch does not fit (or ``limit`` is reached), then
+    bisects between the last size that fitted and the first that did not. When memory
+    set the bound, the result is scaled by ``safety`` and rounded down to a multiple of
+    ``multiple`` (room for fragmentation and the loader's pinned buffers).
+
+    Parameters
+    ----------
+    fits : callable
+        ``fits(batch)``: True if a full training step at that batch size runs.
+    start, limit : int
+        The first size tried and the largest size wanted.
+    safety : float
+        Fraction of the largest fitting size that is returned (when memory bounded it).
+    multiple : int
+        The result is a multiple of this when it is at least that large.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    TrainingError
+        If not even a batch of 1 fits.
+    """
+    limit = max(1, int(limit))
+    good, bad = 0, None
+    size = min(max(1, start), limit)
+    while True:
+        if fits(size):
+            good = size
+            if size >= limit:
+                break
+            size = min(size * 2, limit)
+        else:
+            bad = size
+            break
+    if good == 0:  # even the first size failed: halve down to 1
+        size = bad // 2
+        while size >= 1 and not fits(size):
+            bad, size = size, size // 2
+        if size < 1:
+            raise TrainingError("not even a batch of 1 fits in the GPU's memory; use a smaller image_size or model")
+        good = size
+    if bad is None:
+        return good
+    while bad - good > max(1, good // 16):
+        middle = (good + bad) // 2
+        if fits(middle):
+            good = middle
+        else:
+            bad = middle
+    result = max(1, int(good * safety))
+    return result - result % multiple if result >= multiple else result
+
+
+def step_fits(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime, image_size: int, n_classes: int,
+              steps: int = 2) -> Callable[[int], bool]:
+    """A ``fits(batch)`` test for :func:`find_batch_size`: full training steps on random data.
+
+    Each try trains a copy of ``model`` with its own AdamW (its state counts too), so the
+    model passed in is left untouched; an out-of-memory error means "does not fit".
+    """
+    import copy
+
+    def fits(batch: int) -> bool:
+        trial = optimizer = x = y = None
+        try:
+            trial = copy.deepcopy(model).to(runtime.device)
+            if runtime.channels_last:
+                trial = trial.to(memory_format=torch.channels_last)
+            trial.train()
+            optimizer = make_optimizer(trial, cfg, runtime)
+            scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
+            criterion = torch.nn.CrossEntropyLoss()
+            x = _to_device(torch.randn(batch, 3, image_size, image_size), runtime)
+            y = torch.randint(0, n_classes, (batch,), device=runtime.device)
+            for _ in range(steps):
+                train_step(trial, x, y, criterion, optimizer, scaler, runtime, cfg.grad_clip)
+            if runtime.is_cuda:
+                torch.cuda.synchronize(runtime.device)
+            return True
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors mean "too large"
+            if not _is_oom(exc):
+                raise
+            return False
+        finally:
+            del trial, optimizer, x, y
+            _free_device_memory()
+
+    return fits
+
+
+def resolve_batch_size(cfg: TrainConfig, runtime: Runtime, image_size: int, n_classes: int, n_train: int,
+                       cpu_default: int = 64) -> int:
+    """``train.batch_size`` as a number: itself, or for ``"auto"`` the largest that fits the GPU.
+
+    On the CPU there is no memory wall worth searching for: ``"auto"`` means
+    ``cpu_default``. Either way the result is at most the number of training rows.
+    """
+    if cfg.batch_size != "auto":
+        return int(cfg.batch_size)
+    limit = max(1, min(1024, n_train))
+    if not runtime.is_cuda:
+        return min(cpu_default, limit)
+    model = create_model(cfg.model, n_classes, False, cfg.drop_rate, **cfg.model_kwargs)
+    rng = torch.get_rng_state(), torch.cuda.get_rng_state(runtime.device)
+    try:
+        return find_batch_size(step_fits(model, cfg, runtime, image_size, n_classes), limit=limit)
+    finally:
+        torch.set_rng_state(rng[0])
+        torch.cuda.set_rng_state(rng[1], runtime.device)
+        del model
+        _free_device_memory()
+
+
 # -- prediction --------------------------------------------------------------------------
+
+# measured on the 2-core development CPU (docs/benchmarks.md): forward passes of about 2**19
+# input pixels (128 images at 64 px, 512 at 32 px) are the fastest per image; larger ones are slower
+CPU_PIXELS_PER_PASS = 2**19
 
 @torch.inference_mode()
 def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime: Runtime) -> np.ndarray:
     """Class probabilities for every view: ``(n_views, n_rows, n_classes)``.
 
-    All views of a batch go through the model in one forward pass; results stay on
-    the device until the end, so the loop never waits for a copy to the host.
+    On a GPU all views of a batch go through the model in one forward pass while memory
+    allows; after an out-of-memory error the views are split into fewer per pass (halving)
+    for the rest of the loader. On the CPU a pass holds at most :data:`CPU_PIXELS_PER_PASS`
+    input pixels (larger passes spill out of the CPU caches and run slower per image).
+    Results stay on the device until the end, so the loop never waits for a copy to the host.
     """
     model.eval()
     outputs = []
+    per_pass = None
     for x, _ in loader:
         x = _to_device(x, runtime)
         n = x.shape[0]
-        with _autocast(runtime):
-            logits = model(apply_views(x, views))
-        outputs.append(logits.float().softmax(dim=1).view(len(views), n, -1))
+        if per_pass is None:
+            per_pass = len(views)
+            if not runtime.is_cuda:
+                per_pass = min(per_pass, max(1, CPU_PIXELS_PER_PASS // (n * x.shape[-2] * x.shape[-1])))
+        while True:
+            try:
+                chunks = []
+                for first in range(0, len(views), per_pass):
+                    with _autocast(runtime):
+                        logits = model(apply_views(x, views[first:first + per_pass]))
+                    chunks.append(logits.float().softmax(dim=1).view(-1, n, logits.shape[-1]))
+                break
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+                if not _is_oom(exc) or per_pass == 1:
+                    raise
+                chunks = logits = None
+                _free_device_memory()
+                per_pass = max(1, per_pass // 2)
+        outputs.append(torch.cat(chunks, dim=0))
+    if not outputs:  # no rows: a screen without a test set, or a DDP shard left empty
+        return np.zeros((len(views), 0, model.num_classes), dtype=np.float32)
     return torch.cat(outputs, dim=1).cpu().numpy()
 
 
@@ -218,31 +514,71 @@ def _check_loss(mean_loss: float, epoch: int, step: int, cfg: TrainConfig) -> No
         )
 
 
+def _global_mean(loss_sum: torch.Tensor, steps: int, context: DistContext) -> float:
+    """The mean loss over ``steps`` steps of every rank (a host sync: called every ``log_every`` steps only)."""
+    if context.enabled:
+        loss_sum = loss_sum.clone()
+        torch.distributed.all_reduce(loss_sum)
+        return loss_sum.item() / (max(1, steps) * context.world_size)
+    return loss_sum.item() / max(1, steps)
+
+
+def _prepare_model(cfg: TrainConfig, n_classes: int, runtime: Runtime, pretrained) -> torch.nn.Module:
+    model = create_model(cfg.model, n_classes, pretrained, cfg.drop_rate, **cfg.model_kwargs)
+    if cfg.sync_bn and runtime.dist.enabled:
+        if runtime.is_cuda:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif runtime.is_main:
+            print("  note: train.sync_bn needs GPUs (SyncBatchNorm has no CPU kernel); each CPU process keeps its own statistics")
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _wrap_for_training(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """DistributedDataParallel under torchrun, then ``torch.compile`` if asked for."""
+    if runtime.dist.enabled:
+        device_ids = [runtime.device.index] if runtime.is_cuda else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return maybe_compile(model, runtime)
+
+
 def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, classes: list[str], metric: Metric, runtime: Runtime, fold_dir: Path, views: list[Callable], view_names: list[str]) -> dict:
     """Train one fold, keep its best checkpoint, predict its validation rows and the test set.
+
+    Under torchrun every rank runs this: training rows are split by a
+    DistributedSampler, validation rows are sharded and gathered (every rank computes the
+    same score, so early stopping agrees), and only rank 0 writes files.
 
     Returns
     -------
     dict with the fold's scores, best epoch, timings and history (also written to ``fold.json``).
     """
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    context = runtime.dist
+    main = context.is_main
+    if main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
     seed = cfg.seed + 1000 * fold
     _seed_everything(seed)
-    model = create_model(cfg.model, len(classes), cfg.pretrained, cfg.drop_rate, **cfg.model_kwargs)
+    model = _prepare_model(cfg, len(classes), runtime, cfg.pretrained)
     dcfg = data_config(model, cfg.image_size, cfg.mean, cfg.std, cfg.interpolation)
-    model.to(runtime.device)
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
 
     train_idx = np.flatnonzero(data.folds != fold)
     valid_idx = np.flatnonzero(data.folds == fold)
     train_tf = build_transform(dcfg.image_size, dcfg.mean, dcfg.std, dcfg.interpolation, cfg.augment)
     eval_tf = build_transform(dcfg.image_size, dcfg.mean, dcfg.std, dcfg.interpolation)
     train_ds = ImageDataset(data.store, train_idx, train_tf, data.y)
-    valid_ds = ImageDataset(data.store, valid_idx, eval_tf, data.y)
+    valid_ds = ImageDataset(data.store, shard(valid_idx, context), eval_tf, data.y)
     generator = torch.Generator()
+    sampler = None
+    if context.enabled:
+        # the same rows per rank and epoch for a given seed; a resumed run replays them
+        sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=context.world_size, rank=context.rank,
+                                                      shuffle=True, seed=seed)
+    per_rank = math.ceil(len(train_ds) / context.world_size)
     train_loader = make_loader(train_ds, cfg.batch_size, runtime, shuffle=True, generator=generator,
-                               drop_last=len(train_ds) > cfg.batch_size)
+                               drop_last=per_rank > cfg.batch_size, sampler=sampler)
     valid_loader = make_loader(valid_ds, cfg.batch_size * 2, runtime)
 
     optimizer = make_optimizer(model, cfg, runtime)
@@ -267,84 +603,91 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         elapsed_before = float(state["train_seconds"])
         # the best checkpoint on disk is the truth: it may be newer than a fallback state
         best_epoch, best_score = best_info
-        print(f"  {run_name} fold {fold}: resuming after epoch {start_epoch}/{cfg.epochs}")
-    elif state is not None:
+        if main:
+            print(f"  {run_name} fold {fold}: resuming after epoch {start_epoch}/{cfg.epochs}")
+    elif state is not None and main:
         print(f"  {run_name} fold {fold}: the best checkpoint is missing or damaged; the fold restarts")
+    step_model = _wrap_for_training(model, runtime)
 
     valid_y = data.y[valid_idx]
     started = time.perf_counter()
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=f"{run_name} fold {fold}", unit="step",
-               dynamic_ncols=True, mininterval=0.5)
+               dynamic_ncols=True, mininterval=0.5, disable=not main)
     for epoch in range(start_epoch, cfg.epochs):
         if best_epoch >= 0 and cfg.patience and epoch - best_epoch > cfg.patience:
             break
-        # every epoch's randomness derives from (seed, epoch): a resumed run replays it exactly
+        # every epoch's randomness derives from (seed, epoch[, rank]): a resumed run replays it exactly
         generator.manual_seed(seed * 100 + epoch)
-        torch.manual_seed(seed * 100 + epoch)
-        train_tf.set_random_seed(seed * 100 + epoch)
-        model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        torch.manual_seed(seed * 100 + epoch + 7919 * context.rank)
+        train_tf.set_random_seed(seed * 100 + epoch + 7919 * context.rank)
+        step_model.train()
         loss_sum = torch.zeros((), device=runtime.device)
         for step, (x, y) in enumerate(train_loader):
             x, y = _to_device(x, runtime), y.to(runtime.device, non_blocking=True)
-            with _autocast(runtime):
-                loss = criterion(model(x), y)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            loss_sum += loss.detach()
+            loss_sum += train_step(step_model, x, y, criterion, optimizer, scaler, runtime, cfg.grad_clip, scheduler)
             if (step + 1) % cfg.log_every == 0:
-                mean_loss = loss_sum.item() / (step + 1)  # the only host sync of the loop, every log_every steps
+                mean_loss = _global_mean(loss_sum, step + 1, context)  # the only host sync of the loop
                 _check_loss(mean_loss, epoch, step, cfg)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
                 bar.update(cfg.log_every)
         bar.update(steps_per_epoch - (steps_per_epoch // cfg.log_every) * cfg.log_every)
-        train_loss = loss_sum.item() / max(1, steps_per_epoch)
+        train_loss = _global_mean(loss_sum, steps_per_epoch, context)
         _check_loss(train_loss, epoch, steps_per_epoch - 1, cfg)
-        probs = predict_views(model, valid_loader, views[:1], runtime)[0]
+        broadcast_buffers(model, context)
+        probs = gather_rows(predict_views(model, valid_loader, views[:1], runtime)[0], context, len(valid_idx))
         score = metric(valid_y, probs)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "valid_score": score, "lr": scheduler.get_last_lr()[0]})
         if metric.is_better(score, best_score):
             best_score, best_epoch = score, epoch
-            _save_best(best_path, model, epoch, score)
+            if main:
+                _save_best(best_path, model, epoch, score)
         bar.set_postfix(loss=f"{train_loss:.4f}", **{metric.name: f"{score:.4f}", "best": f"{best_score:.4f}"})
-        _save_state(state_path, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                 "best_score": float(best_score), "best_epoch": int(best_epoch), "history": history,
-                                 "train_seconds": time.perf_counter() - started + elapsed_before})
+        if main:
+            _save_state(state_path, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                     "best_score": float(best_score), "best_epoch": int(best_epoch), "history": history,
+                                     "train_seconds": time.perf_counter() - started + elapsed_before})
     bar.close()
     train_seconds = time.perf_counter() - started + elapsed_before
+    barrier(context)  # rank 0's best checkpoint is on disk before any rank reads it
 
     result = predict_fold(cfg, fold, data, classes, metric, runtime, fold_dir, views, view_names, model=model)
     result.update({"best_epoch": best_epoch + 1, "epochs_run": len(history), "train_seconds": train_seconds,
                    "history": history, "image_size": dcfg.image_size, "mean": dcfg.mean, "std": dcfg.std,
-                   "interpolation": dcfg.interpolation, "params": count_parameters(model)})
-    io.write_json(fold_dir / "fold.json", result)
+                   "interpolation": dcfg.interpolation, "params": count_parameters(model),
+                   "batch_size": cfg.batch_size, "processes": context.world_size})
+    if main:
+        io.write_json(fold_dir / "fold.json", result)
     return result
 
 
 def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str], metric: Metric, runtime: Runtime, fold_dir: Path, views: list[Callable], view_names: list[str], model: torch.nn.Module | None = None) -> dict:
-    """Load a fold's best checkpoint and predict its validation rows and the test set with TTA."""
+    """Load a fold's best checkpoint and predict its validation rows and the test set with TTA.
+
+    Under torchrun each rank predicts every ``world_size``-th row (no padding) and the rows
+    are gathered back in order, so each row is predicted exactly once; rank 0 writes.
+    """
     started = time.perf_counter()
+    context = runtime.dist
     if model is None:
-        model = create_model(cfg.model, len(classes), False, cfg.drop_rate, **cfg.model_kwargs)
-        model.to(runtime.device)
-        if runtime.channels_last:
-            model.to(memory_format=torch.channels_last)
+        model = _prepare_model(cfg, len(classes), runtime, False)
     model.load_state_dict(load_safetensors(str(fold_dir / "best.safetensors"), device=str(runtime.device)))
     dcfg = data_config(model, cfg.image_size, cfg.mean, cfg.std, cfg.interpolation)
     eval_tf = build_transform(dcfg.image_size, dcfg.mean, dcfg.std, dcfg.interpolation)
     valid_idx = np.flatnonzero(data.folds == fold)
-    valid_loader = make_loader(ImageDataset(data.store, valid_idx, eval_tf, data.y), cfg.batch_size * 2, runtime)
-    test_loader = make_loader(ImageDataset(data.test_store, np.arange(len(data.test_store)), eval_tf), cfg.batch_size * 2, runtime)
+    test_rows = np.arange(len(data.test_store))
+    valid_loader = make_loader(ImageDataset(data.store, shard(valid_idx, context), eval_tf, data.y), cfg.batch_size * 2, runtime)
+    test_loader = make_loader(ImageDataset(data.test_store, shard(test_rows, context), eval_tf), cfg.batch_size * 2, runtime)
 
-    valid_views = predict_views(model, valid_loader, views, runtime)
-    test_views = predict_views(model, test_loader, views, runtime)
-    valid_tta, valid_plain = valid_views.mean(axis=0), valid_views[0]
+    def summary(probs: np.ndarray) -> np.ndarray:
+        # the plain view and the mean over views: all that is kept, and all that ranks exchange
+        return np.stack([probs[0], probs.mean(axis=0)])
+
+    valid_views = gather_rows(summary(predict_views(model, valid_loader, views, runtime)), context, len(valid_idx), axis=1)
+    test_views = gather_rows(summary(predict_views(model, test_loader, views, runtime)), context, len(test_rows), axis=1)
+    valid_plain, valid_tta = valid_views
     valid_y = data.y[valid_idx]
     result = {
         "fold": fold,
@@ -354,7 +697,8 @@ def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str]
         "tta": view_names,
         "finished": True,
     }
-    _write_fold_predictions(fold_dir, valid_idx, valid_tta, valid_plain, test_views.mean(axis=0))
+    if context.is_main:
+        _write_fold_predictions(fold_dir, valid_idx, valid_tta, valid_plain, test_views[1])
     return result
 
 
@@ -375,14 +719,57 @@ def _read_fold_predictions(fold_dir: Path, name: str) -> tuple[np.ndarray, np.nd
 
 # -- the stage -----------------------------------------------------------------------------
 
-_STORES: dict[tuple, ImageStore] = {}
+_STORES: dict[tuple, ImageStore | ImageCache] = {}
 
 
-def image_store(paths: list[Path], desc: str) -> ImageStore:
-    """One decoded store per image list per process: the demo's runs share it."""
-    key = tuple(str(p) for p in paths)
+def image_store(paths: list[Path], desc: str, preload: bool | str = "auto") -> ImageStore:
+    """One in-memory store per image list per process: the demo's runs share it."""
+    key = ("memory", preload, tuple(str(p) for p in paths))
     if key not in _STORES:
-        _STORES[key] = ImageStore(paths, desc=desc)
+        _STORES[key] = ImageStore(paths, preload=preload, desc=desc)
+    return _STORES[key]
+
+
+def input_size(cfg: TrainConfig, n_classes: int) -> int:
+    """The model's input side: the recipe's ``image_size``, else the model's default from timm's data config."""
+    if cfg.image_size:
+        return int(cfg.image_size)
+    model = create_model(cfg.model, n_classes, False, **cfg.model_kwargs)
+    return data_config(model).image_size
+
+
+def cache_mode(cfg: TrainConfig, cache_dir: Path, n_images: int, target: int) -> str:
+    """``train.cache`` resolved: ``auto`` is the disk cache when its folder has room for it, else memory."""
+    if cfg.cache != "auto":
+        return cfg.cache
+    import shutil
+
+    folder = cache_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "memory"
+    needed = cache_bytes(n_images, cache_side(target, cfg.cache_margin))
+    return "disk" if needed * 1.1 < free and os.access(folder, os.W_OK) else "memory"
+
+
+def open_image_store(config: Config, cfg: TrainConfig, paths: list[Path], name: str, target: int,
+                     progress: bool = True) -> ImageStore | ImageCache:
+    """The images a run reads, as ``train.cache`` says.
+
+    ``disk`` (``auto`` where it fits): the decoded-image cache in ``<output_dir>/cache/``,
+    built once per image set and input size and shared by every fold, model and process;
+    ``memory``: decoded into this process's memory when they fit in 2 GiB, else decoded
+    on access; ``off``: decoded on every access.
+    """
+    mode = cache_mode(cfg, config.cache_dir, len(paths), target)
+    if mode != "disk" or not paths:
+        return image_store(paths, name, preload="auto" if mode == "memory" else False)
+    key = ("disk", str(config.cache_dir), cache_key(paths, target, cfg.cache_margin))  # a changed file is a new key
+    if key not in _STORES:
+        _STORES[key] = open_cache(paths, config.cache_dir, target, cfg.cache_margin, name, progress=progress)
     return _STORES[key]
 
 
@@ -426,7 +813,7 @@ def prepare_run(config: Config, model: str, overrides: list[str] | None = None, 
         create_model(cfg.model, 2, cfg.pretrained, **cfg.model_kwargs)  # raises on a mismatched file
     competition = competition or load_competition(config)
     folds, fingerprint = ensure_folds(config, competition)
-    settings = {"train": cfg.model_dump(exclude=set(_NOT_HASHED)), "competition": config.competition.model_dump(),
+    settings = {"train": settings_dump(cfg), "competition": config.competition.model_dump(),
                 "folds_fingerprint": fingerprint}
     return RunSpec(name, cfg, config.runs_dir / name, config_hash(settings), competition, folds, fingerprint,
                    get_metric(config.competition.metric))
@@ -454,6 +841,75 @@ def _base_meta(config: Config, spec: RunSpec) -> dict:
     }
 
 
+def _start_distributed(config: Config, model: str, overrides: list[str] | None) -> DistContext:
+    """Join torchrun's process group when launched by it (``make train GPUS=n``); a single process otherwise."""
+    if not launched_by_torchrun():
+        return SINGLE
+    _, cfg = resolve_train_config(config, model, overrides)
+    return init_distributed(cfg.ddp_backend, use_cuda_for(cfg))
+
+
+def _on_main(context: DistContext, work: Callable[[], object]):
+    """Run ``work`` on rank 0 only and give its result, or its error, to every rank.
+
+    Files are written by rank 0 alone; the other ranks must still take the same path
+    (return, raise, or go on with the same metadata), or they would wait forever.
+    """
+    if not context.enabled:
+        return work()
+    outcome = None
+    if context.is_main:
+        try:
+            outcome = ("ok", work())
+        except (ConfigError, StoreError, FoldsError, TrainingError, ValueError) as exc:
+            broadcast_object(("error", exc), context)
+            raise
+    kind, value = broadcast_object(outcome, context)
+    if kind == "error":
+        raise value
+    return value
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path, context: DistContext):
+    """The run folder's lock, held by rank 0 for all ranks; released once every rank is done."""
+    if not context.enabled:
+        with RunLock(run_dir):
+            yield
+        return
+    lock = RunLock(run_dir)
+    _on_main(context, lock.__enter__)
+    try:
+        yield
+        barrier(context)
+    finally:
+        if context.is_main:
+            lock.__exit__(None, None, None)
+
+
+def _open_stores(config: Config, spec: RunSpec, context: DistContext) -> tuple[FoldData, int]:
+    """The train and test images as ``train.cache`` says, and the input size they are cached for."""
+    target = input_size(spec.cfg, len(spec.competition.classes))
+    store = open_image_store(config, spec.cfg, spec.competition.train_paths, "train", target, progress=context.is_main)
+    test_store = open_image_store(config, spec.cfg, spec.competition.test_paths, "test", target, progress=context.is_main)
+    return FoldData(store, test_store, spec.competition.y, spec.folds), target
+
+
+def _with_batch_size(spec: RunSpec, meta: dict, runtime: Runtime, target: int) -> TrainConfig:
+    """The run's settings with ``batch_size`` a number; ``auto`` is found once per run and kept in its metadata."""
+    if spec.cfg.batch_size != "auto":
+        return spec.cfg
+    found = meta.get("batch_size_found")
+    if found is None:
+        n_train = int(np.sum(spec.folds != spec.folds[0])) if len(spec.folds) else 1
+        found = _on_main(runtime.dist, lambda: resolve_batch_size(spec.cfg, runtime, target, len(spec.competition.classes), n_train))
+        if runtime.is_main:
+            where = "the largest that fits the GPU" if runtime.is_cuda else "the CPU default"
+            print(f"  batch_size auto: {found} ({where})")
+    meta["batch_size_found"] = int(found)
+    return spec.cfg.model_copy(update={"batch_size": int(found)})
+
+
 def run_train(config: Config, model: str, folds_subset: list[int] | None = None, force: bool = False, overrides: list[str] | None = None, competition: Competition | None = None) -> dict:
     """Train (or resume) one run on the chosen folds; assemble its OOF files when every fold is done.
 
@@ -466,50 +922,73 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
     StoreError
         If the run exists with other settings and ``force`` is not set, or another process holds it.
     """
-    spec = prepare_run(config, model, overrides, competition)
+    context = _start_distributed(config, model, overrides)
+    spec = _on_main(context, lambda: prepare_run(config, model, overrides, competition))  # rank 0 makes the folds
     fold_ids = _fold_list(spec, folds_subset)
-    with RunLock(spec.run_dir):
-        meta = read_meta(spec.run_dir)
-        if meta is not None and (force or meta.get("config_hash") != spec.settings_hash):
-            if not force:
-                raise StoreError(
-                    f"run {spec.run_dir} exists with other settings (hash {meta.get('config_hash')} != {spec.settings_hash}); "
-                    "pass FORCE=1 to retrain it from scratch, or change the recipe name"
-                )
-            for child in spec.run_dir.iterdir():
-                if child.name != ".lock":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-            meta = None
-        if meta is not None and meta.get("status") == "finished" and all(f in meta["folds_done"] for f in fold_ids):
-            print(f"{spec.name}: already finished (CV {meta['cv']:.4f}); pass FORCE=1 to retrain")
+    with _run_lock(spec.run_dir, context):
+        meta, finished = _on_main(context, lambda: _open_run(config, spec, fold_ids, force))
+        if finished:
             return meta
-        meta = meta or _base_meta(config, spec)
-        meta["status"] = "running"
-        io.write_json(spec.run_dir / "meta.json", meta)
-
-        store = image_store(spec.competition.train_paths, "train")
-        data = FoldData(store, image_store(spec.competition.test_paths, "test"), spec.competition.y, spec.folds)
-        runtime = select_runtime(spec.cfg, store.in_memory)
+        data, target = _open_stores(config, spec, context)
+        runtime = select_runtime(spec.cfg, data.store.in_memory, context)
+        cfg = _with_batch_size(spec, meta, runtime, target)
         views, view_names = _view_list(spec.cfg)
-        print(f"{spec.name}: {meta['timm_name']} on {runtime.device}"
-              f"{' (' + str(runtime.amp_dtype).replace('torch.', '') + ' autocast)' if runtime.amp_dtype else ''}, "
-              f"folds {fold_ids}, {spec.cfg.epochs} epochs, TTA views {view_names}")
+        if context.is_main:
+            print(f"{spec.name}: {meta['timm_name']} on {runtime.device}"
+                  f"{' (' + str(runtime.amp_dtype).replace('torch.', '') + ' autocast)' if runtime.amp_dtype else ''}"
+                  f"{f' x {context.world_size} processes' if context.enabled else ''}, "
+                  f"folds {fold_ids}, {spec.cfg.epochs} epochs, TTA views {view_names}")
         for fold in fold_ids:
             fold_dir = spec.run_dir / f"fold{fold}"
             if fold in meta["folds_done"]:
-                print(f"  fold {fold}: done before, skipped")
+                if context.is_main:
+                    print(f"  fold {fold}: done before, skipped")
                 continue
-            result = train_fold(spec.name, spec.cfg, fold, data, spec.competition.classes, spec.metric, runtime,
+            result = train_fold(spec.name, cfg, fold, data, spec.competition.classes, spec.metric, runtime,
                                 fold_dir, views, view_names)
             meta["folds_done"] = sorted(set(meta["folds_done"]) | {fold})
+            if not context.is_main:
+                continue
             io.write_json(spec.run_dir / "meta.json", meta)
             for state_file in (fold_dir / "last.pt", _previous(fold_dir / "last.pt")):
                 state_file.unlink(missing_ok=True)  # the fold is final: its resume states are no longer needed
             print(f"  fold {fold}: {spec.metric.name} {result['score']:.4f} (no TTA {result['score_plain']:.4f}), "
                   f"best epoch {result['best_epoch']}/{result['epochs_run']}, {format_seconds(result['train_seconds'])}")
-        meta = assemble_run(spec, meta)
-    print(train_leaderboard(meta))
+        meta = _on_main(context, lambda: assemble_run(spec, meta))
+    if context.is_main:
+        print(train_leaderboard(meta))
     return meta
+
+
+def _open_run(config: Config, spec: RunSpec, fold_ids: list[int], force: bool) -> tuple[dict, bool]:
+    """Read or start the run's metadata under its lock: (meta, True) if there is nothing left to train.
+
+    Raises
+    ------
+    StoreError
+        If the run exists with other settings and ``force`` is not set.
+    """
+    meta = read_meta(spec.run_dir)
+    if meta is not None and (force or meta.get("config_hash") != spec.settings_hash):
+        if not force:
+            raise StoreError(
+                f"run {spec.run_dir} exists with other settings (hash {meta.get('config_hash')} != {spec.settings_hash}); "
+                "pass FORCE=1 to retrain it from scratch, or change the recipe name"
+            )
+        for child in spec.run_dir.iterdir():
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        meta = None
+    if meta is not None and meta.get("status") == "finished" and all(f in meta["folds_done"] for f in fold_ids):
+        print(f"{spec.name}: already finished (CV {meta['cv']:.4f}); pass FORCE=1 to retrain")
+        return meta, True
+    # temporary files a killed writer left behind: never read, only taking space; we hold the lock
+    for stale in spec.run_dir.rglob(".*.tmp"):
+        stale.unlink()
+    meta = meta or _base_meta(config, spec)
+    meta["status"] = "running"
+    io.write_json(spec.run_dir / "meta.json", meta)
+    return meta, False
 
 
 def run_predict(config: Config, model: str, overrides: list[str] | None = None, competition: Competition | None = None) -> dict:
@@ -518,27 +997,36 @@ def run_predict(config: Config, model: str, overrides: list[str] | None = None, 
     This is how a Kaggle inference notebook works: checkpoints in, predictions out,
     with the TTA views of the current config.
     """
-    spec = prepare_run(config, model, overrides, competition)
-    with RunLock(spec.run_dir):
-        meta = read_meta(spec.run_dir)
-        if meta is None:
-            raise StoreError(f"no run {spec.run_dir}; train it first with 'make train MODEL={model}'")
-        if meta.get("config_hash") != spec.settings_hash:
-            raise StoreError(f"run {spec.run_dir} was trained with other settings; predict with the same recipe and ARGS")
-        store = image_store(spec.competition.train_paths, "train")
-        data = FoldData(store, image_store(spec.competition.test_paths, "test"), spec.competition.y, spec.folds)
-        runtime = select_runtime(spec.cfg, store.in_memory)
+    context = _start_distributed(config, model, overrides)
+    spec = _on_main(context, lambda: prepare_run(config, model, overrides, competition))
+    with _run_lock(spec.run_dir, context):
+        meta = _on_main(context, lambda: _trained_meta(spec, model))
+        data, target = _open_stores(config, spec, context)
+        runtime = select_runtime(spec.cfg, data.store.in_memory, context)
+        cfg = _with_batch_size(spec, meta, runtime, target)
         views, view_names = _view_list(spec.cfg)
         for fold in meta["folds_done"]:
             fold_dir = spec.run_dir / f"fold{fold}"
-            result = predict_fold(spec.cfg, fold, data, spec.competition.classes, spec.metric, runtime,
+            result = predict_fold(cfg, fold, data, spec.competition.classes, spec.metric, runtime,
                                   fold_dir, views, view_names)
+            if not context.is_main:
+                continue
             fold_info = io.read_json(fold_dir / "fold.json")
             fold_info.update(result)
             io.write_json(fold_dir / "fold.json", fold_info)
             print(f"  fold {fold}: {spec.metric.name} {result['score']:.4f} (no TTA {result['score_plain']:.4f}), TTA {view_names}")
-        meta = assemble_run(spec, meta)
-    print(train_leaderboard(meta))
+        meta = _on_main(context, lambda: assemble_run(spec, meta))
+    if context.is_main:
+        print(train_leaderboard(meta))
+    return meta
+
+
+def _trained_meta(spec: RunSpec, model: str) -> dict:
+    meta = read_meta(spec.run_dir)
+    if meta is None:
+        raise StoreError(f"no run {spec.run_dir}; train it first with 'make train MODEL={model}'")
+    if meta.get("config_hash") != spec.settings_hash:
+        raise StoreError(f"run {spec.run_dir} was trained with other settings; predict with the same recipe and ARGS")
     return meta
 
 
