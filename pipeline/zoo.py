@@ -251,58 +251,40 @@ def measure_cost(model_name: str, n_classes: int, screen_size: int, full_size: i
                  model_kwargs: dict | None = None) -> dict:
     """Parameters, GFLOPs at the full input size, and training/inference images/s at the screening size.
 
-    Every architecture is timed the same way: a synthetic batch of ``batch_size``, two
-    warm-up steps that are not counted, then ``steps`` timed steps; on a GPU with AMP
-    and channels_last as in training, and synchronised before each clock read.
+    Every architecture is timed the same way, with ``make bench``'s own measurements: a
+    synthetic batch of ``batch_size``, two warm-up steps that are not counted, then
+    ``steps`` timed steps of the training step the folds use (AMP and channels_last on a
+    GPU, synchronised before each clock read).
     """
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
+    from pipeline.bench import _sync, forward_flops, step_rate
     from pipeline.models import count_parameters, create_model
-    from pipeline.train import _autocast, _to_device, select_runtime
+    from pipeline.train import _autocast, _to_device, make_optimizer, select_runtime
 
-    runtime = select_runtime(TrainConfig(), images_in_memory=True)
+    cfg = TrainConfig()
+    runtime = select_runtime(cfg, images_in_memory=True)
     model = create_model(model_name, n_classes, False, **(model_kwargs or {}))
     params = count_parameters(model)
-    model.eval()
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, full_size, full_size))
-    gflops = counter.get_total_flops() / 1e9
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
+    flops = forward_flops(model, full_size, runtime)
+    optimizer = make_optimizer(model, cfg, runtime)
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
+    train_ips = step_rate(model, optimizer, scaler, torch.nn.CrossEntropyLoss(), runtime, batch_size, screen_size,
+                          n_classes, steps, warmup=2)
     x = _to_device(torch.randn(batch_size, 3, screen_size, screen_size), runtime)
-    y = torch.randint(0, n_classes, (batch_size,), device=runtime.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def sync():
-        if runtime.is_cuda:
-            torch.cuda.synchronize()
-
-    def train_step():
-        with _autocast(runtime):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    @torch.inference_mode()
-    def infer_step():
-        with _autocast(runtime):
+    model.eval()
+    with torch.inference_mode(), _autocast(runtime):
+        for k in range(2 + steps):
+            if k == 2:  # the clock starts after two warm-up passes
+                _sync(runtime)
+                started = time.perf_counter()
             model(x)
-
-    rates = {}
-    for name, step, mode in (("train", train_step, model.train), ("infer", infer_step, model.eval)):
-        mode()
-        for _ in range(2):
-            step()
-        sync()
-        started = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        rates[name] = batch_size * steps / (time.perf_counter() - started)
-    return {"params": params, "gflops": gflops, "train_ips": rates["train"], "infer_ips": rates["infer"]}
+        _sync(runtime)
+    infer_ips = batch_size * steps / (time.perf_counter() - started)
+    return {"params": params, "gflops": (flops or math.nan) / 1e9, "train_ips": train_ips, "infer_ips": infer_ips}
 
 
 def peak_memory_mb() -> tuple[float, str]:
@@ -551,7 +533,7 @@ def _figures(plan: ScreenPlan, board: pd.DataFrame, records: list[dict]) -> dict
             ax.annotate(r["architecture"], (r[column], r["cv"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         if key == "pareto_throughput":
             front = ok[front_mask].sort_values(column)
-            ax.step(front[column], front["cv"], where="post", color="tab:red", alpha=0.6, label="Pareto front")
+            ax.step(front[column], front["cv"], where="pre", color="tab:red", alpha=0.6, label="Pareto front")
             ax.legend()
         ax.set_xscale("log" if log else "linear")
         ax.set_xlabel(label)
@@ -623,13 +605,10 @@ def write_report(plan: ScreenPlan, board: pd.DataFrame, records: list[dict]) -> 
 
 
 def _device_name() -> str:
-    import platform
+    from pipeline.bench import device_description
+    from pipeline.train import select_runtime
 
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return device_description(select_runtime(TrainConfig(), images_in_memory=True))
 
 
 def promote(config: Config, board: pd.DataFrame, top: int, force: bool = False) -> list[dict]:
