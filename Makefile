@@ -27,7 +27,7 @@ COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: CONFIG=$(CONFIG) MODEL= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1"
+	@echo "  variables: CONFIG=$(CONFIG) MODEL= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= IMAGE_SIZE="
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
