@@ -44,7 +44,7 @@ from pipeline.distributed import (SINGLE, DistContext, barrier, broadcast_buffer
                                   init_distributed, launched_by_torchrun, shard)
 from pipeline.folds import FoldsError, read_folds, run_folds
 from pipeline.metrics import Metric, get_metric
-from pipeline.models import count_parameters, create_model, data_config, model_family, resolve_model_name
+from pipeline.models import count_parameters, create_model, data_config, default_input_size, model_family, resolve_model_name
 from pipeline.report import format_seconds, format_table
 from pipeline.store import RunLock, StoreError, code_version, library_versions, prediction_frame, read_meta
 from pipeline.transforms import apply_views, build_transform, parse_view
@@ -734,6 +734,10 @@ def input_size(cfg: TrainConfig, n_classes: int) -> int:
     """The model's input side: the recipe's ``image_size``, else the model's default from timm's data config."""
     if cfg.image_size:
         return int(cfg.image_size)
+    if not cfg.model_kwargs:  # kwargs such as img_size can change it: then only the built model knows
+        size = default_input_size(cfg.model)
+        if size:
+            return size
     model = create_model(cfg.model, n_classes, False, **cfg.model_kwargs)
     return data_config(model).image_size
 

@@ -130,14 +130,9 @@ def scan_images(paths: list[Path], desc: str, workers: int | None = None) -> pd.
 
 def required_input_size(config: Config) -> int | None:
     """The largest input size among the config's model line-up (recipe size, else the model's own)."""
-    from pipeline.models import default_input_size
+    from pipeline.train import input_size
 
-    sizes = []
-    for recipe in config.models:
-        _, cfg = resolve_train_config(config, recipe)
-        size = cfg.image_size or default_input_size(cfg.model)
-        if size:
-            sizes.append(size)
+    sizes = [input_size(resolve_train_config(config, recipe)[1], n_classes=2) for recipe in config.models]
     return max(sizes) if sizes else None
 
 

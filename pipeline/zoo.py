@@ -205,10 +205,10 @@ class ScreenPlan:
 
     def overrides(self, name: str, extra: dict[str, Any]) -> tuple[list[str], int, int]:
         """``key=value`` overrides that shrink a recipe to its screen, with its screening and full input sizes."""
-        from pipeline.models import default_input_size
+        from pipeline.train import input_size
 
         _, cfg = resolve_train_config(self.config, name)
-        full = cfg.image_size or default_input_size(cfg.model) or 224
+        full = input_size(cfg, len(self.competition.classes))
         settings = {"image_size": screen_image_size(self.zoo.screen, full, self.data_side),
                     "epochs": self.zoo.screen.epochs, "patience": None, "tta": ["identity"], **extra}
         return [f"train.{k}={_yaml_value(v)}" for k, v in settings.items()], int(settings["image_size"]), int(full)
