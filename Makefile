@@ -1,8 +1,10 @@
 # kfold-ensembler: every target calls the package's CLI (python -m pipeline ...).
-# Variables: CONFIG=<competition yaml>  MODEL=<recipe|alias|timm name>  FOLDS=0,2  EPOCHS=n  ZOO=<zoo yaml>  TOP=k
+# Variables: TASK=<demo task> CONFIG=<competition yaml>  MODEL=<recipe|alias|timm name>  FOLDS=0,2  EPOCHS=n  ZOO=<zoo yaml>  TOP=k
 #            ARGS="key=value ..."  FORCE=1 (overwrite finished work)
 
-CONFIG ?= configs/digits.yaml
+TASK ?=
+# TASK=binary|multilabel|regression|ordinal picks that demo competition (configs/digits_<task>.yaml)
+CONFIG ?= $(if $(filter-out multiclass,$(TASK)),configs/digits_$(TASK).yaml,configs/digits.yaml)
 MODEL ?=
 FOLDS ?=
 EPOCHS ?=
@@ -27,7 +29,7 @@ COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: CONFIG=$(CONFIG) MODEL= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= IMAGE_SIZE="
+	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= IMAGE_SIZE="
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,7 +39,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project (done by every target)
 
-demo: $(STAMP) ## run every stage on the built-in demo competition, ending with a leaderboard
+demo: $(STAMP) ## run every stage on the built-in demo competition (TASK=binary|multilabel|regression|ordinal), ending with a leaderboard
 	$(RUN) demo --config $(CONFIG) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FORCE),--force) $(ARGS)
 
 test: $(STAMP) ## run the test suite (CPU, tiny models)
@@ -77,4 +79,5 @@ bench-ensemble: $(STAMP) ## benchmark every blend method on synthetic prediction
 	$(PY) -m pipeline.bench_blend --out bench/ensemble.json
 
 clean-demo: ## remove the demo's data, folds, runs and submissions
-	rm -rf data/digits folds/digits.csv folds/digits.json runs/digits submissions/digits cache/digits
+	rm -rf data/digits data/digits_* folds/digits.csv folds/digits.json folds/digits_* runs/digits runs/digits_* \
+		submissions/digits submissions/digits_* cache/digits cache/digits_*

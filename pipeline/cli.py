@@ -64,7 +64,7 @@ def cmd_folds(args: argparse.Namespace) -> int:
     config = _load(args)
     competition = load_competition(config)
     folds, fingerprint, status = run_folds(config, competition, force=args.force)
-    print(format_table(fold_summary(competition.y, folds, competition.classes).to_dict("records"),
+    print(format_table(fold_summary(competition.y, folds, competition.classes, competition.task).to_dict("records"),
                        f"folds: {config.folds.n_splits}-fold {config.folds.strategy}, seed {config.folds.seed}"))
     print(f"{config.folds_csv}: {status} (fingerprint {fingerprint})")
     return 0
@@ -133,7 +133,8 @@ def cmd_import_oof(args: argparse.Namespace) -> int:
     folds, fingerprint = read_folds(config, competition)
     meta = import_run(config.runs_dir / args.name, Path(args.oof), Path(args.test), competition.train_ids,
                       competition.test_ids, folds, fingerprint, competition.classes,
-                      get_metric(config.competition.metric), competition.y, force=args.force)
+                      get_metric(config.competition.metric), competition.y, force=args.force,
+                      task=competition.task)
     print(f"imported {args.name}: CV {meta['cv']:.4f} ({config.competition.metric}); 'make ensemble' now includes it")
     return 0
 

@@ -23,8 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.metrics import METRICS
 
-TASKS_SUPPORTED = ("multiclass",)
-TASKS_PLANNED = ("binary", "multilabel", "regression", "ordinal")
+TASK_NAMES = ("multiclass", "binary", "multilabel", "regression", "ordinal")
 
 
 class _Loader(yaml.SafeLoader):
@@ -55,6 +54,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
 
+class UserMetricConfig(_Strict):
+    """A metric of the user's own: ``function`` is ``file.py:name`` (beside the config) or ``package.module:name``."""
+
+    function: str = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
+    greater_is_better: bool
+    needs: Literal["proba", "label", "value"] = "proba"
+
+
 class CompetitionConfig(_Strict):
     """Where the data lives and what is predicted."""
 
@@ -67,24 +74,15 @@ class CompetitionConfig(_Strict):
     id_column: str = "id"
     target_column: str = "label"
     task: Literal["multiclass", "binary", "multilabel", "regression", "ordinal"] = "multiclass"
-    metric: str = "accuracy"
+    metric: str | None = None                       # None: the task's usual metric (pipeline.tasks)
     solution: str | None = None
     test_csv: str | None = None
-    demo: Literal["digits"] | None = None
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, value: str) -> str:
-        if value not in METRICS:
-            raise ValueError(f"unknown metric {value!r}; choose one of {sorted(METRICS)}")
-        return value
-
-    @field_validator("task")
-    @classmethod
-    def _supported_task(cls, value: str) -> str:
-        if value not in TASKS_SUPPORTED:
-            raise ValueError(f"task {value!r} is not supported yet; supported: {list(TASKS_SUPPORTED)}")
-        return value
+    demo: Literal["digits", "digits_binary", "digits_multilabel", "digits_regression", "digits_ordinal"] | None = None
+    # task-specific: multilabel targets as 0/1 columns, the binary positive class, a regression target's range
+    target_columns: list[str] | None = None
+    positive_class: str | None = None
+    target_range: list[float] | None = None
+    metrics: dict[str, UserMetricConfig] = Field(default_factory=dict)
 
     @field_validator("train_images", "test_images")
     @classmethod
@@ -93,10 +91,35 @@ class CompetitionConfig(_Strict):
             raise ValueError(f"{value!r} must contain '{{id}}', e.g. 'train/{{id}}.png'")
         return value
 
+    @model_validator(mode="after")
+    def _task_keys(self) -> "CompetitionConfig":
+        from pipeline.tasks import get_task
+
+        if self.target_columns is not None and self.task != "multilabel":
+            raise ValueError(f"target_columns are for task 'multilabel' (one 0/1 column per label); task is {self.task!r}")
+        if self.target_columns is not None and len(self.target_columns) < 2:
+            raise ValueError(f"target_columns needs at least 2 label columns, got {self.target_columns}")
+        if self.positive_class is not None and self.task != "binary":
+            raise ValueError(f"positive_class is for task 'binary'; task is {self.task!r}")
+        if self.target_range is not None:
+            if self.task not in ("regression", "ordinal"):
+                raise ValueError(f"target_range is for tasks 'regression' and 'ordinal'; task is {self.task!r}")
+            if len(self.target_range) != 2 or not self.target_range[0] < self.target_range[1]:
+                raise ValueError(f"target_range must be [low, high] with low < high, got {self.target_range}")
+        if self.metric is None:
+            self.metric = get_task(self.task).default_metric
+        return self
+
+    @property
+    def target_names(self) -> list[str]:
+        """The train.csv columns that hold the targets."""
+        return list(self.target_columns) if self.target_columns else [self.target_column]
+
 
 class FoldsConfig(_Strict):
     n_splits: int = Field(default=5, ge=2, le=50)
-    strategy: Literal["stratified", "kfold", "group", "stratified_group"] = "stratified"
+    # stratified: by class, by label sets (multilabel: iterative stratification), or by target bins (regression)
+    strategy: Literal["stratified", "kfold", "group", "stratified_group", "multilabel"] = "stratified"
     group_column: str | None = None
     seed: int = 42
 
@@ -122,6 +145,7 @@ class TrainConfig(_Strict):
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.05, ge=0)
     warmup_epochs: float = Field(default=1.0, ge=0)
+    loss: Literal["auto", "ce", "bce", "mse", "huber"] = "auto"   # auto: the task's usual loss (pipeline.tasks)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     drop_rate: float = Field(default=0.0, ge=0, lt=1)
     grad_clip: float | None = Field(default=None, gt=0)
@@ -209,6 +233,26 @@ class Config(_Strict):
             raise ValueError("ensemble.stacker_features need competition.test_csv (the test rows' metadata: id plus the same columns)")
         return self
 
+    @model_validator(mode="after")
+    def _task_fits(self) -> "Config":
+        from pipeline.metrics import check_metric_task, load_user_metric
+        from pipeline.tasks import resolve_loss
+
+        comp = self.competition
+        for name, spec in comp.metrics.items():
+            load_user_metric(name, spec.function, spec.greater_is_better, spec.needs, (comp.task,),
+                             base_dir=self.config_dir)
+        if comp.metric not in METRICS:
+            raise ValueError(f"unknown metric {comp.metric!r}; choose one of {sorted(METRICS)} "
+                             "or define it under competition.metrics")
+        check_metric_task(comp.metric, comp.task)
+        resolve_loss(comp.task, self.train.loss)
+        if self.folds.strategy == "multilabel" and comp.task != "multilabel":
+            raise ValueError(f"folds.strategy 'multilabel' is for task 'multilabel'; task is {comp.task!r} (use 'stratified')")
+        if self.folds.strategy == "stratified_group" and comp.task == "multilabel":
+            raise ValueError("folds.strategy 'stratified_group' cannot stratify label sets; use 'group' or 'multilabel'")
+        return self
+
     competition: CompetitionConfig
     folds: FoldsConfig = Field(default_factory=FoldsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -264,6 +308,10 @@ def format_validation_error(error: ValidationError, where: str, root: type[BaseM
         key = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
             lines.append(f"  - unknown key {key!r}{_suggest_key(item, root or Config)}")
+        elif item["type"] == "value_error" and isinstance(item.get("input"), dict):
+            # a check across keys: the message names them; the whole section as input would only hide it
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"  - {key}: {message}" if key else f"  - {message}")
         else:
             lines.append(f"  - {key}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)

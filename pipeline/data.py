@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from pipeline.config import Config
+from pipeline.tasks import Targets, TaskError, get_task
 from pipeline.transforms import to_rgb_uint8
 
 
@@ -38,7 +39,11 @@ class DataError(ValueError):
 
 @dataclass
 class Competition:
-    """The parsed competition: tables, class list, image paths."""
+    """The parsed competition: tables, targets, image paths.
+
+    ``classes`` names the prediction columns (the class names for multiclass; see
+    :mod:`pipeline.tasks` for the other tasks) and ``y`` holds the task's targets.
+    """
 
     train: pd.DataFrame
     sample_submission: pd.DataFrame
@@ -50,6 +55,9 @@ class Competition:
     solution: pd.DataFrame | None = None
     test_table: pd.DataFrame | None = None
     y: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    task: str = "multiclass"
+    targets: Targets | None = None
+    solution_parser: object = None
 
     @property
     def train_ids(self) -> np.ndarray:
@@ -60,12 +68,11 @@ class Competition:
         return self.sample_submission[self.id_column].astype(str).to_numpy()
 
     def solution_labels(self) -> np.ndarray | None:
-        """Test labels as class indices in sample-submission order, if a solution file exists."""
+        """Test targets (shaped as ``y``) in sample-submission order, if a solution file exists."""
         if self.solution is None:
             return None
-        lookup = {c: i for i, c in enumerate(self.classes)}
-        sol = self.solution.set_index(self.solution[self.id_column].astype(str))
-        return sol.loc[self.test_ids, self.target_column].astype(str).map(lookup).to_numpy()
+        sol = self.solution.set_index(self.solution[self.id_column].astype(str)).loc[self.test_ids]
+        return self.solution_parser(sol.reset_index(drop=True)).y
 
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:
@@ -157,7 +164,8 @@ def load_competition(config: Config, check_image_files: bool = True) -> Competit
     sample = _read_csv(sub_path, "sample submission")
     # every table problem is collected first, so one run of `make validate` shows them all
     problems = _missing_columns(train, [comp.id_column], train_path, "competition.id_column")
-    problems += _missing_columns(train, [comp.target_column], train_path, "competition.target_column")
+    problems += _missing_columns(train, comp.target_names, train_path,
+                                 "competition.target_columns" if comp.target_columns else "competition.target_column")
     if config.folds.group_column:
         problems += _missing_columns(train, [config.folds.group_column], train_path, "folds.group_column")
     problems += _missing_columns(sample, [comp.id_column], sub_path, "competition.id_column")
@@ -165,18 +173,18 @@ def load_competition(config: Config, check_image_files: bool = True) -> Competit
         problems += _id_problems(train, comp.id_column, train_path)
     if comp.id_column in sample.columns:
         problems += _id_problems(sample, comp.id_column, sub_path)
-    if comp.target_column in train.columns:
-        labels = train[comp.target_column]
-        empty = labels.isna() | (labels.str.strip() == "")
-        if empty.any():
-            rows = (np.flatnonzero(empty.to_numpy()) + 2)[:5].tolist()
-            problems.append(f"{train_path}: empty or NaN label in column {comp.target_column!r} at row(s) {rows} "
-                            f"(row 1 is the header; {int(empty.sum())} in all)")
+    task = get_task(comp.task)
+    targets = None
+    if all(c in train.columns for c in comp.target_names):
+        try:
+            targets = task.parse(train, comp)
+        except TaskError as exc:
+            problems.append(f"{train_path}: {exc}")
     solution, test_table = None, None
     if comp.solution:
         sol_path = data_dir / comp.solution
         solution = _read_csv(sol_path, "solution")
-        problems += _missing_columns(solution, [comp.id_column, comp.target_column], sol_path, "competition.solution")
+        problems += _missing_columns(solution, [comp.id_column, *comp.target_names], sol_path, "competition.solution")
     if comp.test_csv:
         test_path = data_dir / comp.test_csv
         test_table = _read_csv(test_path, "test csv")
@@ -187,35 +195,36 @@ def load_competition(config: Config, check_image_files: bool = True) -> Competit
                 problems.append(f"{test_path}: ids differ from {sub_path.name} ({len(extra)} id(s) in one but not the other, e.g. {sorted(extra)[:3]})")
     _raise_if(problems)
 
-    labels = train[comp.target_column]
-    classes = sorted(labels.unique().tolist(), key=_natural_key)
-    lookup = {c: i for i, c in enumerate(classes)}
-    y = labels.map(lookup).to_numpy(dtype=np.int64)
+    labels = targets.labels or None
+
+    def parse_solution(frame: pd.DataFrame) -> Targets:
+        return task.parse(frame, comp, labels=labels)
+
+    if solution is not None:
+        try:
+            parse_solution(solution)
+        except TaskError as exc:
+            _raise_if([f"{data_dir / comp.solution}: {exc}"])
 
     competition = Competition(
         train=train,
         sample_submission=sample,
-        classes=classes,
+        classes=targets.columns,
         train_paths=_image_paths(data_dir, comp.train_images, train[comp.id_column].to_numpy()),
         test_paths=_image_paths(data_dir, comp.test_images, sample[comp.id_column].to_numpy()),
         id_column=comp.id_column,
         target_column=comp.target_column,
         solution=solution,
         test_table=test_table,
-        y=y,
+        y=targets.y,
+        task=comp.task,
+        targets=targets,
+        solution_parser=parse_solution,
     )
     if check_image_files:
         check_images(competition.train_paths, "train")
         check_images(competition.test_paths, "test")
     return competition
-
-
-def _natural_key(label: str):
-    # numeric class names sort as numbers ("2" before "10")
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)
 
 
 # 16-bit and 32-bit integer modes hold 0..65535: scaled to 0..255 over that full range
@@ -291,5 +300,6 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: int):
         index = int(self.indices[item])
         image = self.transform(image=self.store[index])["image"]
-        label = -1 if self.labels is None else int(self.labels[index])
+        # a class index, a 0/1 label row or a value: the task's head reads it; test rows have none
+        label = 0 if self.labels is None else torch.as_tensor(self.labels[index])
         return image, label

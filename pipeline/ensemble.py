@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import blend, io
+from pipeline import blend, io, tasks
 from pipeline.config import Config, config_hash
 from pipeline.data import Competition, load_competition
 from pipeline.folds import read_folds
+from pipeline.decision import decision_for, nested_decision
 from pipeline.metrics import Metric, get_metric
 from pipeline.report import format_seconds, format_table
 from pipeline.store import StoreError, StoredRun, load_runs
@@ -35,31 +36,21 @@ class SubmissionError(ValueError):
 
 # -- submissions ----------------------------------------------------------------------------
 
-def submission_frame(sample: pd.DataFrame, id_column: str, target_column: str, classes: list[str], test_probs: np.ndarray) -> pd.DataFrame:
-    """A submission in the sample submission's format: its ids in its order, its columns.
-
-    The sample decides the format: ``id, <target>`` gets the arg-max class name;
-    ``id, <class>...`` gets one probability per class.
+def submission_frame(sample: pd.DataFrame, competition: Competition, metric: Metric, pred: np.ndarray,
+                     decided: np.ndarray | None = None) -> pd.DataFrame:
+    """A checked submission in the sample submission's format (:func:`pipeline.tasks.submission_frame`).
 
     Raises
     ------
     SubmissionError
-        If the sample's columns fit neither format.
+        If the sample's columns fit no format of the task, or the result differs from the sample.
     """
-    columns = list(sample.columns)
-    out = pd.DataFrame({id_column: sample[id_column].to_numpy()})
-    if columns == [id_column, target_column]:
-        out[target_column] = np.asarray(classes, dtype=object)[test_probs.argmax(axis=1)]
-    elif set(columns[1:]) == {str(c) for c in classes} and columns[0] == id_column:
-        index = {str(c): k for k, c in enumerate(classes)}
-        for column in columns[1:]:
-            out[column] = test_probs[:, index[column]]
-    else:
-        raise SubmissionError(
-            f"sample submission columns {columns} fit neither '{id_column}, {target_column}' (labels) "
-            f"nor '{id_column}' plus one column per class {classes[:5]}..."
-        )
-    check_submission(out, sample, id_column)
+    try:
+        out = tasks.submission_frame(sample, competition.id_column, competition.target_column, competition.task,
+                                     competition.targets, pred, decided, metric.needs)
+    except tasks.TaskError as exc:
+        raise SubmissionError(str(exc)) from None
+    check_submission(out, sample, competition.id_column)
     return out
 
 
@@ -129,6 +120,8 @@ class Candidate:
     weights: np.ndarray | None = None
     seconds: float = 0.0
     private: float | None = None
+    test_decided: np.ndarray | None = None   # the test predictions after the tuned decision (thresholds, cut points)
+    decision: dict | None = None
 
 
 def _method_params(config: Config, method: str, runs: list[StoredRun], fingerprint: str, storage_dir: Path) -> dict:
@@ -174,20 +167,55 @@ def stacker_features(config: Config, competition: Competition) -> tuple[np.ndarr
     return out[0], out[1]
 
 
-def blend_candidates(preds: np.ndarray, tests: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, methods: list[str], params_for, extra: np.ndarray | None = None, extra_test: np.ndarray | None = None) -> list[Candidate]:
+def blend_candidates(preds: np.ndarray, tests: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, methods: list[str], params_for, extra: np.ndarray | None = None, extra_test: np.ndarray | None = None,
+                     task: str = "multiclass", n_grades: int | None = None) -> list[Candidate]:
     """Score each method in-sample and by nested CV; refit on all rows and predict the test set.
 
     ``extra``/``extra_test`` are per-row metadata features; only the stackers read them.
+    Where the metric scores decisions (a tuned threshold or cut points, :mod:`pipeline.decision`),
+    the decision is fitted inside the nested folds too, and the test set gets the all-rows one.
+    Methods that do not apply to the task are left out with the reason.
     """
     candidates = []
+    factory = _decision_factory(task, metric, n_grades)
     for method in methods:
-        result = blend.nested_score(method, preds, y, folds, metric, extra=extra, params=params_for(method))
+        reason = blend.not_applicable_reason(method, task)
+        if reason:
+            print(f"skipped {method}: {reason}")
+            continue
+        result = blend.nested_score(method, preds, y, folds, metric, extra=extra, params=params_for(method),
+                                    task=task, decision=factory)
+        test = result.fitted.predict(tests, extra=extra_test)
+        decided = result.decision.apply(test) if result.decision is not None else None
         candidates.append(Candidate(
             name=method, kind=blend.BLEND_METHODS[method].kind, cv=result.in_sample, nested=result.nested,
-            test=result.fitted.predict(tests, extra=extra_test), gap=result.gap,
-            weight_std=result.weight_std, weights=result.weights, seconds=result.seconds,
+            test=test, gap=result.gap, weight_std=result.weight_std, weights=result.weights, seconds=result.seconds,
+            test_decided=decided, decision=None if result.decision is None else result.decision.params,
         ))
     return candidates
+
+
+def _decision_factory(task: str, metric: Metric, n_grades: int | None = None):
+    # the ordinal scale comes from train.csv: a fold's rows may lack the top grade
+    if decision_for(task, metric, n_grades=n_grades) is None:
+        return None
+    return lambda: decision_for(task, metric, n_grades=n_grades)
+
+
+def single_candidate(run: StoredRun, y: np.ndarray, folds: np.ndarray, metric: Metric, task: str,
+                     n_grades: int | None = None) -> Candidate:
+    """One stored run as a leaderboard row; a tuned decision is scored by nested CV like the blends."""
+    seconds = run.meta.get("train_seconds", 0.0) + run.meta.get("predict_seconds", 0.0)
+    factory = _decision_factory(task, metric, n_grades)
+    if factory is None:
+        score = metric(y, run.oof)
+        return Candidate(name=f"single-{run.name}", kind="single", cv=score, nested=score, test=run.test,
+                         cv_plain=run.meta.get("cv_plain"), seconds=seconds)
+    decided_oof, _ = nested_decision(y, run.oof, folds, metric, factory)
+    decision = factory().fit(y, run.oof, metric)
+    return Candidate(name=f"single-{run.name}", kind="single", cv=metric(y, decision.apply(run.oof)),
+                     nested=metric(y, decided_oof), test=run.test, cv_plain=run.meta.get("cv_plain"),
+                     seconds=seconds, test_decided=decision.apply(run.test), decision=decision.params)
 
 
 def run_ensemble(config: Config, force: bool = False, competition: Competition | None = None) -> dict:
@@ -200,7 +228,9 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     competition = competition or load_competition(config)
     folds, fingerprint = read_folds(config, competition)
     metric = get_metric(config.competition.metric)
-    runs, excluded = load_runs(config.runs_dir, competition.train_ids, competition.test_ids, competition.classes, fingerprint)
+    task = competition.task
+    runs, excluded = load_runs(config.runs_dir, competition.train_ids, competition.test_ids, competition.classes,
+                               fingerprint, task=task)
     for name, reason in excluded:
         print(f"left out {name}: {reason}")
     if not runs:
@@ -209,12 +239,11 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     y = competition.y
     preds = np.stack([r.oof for r in runs])
     tests = np.stack([r.test for r in runs])
-    singles = [Candidate(name=f"single-{r.name}", kind="single", cv=metric(y, r.oof), nested=metric(y, r.oof),
-                         test=r.test, cv_plain=r.meta.get("cv_plain"),
-                         seconds=r.meta.get("train_seconds", 0.0) + r.meta.get("predict_seconds", 0.0)) for r in runs]
+    n_grades = len(competition.targets.labels) if task == "ordinal" else None
+    singles = [single_candidate(r, y, folds, metric, task, n_grades) for r in runs]
 
     keep, pruned = blend.prune_correlated(preds, threshold=config.ensemble.prune_correlation,
-                                          scores=np.array([s.cv for s in singles]), metric=metric)
+                                          scores=np.array([s.cv for s in singles]), metric=metric, task=task)
     for dropped, kept, corr in pruned:
         print(f"pruned {runs[dropped].name}: OOF correlation {corr:.4f} with {runs[kept].name} (adds nothing)")
     kept_runs = [runs[i] for i in keep]
@@ -229,14 +258,15 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
             return _method_params(config, method, kept_runs, fingerprint, storage_dir)
 
         extra, extra_test = stacker_features(config, competition)
-        candidates += blend_candidates(preds[keep], tests[keep], y, folds, metric, methods, params_for, extra, extra_test)
+        candidates += blend_candidates(preds[keep], tests[keep], y, folds, metric, methods, params_for, extra, extra_test,
+                                       task=task, n_grades=n_grades)
     else:
         print("only one distinct model: no blend to search (train another architecture to ensemble)")
 
     private = competition.solution_labels()
     if private is not None:
         for cand in candidates:
-            cand.private = metric(private, cand.test)
+            cand.private = metric(private, cand.test if cand.test_decided is None else cand.test_decided)
 
     best_single = max(singles, key=lambda c: c.cv if metric.greater_is_better else -c.cv)
     chosen = _choose(candidates, metric)
@@ -245,12 +275,10 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     for cand in candidates:
         if cand.kind == "single" and cand is not best_single:
             continue
-        frame = submission_frame(competition.sample_submission, competition.id_column, competition.target_column,
-                                 competition.classes, cand.test)
+        frame = submission_frame(competition.sample_submission, competition, metric, cand.test, cand.test_decided)
         label = "best-single" if cand.kind == "single" else cand.name
         paths[cand.name] = writer.write(f"{label}_cv{cand.nested:.4f}.csv", frame)
-    chosen_frame = submission_frame(competition.sample_submission, competition.id_column, competition.target_column,
-                                    competition.classes, chosen.test)
+    chosen_frame = submission_frame(competition.sample_submission, competition, metric, chosen.test, chosen.test_decided)
     paths["submission"] = writer.write("submission.csv", chosen_frame)
 
     rows = leaderboard_rows(candidates, metric, chosen)
@@ -289,7 +317,21 @@ def leaderboard_rows(candidates: list[Candidate], metric: Metric, chosen: Candid
             "private LB": cand.private,
             "time": format_seconds(cand.seconds),
         })
+        if any(c.decision for c in candidates):
+            rows[-1]["decision (tuned on OOF)"] = describe_decision(cand.decision)
     return rows
+
+
+def describe_decision(params: dict | None) -> str:
+    """A tuned decision in a few characters: one threshold, a range of per-label thresholds, or the cut points."""
+    if not params:
+        return ""
+    if "cutpoints" in params:
+        return "cuts " + " ".join(f"{c:.2f}" for c in params["cutpoints"])
+    thresholds = params.get("thresholds", [])
+    if len(thresholds) == 1:
+        return f"threshold {thresholds[0]:.2f}"
+    return f"thresholds {min(thresholds):.2f}..{max(thresholds):.2f}" if thresholds else ""
 
 
 def plot_ensemble(path: Path, runs: list[StoredRun], preds: np.ndarray, candidates: list[Candidate], keep: np.ndarray) -> Path | None:

@@ -16,30 +16,42 @@ from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, Str
 from pipeline import io
 from pipeline.config import Config, config_hash
 from pipeline.data import Competition
+from pipeline.tasks import get_task
 
 
 class FoldsError(ValueError):
     """The folds file is missing, stale, or cannot be made from this data."""
 
 
+def _multilabel_kfold(n: int, seed: int):
+    # iterative stratification (Sechidis et al. 2011): every label's share, and the pairs', kept even per fold
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    return MultilabelStratifiedKFold(n_splits=n, shuffle=True, random_state=seed)
+
+
 SPLITTERS = {
     "stratified": lambda n, seed: StratifiedKFold(n_splits=n, shuffle=True, random_state=seed),
+    "multilabel": _multilabel_kfold,
     "kfold": lambda n, seed: KFold(n_splits=n, shuffle=True, random_state=seed),
     "group": lambda n, seed: GroupKFold(n_splits=n, shuffle=True, random_state=seed),
     "stratified_group": lambda n, seed: StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed),
 }
 
 
-def make_folds(y: np.ndarray, n_splits: int = 5, strategy: str = "stratified", seed: int = 42, groups: np.ndarray | None = None) -> np.ndarray:
+def make_folds(y: np.ndarray, n_splits: int = 5, strategy: str = "stratified", seed: int = 42, groups: np.ndarray | None = None,
+               task: str = "multiclass") -> np.ndarray:
     """Assign each row to a validation fold.
 
     Parameters
     ----------
-    y : array of shape (n_rows,)
-        Class indices (used by the stratified strategies).
+    y : array
+        The task's targets (:mod:`pipeline.tasks`): class or grade indices, 0/1 label
+        rows (multilabel) or values (regression, stratified on quantile bins).
     n_splits : int
         Number of folds.
-    strategy : {"stratified", "kfold", "group", "stratified_group"}
+    strategy : {"stratified", "kfold", "group", "stratified_group", "multilabel"}
+        "stratified" on a multilabel task is iterative stratification ("multilabel").
     seed : int
         Same seed, same folds.
     groups : array of shape (n_rows,), optional
@@ -58,6 +70,14 @@ def make_folds(y: np.ndarray, n_splits: int = 5, strategy: str = "stratified", s
     if strategy not in SPLITTERS:
         raise FoldsError(f"unknown folds strategy {strategy!r}; choose one of {sorted(SPLITTERS)}")
     y = np.asarray(y)
+    if task == "multilabel" and strategy == "stratified":
+        strategy = "multilabel"
+    if strategy == "multilabel" and (y.ndim != 2 or y.shape[1] < 2):
+        raise FoldsError(f"strategy 'multilabel' needs a 0/1 matrix with one column per label; got shape {y.shape}")
+    if strategy == "stratified_group" and y.ndim != 1:
+        raise FoldsError("strategy 'stratified_group' cannot stratify label sets; use 'group' or 'multilabel'")
+    if strategy in ("stratified", "stratified_group"):  # class, grade or target-bin labels
+        y = get_task(task).strata(y, n_splits)
     if strategy in ("group", "stratified_group"):
         if groups is None:
             raise FoldsError(f"strategy {strategy!r} needs groups (set folds.group_column)")
@@ -75,7 +95,8 @@ def make_folds(y: np.ndarray, n_splits: int = 5, strategy: str = "stratified", s
     splitter = SPLITTERS[strategy](n_splits, seed)
     folds = np.full(len(y), -1, dtype=np.int64)
     uses_groups = strategy in ("group", "stratified_group")
-    for fold, (_, valid_idx) in enumerate(splitter.split(np.zeros(len(y)), y, groups if uses_groups else None)):
+    splits = splitter.split(np.zeros(len(y)), y, groups) if uses_groups else splitter.split(np.zeros(len(y)), y)
+    for fold, (_, valid_idx) in enumerate(splits):
         folds[valid_idx] = fold
     return folds
 
@@ -114,14 +135,12 @@ def read_folds(config: Config, competition: Competition) -> tuple[np.ndarray, st
     return folds, fingerprint(ids, folds)
 
 
-def fold_summary(y: np.ndarray, folds: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """Rows and class shares per fold: the table printed after the folds stage."""
+def fold_summary(y: np.ndarray, folds: np.ndarray, classes: list[str], task: str = "multiclass") -> pd.DataFrame:
+    """Rows per fold and what stratification kept even (class, label or target shares): the folds table."""
     rows = []
     for fold in np.unique(folds):
         mask = folds == fold
-        shares = np.bincount(y[mask], minlength=len(classes)) / mask.sum()
-        rows.append({"fold": int(fold), "rows": int(mask.sum()),
-                     "min class share": f"{shares.min():.3f}", "max class share": f"{shares.max():.3f}"})
+        rows.append({"fold": int(fold), "rows": int(mask.sum()), **get_task(task).summary(y[mask], classes)})
     return pd.DataFrame(rows)
 
 
@@ -140,7 +159,8 @@ def run_folds(config: Config, competition: Competition, force: bool = False) -> 
     groups = None
     if config.folds.group_column:
         groups = competition.train[config.folds.group_column].to_numpy()
-    folds = make_folds(competition.y, config.folds.n_splits, config.folds.strategy, config.folds.seed, groups)
+    folds = make_folds(competition.y, config.folds.n_splits, config.folds.strategy, config.folds.seed, groups,
+                       task=config.competition.task)
     ids = competition.train_ids
     new_print = fingerprint(ids, folds)
     path: Path = config.folds_csv

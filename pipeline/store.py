@@ -108,8 +108,9 @@ def read_meta(run_dir: Path) -> dict | None:
     return io.read_json(path) if path.is_file() else None
 
 
-def load_runs(runs_dir: Path, train_ids: np.ndarray, test_ids: np.ndarray, classes: list[str], folds_fingerprint: str) -> tuple[list[StoredRun], list[tuple[str, str]]]:
-    """Every finished run made on these folds and classes, and the runs left out with why.
+def load_runs(runs_dir: Path, train_ids: np.ndarray, test_ids: np.ndarray, classes: list[str], folds_fingerprint: str,
+              task: str = "multiclass") -> tuple[list[StoredRun], list[tuple[str, str]]]:
+    """Every finished run made on these folds, for this task and these columns, and the runs left out with why.
 
     Returns
     -------
@@ -128,6 +129,9 @@ def load_runs(runs_dir: Path, train_ids: np.ndarray, test_ids: np.ndarray, class
             continue
         if meta.get("folds_fingerprint") != folds_fingerprint:
             excluded.append((run_dir.name, f"made on other folds (fingerprint {meta.get('folds_fingerprint')} != {folds_fingerprint}); mixing splits leaks"))
+            continue
+        if meta.get("task", "multiclass") != task:
+            excluded.append((run_dir.name, f"made for task {meta.get('task', 'multiclass')!r}, not {task!r}"))
             continue
         if [str(c) for c in meta.get("classes", [])] != [str(c) for c in classes]:
             excluded.append((run_dir.name, "its class list differs from train.csv's"))
@@ -208,17 +212,22 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise StoreError(f"{path}: expected a .csv or .parquet file")
 
 
-def validate_import(oof: pd.DataFrame, test: pd.DataFrame, train_ids: np.ndarray, test_ids: np.ndarray, folds: np.ndarray, classes: list[str], source: str) -> tuple[np.ndarray, np.ndarray]:
+def validate_import(oof: pd.DataFrame, test: pd.DataFrame, train_ids: np.ndarray, test_ids: np.ndarray, folds: np.ndarray, classes: list[str], source: str,
+                    task: str = "multiclass") -> tuple[np.ndarray, np.ndarray]:
     """Check predictions made elsewhere against this competition; return them in our row order.
 
     Parameters
     ----------
     oof : DataFrame
-        ``id``, ``fold`` and one probability column per class, one row per train id.
+        ``id``, ``fold`` and one column per prediction column (class, label or the
+        target, :mod:`pipeline.tasks`), one row per train id.
     test : DataFrame
-        ``id`` and one probability column per class, one row per test id.
+        ``id`` and the same prediction columns, one row per test id.
     train_ids, test_ids, folds, classes
-        The competition's ids, our fold of each train row, the class names.
+        The competition's ids, our fold of each train row, the prediction column names.
+    task : str
+        Probabilities are checked to lie in [0, 1] (and to sum to 1 for multiclass);
+        regression and ordinal values only to be finite.
 
     Returns
     -------
@@ -245,23 +254,29 @@ def validate_import(oof: pd.DataFrame, test: pd.DataFrame, train_ids: np.ndarray
             f"{source}: fold assignment differs from ours on {len(differ)} rows (e.g. id {train_ids[differ[0]]}: "
             f"fold {their_folds[differ[0]]} vs {folds[differ[0]]}); retrain that model on folds/<competition>.csv - mixing splits leaks"
         )
+    from pipeline.tasks import get_task
+
+    output = get_task(task).output
     for probs, what in ((oof_probs, "OOF"), (test_probs, "test")):
+        if output == "value":
+            continue
         if probs.min() < 0 or probs.max() > 1:
             raise StoreError(f"{source}: {what} values outside [0, 1] (min {probs.min():.3g}, max {probs.max():.3g}); import probabilities, not logits")
-        if len(classes) > 1 and not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+        if output == "simplex" and len(classes) > 1 and not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
             raise StoreError(f"{source}: {what} rows do not sum to 1 (e.g. {probs.sum(axis=1)[0]:.4f}); apply a softmax first")
     return oof_probs, test_probs
 
 
-def import_run(run_dir: Path, oof_path: Path, test_path: Path, train_ids: np.ndarray, test_ids: np.ndarray, folds: np.ndarray, folds_fingerprint: str, classes: list[str], metric, y: np.ndarray, force: bool = False) -> dict:
+def import_run(run_dir: Path, oof_path: Path, test_path: Path, train_ids: np.ndarray, test_ids: np.ndarray, folds: np.ndarray, folds_fingerprint: str, classes: list[str], metric, y: np.ndarray, force: bool = False,
+               task: str = "multiclass") -> dict:
     """Validate predictions from another notebook and add them to the store as a finished run."""
     if (run_dir / "meta.json").is_file() and not force:
         raise StoreError(f"run {run_dir} exists; choose another NAME or pass FORCE=1")
-    oof_probs, test_probs = validate_import(_read_table(oof_path), _read_table(test_path), train_ids, test_ids, folds, classes, str(oof_path))
+    oof_probs, test_probs = validate_import(_read_table(oof_path), _read_table(test_path), train_ids, test_ids, folds, classes, str(oof_path), task)
     io.write_parquet(run_dir / "oof.parquet", prediction_frame(train_ids, oof_probs, classes, folds))
     io.write_parquet(run_dir / "test.parquet", prediction_frame(test_ids, test_probs, classes))
     meta = {"name": run_dir.name, "status": "finished", "model": "imported", "family": "imported",
-            "source": {"oof": str(oof_path), "test": str(test_path)}, "classes": classes,
+            "source": {"oof": str(oof_path), "test": str(test_path)}, "task": task, "classes": classes,
             "folds_fingerprint": folds_fingerprint, "cv": metric(y, oof_probs), "metric": metric.name,
             "created": pd.Timestamp.now().isoformat(timespec="seconds")}
     io.write_json(run_dir / "meta.json", meta)

@@ -46,6 +46,7 @@ from pipeline.folds import FoldsError, read_folds, run_folds
 from pipeline.metrics import Metric, get_metric
 from pipeline.models import count_parameters, create_model, data_config, default_input_size, model_family, resolve_model_name
 from pipeline.report import format_seconds, format_table
+from pipeline.tasks import Head, make_head
 from pipeline.store import RunLock, StoreError, code_version, library_versions, prediction_frame, read_meta
 from pipeline.transforms import apply_views, build_transform, parse_view
 
@@ -53,7 +54,7 @@ from pipeline.transforms import apply_views, build_transform, parse_view
 _NOT_HASHED = ("log_every", "num_workers", "tta", "compile", "ddp_backend", "cache", "cache_margin", "pin_memory",
                "persistent_workers", "prefetch_factor")
 # settings hashed only when set away from their default, so runs made before they existed keep their hash
-_HASHED_WHEN_SET = {"amp_dtype": "auto", "sync_bn": False}
+_HASHED_WHEN_SET = {"amp_dtype": "auto", "sync_bn": False, "loss": "auto"}
 
 
 def settings_dump(cfg: TrainConfig) -> dict:
@@ -332,7 +333,7 @@ def find_batch_size(fits: Callable[[int], bool], start: int = 16, limit: int = 1
 
 
 def step_fits(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime, image_size: int, n_classes: int,
-              steps: int = 2) -> Callable[[int], bool]:
+              steps: int = 2, head: Head | None = None) -> Callable[[int], bool]:
     """A ``fits(batch)`` test for :func:`find_batch_size`: full training steps on random data.
 
     Each try trains a copy of ``model`` with its own AdamW (its state counts too), so the
@@ -349,9 +350,9 @@ def step_fits(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime, image_
             trial.train()
             optimizer = make_optimizer(trial, cfg, runtime)
             scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
-            criterion = torch.nn.CrossEntropyLoss()
+            criterion = head or torch.nn.CrossEntropyLoss()
             x = _to_device(torch.randn(batch, 3, image_size, image_size), runtime)
-            y = torch.randint(0, n_classes, (batch,), device=runtime.device)
+            y = dummy_targets(head, batch, n_classes, runtime.device)
             for _ in range(steps):
                 train_step(trial, x, y, criterion, optimizer, scaler, runtime, cfg.grad_clip)
             if runtime.is_cuda:
@@ -368,8 +369,18 @@ def step_fits(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime, image_
     return fits
 
 
+def dummy_targets(head: Head | None, batch: int, n_outputs: int, device) -> torch.Tensor:
+    """Random targets of the shape and type ``head`` trains on (class indices without a head)."""
+    if head is None or head.loss_name == "ce":
+        return torch.randint(0, n_outputs, (batch,), device=device)
+    if head.values:
+        return torch.rand(batch, device=device)
+    return torch.randint(0, 2, (batch, n_outputs), device=device).float().squeeze(1) if n_outputs == 1 else \
+        torch.randint(0, 2, (batch, n_outputs), device=device).float()
+
+
 def resolve_batch_size(cfg: TrainConfig, runtime: Runtime, image_size: int, n_classes: int, n_train: int,
-                       cpu_default: int = 64) -> int:
+                       cpu_default: int = 64, head: Head | None = None) -> int:
     """``train.batch_size`` as a number: itself, or for ``"auto"`` the largest that fits the GPU.
 
     On the CPU there is no memory wall worth searching for: ``"auto"`` means
@@ -383,7 +394,7 @@ def resolve_batch_size(cfg: TrainConfig, runtime: Runtime, image_size: int, n_cl
     model = create_model(cfg.model, n_classes, False, cfg.drop_rate, **cfg.model_kwargs)
     rng = torch.get_rng_state(), torch.cuda.get_rng_state(runtime.device)
     try:
-        return find_batch_size(step_fits(model, cfg, runtime, image_size, n_classes), limit=limit)
+        return find_batch_size(step_fits(model, cfg, runtime, image_size, n_classes, head=head), limit=limit)
     finally:
         torch.set_rng_state(rng[0])
         torch.cuda.set_rng_state(rng[1], runtime.device)
@@ -398,8 +409,12 @@ def resolve_batch_size(cfg: TrainConfig, runtime: Runtime, image_size: int, n_cl
 CPU_PIXELS_PER_PASS = 2**19
 
 @torch.inference_mode()
-def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime: Runtime) -> np.ndarray:
-    """Class probabilities for every view: ``(n_views, n_rows, n_classes)``.
+def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime: Runtime,
+                  activate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """Predictions for every view: ``(n_views, n_rows, n_columns)``.
+
+    ``activate`` turns logits into what is stored and averaged over views (the task
+    head's softmax, sigmoid or value scale, :class:`pipeline.tasks.Head`); softmax when None.
 
     On a GPU all views of a batch go through the model in one forward pass while memory
     allows; after an out-of-memory error the views are split into fewer per pass (halving)
@@ -408,6 +423,7 @@ def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime
     Results stay on the device until the end, so the loop never waits for a copy to the host.
     """
     model.eval()
+    activate = activate or (lambda logits: logits.float().softmax(dim=1))
     outputs = []
     per_pass = None
     for x, _ in loader:
@@ -423,7 +439,8 @@ def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime
                 for first in range(0, len(views), per_pass):
                     with _autocast(runtime):
                         logits = model(apply_views(x, views[first:first + per_pass]))
-                    chunks.append(logits.float().softmax(dim=1).view(-1, n, logits.shape[-1]))
+                    out = activate(logits)
+                    chunks.append(out.reshape(-1, n, out.shape[-1]))
                 break
             except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
                 if not _is_oom(exc) or per_pass == 1:
@@ -433,7 +450,8 @@ def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime
                 per_pass = max(1, per_pass // 2)
         outputs.append(torch.cat(chunks, dim=0))
     if not outputs:  # no rows: a screen without a test set, or a DDP shard left empty
-        return np.zeros((len(views), 0, model.num_classes), dtype=np.float32)
+        width = activate(torch.zeros(1, model.num_classes)).shape[-1]
+        return np.zeros((len(views), 0, width), dtype=np.float32)
     return torch.cat(outputs, dim=1).cpu().numpy()
 
 
@@ -445,6 +463,7 @@ class FoldData:
     test_store: ImageStore
     y: np.ndarray
     folds: np.ndarray
+    head: Head
 
 
 def _seed_everything(seed: int) -> None:
@@ -561,7 +580,7 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         fold_dir.mkdir(parents=True, exist_ok=True)
     seed = cfg.seed + 1000 * fold
     _seed_everything(seed)
-    model = _prepare_model(cfg, len(classes), runtime, cfg.pretrained)
+    model = _prepare_model(cfg, data.head.n_outputs(len(classes)), runtime, cfg.pretrained)
     dcfg = data_config(model, cfg.image_size, cfg.mean, cfg.std, cfg.interpolation)
 
     train_idx = np.flatnonzero(data.folds != fold)
@@ -586,7 +605,7 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
     total_steps = cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, round(cfg.warmup_epochs * steps_per_epoch)))
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = data.head  # the task's loss (pipeline.tasks.Head)
 
     best_path, state_path = fold_dir / "best.safetensors", fold_dir / "last.pt"
     history: list[dict] = []
@@ -636,7 +655,7 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         train_loss = _global_mean(loss_sum, steps_per_epoch, context)
         _check_loss(train_loss, epoch, steps_per_epoch - 1, cfg)
         broadcast_buffers(model, context)
-        probs = gather_rows(predict_views(model, valid_loader, views[:1], runtime)[0], context, len(valid_idx))
+        probs = gather_rows(predict_views(model, valid_loader, views[:1], runtime, data.head.activate)[0], context, len(valid_idx))
         score = metric(valid_y, probs)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "valid_score": score, "lr": scheduler.get_last_lr()[0]})
         if metric.is_better(score, best_score):
@@ -672,7 +691,7 @@ def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str]
     started = time.perf_counter()
     context = runtime.dist
     if model is None:
-        model = _prepare_model(cfg, len(classes), runtime, False)
+        model = _prepare_model(cfg, data.head.n_outputs(len(classes)), runtime, False)
     model.load_state_dict(load_safetensors(str(fold_dir / "best.safetensors"), device=str(runtime.device)))
     dcfg = data_config(model, cfg.image_size, cfg.mean, cfg.std, cfg.interpolation)
     eval_tf = build_transform(dcfg.image_size, dcfg.mean, dcfg.std, dcfg.interpolation)
@@ -685,8 +704,10 @@ def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str]
         # the plain view and the mean over views: all that is kept, and all that ranks exchange
         return np.stack([probs[0], probs.mean(axis=0)])
 
-    valid_views = gather_rows(summary(predict_views(model, valid_loader, views, runtime)), context, len(valid_idx), axis=1)
-    test_views = gather_rows(summary(predict_views(model, test_loader, views, runtime)), context, len(test_rows), axis=1)
+    valid_views = gather_rows(summary(predict_views(model, valid_loader, views, runtime, data.head.activate)),
+                              context, len(valid_idx), axis=1)
+    test_views = gather_rows(summary(predict_views(model, test_loader, views, runtime, data.head.activate)),
+                             context, len(test_rows), axis=1)
     valid_plain, valid_tta = valid_views
     valid_y = data.y[valid_idx]
     result = {
@@ -807,6 +828,7 @@ class RunSpec:
     folds: np.ndarray
     fingerprint: str
     metric: Metric
+    head: Head
 
 
 def prepare_run(config: Config, model: str, overrides: list[str] | None = None, competition: Competition | None = None) -> RunSpec:
@@ -815,12 +837,30 @@ def prepare_run(config: Config, model: str, overrides: list[str] | None = None, 
     resolve_model_name(cfg.model)
     if isinstance(cfg.pretrained, str):
         create_model(cfg.model, 2, cfg.pretrained, **cfg.model_kwargs)  # raises on a mismatched file
+    try:
+        head = make_head(config.competition.task, cfg.loss, None, cfg.label_smoothing)  # the loss fits the task
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
     competition = competition or load_competition(config)
+    head = make_head(config.competition.task, cfg.loss, competition.targets, cfg.label_smoothing)
     folds, fingerprint = ensure_folds(config, competition)
-    settings = {"train": settings_dump(cfg), "competition": config.competition.model_dump(),
+    settings = {"train": settings_dump(cfg), "competition": competition_settings(config),
                 "folds_fingerprint": fingerprint}
     return RunSpec(name, cfg, config.runs_dir / name, config_hash(settings), competition, folds, fingerprint,
-                   get_metric(config.competition.metric))
+                   get_metric(config.competition.metric), head)
+
+
+# competition keys added with the tasks: hashed only when set, so runs made before them keep their hash
+_COMPETITION_KEYS_WHEN_SET = ("target_columns", "positive_class", "target_range", "metrics")
+
+
+def competition_settings(config: Config) -> dict:
+    """The competition part of a run's hash."""
+    dump = config.competition.model_dump()
+    for key in _COMPETITION_KEYS_WHEN_SET:
+        if not dump.get(key):
+            dump.pop(key, None)
+    return dump
 
 
 def _fold_list(spec: RunSpec, folds_subset: list[int] | None) -> list[int]:
@@ -837,7 +877,8 @@ def _base_meta(config: Config, spec: RunSpec) -> dict:
     return {
         "name": spec.name, "status": "running", "model": spec.cfg.model, "timm_name": resolve_model_name(spec.cfg.model),
         "family": model_family(spec.cfg.model), "competition": config.competition.name,
-        "metric": config.competition.metric, "classes": spec.competition.classes,
+        "metric": config.competition.metric, "task": config.competition.task, "classes": spec.competition.classes,
+        "loss": spec.head.loss_name,
         "folds_fingerprint": spec.fingerprint, "n_folds": int(len(np.unique(spec.folds))),
         "config_hash": spec.settings_hash, "config": spec.cfg.model_dump(), "seed": spec.cfg.seed,
         "versions": library_versions(), "code_version": code_version(),
@@ -896,7 +937,7 @@ def _open_stores(config: Config, spec: RunSpec, context: DistContext) -> tuple[F
     target = input_size(spec.cfg, len(spec.competition.classes))
     store = open_image_store(config, spec.cfg, spec.competition.train_paths, "train", target, progress=context.is_main)
     test_store = open_image_store(config, spec.cfg, spec.competition.test_paths, "test", target, progress=context.is_main)
-    return FoldData(store, test_store, spec.competition.y, spec.folds), target
+    return FoldData(store, test_store, spec.competition.y, spec.folds, spec.head), target
 
 
 def _with_batch_size(spec: RunSpec, meta: dict, runtime: Runtime, target: int) -> TrainConfig:
@@ -906,7 +947,8 @@ def _with_batch_size(spec: RunSpec, meta: dict, runtime: Runtime, target: int) -
     found = meta.get("batch_size_found")
     if found is None:
         n_train = int(np.sum(spec.folds != spec.folds[0])) if len(spec.folds) else 1
-        found = _on_main(runtime.dist, lambda: resolve_batch_size(spec.cfg, runtime, target, len(spec.competition.classes), n_train))
+        n_outputs = spec.head.n_outputs(len(spec.competition.classes))
+        found = _on_main(runtime.dist, lambda: resolve_batch_size(spec.cfg, runtime, target, n_outputs, n_train, head=spec.head))
         if runtime.is_main:
             where = "the largest that fits the GPU" if runtime.is_cuda else "the CPU default"
             print(f"  batch_size auto: {found} ({where})")

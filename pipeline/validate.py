@@ -185,7 +185,7 @@ def _duplicate_findings(train_ids, train_scan, labels, test_ids, test_scan) -> t
     groups = pd.Series(np.arange(len(train_hash)))[has_hash].groupby(train_hash[has_hash])
     dup_groups = [rows.to_numpy() for _, rows in groups if len(rows) > 1]
     if dup_groups:
-        conflicting = [g for g in dup_groups if len(set(labels[g])) > 1]
+        conflicting = [g for g in dup_groups if len({str(labels[i]) for i in g}) > 1]  # str: multilabel rows too
         n_rows = sum(len(g) for g in dup_groups)
         findings.append(Finding("train duplicate images", "warning", n_rows,
                                 f"{len(dup_groups)} identical files under different ids, {len(conflicting)} with different labels; "
@@ -206,15 +206,20 @@ def _duplicate_findings(train_ids, train_scan, labels, test_ids, test_scan) -> t
 
 
 def _label_findings(competition: Competition, n_splits: int) -> list[Finding]:
-    counts = pd.Series(competition.y).value_counts().reindex(range(len(competition.classes)), fill_value=0)
-    names = np.asarray(competition.classes, dtype=str)
+    from pipeline.tasks import get_task
+
+    counts = get_task(competition.task).label_counts(competition.targets)
+    if counts is None:  # a continuous target
+        y = competition.y
+        return [Finding("targets", "ok", len(y), f"values {y.min():.4g}..{y.max():.4g}, mean {y.mean():.4g}")]
+    what = "labels" if competition.task == "multilabel" else "classes"
     findings = [Finding("labels", "ok", len(counts),
-                        f"{len(counts)} classes, {int(counts.min())}..{int(counts.max())} images per class")]
-    rare = counts.index[counts < n_splits].to_numpy()
+                        f"{len(counts)} {what}, {int(counts.min())}..{int(counts.max())} images per {what[:-1]}")]
+    rare = counts[counts < n_splits]
     if len(rare):
         findings.append(Finding("rare labels", "warning", len(rare),
                                 f"fewer than {n_splits} images (folds.n_splits): some validation folds will not see them",
-                                [f"{names[k]} ({counts[k]})" for k in rare[:3]]))
+                                [f"{name} ({count})" for name, count in list(rare.items())[:3]]))
     return findings
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import html
 import math
 import os
@@ -41,6 +42,7 @@ from pipeline.config import (Config, ConfigError, TrainConfig, _Strict, config_h
                              read_yaml, resolve_train_config)
 from pipeline.data import Competition, load_competition
 from pipeline.report import format_seconds, format_table
+from pipeline.tasks import get_task
 
 DEFAULT_ZOO = "configs/zoo/default.yaml"
 
@@ -188,6 +190,9 @@ def subset_competition(competition: Competition, rows: np.ndarray) -> Competitio
         id_column=competition.id_column,
         target_column=competition.target_column,
         y=competition.y[rows],
+        task=competition.task,
+        targets=dataclasses.replace(competition.targets, y=competition.y[rows]),
+        solution_parser=competition.solution_parser,
     )
 
 
@@ -233,7 +238,8 @@ def make_plan(config: Config, zoo: ZooConfig, out_dir: Path | None = None) -> Sc
     from pipeline.folds import run_folds
 
     competition = load_competition(config)
-    rows = stratified_subset(competition.y, screen_rows(zoo.screen, competition.y), zoo.screen.seed)
+    strata = get_task(competition.task).strata(competition.y, 2)
+    rows = stratified_subset(strata, screen_rows(zoo.screen, strata), zoo.screen.seed)
     subset = subset_competition(competition, rows)
     screen_config = zoo_config(config)
     folds, _, _ = run_folds(screen_config, subset, force=True)  # the subset's split is derived, never hand-made
@@ -466,7 +472,7 @@ def oof_residual_correlation(plan: ScreenPlan, names: list[str]) -> pd.DataFrame
             parts.append(frame)
         frame = pd.concat(parts).sort_values("row")
         probs = frame.drop(columns="row").to_numpy(dtype=np.float64)
-        truth = np.eye(probs.shape[1])[plan.competition.y[frame["row"].to_numpy()]]
+        truth = get_task(plan.competition.task).truth(plan.competition.y[frame["row"].to_numpy()], probs.shape[1])
         residuals[name] = (probs - truth).ravel()
     return pd.DataFrame(residuals).corr()
 

@@ -8,24 +8,31 @@ the cost of the slow ones.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import numpy as np
 import pytest
 
 from pipeline import blend as B
 from pipeline.blend import (
     BLEND_METHODS,
+    TASK_OUTPUT,
     BlendMethod,
     NestedResult,
+    NotApplicable,
+    applicable,
     apply_temperature,
     fit_temperature,
     make_blend,
     nested_score,
+    not_applicable_reason,
     prune_correlated,
     register_blend,
     select_method,
     single_model_scores,
 )
-from pipeline.metrics import get_metric
+from pipeline.metrics import Metric, get_metric
 
 # Cheaper settings for the slow methods; everything else runs on defaults.
 FAST = {
@@ -38,7 +45,12 @@ FAST = {
     "lgbm_stacker": {"n_estimators": 25, "min_child_samples": 5, "n_jobs": 1},
 }
 METHODS = list(BLEND_METHODS)
-TASKS = {"multiclass": 10, "binary": 1}
+# task -> n_cols of its synthetic predictions
+TASKS = {"multiclass": 10, "binary": 1, "multilabel": 4, "regression": 1, "ordinal": 1}
+NEW_TASKS = ["multilabel", "regression", "ordinal"]
+VALUE_TASKS = ["regression", "ordinal"]
+# means that read predictions as probabilities: not for values
+PROBABILITY_ONLY = {"rank_mean", "geometric_mean", "power_mean", "logit_mean"}
 
 
 def fast(name: str, **extra) -> dict:
@@ -76,6 +88,86 @@ def synth(strengths, n_rows: int, n_cols: int, seed: int = 0, noise: float = 1.0
     return _probs(z), y
 
 
+# Metrics for the new tasks are built here, not taken from the registry: pipeline.metrics is
+# being extended for those tasks separately, and these tests pin the blend's side only.
+def local_metric(name, fn, greater_is_better, needs, tasks):
+    """A Metric, whether or not this version of Metric declares its tasks."""
+    if "tasks" in {f.name for f in dataclasses.fields(Metric)}:
+        return Metric(name, fn, greater_is_better, needs, tasks=tasks)
+    return Metric(name, fn, greater_is_better, "proba" if needs == "value" else needs)
+
+
+def _bce(y, p):
+    p = np.clip(p, 1e-15, 1 - 1e-15)
+    return -np.mean(np.where(y == 1, np.log(p), np.log(1 - p)))
+
+
+def _rmse(y, p):
+    return np.sqrt(np.mean((y.reshape(-1) - p.reshape(-1)) ** 2))
+
+
+def _column_auc(y, p):
+    from scipy.stats import rankdata
+
+    y, p = y.reshape(len(y), -1), p.reshape(len(p), -1)
+    aucs = []
+    for k in range(y.shape[1]):
+        pos = y[:, k] == 1
+        n_pos, n_neg = pos.sum(), (~pos).sum()
+        r = rankdata(p[:, k])
+        aucs.append((r[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return np.mean(aucs)
+
+
+# "log_loss" on purpose: the multilabel fast path is keyed on the name and checked against the value
+BCE = local_metric("log_loss", _bce, False, "proba", ("multilabel",))
+RMSE = local_metric("rmse", _rmse, False, "value", ("regression", "ordinal"))
+AUC = local_metric("column_auc", _column_auc, True, "proba", ("multilabel", "binary"))
+
+
+def task_metric(task: str) -> Metric:
+    return {"multilabel": BCE, "regression": RMSE, "ordinal": RMSE}.get(task) or get_metric("log_loss")
+
+
+def make_data(task: str, strengths, n_rows: int, seed: int = 0, noise: float = 1.0):
+    """Synthetic OOF predictions for any task: stronger models track the target more closely.
+
+    Returns
+    -------
+    preds : (n_models, n_rows, n_cols), y : the task's targets
+    """
+    if task in ("multiclass", "binary"):
+        return synth(strengths, n_rows, TASKS[task], seed=seed, noise=noise)
+    rng = np.random.default_rng(seed)
+    s = np.asarray(strengths, dtype=float)[:, None, None]
+    if task == "multilabel":
+        y = (rng.random((n_rows, TASKS[task])) < 0.35).astype(np.int64)
+        z = s * (2.0 * y - 1.0)[None] + noise * rng.normal(size=(len(s),) + y.shape)
+        return _probs_sigmoid(z), y
+    if task == "regression":
+        y = rng.normal(2.0, 3.0, n_rows)
+    else:
+        y = rng.integers(0, 5, n_rows)
+    # error sd inversely proportional to strength, on the target's scale (values well outside [0, 1])
+    preds = y[None, :, None] + 2.0 * noise * rng.normal(size=(len(s), n_rows, 1)) / s
+    return preds, y
+
+
+def _probs_sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def assert_valid_output(pred: np.ndarray, task: str, n_rows: int) -> None:
+    """Shape and kind of a blend's prediction for the task."""
+    n_cols = TASKS[task]
+    assert pred.shape == (n_rows, n_cols)
+    assert np.all(np.isfinite(pred))
+    if TASK_OUTPUT[task] != "value":
+        assert pred.min() >= 0.0 and pred.max() <= 1.0
+    if TASK_OUTPUT[task] == "simplex":
+        np.testing.assert_allclose(pred.sum(axis=1), 1.0, atol=1e-9)
+
+
 def assert_valid_proba(pred: np.ndarray, n_rows: int, n_cols: int) -> None:
     assert pred.shape == (n_rows, n_cols)
     assert np.all(np.isfinite(pred))
@@ -92,18 +184,32 @@ def assert_valid_proba(pred: np.ndarray, n_rows: int, n_cols: int) -> None:
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("name", METHODS)
 def test_contract(name, task):
-    n_cols = TASKS[task]
-    preds, y = synth([0.5, 1.0, 1.5, 2.0], n_rows=300, n_cols=n_cols, seed=1)
-    test_preds, _ = synth([0.5, 1.0, 1.5, 2.0], n_rows=40, n_cols=n_cols, seed=2)
+    preds, y = make_data(task, [0.5, 1.0, 1.5, 2.0], n_rows=300, seed=1)
+    test_preds, _ = make_data(task, [0.5, 1.0, 1.5, 2.0], n_rows=40, seed=2)
+    metric = task_metric(task)
     method = make_blend(name, **fast(name))
     assert isinstance(method, BlendMethod)
     assert method.kind in {"mean", "weights", "stacker"}
     assert method.name == name
-    assert method.fit(preds, y, "log_loss") is method
+    explicit = None if task in ("multiclass", "binary") else task  # today's callers pass no task
 
+    # applicable() says beforehand exactly what fit does
+    assert applicable(name, task) == (not (name in PROBABILITY_ONLY and task in VALUE_TASKS))
+    if not applicable(name, task):
+        reason = not_applicable_reason(name, task)
+        with pytest.raises(NotApplicable, match=rf"blend method '{name}' does not apply to {task} predictions") as err:
+            method.fit(preds, y, metric, task=task)
+        assert str(err.value) == reason and "use mean, optuna" in reason
+        assert isinstance(err.value, ValueError)
+        with pytest.raises(NotApplicable):
+            nested_score(name, preds, y, np.arange(300) % 3, metric, task=task)
+        return
+
+    assert method.fit(preds, y, metric, task=explicit) is method
+    assert method.task_ == task and method.output_ == TASK_OUTPUT[task]
     pred = method.predict(preds)
-    assert_valid_proba(pred, 300, n_cols)
-    assert_valid_proba(method.predict(test_preds), 40, n_cols)
+    assert_valid_output(pred, task, 300)
+    assert_valid_output(method.predict(test_preds), task, 40)
 
     if method.kind == "stacker":
         assert method.weights_ is None
@@ -114,8 +220,32 @@ def test_contract(name, task):
         assert w.sum() == pytest.approx(1.0)
 
     # deterministic: a second instance with the same parameters (and seed)
-    again = make_blend(name, **fast(name)).fit(preds, y, "log_loss").predict(preds)
+    again = make_blend(name, **fast(name)).fit(preds, y, metric, task=explicit).predict(preds)
     np.testing.assert_array_equal(pred, again)
+
+    res = nested_score(name, preds, y, np.arange(300) % 3, metric, params=fast(name), task=explicit)
+    assert np.isfinite(res.nested) and np.isfinite(res.in_sample)
+    assert_valid_output(res.oof_pred, task, 300)
+
+
+def test_applicable_table_and_errors():
+    # only the probability means are out, and only for values
+    table = {(n, t) for n in METHODS for t in TASKS if not applicable(n, t)}
+    assert table == {(n, t) for n in PROBABILITY_ONLY for t in VALUE_TASKS}
+    assert all(applicable(n, None) and not_applicable_reason(n, None) is None for n in METHODS)
+    assert applicable(B.GeometricMean, "multilabel") and not applicable(B.GeometricMean, "ordinal")
+    reason = not_applicable_reason("geometric_mean", "regression")
+    assert reason == (
+        "blend method 'geometric_mean' does not apply to regression predictions (values, not probabilities: "
+        "it averages logarithms, undefined for values <= 0); use mean, optuna, caruana, hill_climb, slsqp, "
+        "logreg_stacker or lgbm_stacker"
+    )
+    with pytest.raises(ValueError, match=r"task must be one of 'multiclass', .*'ordinal' or None.*got 'regresion'"):
+        applicable("mean", "regresion")
+    with pytest.raises(KeyError, match="unknown blend method 'nope'"):
+        applicable("nope", "binary")
+    with pytest.raises(ValueError, match="task must be one of"):
+        make_blend("mean").fit(*make_data("regression", [1.0], 20), RMSE, task="values")
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -136,10 +266,22 @@ WEIGHT_METHODS = [n for n in METHODS if BLEND_METHODS[n].kind == "weights"]
 @pytest.mark.parametrize("name", WEIGHT_METHODS)
 def test_one_good_model_gets_most_weight(name, task):
     # model 3 is strong, the others barely informative
-    preds, y = synth([0.3, 0.3, 0.3, 3.0, 0.3, 0.3], n_rows=400, n_cols=TASKS[task], seed=4)
-    w = make_blend(name, **fast(name)).fit(preds, y, "log_loss").weights_
+    preds, y = make_data(task, [0.3, 0.3, 0.3, 3.0, 0.3, 0.3], n_rows=400, seed=4)
+    w = make_blend(name, **fast(name)).fit(preds, y, task_metric(task), task=task).weights_
     assert int(np.argmax(w)) == 3
     assert w[3] >= 0.5, w
+
+
+@pytest.mark.parametrize("task", NEW_TASKS)
+@pytest.mark.parametrize("name", [n for n in METHODS if BLEND_METHODS[n].kind != "mean"])
+def test_fitted_methods_find_the_good_model_on_new_tasks(name, task):
+    # one good model among noise: every fitted method (stackers included) must beat the plain mean out of sample
+    preds, y = make_data(task, [0.3, 0.3, 3.0, 0.3], n_rows=300, seed=24)
+    folds = np.arange(300) % 3
+    metric = task_metric(task)
+    res = nested_score(name, preds, y, folds, metric, params=fast(name), task=task)
+    mean = nested_score("mean", preds, y, folds, metric, task=task)
+    assert metric.is_better(res.nested, mean.nested), (res.nested, mean.nested)
 
 
 def _complementary(n_cols: int, seed: int = 5):
@@ -155,17 +297,42 @@ def _complementary(n_cols: int, seed: int = 5):
     return _probs(np.stack([za, zb])), y
 
 
+def _complementary_task(task: str, seed: int = 5):
+    """_complementary for the new tasks: each model accurate on its own half of the rows."""
+    if task in ("multiclass", "binary"):
+        return _complementary(TASKS[task], seed)
+    rng = np.random.default_rng(seed)
+    n_rows = 600
+    half = (rng.permutation(n_rows) < n_rows // 2)[:, None]
+    if task == "multilabel":
+        y = (rng.random((n_rows, TASKS[task])) < 0.35).astype(np.int64)
+        sig = 4.0 * (2.0 * y - 1.0)
+        za = np.where(half, sig, 0.0) + rng.normal(size=y.shape)
+        zb = np.where(~half, sig, 0.0) + rng.normal(size=y.shape)
+        return _probs_sigmoid(np.stack([za, zb])), y
+    y = rng.normal(2.0, 3.0, n_rows) if task == "regression" else rng.integers(0, 5, n_rows)
+    truth = y[:, None].astype(float)
+    a = truth + np.where(half, 0.3, 3.0) * rng.normal(size=(n_rows, 1))
+    b = truth + np.where(~half, 0.3, 3.0) * rng.normal(size=(n_rows, 1))
+    return np.stack([a, b]), y
+
+
 # rank averages are not calibrated probabilities, so rank_mean is held to rank metrics (AUC, below), not log loss
-COMPLEMENTARY_CASES = [(name, task, metric) for name in METHODS for task in TASKS for metric in ("log_loss", "accuracy")
-                       if not (name == "rank_mean" and metric == "log_loss")]
+COMPLEMENTARY_CASES = (
+    [(name, task, metric) for name in METHODS for task in ("multiclass", "binary") for metric in ("log_loss", "accuracy")
+     if not (name == "rank_mean" and metric == "log_loss")]
+    + [(name, task, "task") for name in METHODS for task in NEW_TASKS
+       if applicable(name, task) and not (name == "rank_mean" and task == "multilabel")]
+    + [("rank_mean", "multilabel", "auc")]
+)
 
 
 @pytest.mark.parametrize("name, task, metric", COMPLEMENTARY_CASES)
 def test_complementary_models_blend_beats_both(name, task, metric):
-    m = get_metric(metric)
-    preds, y = _complementary(TASKS[task])
-    singles = single_model_scores(preds, y, m)
-    blended = m(y, make_blend(name, **fast(name)).fit(preds, y, m).predict(preds))
+    m = {"task": task_metric(task), "auc": AUC}.get(metric) or get_metric(metric)
+    preds, y = _complementary_task(task)
+    singles = single_model_scores(preds, y, m, task=task)
+    blended = m(y, make_blend(name, **fast(name)).fit(preds, y, m, task=task).predict(preds))
     assert all(m.is_better(blended, s) for s in singles), (blended, singles)
 
 
@@ -542,3 +709,316 @@ def test_near_normalised_rows_are_renormalised():
     preds = _P * (1 + 1e-4)  # float16/csv round-off, within tolerance
     pred = make_blend("mean").fit(preds, _Y, "log_loss").predict(preds)
     np.testing.assert_allclose(pred.sum(axis=1), 1.0)
+
+
+# --------------------------------------------------------------------------- #
+# Tasks: validation, objectives, stackers
+# --------------------------------------------------------------------------- #
+
+_ML, _YML = make_data("multilabel", [1.0, 2.0], n_rows=20, seed=30)
+_REG, _YREG = make_data("regression", [1.0, 2.0], n_rows=20, seed=31)
+_ORD, _YORD = make_data("ordinal", [1.0, 2.0], n_rows=20, seed=32)
+
+
+@pytest.mark.parametrize(
+    "task, preds, y, match",
+    [
+        ("multilabel", _ML, _YML[:, :3], r"multilabel y has 3 label columns but preds has 4"),
+        ("multilabel", _ML, _YML[:, 0], r"multilabel y must be a 2-D 0/1 indicator"),
+        ("multilabel", _ML, _with(_YML, (3, 2), 2), r"only 0 and 1; first bad value 2 at row 3, label 2"),
+        ("multilabel", _ML * 3 - 1, _YML, r"multilabel preds must be probabilities in \[0, 1\].*sigmoid to each label"),
+        ("regression", _REG, _with(_YREG, 4, np.nan), r"regression y must be finite; row 4 is nan"),
+        ("regression", _REG, np.ones((20, 2)), r"regression y must be 1-D real values"),
+        ("regression", np.concatenate([_REG, _REG], axis=2), _YREG, r"regression preds must have exactly 1 column"),
+        ("regression", _with(_REG, (1, 2, 0), np.inf), _YREG, r"NaN/inf values, first at model 1, row 2"),
+        ("ordinal", _ORD, _YORD - 1, r"ordinal y must hold grade indices 0, 1, 2, ...; got a minimum of -1"),
+        ("ordinal", _ORD, _YORD + 0.5, r"ordinal y must hold integer grades"),
+        ("multiclass", _P[:, :, :1], _Y % 2, r"multiclass preds need one column per class.*task='binary'"),
+        ("binary", _P, _Y, r"binary preds must have exactly 1 column"),
+    ],
+)
+def test_task_validation_errors(task, preds, y, match):
+    with pytest.raises(ValueError, match=match):
+        make_blend("mean").fit(preds, y, task_metric(task), task=task)
+
+
+def test_tasks_accept_their_own_shapes():
+    # multilabel rows need not sum to 1; values need not lie in [0, 1]; y may be (n, 1) for values
+    assert not np.allclose(_ML.sum(axis=2), 1.0)
+    make_blend("mean").fit(_ML, _YML.astype(bool), BCE, task="multilabel")
+    assert _REG.min() < 0 and _REG.max() > 1
+    make_blend("mean").fit(_REG, _YREG[:, None], RMSE, task="regression")
+    make_blend("mean").fit(_ORD, _YORD.astype(float), RMSE, task="ordinal")
+    # without a task, values read as bad probabilities, and the message points at the task argument
+    with pytest.raises(ValueError, match=r"pass task='regression' or task='ordinal'"):
+        make_blend("mean").fit(_REG, _YREG, RMSE)
+    # predict validates as the fit's task did
+    method = make_blend("mean").fit(_REG, _YREG, RMSE, task="regression")
+    np.testing.assert_allclose(method.predict(_REG), _REG.mean(axis=0))
+    with pytest.raises(ValueError, match="preds has 1 models"):
+        method.predict(_REG[:1])
+
+
+def test_multilabel_fast_log_loss_equals_the_metric():
+    preds, y = make_data("multilabel", [0.5, 1.0, 3.0], n_rows=250, seed=33)
+    obj = B._LinearLoss(preds, y, BCE, task="multilabel")
+    assert obj.fast and obj.stack.shape == (3, 250 * 4)
+    w = np.array([0.2, 0.3, 0.5])
+    assert obj.weights_loss(w) == pytest.approx(BCE.loss(y, np.tensordot(w, preds, axes=1)), rel=1e-12)
+    base = np.tensordot(w, obj.stack, axes=1)
+    want = [BCE.loss(y, 0.75 * np.tensordot(w, preds, axes=1) + 0.25 * p) for p in preds]
+    np.testing.assert_allclose(obj.affine_losses(base, 0.25), want, rtol=1e-12)
+    # a "log_loss" summed over labels is another convention: scored the generic way, never mis-scaled
+    summed = local_metric("log_loss", lambda t, p: _bce(t, p) * t.shape[1], False, "proba", ("multilabel",))
+    generic = B._LinearLoss(preds, y, summed, task="multilabel")
+    assert generic.mode == "metric" and not generic.fast
+    assert generic.weights_loss(w) == pytest.approx(summed.loss(y, np.tensordot(w, preds, axes=1)))
+    # values are always scored by the metric itself, whatever its name
+    reg, yr = make_data("regression", [1.0, 2.0], n_rows=50, seed=34)
+    assert B._LinearLoss(reg, yr, RMSE, task="regression").mode == "metric"
+    named = local_metric("log_loss", _rmse, False, "value", ("regression",))
+    assert B._LinearLoss(reg, yr, named, task="regression").mode == "metric"
+
+
+def test_slsqp_surrogates_per_task():
+    from scipy.optimize import check_grad
+
+    preds, y = make_data("regression", [0.5, 1.0, 2.0], n_rows=200, seed=35)
+    obj = B._LinearLoss(preds, y, RMSE, task="regression", force_log_loss=True)
+    assert obj.mode == "sq"
+    # the squared error in units of the equal-weight blend's RMSE: 1 at equal weights
+    assert obj.weights_loss(np.full(3, 1 / 3)) == pytest.approx(1.0)
+    method = make_blend("slsqp").fit(preds, y, RMSE, task="regression")
+    assert method.surrogate_ is None  # rmse has the squared error's minimiser
+    # SLSQP's own analytic gradient is the loss's gradient
+    w0 = np.array([0.2, 0.3, 0.5])
+    stack = obj.stack
+    err = check_grad(obj.weights_loss, lambda w: 2.0 * (stack @ (w @ stack)) / stack.shape[1], w0)
+    assert err < 1e-6
+    # it minimises the squared error on the simplex: no simplex point nearby does better
+    best = m_best = RMSE(y, method.predict(preds))
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        w = np.clip(method.weights_ + rng.normal(0, 0.02, 3), 0, None)
+        m_best = min(m_best, RMSE(y, np.tensordot(w / w.sum(), preds, axes=1)))
+    assert best <= m_best + 1e-9
+    mae = local_metric("mae", lambda t, p: np.mean(np.abs(t.reshape(-1) - p.reshape(-1))), False, "value", ("regression",))
+    assert make_blend("slsqp").fit(preds, y, mae, task="regression").surrogate_ == "squared_error"
+    ml, yml = make_data("multilabel", [0.5, 2.0], n_rows=200, seed=36)
+    assert make_blend("slsqp").fit(ml, yml, AUC, task="multilabel").surrogate_ == "log_loss"
+    assert make_blend("slsqp").fit(ml, yml, BCE, task="multilabel").surrogate_ is None
+
+
+def test_negative_weights_do_not_clip_values():
+    preds, y = make_data("regression", [2.0, 1.9, 0.5, 1.0], n_rows=300, seed=37)
+    preds = preds + np.array([3.0, 3.0, 0.0, 0.0])[:, None, None]  # two biased models: a negative weight helps
+    method = make_blend("hill_climb", allow_negative=True, step=0.1).fit(preds, y, RMSE, task="regression")
+    pred = method.predict(preds)
+    np.testing.assert_allclose(pred, np.tensordot(method.weights_, preds, axes=1))
+    assert RMSE(y, pred) <= single_model_scores(preds, y, RMSE, task="regression").min() + 1e-12
+    # multilabel probabilities are clipped per element, never renormalised
+    ml, yml = make_data("multilabel", [2.0, 1.9, 0.5], n_rows=300, seed=38)
+    out = make_blend("hill_climb", allow_negative=True, step=0.1).fit(ml, yml, BCE, task="multilabel").predict(ml)
+    assert_valid_output(out, "multilabel", 300)
+
+
+def test_probability_means_work_per_label_on_multilabel():
+    preds, y = make_data("multilabel", [1.0, 2.0, 0.5], n_rows=60, seed=39)
+
+    def fit(name):
+        return make_blend(name).fit(preds, y, BCE, task="multilabel").predict(preds)
+
+    z = np.log(preds) - np.log1p(-preds)
+    np.testing.assert_allclose(fit("logit_mean"), 1.0 / (1.0 + np.exp(-z.mean(axis=0))))
+    np.testing.assert_allclose(fit("geometric_mean"), np.exp(np.log(preds).mean(axis=0)))
+    from scipy.stats import rankdata
+
+    np.testing.assert_allclose(fit("rank_mean"), ((rankdata(preds, axis=1) - 1) / 59).mean(axis=0))
+
+
+def test_multilabel_stacker_label_with_one_class_in_the_fitting_rows():
+    preds, y = make_data("multilabel", [1.0, 2.0, 3.0], n_rows=200, seed=40)
+    y[:, 2] = 0
+    y[:5, 2] = 1  # label 2 is positive in fold 0 only: the other folds' refits never see a positive
+    folds = np.arange(200) // 50
+    for name in ("logreg_stacker", "lgbm_stacker"):
+        res = nested_score(name, preds, y, folds, BCE, params=fast(name), task="multilabel")
+        assert np.isfinite(res.nested)
+        method = make_blend(name, **fast(name)).fit(preds[:, 50:], y[50:], BCE, task="multilabel")
+        assert method.label_models_[2] is None and method.label_models_[0] is not None
+        # the unlearnable label follows the models' mean rather than a certain 0
+        np.testing.assert_allclose(method.predict(preds)[:, 2], preds[:, :, 2].mean(axis=0))
+
+
+@pytest.mark.parametrize("label_features", ["own", "all"])
+def test_multilabel_stacker_label_features(label_features):
+    preds, y = make_data("multilabel", [0.3, 3.0], n_rows=200, seed=41)
+    method = make_blend("logreg_stacker", C=10.0, label_features=label_features).fit(preds, y, BCE, task="multilabel")
+    n_inputs = {"own": 2, "all": 8}[label_features]
+    assert all(m[-1].coef_.shape == (1, n_inputs) for m in method.label_models_)
+    # lightly penalised, it at least recovers the good model (in-sample)
+    assert BCE(y, method.predict(preds)) < single_model_scores(preds, y, BCE, task="multilabel").min()
+    with pytest.raises(ValueError, match="label_features must be 'own' or 'all'; got 'each'"):
+        make_blend("lgbm_stacker", label_features="each")
+
+
+def test_value_stackers_correct_the_mean():
+    preds, y = make_data("regression", [1.0, 1.0, 3.0], n_rows=300, seed=42)
+    preds = preds.copy()
+    preds[1] += 5.0  # a biased model: a linear stacker removes the bias, the mean cannot
+    ridge = make_blend("logreg_stacker", C=1.0).fit(preds, y, RMSE, task="regression")
+    assert RMSE(y, ridge.predict(preds)) < single_model_scores(preds, y, RMSE, task="regression").min()
+    # an overwhelming penalty leaves the mean of the kept models (plus the unpenalised intercept)
+    strong = make_blend("logreg_stacker", C=1e-9).fit(preds, y, RMSE, task="regression").predict(preds)
+    mean = preds.mean(axis=0)
+    np.testing.assert_allclose(strong - mean, np.mean(y - mean[:, 0]), atol=1e-6)
+    # max_models keeps the best by the task's metric (model 2, then 0; the biased one is out)
+    two = make_blend("lgbm_stacker", **fast("lgbm_stacker", max_models=2)).fit(preds, y, RMSE, task="regression")
+    assert two.models_.tolist() == [0, 2]
+    ml, yml = make_data("multilabel", [0.3, 3.0, 1.0], n_rows=200, seed=43)
+    assert make_blend("logreg_stacker", max_models=1).fit(ml, yml, BCE, task="multilabel").models_.tolist() == [1]
+
+
+@pytest.mark.parametrize("task", NEW_TASKS)
+def test_calibrate_is_ignored_quietly_outside_multiclass_and_binary(task):
+    preds, y = make_data(task, [0.5, 1.0], n_rows=100, seed=44)
+    metric = task_metric(task)  # multilabel: named log_loss, which calibrates multiclass and binary
+    method = make_blend("mean", calibrate=True).fit(preds, y, metric, task=task)
+    assert method.temperature_ == 1.0
+    np.testing.assert_allclose(method.predict(preds), preds.mean(axis=0))
+
+
+def test_prune_and_single_scores_take_a_task():
+    preds, y = make_data("regression", [1.0, 2.0], n_rows=300, seed=45)
+    dup = preds[1] + 0.5  # correlation 1, but biased: the worse of the pair
+    stack = np.concatenate([preds, dup[None]])
+    singles = single_model_scores(stack, y, RMSE, task="regression")
+    assert singles[1] < singles[0]
+    kept, pruned = prune_correlated(stack, 0.995, metric=RMSE, y=y, task="regression")
+    assert kept.tolist() == [0, 1] and pruned[0][:2] == (2, 1)
+    ml, yml = make_data("multilabel", [1.0, 2.0], n_rows=300, seed=46)
+    kept, _ = prune_correlated(np.concatenate([ml, ml[:1]]), 0.995, metric=BCE, y=yml, task="multilabel")
+    assert kept.tolist() == [0, 1]
+
+
+# --------------------------------------------------------------------------- #
+# Decisions inside nested scoring
+# --------------------------------------------------------------------------- #
+
+
+class RecordingDecision:
+    """Rounds values to grades, and records what it was fitted on and applied to."""
+
+    log: ClassVar[list] = []  # every instance fitted, in order
+
+    def fit(self, y, pred, metric):
+        self.fit_y = np.array(y)
+        self.fit_pred = np.array(pred)
+        self.applied = []
+        RecordingDecision.log.append(self)
+        return self
+
+    def apply(self, pred):
+        self.applied.append(np.array(pred))
+        return np.round(pred)
+
+
+class Threshold:
+    """Binary: the threshold on P(positive) that maximises the metric, from a grid."""
+
+    def fit(self, y, pred, metric):
+        grid = np.linspace(0.05, 0.95, 19)
+        scores = [metric(y, (pred >= t).astype(float)) for t in grid]
+        self.t = grid[int(np.argmax(scores) if metric.greater_is_better else np.argmin(scores))]
+        return self
+
+    def apply(self, pred):
+        return (pred >= self.t).astype(float)
+
+
+class Memorise:
+    """Remembers each training row's label by its prediction: perfect in-sample, useless elsewhere."""
+
+    def fit(self, y, pred, metric):
+        self.table = {row.tobytes(): label for row, label in zip(pred, y)}
+        return self
+
+    def apply(self, pred):
+        return np.array([[float(self.table.get(row.tobytes(), 0.0))] for row in pred])
+
+
+@pytest.mark.parametrize("name", ["mean", "caruana", "logreg_stacker"])
+def test_decision_never_sees_the_held_out_rows(name):
+    # regression targets are distinct per row, so the rows a decision was fitted on can be identified
+    preds, y = make_data("ordinal", [1.0, 2.0, 0.5], n_rows=120, seed=47)
+    y = y + np.arange(120) * 1e-3  # read as regression: unique
+    folds = np.random.default_rng(0).integers(0, 4, 120)
+    RecordingDecision.log = []
+    res = nested_score(name, preds, y, folds, RMSE, params=fast(name), task="regression", decision=RecordingDecision)
+    log = RecordingDecision.log
+    assert len(log) == 5  # one per fold, then the all-rows one
+    for f, dec in zip(range(4), log):
+        np.testing.assert_array_equal(dec.fit_y, y[folds != f])  # training rows only, in order
+        assert len(dec.applied) == 1 and len(dec.applied[0]) == (folds == f).sum()
+        # fitted on the fold method's in-sample predictions of its own training rows
+        train = preds[:, folds != f]
+        refit = make_blend(name, **fast(name)).fit(train, y[folds != f], RMSE, task="regression")
+        np.testing.assert_allclose(dec.fit_pred, refit.predict(train))
+        np.testing.assert_array_equal(res.oof_pred[folds == f], np.round(dec.applied[0]))
+    assert res.decision is log[-1]
+    np.testing.assert_array_equal(log[-1].fit_y, y)
+    np.testing.assert_allclose(log[-1].fit_pred, res.fitted.predict(preds))
+    assert res.in_sample == pytest.approx(RMSE(y, np.round(res.fitted.predict(preds))))
+    assert res.nested == pytest.approx(RMSE(y, res.oof_pred))
+    assert res.fold_scores[2] == pytest.approx(RMSE(y[folds == 2], res.oof_pred[folds == 2]))
+
+
+def test_threshold_decision_on_binary():
+    preds, y = synth([0.5, 1.5], n_rows=400, n_cols=1, seed=48)
+    f1 = local_metric("f1", lambda t, p: 2 * np.sum((p.reshape(-1) >= 0.5) & (t == 1)) /
+                      max(1, np.sum(p.reshape(-1) >= 0.5) + np.sum(t == 1)), True, "label", ("binary",))
+    folds = np.arange(400) % 4
+    plain = nested_score("slsqp", preds, y, folds, f1)
+    decided = nested_score("slsqp", preds, y, folds, f1, decision=Threshold)
+    assert set(np.unique(decided.oof_pred)) <= {0.0, 1.0}
+    assert isinstance(decided.decision, Threshold) and plain.decision is None
+    assert np.isfinite(decided.nested) and decided.gap == pytest.approx(decided.in_sample - decided.nested)
+
+
+def test_mean_shortcut_nests_the_decision():
+    # a memorising decision is perfect on the rows it saw: honest nesting must expose it
+    preds, y = synth([0.5, 1.0], n_rows=200, n_cols=1, seed=49)
+    acc = get_metric("accuracy")
+    folds = np.arange(200) % 4
+    res = nested_score("mean", preds, y, folds, acc, decision=Memorise)
+    assert res.in_sample == 1.0
+    assert res.nested < 0.75 and res.gap > 0.25
+    assert res.fitted.weights_ is res.weights and isinstance(res.decision, Memorise)
+    # and without a decision the shortcut still scores once, with no gap
+    assert nested_score("mean", preds, y, folds, acc).gap == 0.0
+
+
+def test_decision_errors():
+    preds, y = synth([0.5, 1.0], n_rows=40, n_cols=1, seed=50)
+    folds = np.arange(40) % 2
+
+    class WrongShape(Threshold):
+        def apply(self, pred):
+            return super().apply(pred)[:, 0]
+
+    with pytest.raises(ValueError, match=r"WrongShape.apply returned shape \(20,\) for predictions of shape \(20, 1\)"):
+        nested_score("mean", preds, y, folds, "accuracy", decision=WrongShape)
+    with pytest.raises(TypeError, match="zero-argument factory"):
+        nested_score("caruana", preds, y, folds, "accuracy", decision=Threshold())
+    with pytest.raises(TypeError, match=r"fit\(y, pred, metric\) and apply\(pred\)"):
+        nested_score("caruana", preds, y, folds, "accuracy", decision=lambda: object())
+
+
+def test_multilabel_own_label_inputs_with_extra():
+    # label l's model reads every kept model's logit of label l, then the extra features
+    preds, y = make_data("multilabel", [0.5, 1.0, 2.0], n_rows=100, seed=51)
+    extra = np.random.default_rng(1).normal(size=(100, 2))
+    method = make_blend("logreg_stacker", max_models=2).fit(preds, y, BCE, extra=extra, task="multilabel")
+    x = method._label_inputs(method._features(preds, extra), 3, 4)
+    logit = np.log(preds) - np.log1p(-preds)
+    np.testing.assert_allclose(x, np.column_stack([logit[1, :, 3], logit[2, :, 3], extra]), rtol=1e-6)

@@ -12,7 +12,7 @@ from pipeline.config import ConfigError, load_config, parse_overrides, resolve_t
     ({"train": {"lr": -1.0}}, r"train.lr: Input should be greater than 0"),
     ({"competition": {"metric": "acc"}}, r"unknown metric 'acc'"),
     ({"competition": {"task": "segmentation"}}, r"competition.task"),
-    ({"competition": {"task": "regression"}}, r"task 'regression' is not supported yet"),
+    ({"competition": {"task": "regression"}}, r"metric 'accuracy' does not apply to task 'regression'; metrics for regression: mae, rmse$"),
     ({"competition": {"train_images": "train/img.png"}}, r"must contain '\{id\}'"),
     ({"folds": {"strategy": "group"}}, r"needs folds.group_column"),
     ({"folds": {"n_splits": 1}}, r"folds.n_splits: Input should be greater than or equal to 2"),
