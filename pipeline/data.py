@@ -12,6 +12,7 @@ Layout (names set in the competition config)::
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,8 +198,8 @@ def load_competition(config: Config, check_image_files: bool = True) -> Competit
 
     labels = targets.labels or None
 
-    def parse_solution(frame: pd.DataFrame) -> Targets:
-        return task.parse(frame, comp, labels=labels)
+    # a partial, not a closure: the competition travels to other processes (DDP ranks) pickled
+    parse_solution = functools.partial(task.parse, comp=comp, labels=labels)
 
     if solution is not None:
         try:

@@ -76,7 +76,7 @@ def test_torchrun_two_processes_train_and_predict_every_row_once(odd_competition
     config_path = write_config(odd_competition, {"folds": {"n_splits": 4}})
     config = load_config(config_path)
     result = _torchrun("train", "--config", str(config_path), "--model", "digits_resnet")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-12000:]
     assert "on cpu x 2 processes" in result.stdout
     assert result.stdout.count("digits_resnet (test_resnet, accuracy) - finished") == 1  # rank 0 alone reports
 
@@ -103,7 +103,7 @@ def test_torchrun_two_processes_train_and_predict_every_row_once(odd_competition
     assert main(["predict", "--config", str(config_path), "--model", "digits_resnet"]) == 0
     single_oof, single_test = pd.read_parquet(run_dir / "oof.parquet"), pd.read_parquet(run_dir / "test.parquet")
     result = _torchrun("predict", "--config", str(config_path), "--model", "digits_resnet")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-12000:]
     ddp_oof, ddp_test = pd.read_parquet(run_dir / "oof.parquet"), pd.read_parquet(run_dir / "test.parquet")
     assert ddp_oof["id"].tolist() == single_oof["id"].tolist()
     np.testing.assert_allclose(ddp_oof[CLASSES].to_numpy(), single_oof[CLASSES].to_numpy(), atol=1e-6)
