@@ -268,7 +268,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
         for cand in candidates:
             cand.private = metric(private, cand.test if cand.test_decided is None else cand.test_decided)
 
-    best_single = max(singles, key=lambda c: c.cv if metric.greater_is_better else -c.cv)
+    best_single = max(singles, key=lambda c: c.nested if metric.greater_is_better else -c.nested)
     chosen = _choose(candidates, metric)
     writer = SubmissionWriter(config.submissions_dir, force=force)
     paths = {}
@@ -311,7 +311,7 @@ def leaderboard_rows(candidates: list[Candidate], metric: Metric, chosen: Candid
             "kind": cand.kind,
             "CV": cand.cv,
             "CV no TTA": cand.cv_plain,
-            "nested CV": None if cand.kind == "single" else cand.nested,
+            "nested CV": None if cand.kind == "single" and not cand.decision else cand.nested,
             "gap": cand.gap,
             "weight std": cand.weight_std,
             "private LB": cand.private,
