@@ -301,11 +301,21 @@ def _value_stats(y: np.ndarray, comp, fallback: tuple[float, float]) -> dict:
     return {"value_range": value_range, "value_mean": float(y.mean()) if len(y) else 0.0, "value_std": std}
 
 
-@register_task
-class Regression(Task):
-    name = "regression"
+class _ValueTask(Task):
+    """A task whose head predicts one value: regression, and ordinal grades on their scale."""
+
     output = "value"
     losses = ("mse", "huber", "bce")
+
+    @staticmethod
+    def _one_target_column(sample: pd.DataFrame, id_column: str, target_column: str, what: str) -> None:
+        if list(sample.columns)[1:] != [target_column]:
+            raise _format_error(list(sample.columns), [f"'{id_column}, {target_column}' ({what})"])
+
+
+@register_task
+class Regression(_ValueTask):
+    name = "regression"
     default_metric = "rmse"
 
     def parse(self, frame, comp, labels=None):
@@ -328,19 +338,16 @@ class Regression(Task):
         return {"target mean": f"{y.mean():.3f}", "target std": f"{y.std():.3f}"}
 
     def label_counts(self, targets):
-        return None
+        return None  # a continuous target has no classes to count
 
     def submission_values(self, sample, id_column, target_column, targets, pred, decided, needs):
-        if list(sample.columns)[1:] != [target_column]:
-            raise _format_error(list(sample.columns), [f"'{id_column}, {target_column}' (the predicted value)"])
+        self._one_target_column(sample, id_column, target_column, "the predicted value")
         return {target_column: pred.reshape(-1)}
 
 
 @register_task
-class Ordinal(Task):
+class Ordinal(_ValueTask):
     name = "ordinal"
-    output = "value"
-    losses = ("mse", "huber", "bce")
     default_metric = "qwk"
 
     def parse(self, frame, comp, labels=None):
@@ -366,8 +373,7 @@ class Ordinal(Task):
         return {"mean grade": f"{y.mean():.3f}", "grade std": f"{y.std():.3f}"}
 
     def submission_values(self, sample, id_column, target_column, targets, pred, decided, needs):
-        if list(sample.columns)[1:] != [target_column]:
-            raise _format_error(list(sample.columns), [f"'{id_column}, {target_column}' (the grade)"])
+        self._one_target_column(sample, id_column, target_column, "the grade")
         if needs == "value":
             return {target_column: pred.reshape(-1) + int(targets.labels[0])}
         grades = np.clip(np.floor(decided.reshape(-1) + 0.5), 0, len(targets.labels) - 1).astype(np.int64)
