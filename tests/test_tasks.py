@@ -257,3 +257,23 @@ def test_every_task_end_to_end(task, small_competition, write_config, tmp_path, 
         assert set(cells) <= {"0", "1", "2", "3", "4"}
     board = pd.read_csv(config.submissions_dir / "leaderboard.csv")
     assert board["private LB"].notna().all()
+
+
+@pytest.mark.parametrize("task, columns, oof, accepted", [
+    ("regression", ["value"], [[12.5], [-3.0]], True),                  # values: any finite number
+    ("multilabel", ["a", "b"], [[0.9, 0.8], [0.1, 0.0]], True),          # independent probabilities: no sum to 1
+    ("multilabel", ["a", "b"], [[1.2, 0.8], [0.1, 0.0]], False),         # ... but each in [0, 1]
+    ("multiclass", ["a", "b"], [[0.9, 0.8], [0.1, 0.0]], False),         # class probabilities must sum to 1
+])
+def test_imported_predictions_are_checked_per_task(task, columns, oof, accepted):
+    from pipeline.store import StoreError, validate_import
+
+    ids, folds = np.array(["x", "y"]), np.array([0, 1])
+    oof_frame = pd.DataFrame(oof, columns=columns).assign(id=ids, fold=folds)
+    test_frame = pd.DataFrame(oof, columns=columns).assign(id=ids)
+    if accepted:
+        got, _ = validate_import(oof_frame, test_frame, ids, ids, folds, columns, "nb", task)
+        np.testing.assert_allclose(got, oof)
+    else:
+        with pytest.raises(StoreError, match="outside \\[0, 1\\]|do not sum to 1"):
+            validate_import(oof_frame, test_frame, ids, ids, folds, columns, "nb", task)
