@@ -12,8 +12,7 @@ Layout (names set in the competition config)::
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,22 +42,29 @@ class Competition:
     """The parsed competition: tables, targets, image paths.
 
     ``classes`` names the prediction columns (the class names for multiclass; see
-    :mod:`pipeline.tasks` for the other tasks) and ``y`` holds the task's targets.
+    :mod:`pipeline.tasks` for the other tasks) and ``y`` holds the task's targets;
+    both come from ``targets``.
     """
 
     train: pd.DataFrame
     sample_submission: pd.DataFrame
-    classes: list[str]
+    targets: Targets
     train_paths: list[Path]
     test_paths: list[Path]
     id_column: str
     target_column: str
-    solution: pd.DataFrame | None = None
-    test_table: pd.DataFrame | None = None
-    y: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     task: str = "multiclass"
-    targets: Targets | None = None
-    solution_parser: object = None
+    solution: pd.DataFrame | None = None
+    solution_y: np.ndarray | None = None     # the solution's targets in sample-submission order
+    test_table: pd.DataFrame | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.targets.columns
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.targets.y
 
     @property
     def train_ids(self) -> np.ndarray:
@@ -70,10 +76,7 @@ class Competition:
 
     def solution_labels(self) -> np.ndarray | None:
         """Test targets (shaped as ``y``) in sample-submission order, if a solution file exists."""
-        if self.solution is None:
-            return None
-        sol = self.solution.set_index(self.solution[self.id_column].astype(str)).loc[self.test_ids]
-        return self.solution_parser(sol.reset_index(drop=True)).y
+        return self.solution_y
 
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:
@@ -196,31 +199,31 @@ def load_competition(config: Config, check_image_files: bool = True) -> Competit
                 problems.append(f"{test_path}: ids differ from {sub_path.name} ({len(extra)} id(s) in one but not the other, e.g. {sorted(extra)[:3]})")
     _raise_if(problems)
 
-    labels = targets.labels or None
-
-    # a partial, not a closure: the competition travels to other processes (DDP ranks) pickled
-    parse_solution = functools.partial(task.parse, comp=comp, labels=labels)
-
+    solution_y = None
     if solution is not None:
-        try:
-            parse_solution(solution)
+        sol_path = data_dir / comp.solution
+        by_id = solution.set_index(solution[comp.id_column].astype(str))
+        test_ids = sample[comp.id_column].astype(str)
+        absent = test_ids[~test_ids.isin(by_id.index)]
+        if len(absent):
+            _raise_if([f"{sol_path}: no row for {len(absent)} test id(s), e.g. {absent.tolist()[:3]}"])
+        try:  # parsed once, in the sample's order, with train.csv's classes or grades
+            solution_y = task.parse(by_id.loc[test_ids].reset_index(drop=True), comp, labels=targets.labels or None).y
         except TaskError as exc:
-            _raise_if([f"{data_dir / comp.solution}: {exc}"])
+            _raise_if([f"{sol_path}: {exc}"])
 
     competition = Competition(
         train=train,
         sample_submission=sample,
-        classes=targets.columns,
+        targets=targets,
         train_paths=_image_paths(data_dir, comp.train_images, train[comp.id_column].to_numpy()),
         test_paths=_image_paths(data_dir, comp.test_images, sample[comp.id_column].to_numpy()),
         id_column=comp.id_column,
         target_column=comp.target_column,
-        solution=solution,
-        test_table=test_table,
-        y=targets.y,
         task=comp.task,
-        targets=targets,
-        solution_parser=parse_solution,
+        solution=solution,
+        solution_y=solution_y,
+        test_table=test_table,
     )
     if check_image_files:
         check_images(competition.train_paths, "train")

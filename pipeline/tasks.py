@@ -69,8 +69,13 @@ def natural_key(label: str):
         return (1, 0.0, label)
 
 
-def _empty(values: pd.Series) -> np.ndarray:
-    return (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
+def _filled(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
+    """``frame[column]``, or a TaskError naming the rows where it is empty or NaN (``what``: "label", "target")."""
+    values = frame[column]
+    empty = (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
+    if empty.any():
+        raise TaskError(f"empty or NaN {what} in column {column!r} at row(s) {_rows(empty)} ({int(empty.sum())} in all)")
+    return values
 
 
 def _rows(mask: np.ndarray) -> list[int]:
@@ -86,7 +91,6 @@ class Task:
     #: losses the head can train with, the first is the default
     losses: tuple[str, ...] = ()
     default_metric = "accuracy"
-    allows_empty_target = False
 
     def parse(self, frame: pd.DataFrame, comp, labels: list[str] | None = None) -> Targets:
         """Targets of ``frame`` (train.csv, or the solution with ``labels`` fixed by train.csv).
@@ -148,11 +152,7 @@ class Multiclass(Task):
     losses = ("ce",)
 
     def parse(self, frame, comp, labels=None):
-        values = frame[comp.target_column]
-        empty = _empty(values)
-        if empty.any():
-            raise TaskError(f"empty or NaN label in column {comp.target_column!r} at row(s) {_rows(empty)} ({int(empty.sum())} in all)")
-        values = values.astype(str)
+        values = _filled(frame, comp.target_column, "label").astype(str)
         labels = labels or sorted(values.unique().tolist(), key=natural_key)
         lookup = {c: i for i, c in enumerate(labels)}
         unknown = ~values.isin(lookup)
@@ -181,11 +181,7 @@ class Binary(Task):
     default_metric = "roc_auc"
 
     def parse(self, frame, comp, labels=None):
-        values = frame[comp.target_column]
-        empty = _empty(values)
-        if empty.any():
-            raise TaskError(f"empty or NaN label in column {comp.target_column!r} at row(s) {_rows(empty)} ({int(empty.sum())} in all)")
-        values = values.astype(str)
+        values = _filled(frame, comp.target_column, "label").astype(str)
         if labels is None:
             labels = sorted(values.unique().tolist(), key=natural_key)
             if len(labels) > 2:
@@ -225,7 +221,6 @@ class Multilabel(Task):
     name = "multilabel"
     losses = ("bce",)
     default_metric = "f1_micro"
-    allows_empty_target = True
 
     def parse(self, frame, comp, labels=None):
         if comp.target_columns:
@@ -284,10 +279,7 @@ class Multilabel(Task):
 
 
 def _numbers(frame: pd.DataFrame, column: str, task: str) -> np.ndarray:
-    values = frame[column]
-    empty = _empty(values)
-    if empty.any():
-        raise TaskError(f"empty or NaN target in column {column!r} at row(s) {_rows(empty)} ({int(empty.sum())} in all)")
+    values = _filled(frame, column, "target")
     numbers = pd.to_numeric(values, errors="coerce")
     bad = numbers.isna().to_numpy()
     if bad.any():
@@ -295,10 +287,11 @@ def _numbers(frame: pd.DataFrame, column: str, task: str) -> np.ndarray:
     return numbers.to_numpy(dtype=np.float64)
 
 
-def _value_stats(y: np.ndarray, comp, fallback: tuple[float, float]) -> dict:
-    value_range = tuple(float(v) for v in comp.target_range) if comp.target_range else fallback
+def _value_stats(y: np.ndarray, value_range: tuple[float, float]) -> dict:
+    """What the value head scales by: the range (BCE) and the mean and spread (MSE, Huber)."""
     std = float(y.std()) if len(y) > 1 and y.std() > 0 else 1.0
-    return {"value_range": value_range, "value_mean": float(y.mean()) if len(y) else 0.0, "value_std": std}
+    return {"value_range": tuple(float(v) for v in value_range), "value_mean": float(y.mean()) if len(y) else 0.0,
+            "value_std": std}
 
 
 class _ValueTask(Task):
@@ -325,7 +318,8 @@ class Regression(_ValueTask):
             outside = (y < lo) | (y > hi)
             if outside.any():
                 raise TaskError(f"target(s) outside competition.target_range {list(comp.target_range)} at row(s) {_rows(outside)}")
-        stats = _value_stats(y, comp, (float(y.min()), float(y.max())) if len(y) else (0.0, 1.0))
+        value_range = comp.target_range or ((y.min(), y.max()) if len(y) else (0.0, 1.0))
+        stats = _value_stats(y, value_range)
         return Targets(y, [comp.target_column], [], **stats)
 
     def strata(self, y, n_splits):
@@ -364,10 +358,9 @@ class Ordinal(_ValueTask):
         outside = (y < 0) | (y >= len(labels))
         if outside.any():
             raise TaskError(f"grade(s) {sorted(set(grades[outside].tolist()))[:5]} are outside the training grades {labels[0]}..{labels[-1]}")
-        stats = _value_stats(y.astype(np.float64), comp, (0.0, float(len(labels) - 1)))
-        if comp.target_range:  # given on the grade scale: shift to the index scale
-            stats["value_range"] = (comp.target_range[0] - low, comp.target_range[1] - low)
-        return Targets(y, [comp.target_column], list(labels), **stats)
+        # a target_range is given on the grade scale: shifted to the index scale the head predicts on
+        value_range = [v - low for v in comp.target_range] if comp.target_range else (0, len(labels) - 1)
+        return Targets(y, [comp.target_column], list(labels), **_value_stats(y.astype(np.float64), value_range))
 
     def summary(self, y, columns):
         return {"mean grade": f"{y.mean():.3f}", "grade std": f"{y.std():.3f}"}

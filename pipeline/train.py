@@ -46,7 +46,7 @@ from pipeline.folds import FoldsError, read_folds, run_folds
 from pipeline.metrics import Metric, get_metric
 from pipeline.models import count_parameters, create_model, data_config, default_input_size, model_family, resolve_model_name
 from pipeline.report import format_seconds, format_table
-from pipeline.tasks import Head, make_head
+from pipeline.tasks import Head, make_head, resolve_loss
 from pipeline.store import RunLock, StoreError, code_version, library_versions, prediction_frame, read_meta
 from pipeline.transforms import apply_views, build_transform, parse_view
 
@@ -375,8 +375,7 @@ def dummy_targets(head: Head | None, batch: int, n_outputs: int, device) -> torc
         return torch.randint(0, n_outputs, (batch,), device=device)
     if head.values:
         return torch.rand(batch, device=device)
-    return torch.randint(0, 2, (batch, n_outputs), device=device).float().squeeze(1) if n_outputs == 1 else \
-        torch.randint(0, 2, (batch, n_outputs), device=device).float()
+    return torch.randint(0, 2, (batch, n_outputs), device=device).float()  # 0/1 per column (binary: one)
 
 
 def resolve_batch_size(cfg: TrainConfig, runtime: Runtime, image_size: int, n_classes: int, n_train: int,
@@ -838,7 +837,7 @@ def prepare_run(config: Config, model: str, overrides: list[str] | None = None, 
     if isinstance(cfg.pretrained, str):
         create_model(cfg.model, 2, cfg.pretrained, **cfg.model_kwargs)  # raises on a mismatched file
     try:
-        head = make_head(config.competition.task, cfg.loss, None, cfg.label_smoothing)  # the loss fits the task
+        resolve_loss(config.competition.task, cfg.loss)  # a recipe's loss fits the task: checked before the data is read
     except ValueError as exc:
         raise ConfigError(f"{name}: {exc}") from None
     competition = competition or load_competition(config)

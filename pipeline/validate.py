@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from pipeline import io
 from pipeline.config import Config, resolve_train_config
 from pipeline.data import Competition, DataError, load_competition
+from pipeline.tasks import get_task
 
 # what the pipeline does with each non-RGB mode (see data.image_to_rgb)
 MODE_HANDLING = {
@@ -206,8 +207,6 @@ def _duplicate_findings(train_ids, train_scan, labels, test_ids, test_scan) -> t
 
 
 def _label_findings(competition: Competition, n_splits: int) -> list[Finding]:
-    from pipeline.tasks import get_task
-
     counts = get_task(competition.task).label_counts(competition.targets)
     if counts is None:  # a continuous target
         y = competition.y

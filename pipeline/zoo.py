@@ -184,15 +184,12 @@ def subset_competition(competition: Competition, rows: np.ndarray) -> Competitio
     return Competition(
         train=competition.train.iloc[rows].reset_index(drop=True),
         sample_submission=competition.sample_submission.iloc[:0],
-        classes=competition.classes,
+        targets=dataclasses.replace(competition.targets, y=competition.y[rows]),
         train_paths=[competition.train_paths[i] for i in rows],
         test_paths=[],
         id_column=competition.id_column,
         target_column=competition.target_column,
-        y=competition.y[rows],
         task=competition.task,
-        targets=dataclasses.replace(competition.targets, y=competition.y[rows]),
-        solution_parser=competition.solution_parser,
     )
 
 
