@@ -60,7 +60,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .metrics import Metric, get_metric
+# TASK_OUTPUT (task -> "simplex" | "probability" | "value") decides validation, the blend's output
+# and which methods apply
+from .metrics import TASK_OUTPUT, Metric, get_metric
 
 __all__ = [
     "BLEND_METHODS",
@@ -93,17 +95,6 @@ _ROW_SUM_TOL = 1e-2
 # temporary memory to ~32 MB of float64.
 _CHUNK_ELEMENTS = 4_000_000
 
-#: Task -> kind of prediction its models output, which decides validation,
-#: the blend's output and which methods apply: "simplex" (rows sum to 1),
-#: "probability" (independent probabilities in [0, 1]), "value" (real numbers).
-#: Same names as :mod:`pipeline.tasks` (not imported: it pulls in torch).
-TASK_OUTPUT: dict[str, str] = {
-    "multiclass": "simplex",
-    "binary": "probability",
-    "multilabel": "probability",
-    "regression": "value",
-    "ordinal": "value",
-}
 _OUTPUT_WORDS = {
     "simplex": "class probabilities",
     "probability": "probabilities",

@@ -23,8 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.metrics import METRICS
 
-TASK_NAMES = ("multiclass", "binary", "multilabel", "regression", "ordinal")
-
 
 class _Loader(yaml.SafeLoader):
     """PyYAML follows YAML 1.1, where ``1e-3`` is a string; read it as the float every user means."""

@@ -56,8 +56,18 @@ import numpy as np
 
 _EPS = 1e-15
 
+#: Task -> kind of prediction its models output, which decides how predictions are validated, blended and
+#: stored: "simplex" (rows sum to 1), "probability" (independent probabilities in [0, 1]), "value" (real
+#: numbers). Kept here, the torch-free base of the package, so blend and tasks read one table.
+TASK_OUTPUT: dict[str, str] = {
+    "multiclass": "simplex",
+    "binary": "probability",
+    "multilabel": "probability",
+    "regression": "value",
+    "ordinal": "value",
+}
 #: the task names a metric can declare
-TASKS: tuple[str, ...] = ("multiclass", "binary", "multilabel", "regression", "ordinal")
+TASKS: tuple[str, ...] = tuple(TASK_OUTPUT)
 #: what a metric reads from a prediction
 NEEDS: tuple[str, ...] = ("proba", "label", "value")
 

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.metrics import TASK_OUTPUT
+
 
 class TaskError(ValueError):
     """The targets or the sample submission do not fit the task; the message says how to fix it."""
@@ -86,11 +88,14 @@ class Task:
     """Base class: one Kaggle task shape. Subclasses fill the class attributes and :meth:`parse`."""
 
     name = "?"
-    #: the kind of prediction: "simplex" (rows sum to 1), "probability" (independent), "value"
-    output = "probability"
     #: losses the head can train with, the first is the default
     losses: tuple[str, ...] = ()
     default_metric = "accuracy"
+
+    @property
+    def output(self) -> str:
+        """The kind of prediction: "simplex" (rows sum to 1), "probability" (independent), "value"."""
+        return TASK_OUTPUT[self.name]
 
     def parse(self, frame: pd.DataFrame, comp, labels: list[str] | None = None) -> Targets:
         """Targets of ``frame`` (train.csv, or the solution with ``labels`` fixed by train.csv).
@@ -148,7 +153,6 @@ def _format_error(sample_columns: list[str], expected: list[str]) -> TaskError:
 @register_task
 class Multiclass(Task):
     name = "multiclass"
-    output = "simplex"
     losses = ("ce",)
 
     def parse(self, frame, comp, labels=None):
@@ -297,7 +301,6 @@ def _value_stats(y: np.ndarray, value_range: tuple[float, float]) -> dict:
 class _ValueTask(Task):
     """A task whose head predicts one value: regression, and ordinal grades on their scale."""
 
-    output = "value"
     losses = ("mse", "huber", "bce")
 
     @staticmethod
