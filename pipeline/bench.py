@@ -11,8 +11,10 @@ On whatever device is present, in one run, it measures:
   512x512 JPEG files it writes to a temporary folder, against reading the decoded-image
   cache (``pipeline/cache.py``), and the ratio; also the one-off cost of building the cache;
 - the training step alone on synthetic tensors already on the device, and training end
-  to end (cache -> DataLoader -> device -> step); the ratio end-to-end / step-alone
-  (1.0: the data never starves the model);
+  to end (cache -> DataLoader -> device -> step) twice: with the augmentation per image
+  on the host (``train.augment``, albumentations) and per batch on the device
+  (``train.device_augment``); each ratio end-to-end / step-alone (1.0: the data never
+  starves the model);
 - test-time augmentation (images/s per view): every view of a batch in one forward pass
   (``train.predict_views``) against the naive loop of one pass per view per image, and
   against one pass per view per batch;
@@ -50,9 +52,9 @@ from pipeline.data import ImageDataset, ImageStore
 from pipeline.io import write_json
 from pipeline.models import create_model, data_config, resolve_model_name
 from pipeline.report import format_table
-from pipeline.train import (Runtime, _to_device, make_loader, make_optimizer, maybe_compile, predict_views,
-                            select_runtime, train_step)
-from pipeline.transforms import build_transform, parse_view
+from pipeline.train import (Runtime, _to_device, batch_to_device, make_loader, make_optimizer, maybe_compile,
+                            predict_views, select_runtime, train_step)
+from pipeline.transforms import DeviceTransform, HostTransform, parse_view
 
 DEFAULT_TTA = "identity;hflip;shift(2,0);shift(0,2);zoom(1.1)"
 DEFAULT_AUGMENT = [{"HorizontalFlip": {"p": 0.5}},
@@ -125,13 +127,14 @@ def step_rate(model, optimizer, scaler, criterion, runtime: Runtime, batch: int,
     return steps * batch / (time.perf_counter() - start)
 
 
-def end_to_end_rate(model, optimizer, scaler, criterion, runtime: Runtime, loader, steps: int, warmup: int) -> float:
-    """Training images per second from the DataLoader to the optimizer step (all batches full)."""
+def end_to_end_rate(model, optimizer, scaler, criterion, runtime: Runtime, loader, inputs: DeviceTransform, steps: int,
+                    warmup: int) -> float:
+    """Training images per second from the DataLoader through ``inputs`` to the optimizer step (all batches full)."""
     model.train()
     done, seen, start = 0, 0, None
     while done < steps + warmup:
         for x, y in loader:
-            x, y = _to_device(x, runtime), y.to(runtime.device, non_blocking=True)
+            x, y = batch_to_device(x, runtime, inputs, train=True), y.to(runtime.device, non_blocking=True)
             train_step(model, x, y, criterion, optimizer, scaler, runtime)
             done += 1
             if done == warmup:
@@ -259,10 +262,14 @@ def run(args: argparse.Namespace) -> dict:
         open_cache(paths, folder / "cache", size, cfg.cache_margin, "bench", progress=False)
         report["cache_reopen_seconds"] = time.perf_counter() - started
 
-        train_tf = build_transform(size, dcfg.mean, dcfg.std, dcfg.interpolation, cfg.augment)
+        # the same augmentation two ways: per image on the host, or per batch on the device
+        train_tf = HostTransform(size, dcfg.interpolation, cfg.augment)
+        host_inputs = DeviceTransform(dcfg.mean, dcfg.std, channels_last=runtime.channels_last)
+        device_inputs = DeviceTransform(dcfg.mean, dcfg.std, cfg.augment, channels_last=runtime.channels_last)
         labels = np.arange(len(paths)) % n_classes
         raw_ds = ImageDataset(ImageStore(paths, preload=False), np.arange(len(paths)), train_tf, labels)
         cache_ds = ImageDataset(cache, np.arange(len(paths)), train_tf, labels)
+        lean_ds = ImageDataset(cache, np.arange(len(paths)), HostTransform(size, dcfg.interpolation), labels)
         batches = max(2, args.images // args.batch_size - 1)
 
         def loader(ds):
@@ -281,20 +288,28 @@ def run(args: argparse.Namespace) -> dict:
         optimizer = make_optimizer(model, cfg, runtime)
         scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
         criterion = torch.nn.CrossEntropyLoss()
-        train_loader = loader(cache_ds)
-        step_rates, e2e_rates = [], []
+        host_loader, device_loader = loader(cache_ds), loader(lean_ds)
+        step_rates, e2e_rates, device_rates = [], [], []
         for repeat in range(args.repeats):
-            # alternated, so a slow patch of a shared machine hits both alike
+            # alternated, so a slow patch of a shared machine hits all three alike
+            warmup = args.warmup if repeat == 0 else 1
             step_rates.append(step_rate(step_model, optimizer, scaler, criterion, runtime, args.batch_size, size,
-                                        n_classes, args.steps, args.warmup if repeat == 0 else 1))
-            e2e_rates.append(end_to_end_rate(step_model, optimizer, scaler, criterion, runtime, train_loader,
-                                             args.steps, args.warmup if repeat == 0 else 1))
-        report["train"] = {"step_images_per_s": _median(step_rates), "end_to_end_images_per_s": _median(e2e_rates),
-                           "step_all": step_rates, "end_to_end_all": e2e_rates}
+                                        n_classes, args.steps, warmup))
+            e2e_rates.append(end_to_end_rate(step_model, optimizer, scaler, criterion, runtime, host_loader, host_inputs,
+                                             args.steps, warmup))
+            device_rates.append(end_to_end_rate(step_model, optimizer, scaler, criterion, runtime, device_loader,
+                                                device_inputs, args.steps, warmup))
         # paired: each end-to-end measurement against the step-alone one taken just before it
         ratios = [e / s for e, s in zip(e2e_rates, step_rates)]
-        report["train"].update(end_to_end_over_step=_median(ratios), end_to_end_over_step_all=ratios)
-        del train_loader
+        device_ratios = [e / s for e, s in zip(device_rates, step_rates)]
+        report["train"] = {
+            "step_images_per_s": _median(step_rates), "step_all": step_rates,
+            "end_to_end_images_per_s": _median(e2e_rates), "end_to_end_all": e2e_rates,
+            "end_to_end_over_step": _median(ratios), "end_to_end_over_step_all": ratios,
+            "device_augment_images_per_s": _median(device_rates), "device_augment_all": device_rates,
+            "device_augment_over_step": _median(device_ratios), "device_augment_over_step_all": device_ratios,
+        }
+        del host_loader, device_loader
 
     x = _to_device(torch.randn(args.tta_images, 3, size, size), runtime)
     n_views = len(views)
@@ -344,8 +359,10 @@ def format_report(report: dict) -> str:
         ("data: cache + transform", f"{data['cache_images_per_s']:.1f}", "img/s", f"cache {report['cache_side']}px, built once in {report['cache_build_seconds']:.1f}s"),
         ("data: cache / decode", f"{data['cache_over_raw']:.2f}", "x", "goal on CPU: >= 5"),
         ("train: step alone", f"{train['step_images_per_s']:.1f}", "img/s", "synthetic tensors on the device"),
-        ("train: end to end", f"{train['end_to_end_images_per_s']:.1f}", "img/s", "cache -> loader -> device -> step"),
+        ("train: end to end, host augment", f"{train['end_to_end_images_per_s']:.1f}", "img/s", "cache -> augment per image -> loader -> device -> step"),
         ("train: end to end / step", f"{train['end_to_end_over_step']:.3f}", "", "median of paired repeats; 1.0: the data never starves the model"),
+        ("train: end to end, device augment", f"{train['device_augment_images_per_s']:.1f}", "img/s", "cache -> loader -> device -> augment per batch -> step"),
+        ("train: device augment e2e / step", f"{train['device_augment_over_step']:.3f}", "", "train.device_augment: the same steps on the device"),
         ("tta: batched", f"{tta['batched_images_per_s_per_view']:.1f}", "img/s/view", f"{tta['views']} views, {tta['views_per_pass']} per forward pass"),
         ("tta: loop per view per image", f"{tta['per_view_per_image_images_per_s_per_view']:.1f}", "img/s/view", "the naive loop"),
         ("tta: loop per view per batch", f"{tta['per_view_per_batch_images_per_s_per_view']:.1f}", "img/s/view", "one pass per view"),

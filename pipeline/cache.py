@@ -8,10 +8,11 @@ raw file, plus a JSON header::
     <output_dir>/cache/<competition>/<key>.u8     the pixels, rows in sorted-path order
     <output_dir>/cache/<competition>/<key>.json   shape, sizes, sources; written last
 
-The side ``S`` is the model's input size times a margin (1.15 by default), so that
-random crops and affine augmentation still have real pixels to work with, but never
-larger than the largest source image: the cache never invents detail that a resize
-to the input size does not need. The key hashes the source paths with their sizes
+The side ``S`` is the model's input size times ``train.cache_margin`` (1 by default:
+the loader's per-image transform resizes to the input size before any augmentation, so
+at ``S`` equal to the input size it has no resize left to do), but never larger than
+the largest source image: the cache never invents detail that a resize to the input
+size does not need. The key hashes the source paths with their sizes
 and modification times, the input size and the margin, so every architecture trained
 at that size shares one cache, and a changed, added or removed source file makes a
 new key (the stale cache of the same image set is then deleted).
@@ -44,7 +45,7 @@ from pipeline import io
 from pipeline.data import DataError, decode_image
 
 CACHE_VERSION = 1
-DEFAULT_MARGIN = 1.15
+DEFAULT_MARGIN = 1.0
 
 
 class CacheError(DataError):
@@ -59,7 +60,8 @@ def cache_side(target: int, margin: float = DEFAULT_MARGIN, largest_source_side:
     target : int
         The model's input side (the recipe's ``image_size`` or the model's default).
     margin : float
-        How much larger than ``target`` the cache keeps images (>= 1), room for random crops.
+        How much larger than ``target`` the cache keeps images (>= 1); above 1 the loader
+        resizes every image again, each epoch.
     largest_source_side : int, optional
         The longest side among the source images: ``S`` never exceeds it (no upscaling
         beyond what the transform needs), and never falls below ``target``.
@@ -71,7 +73,7 @@ def cache_side(target: int, margin: float = DEFAULT_MARGIN, largest_source_side:
     if target < 1:
         raise ValueError(f"cache target size must be positive, got {target}")
     if margin < 1:
-        raise ValueError(f"cache margin must be >= 1 (1.15 keeps 15% around the input size), got {margin}")
+        raise ValueError(f"cache margin must be >= 1 (1 keeps the input size), got {margin}")
     side = math.ceil(round(target * margin, 6))
     if largest_source_side is not None:
         side = min(side, int(largest_source_side))
@@ -148,6 +150,11 @@ class ImageCache:
     def __getitem__(self, index: int) -> np.ndarray:
         # a writable copy: transforms and torch.from_numpy must not see the read-only map
         return np.array(self.array[self._rows[index]])
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """Several images at once, ``(n, S, S, 3)`` uint8 in the order asked (one read for a whole batch)."""
+        # fancy indexing copies: a plain writable array, not a view of the read-only map
+        return np.asarray(self.array[self._rows[np.asarray(indices, dtype=np.int64)]])
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -158,13 +158,14 @@ class TrainConfig(_Strict):
     ddp_backend: Literal["auto", "nccl", "gloo"] = "auto"        # auto: nccl on GPUs, gloo on CPUs
     # the data path: decoded-image cache and DataLoader settings ("auto": chosen from the machine)
     cache: Literal["auto", "disk", "memory", "off"] = "auto"
-    cache_margin: float = Field(default=1.15, ge=1.0, le=2.0)
+    cache_margin: float = Field(default=1.0, ge=1.0, le=2.0)
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     pin_memory: bool | Literal["auto"] = "auto"
     persistent_workers: bool | Literal["auto"] = "auto"
     prefetch_factor: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     log_every: int = Field(default=20, ge=1)
-    augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)
+    augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)          # albumentations, per image on the CPU
+    device_augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)   # per batch on the device (transforms.py)
     tta: list[str] = Field(default_factory=lambda: ["identity"])
 
     @field_validator("cache", mode="before")
@@ -181,6 +182,14 @@ class TrainConfig(_Strict):
         from pipeline.transforms import check_augment_steps
 
         check_augment_steps(steps)
+        return steps
+
+    @field_validator("device_augment")
+    @classmethod
+    def _known_device_steps(cls, steps: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
+        from pipeline.transforms import check_device_augment_steps
+
+        check_device_augment_steps(steps)
         return steps
 
     @field_validator("tta")

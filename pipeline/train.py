@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from pipeline import io
 from pipeline.cache import ImageCache, cache_bytes, cache_key, cache_side, open_cache
 from pipeline.config import Config, ConfigError, TrainConfig, config_hash, resolve_train_config
-from pipeline.data import Competition, ImageDataset, ImageStore, load_competition
+from pipeline.data import Competition, ImageDataset, ImageStore, collate_rows, load_competition
 from pipeline.distributed import (SINGLE, DistContext, barrier, broadcast_buffers, broadcast_object, gather_rows,
                                   init_distributed, launched_by_torchrun, shard)
 from pipeline.folds import FoldsError, read_folds, run_folds
@@ -48,13 +48,13 @@ from pipeline.models import count_parameters, create_model, data_config, default
 from pipeline.report import format_seconds, format_table
 from pipeline.tasks import Head, make_head, resolve_loss
 from pipeline.store import RunLock, StoreError, code_version, library_versions, prediction_frame, read_meta
-from pipeline.transforms import apply_views, build_transform, parse_view
+from pipeline.transforms import DeviceTransform, HostTransform, apply_views, parse_view
 
 # settings that change how fast a run goes or how it is shown, not what it learns
 _NOT_HASHED = ("log_every", "num_workers", "tta", "compile", "ddp_backend", "cache", "cache_margin", "pin_memory",
                "persistent_workers", "prefetch_factor")
 # settings hashed only when set away from their default, so runs made before they existed keep their hash
-_HASHED_WHEN_SET = {"amp_dtype": "auto", "sync_bn": False, "loss": "auto"}
+_HASHED_WHEN_SET = {"amp_dtype": "auto", "sync_bn": False, "loss": "auto", "device_augment": []}
 
 
 def settings_dump(cfg: TrainConfig) -> dict:
@@ -180,7 +180,8 @@ def select_runtime(cfg: TrainConfig, images_in_memory: bool, context: DistContex
 def make_loader(dataset, batch_size: int, runtime: Runtime, shuffle: bool = False, generator: torch.Generator | None = None,
                 drop_last: bool = False, sampler=None):
     """A DataLoader with the runtime's settings; ``shuffle`` draws from ``generator`` (a resumable order)."""
-    kwargs = dict(batch_size=batch_size, num_workers=runtime.num_workers, pin_memory=runtime.pin_memory, drop_last=drop_last)
+    kwargs = dict(batch_size=batch_size, num_workers=runtime.num_workers, pin_memory=runtime.pin_memory, drop_last=drop_last,
+                  collate_fn=collate_rows)
     if runtime.num_workers > 0:
         kwargs.update(persistent_workers=runtime.persistent_workers, prefetch_factor=runtime.prefetch_factor)
     if sampler is not None:
@@ -191,8 +192,19 @@ def make_loader(dataset, batch_size: int, runtime: Runtime, shuffle: bool = Fals
 
 
 def _to_device(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """A float batch (synthetic tensors of the benchmarks and probes) onto the device, in the runtime's memory format."""
     x = x.to(runtime.device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
+
+
+def batch_to_device(x: torch.Tensor, runtime: Runtime, inputs: DeviceTransform, train: bool = False) -> torch.Tensor:
+    """A loader's uint8 batch onto the device, then ``inputs``: floats, device augmentation (``train``), normalisation."""
+    return inputs(x.to(runtime.device, non_blocking=True), train=train)
+
+
+def device_transform(cfg: TrainConfig, dcfg, runtime: Runtime) -> DeviceTransform:
+    """The per-batch device side of the input path for a model's data config (``models.data_config``)."""
+    return DeviceTransform(dcfg.mean, dcfg.std, cfg.device_augment, channels_last=runtime.channels_last)
 
 
 def _autocast(runtime: Runtime):
@@ -409,8 +421,12 @@ CPU_PIXELS_PER_PASS = 2**19
 
 @torch.inference_mode()
 def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime: Runtime,
-                  activate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+                  activate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  inputs: DeviceTransform | None = None) -> np.ndarray:
     """Predictions for every view: ``(n_views, n_rows, n_columns)``.
+
+    ``inputs`` turns the loader's uint8 batches into the model's normalised input on the
+    device; without it the loader's batches are taken as model input already.
 
     ``activate`` turns logits into what is stored and averaged over views (the task
     head's softmax, sigmoid or value scale, :class:`pipeline.tasks.Head`); softmax when None.
@@ -426,7 +442,7 @@ def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime
     outputs = []
     per_pass = None
     for x, _ in loader:
-        x = _to_device(x, runtime)
+        x = _to_device(x, runtime) if inputs is None else batch_to_device(x, runtime, inputs)
         n = x.shape[0]
         if per_pass is None:
             per_pass = len(views)
@@ -584,8 +600,9 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
 
     train_idx = np.flatnonzero(data.folds != fold)
     valid_idx = np.flatnonzero(data.folds == fold)
-    train_tf = build_transform(dcfg.image_size, dcfg.mean, dcfg.std, dcfg.interpolation, cfg.augment)
-    eval_tf = build_transform(dcfg.image_size, dcfg.mean, dcfg.std, dcfg.interpolation)
+    train_tf = HostTransform(dcfg.image_size, dcfg.interpolation, cfg.augment)
+    eval_tf = HostTransform(dcfg.image_size, dcfg.interpolation)
+    inputs = device_transform(cfg, dcfg, runtime)
     train_ds = ImageDataset(data.store, train_idx, train_tf, data.y)
     valid_ds = ImageDataset(data.store, shard(valid_idx, context), eval_tf, data.y)
     generator = torch.Generator()
@@ -643,7 +660,7 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         step_model.train()
         loss_sum = torch.zeros((), device=runtime.device)
         for step, (x, y) in enumerate(train_loader):
-            x, y = _to_device(x, runtime), y.to(runtime.device, non_blocking=True)
+            x, y = batch_to_device(x, runtime, inputs, train=True), y.to(runtime.device, non_blocking=True)
             loss_sum += train_step(step_model, x, y, criterion, optimizer, scaler, runtime, cfg.grad_clip, scheduler)
             if (step + 1) % cfg.log_every == 0:
                 mean_loss = _global_mean(loss_sum, step + 1, context)  # the only host sync of the loop
@@ -654,7 +671,8 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         train_loss = _global_mean(loss_sum, steps_per_epoch, context)
         _check_loss(train_loss, epoch, steps_per_epoch - 1, cfg)
         broadcast_buffers(model, context)
-        probs = gather_rows(predict_views(model, valid_loader, views[:1], runtime, data.head.activate)[0], context, len(valid_idx))
+        probs = gather_rows(predict_views(model, valid_loader, views[:1], runtime, data.head.activate, inputs)[0],
+                            context, len(valid_idx))
         score = metric(valid_y, probs)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "valid_score": score, "lr": scheduler.get_last_lr()[0]})
         if metric.is_better(score, best_score):
@@ -693,7 +711,8 @@ def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str]
         model = _prepare_model(cfg, data.head.n_outputs(len(classes)), runtime, False)
     model.load_state_dict(load_safetensors(str(fold_dir / "best.safetensors"), device=str(runtime.device)))
     dcfg = data_config(model, cfg.image_size, cfg.mean, cfg.std, cfg.interpolation)
-    eval_tf = build_transform(dcfg.image_size, dcfg.mean, dcfg.std, dcfg.interpolation)
+    eval_tf = HostTransform(dcfg.image_size, dcfg.interpolation)
+    inputs = device_transform(cfg, dcfg, runtime)
     valid_idx = np.flatnonzero(data.folds == fold)
     test_rows = np.arange(len(data.test_store))
     valid_loader = make_loader(ImageDataset(data.store, shard(valid_idx, context), eval_tf, data.y), cfg.batch_size * 2, runtime)
@@ -703,9 +722,9 @@ def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str]
         # the plain view and the mean over views: all that is kept, and all that ranks exchange
         return np.stack([probs[0], probs.mean(axis=0)])
 
-    valid_views = gather_rows(summary(predict_views(model, valid_loader, views, runtime, data.head.activate)),
+    valid_views = gather_rows(summary(predict_views(model, valid_loader, views, runtime, data.head.activate, inputs)),
                               context, len(valid_idx), axis=1)
-    test_views = gather_rows(summary(predict_views(model, test_loader, views, runtime, data.head.activate)),
+    test_views = gather_rows(summary(predict_views(model, test_loader, views, runtime, data.head.activate, inputs)),
                              context, len(test_rows), axis=1)
     valid_plain, valid_tta = valid_views
     valid_y = data.y[valid_idx]

@@ -19,7 +19,7 @@ def test_bench_writes_every_figure(tmp_path, capsys):
     for line in ("data: cache / decode", "train: end to end / step", "tta: batched / per-image loop", "memory: peak RSS"):
         assert line in printed
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-    assert report["image_size"] == 32 and report["cache_side"] == 37 and report["source_images"] == 24
+    assert report["image_size"] == 32 and report["cache_side"] == 32 and report["source_images"] == 24
     data, train, tta = report["data"], report["train"], report["tta"]
     for value in (data["raw_images_per_s"], data["cache_images_per_s"], train["step_images_per_s"],
                   train["end_to_end_images_per_s"], tta["batched_images_per_s_per_view"],

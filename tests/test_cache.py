@@ -45,6 +45,7 @@ def _count_decodes(monkeypatch) -> list[Path]:
 
 
 def test_cache_side_has_a_margin_but_never_upscales_beyond_the_input_size():
+    assert cache_side(224) == 224   # by default the input size: the loader has no resize left to do
     assert cache_side(224, 1.15) == 258
     assert cache_side(32, 1.15) == 37
     assert cache_side(224, 1.0) == 224
@@ -124,7 +125,7 @@ def test_invalidated_when_a_source_changes(tmp_path, monkeypatch):
     new = open_cache(paths, tmp_path / "cache", 32, progress=False)
     assert len(decodes) == 4 and new.data_path.stem != old_key
     assert not np.array_equal(new[2], old_pixels)
-    np.testing.assert_array_equal(new[2], np.full((37, 37, 3), 7, dtype=np.uint8))
+    np.testing.assert_array_equal(new[2], np.full((32, 32, 3), 7, dtype=np.uint8))
     # the stale cache of the same image set and size is gone, with its header
     assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")) == [f"{new.data_path.stem}.json", f"{new.data_path.stem}.u8"]
 
@@ -152,14 +153,14 @@ def test_a_half_built_cache_is_never_used(tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module, "_fill", real_fill)
     cache = open_cache(paths, cache_dir, 32, progress=False)
     with Image.open(paths[0]) as image:
-        np.testing.assert_array_equal(cache[0], cv2.resize(np.asarray(image.convert("RGB")), (37, 37), interpolation=cv2.INTER_AREA))
+        np.testing.assert_array_equal(cache[0], cv2.resize(np.asarray(image.convert("RGB")), (32, 32), interpolation=cv2.INTER_AREA))
 
     # a data file that lost its tail, or a header that lost its data, is rebuilt, not read
     data_path, header_path = cache.data_path, cache.data_path.with_suffix(".json")
     data_path.write_bytes(data_path.read_bytes()[:100])
     decodes = _count_decodes(monkeypatch)
     rebuilt = open_cache(paths, cache_dir, 32, progress=False)
-    assert len(decodes) == 6 and rebuilt.array.shape == (6, 37, 37, 3)
+    assert len(decodes) == 6 and rebuilt.array.shape == (6, 32, 32, 3)
     header_path.write_text("{not json")
     decodes.clear()
     open_cache(paths, cache_dir, 32, progress=False)
