@@ -1,7 +1,8 @@
 """Stage 2: fine-tune one architecture on every fold, predict its validation fold and the test set.
 
-Per fold: albumentations augmentation at the model's own input size and
-normalisation, AdamW with linear warm-up then cosine decay, AMP (bf16, or fp16 with
+Per fold: augmentation at the model's own input size (albumentations per image on the
+host, and/or batched on the device: ``pipeline/transforms.py``), the model's own
+normalisation (on the device), AdamW with linear warm-up then cosine decay, AMP (bf16, or fp16 with
 a grad scaler) and channels_last on a GPU, the best checkpoint by the validation
 metric, early stopping, and a progress bar. The training state is saved after every
 epoch, so a rerun after a crash continues the unfinished fold and skips finished ones.

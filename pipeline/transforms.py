@@ -25,7 +25,6 @@ choose the views per competition.
 from __future__ import annotations
 
 import inspect
-import math
 import re
 from typing import Any, Callable, Sequence
 
@@ -298,21 +297,19 @@ class Affine:
 class HorizontalFlip:
     """Mirror left-right with probability ``p``."""
 
+    axis = -1
+
     def __init__(self, p: float = 0.5):
         self.p = _probability(p)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(_chosen(self.p, x.shape[0], x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+        return torch.where(_chosen(self.p, x.shape[0], x.device).view(-1, 1, 1, 1), x.flip(self.axis), x)
 
 
-class VerticalFlip:
+class VerticalFlip(HorizontalFlip):
     """Mirror top-bottom with probability ``p``."""
 
-    def __init__(self, p: float = 0.5):
-        self.p = _probability(p)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(_chosen(self.p, x.shape[0], x.device).view(-1, 1, 1, 1), x.flip(-2), x)
+    axis = -2
 
 
 class RandomBrightnessContrast:
