@@ -360,10 +360,10 @@ class CoarseDropout:
     @staticmethod
     def _side(value: Any, name: str) -> tuple[tuple[float, float], bool]:
         low, high = _range(value, name)
-        integers = isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value) or isinstance(value, int)
-        if integers and low < 1 or not integers and not 0 < low <= high <= 1:
+        pixels = all(isinstance(v, int) for v in (value if isinstance(value, (list, tuple)) else [value]))
+        if not (low >= 1 if pixels else 0 < low <= high <= 1):
             raise ValueError(f"{name} must be pixels (integers >= 1) or fractions in (0, 1], got {value!r}")
-        return (low, high), not integers
+        return (low, high), not pixels
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n, _, height, width = x.shape
