@@ -48,12 +48,14 @@ from PIL import Image
 
 from pipeline.cache import open_cache
 from pipeline.config import TrainConfig
-from pipeline.data import ImageDataset, ImageStore
+from pipeline.data import ImageStore
 from pipeline.io import write_json
 from pipeline.models import create_model, data_config, resolve_model_name
 from pipeline.report import format_table
-from pipeline.train import (Runtime, _to_device, batch_to_device, make_loader, make_optimizer, maybe_compile,
-                            predict_views, select_runtime, train_step)
+from pipeline.train.dataset import ImageDataset
+from pipeline.train.predict import CPU_PIXELS_PER_PASS, predict_views
+from pipeline.train.runtime import Runtime, autocast, batch_to_device, make_loader, select_runtime, to_device
+from pipeline.train.steps import make_optimizer, maybe_compile, train_step
 from pipeline.transforms import DeviceTransform, HostTransform, parse_view
 
 DEFAULT_TTA = "identity;hflip;shift(2,0);shift(0,2);zoom(1.1)"
@@ -88,7 +90,7 @@ def write_jpegs(folder: Path, n: int, size: int = 512, quality: int = 90, seed: 
     return paths
 
 
-def _sync(runtime: Runtime) -> None:
+def synchronize(runtime: Runtime) -> None:
     if runtime.is_cuda:
         torch.cuda.synchronize(runtime.device)
 
@@ -114,16 +116,16 @@ def loader_rate(loader, min_batches: int, warmup: int = 1) -> float:
 def step_rate(model, optimizer, scaler, criterion, runtime: Runtime, batch: int, image_size: int, n_classes: int,
               steps: int, warmup: int) -> float:
     """Training images per second on synthetic tensors already on the device."""
-    x = _to_device(torch.randn(batch, 3, image_size, image_size), runtime)
+    x = to_device(torch.randn(batch, 3, image_size, image_size), runtime)
     y = torch.randint(0, n_classes, (batch,), device=runtime.device)
     model.train()
     for _ in range(warmup):
         train_step(model, x, y, criterion, optimizer, scaler, runtime)
-    _sync(runtime)
+    synchronize(runtime)
     start = time.perf_counter()
     for _ in range(steps):
         train_step(model, x, y, criterion, optimizer, scaler, runtime)
-    _sync(runtime)
+    synchronize(runtime)
     return steps * batch / (time.perf_counter() - start)
 
 
@@ -138,26 +140,24 @@ def end_to_end_rate(model, optimizer, scaler, criterion, runtime: Runtime, loade
             train_step(model, x, y, criterion, optimizer, scaler, runtime)
             done += 1
             if done == warmup:
-                _sync(runtime)
+                synchronize(runtime)
                 start = time.perf_counter()
             elif done > warmup:
                 seen += x.shape[0]
             if done >= steps + warmup:
                 break
-    _sync(runtime)
+    synchronize(runtime)
     return seen / (time.perf_counter() - start)
 
 
 @torch.inference_mode()
 def naive_tta(model, x: torch.Tensor, views: list[Callable], runtime: Runtime, per_image: bool) -> torch.Tensor:
     """The loop batched TTA replaces: one forward pass per view per image (or per view per batch)."""
-    from pipeline.train import _autocast
-
     model.eval()
     outputs = []
     for view in views:
         parts = x.split(1) if per_image else [x]
-        with _autocast(runtime):
+        with autocast(runtime):
             logits = torch.cat([model(view(part)) for part in parts])
         outputs.append(logits.float().softmax(dim=1))
     return torch.stack(outputs)
@@ -166,10 +166,10 @@ def naive_tta(model, x: torch.Tensor, views: list[Callable], runtime: Runtime, p
 def _timed(fn: Callable[[], object], runtime: Runtime, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
-    _sync(runtime)
+    synchronize(runtime)
     start = time.perf_counter()
     fn()
-    _sync(runtime)
+    synchronize(runtime)
     return time.perf_counter() - start
 
 
@@ -178,7 +178,7 @@ def forward_flops(model: torch.nn.Module, image_size: int, runtime: Runtime) -> 
     from torch.utils.flop_counter import FlopCounterMode
 
     try:
-        x = _to_device(torch.randn(2, 3, image_size, image_size), runtime)
+        x = to_device(torch.randn(2, 3, image_size, image_size), runtime)
         model.eval()
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> dict:
         }
         del host_loader, device_loader
 
-    x = _to_device(torch.randn(args.tta_images, 3, size, size), runtime)
+    x = to_device(torch.randn(args.tta_images, 3, size, size), runtime)
     n_views = len(views)
     batched, per_image, per_view = [], [], []
     for _ in range(args.repeats):
@@ -321,8 +321,6 @@ def run(args: argparse.Namespace) -> dict:
     rate = lambda seconds: args.tta_images * n_views / seconds  # noqa: E731 - images per second per view
     check = predict_views(model, [(x, None)], views, runtime)
     naive = naive_tta(model, x, views, runtime, per_image=False).cpu().numpy()
-    from pipeline.train import CPU_PIXELS_PER_PASS
-
     per_pass = n_views if runtime.is_cuda else min(n_views, max(1, CPU_PIXELS_PER_PASS // (args.tta_images * size * size)))
     report["tta"] = {
         "views": n_views, "images": args.tta_images, "views_per_pass": per_pass,

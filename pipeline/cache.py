@@ -39,10 +39,10 @@ from typing import Iterator
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from pipeline import io
 from pipeline.data import DataError, decode_image
+from pipeline.report import progress_bar
 
 CACHE_VERSION = 1
 DEFAULT_MARGIN = 1.0
@@ -289,8 +289,8 @@ def _fill(path: Path, sources: list[str], side: int, name: str, workers: int, pr
         array[row] = resize_for_cache(decode_image(Path(sources[row])), side)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in tqdm(pool.map(load, range(len(sources))), total=len(sources), desc=f"cache {name} {side}px",
-                      leave=False, mininterval=1.0, disable=not progress):
+        for _ in progress_bar(pool.map(load, range(len(sources))), total=len(sources), desc=f"cache {name} {side}px",
+                              leave=False, mininterval=1.0, enabled=progress):
             pass
     array.flush()
 

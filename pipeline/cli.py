@@ -19,10 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.errors import PipelineError
+
 DEFAULT_CONFIG = "configs/digits.yaml"
 
 
-class UsageError(ValueError):
+class UsageError(PipelineError, ValueError):
     """A command-line value is wrong."""
 
 
@@ -35,19 +37,23 @@ def _parse_folds(text: str | None) -> list[int] | None:
         raise UsageError(f"FOLDS={text!r} must be comma-separated fold numbers, e.g. 0,2") from None
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
+def _parse_settings(args: argparse.Namespace) -> dict:
+    """``ARGS`` (and ``--epochs``) parsed into nested settings, once per command; every stage receives this dict."""
+    from pipeline.config import parse_overrides
+
     items = list(args.overrides or [])
     if getattr(args, "epochs", None) is not None:
         items.append(f"train.epochs={args.epochs}")
-    return items
+    return parse_overrides(items)
 
 
 def _load(args: argparse.Namespace):
     from pipeline.config import load_config
-    from pipeline.demo_data import DEMO_BUILDERS
 
-    config = load_config(args.config, _overrides(args), check_files=False)
+    config = load_config(args.config, args.settings, check_files=False)
     if config.competition.demo and not (config.data_dir / config.competition.train_csv).is_file():
+        from pipeline.demo_data import DEMO_BUILDERS  # scikit-learn's digits and OpenCV: only to build the demo
+
         print(f"building the demo competition in {config.data_dir} ...")
         DEMO_BUILDERS[config.competition.demo](config.data_dir)
     from pipeline.config import check_data_files
@@ -92,21 +98,30 @@ def _models_to_run(args: argparse.Namespace, config) -> list[str]:
     return models
 
 
+def _print_on_main(text: str) -> None:
+    import os
+
+    # under torchrun every rank runs the command; one copy of each table is enough
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.train import run_train
+    from pipeline.train import run_train, train_leaderboard
 
     config = _load(args)
     for model in _models_to_run(args, config):
-        run_train(config, model, _parse_folds(args.folds), force=args.force, overrides=_overrides(args))
+        meta = run_train(config, model, _parse_folds(args.folds), force=args.force, overrides=args.settings)
+        _print_on_main(train_leaderboard(meta))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pipeline.train import run_predict
+    from pipeline.train import run_predict, train_leaderboard
 
     config = _load(args)
     for model in _models_to_run(args, config):
-        run_predict(config, model, overrides=_overrides(args))
+        _print_on_main(train_leaderboard(run_predict(config, model, overrides=args.settings)))
     return 0
 
 
@@ -135,7 +150,7 @@ def cmd_import_oof(args: argparse.Namespace) -> int:
                       competition.test_ids, folds, fingerprint, competition.classes,
                       get_metric(config.competition.metric), competition.y, force=args.force,
                       task=competition.task)
-    print(f"imported {args.name}: CV {meta['cv']:.4f} ({config.competition.metric}); 'make ensemble' now includes it")
+    print(f"imported {args.name}: CV {meta.cv:.4f} ({config.competition.metric}); 'make ensemble' now includes it")
     return 0
 
 
@@ -162,7 +177,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     from pipeline.zoo import format_leaderboard, promote, run_zoo
 
     config = _load(args)
-    board, n_failed = run_zoo(args.config, args.zoo, _overrides(args))
+    board, n_failed = run_zoo(args.config, args.zoo, args.settings)
     print(format_leaderboard(board, config.competition.metric))
     print(f"report: {config.out / 'zoo' / config.competition.name / 'report.html'}")
     if args.top:
@@ -186,7 +201,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.data import load_competition
     from pipeline.ensemble import run_ensemble
     from pipeline.folds import run_folds
-    from pipeline.train import run_train
+    from pipeline.train import run_train, train_leaderboard
 
     started = time.perf_counter()
     config = _load(args)
@@ -194,7 +209,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _, fingerprint, status = run_folds(config, competition, force=args.force)
     print(f"folds: {config.folds_csv} {status} (fingerprint {fingerprint})")
     for model in config.models:
-        run_train(config, model, force=args.force, overrides=_overrides(args), competition=competition)
+        print(train_leaderboard(run_train(config, model, force=args.force, overrides=args.settings,
+                                          competition=competition)))
     run_ensemble(config, force=args.force, competition=competition)
     print(f"demo finished in {time.perf_counter() - started:.0f}s")
     return 0
@@ -244,17 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.config import ConfigError
-    from pipeline.data import DataError
-    from pipeline.folds import FoldsError
-    from pipeline.models import ModelError
-    from pipeline.store import StoreError
-    from pipeline.train import TrainingError
+    from pipeline.report import configure_logging
 
     args = build_parser().parse_args(argv)
+    configure_logging()
     try:
+        args.settings = _parse_settings(args)
         return args.func(args)
-    except (ConfigError, DataError, FoldsError, ModelError, StoreError, TrainingError, UsageError) as exc:
+    except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import PipelineError
 from pipeline.metrics import METRICS
 
 
@@ -43,16 +44,16 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """A config file or override is invalid; the message says which key and how to fix it."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     # strict: YAML already carries types, so "3" for an int is a mistake worth reporting.
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
 
-class UserMetricConfig(_Strict):
+class UserMetricConfig(StrictModel):
     """A metric of the user's own: ``function`` is ``file.py:name`` (beside the config) or ``package.module:name``."""
 
     function: str = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
@@ -60,7 +61,7 @@ class UserMetricConfig(_Strict):
     needs: Literal["proba", "label", "value"] = "proba"
 
 
-class CompetitionConfig(_Strict):
+class CompetitionConfig(StrictModel):
     """Where the data lives and what is predicted."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -114,7 +115,7 @@ class CompetitionConfig(_Strict):
         return list(self.target_columns) if self.target_columns else [self.target_column]
 
 
-class FoldsConfig(_Strict):
+class FoldsConfig(StrictModel):
     n_splits: int = Field(default=5, ge=2, le=50)
     # stratified: by class, by label sets (multilabel: iterative stratification), or by target bins (regression)
     strategy: Literal["stratified", "kfold", "group", "stratified_group", "multilabel"] = "stratified"
@@ -128,7 +129,7 @@ class FoldsConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """Training settings; the competition gives defaults, a recipe overrides them."""
 
     model: str | None = None
@@ -210,7 +211,7 @@ class TrainConfig(_Strict):
         return self
 
 
-class EnsembleConfig(_Strict):
+class EnsembleConfig(StrictModel):
     optuna_trials: int = Field(default=200, ge=1)
     optuna_timeout: float | None = Field(default=None, gt=0)
     seed: int = 42
@@ -231,7 +232,7 @@ class EnsembleConfig(_Strict):
         return self
 
 
-class Config(_Strict):
+class Config(StrictModel):
     """One competition: the root of a YAML file."""
 
     @model_validator(mode="after")
@@ -367,6 +368,16 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return nested
 
 
+def _checked_overrides(overrides: Any) -> dict[str, Any]:
+    # a list of strings here is a caller that skipped the command line's parsing: say so, do not guess
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise TypeError(f"overrides must be a dict of settings (parse key=value strings once with parse_overrides); "
+                        f"got {type(overrides).__name__}")
+    return overrides
+
+
 def deep_merge(base: dict, update: dict) -> dict:
     """Merge ``update`` into a copy of ``base``; nested dicts merge, other values replace."""
     merged = dict(base)
@@ -390,15 +401,16 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> Config:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, check_files: bool = True) -> Config:
     """Read, merge and validate a competition config.
 
     Parameters
     ----------
     path : str or Path
         The competition YAML file.
-    overrides : list of str, optional
-        ``key=value`` items applied on top (``ARGS=`` in the Makefile).
+    overrides : dict, optional
+        Nested settings applied on top: ``ARGS=`` parsed once by the command line
+        (:func:`parse_overrides`), or built by a caller such as the zoo.
     check_files : bool
         Also check that the data files exist (skipped for a demo competition
         whose data is built on first use).
@@ -408,7 +420,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_file
     Config
     """
     path = Path(path)
-    raw = deep_merge(read_yaml(path), parse_overrides(overrides))
+    raw = deep_merge(read_yaml(path), _checked_overrides(overrides))
     raw["source"] = str(path)
     try:
         config = Config.model_validate(raw)
@@ -435,7 +447,7 @@ def recipe_names(config: Config) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
-def resolve_train_config(config: Config, model: str, overrides: list[str] | None = None) -> tuple[str, TrainConfig]:
+def resolve_train_config(config: Config, model: str, overrides: dict[str, Any] | None = None) -> tuple[str, TrainConfig]:
     """The training settings for one run: competition defaults < recipe < overrides.
 
     Parameters
@@ -443,8 +455,8 @@ def resolve_train_config(config: Config, model: str, overrides: list[str] | None
     config : Config
     model : str
         A recipe name (``configs/recipes/<model>.yaml``), a model alias or a timm name.
-    overrides : list of str, optional
-        ``key=value`` items; keys under ``train.`` (or bare training keys) apply here.
+    overrides : dict, optional
+        Nested settings (:func:`parse_overrides`); those under ``train`` apply here.
 
     Returns
     -------
@@ -460,7 +472,7 @@ def resolve_train_config(config: Config, model: str, overrides: list[str] | None
     else:
         recipe = {"model": model}
         where = f"model {model!r}"
-    merged = deep_merge(deep_merge(base, recipe), parse_overrides(overrides).get("train", {}))
+    merged = deep_merge(deep_merge(base, recipe), _checked_overrides(overrides).get("train") or {})
     try:
         train = TrainConfig.model_validate(merged)
     except ValidationError as exc:

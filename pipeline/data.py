@@ -1,4 +1,5 @@
-"""A competition folder in Kaggle's layout: read, check, and serve images to PyTorch.
+"""A competition folder in Kaggle's layout: read, check, and serve decoded images (torch-free: the training
+package wraps the store in a Dataset, :mod:`pipeline.train.dataset`).
 
 Layout (names set in the competition config)::
 
@@ -17,16 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from pipeline.config import Config
+from pipeline.errors import PipelineError
+from pipeline.report import progress_bar
 from pipeline.tasks import Targets, TaskError, get_task
-from pipeline.transforms import to_rgb_uint8
 
 
-class DataError(ValueError):
+class DataError(PipelineError, ValueError):
     """The competition data is not usable; the message names the file, row or value.
 
     ``problems`` lists every problem found, one sentence each (the message joins them).
@@ -235,6 +235,15 @@ def load_competition(config: Config, check_image_files: bool = True) -> Competit
 _WIDE_INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Grayscale or RGBA arrays to 3-channel uint8 RGB."""
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]
+    return np.ascontiguousarray(image, dtype=np.uint8)
+
+
 def image_to_rgb(image: Image.Image) -> np.ndarray:
     """Any PIL image mode to RGB uint8 ``(H, W, 3)``.
 
@@ -274,7 +283,7 @@ class ImageStore:
             first = decode_image(self.paths[0])
             preload = first.nbytes * len(self.paths) <= memory_budget_bytes
         if preload:
-            self._images = [decode_image(p) for p in tqdm(self.paths, desc=f"decode {desc}", leave=False, mininterval=1.0)]
+            self._images = [decode_image(p) for p in progress_bar(self.paths, desc=f"decode {desc}", leave=False, mininterval=1.0)]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -287,53 +296,3 @@ class ImageStore:
         if self._images is not None:
             return self._images[index]
         return decode_image(self.paths[index])
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Rows of an :class:`ImageStore` (or the decoded-image cache) through a per-image transform.
-
-    ``transform`` takes an RGB uint8 ``(H, W, 3)`` array and returns the tensor the loader
-    batches (:class:`pipeline.transforms.HostTransform`: uint8 ``(size, size, 3)``).
-
-    A DataLoader asks for a whole batch at once (``__getitems__``): when the store can read
-    many rows in one go (the cache's ``take``) and the transform has nothing to do to
-    images of that side, the batch is one array read, with no per-image Python; otherwise
-    it is the images one by one. Either way :func:`collate_rows` makes the same batch.
-    """
-
-    def __init__(self, store: ImageStore, indices: np.ndarray, transform, labels: np.ndarray | None = None):
-        self.store = store
-        self.indices = np.asarray(indices)
-        self.transform = transform
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def _label(self, rows):
-        # a class index, a 0/1 label row or a value: the task's head reads it; test rows have none
-        if self.labels is None:
-            return 0 if np.ndim(rows) == 0 else torch.zeros(len(rows), dtype=torch.int64)
-        return torch.as_tensor(self.labels[rows])
-
-    def __getitem__(self, item: int):
-        index = int(self.indices[item])
-        return self.transform(self.store[index]), self._label(index)
-
-    def __getitems__(self, items: list[int]):
-        rows = self.indices[np.asarray(items, dtype=np.int64)]
-        take = getattr(self.store, "take", None)
-        if take is not None and not self.transform.acts_on(self.store.side):
-            return RowBatch((torch.from_numpy(take(rows)), self._label(rows)))
-        return [self[item] for item in items]
-
-
-class RowBatch(tuple):
-    """A batch a dataset read in one go: ``(images, labels)``, already stacked."""
-
-
-def collate_rows(samples):
-    """The DataLoader's ``collate_fn``: a :class:`RowBatch` as it is, a list of samples stacked by torch's default."""
-    if isinstance(samples, RowBatch):
-        return tuple(samples)
-    return torch.utils.data.default_collate(samples)

@@ -10,6 +10,7 @@ chosen. One submission per method is written, each checked against
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,18 +20,21 @@ import pandas as pd
 from pipeline import blend, io, tasks
 from pipeline.config import Config, config_hash
 from pipeline.data import Competition, load_competition
-from pipeline.folds import read_folds
 from pipeline.decision import decision_for, nested_decision
+from pipeline.errors import PipelineError
+from pipeline.folds import read_folds
 from pipeline.metrics import Metric, get_metric
 from pipeline.report import format_seconds, format_table
 from pipeline.store import StoreError, StoredRun, load_runs
+
+log = logging.getLogger(__name__)
 
 # what `make ensemble` runs when the config names no methods: the baselines first
 DEFAULT_METHODS = ("mean", "optuna", "caruana", "slsqp", "hill_climb", "rank_mean", "geometric_mean",
                    "logit_mean", "logreg_stacker", "lgbm_stacker")
 
 
-class SubmissionError(ValueError):
+class SubmissionError(PipelineError, ValueError):
     """A submission does not match the sample submission's format."""
 
 
@@ -132,7 +136,7 @@ def _method_params(config: Config, method: str, runs: list[StoredRun], fingerpri
         return {**calibrate, **user}
     params = {**calibrate, "n_trials": config.ensemble.optuna_trials, "timeout": config.ensemble.optuna_timeout, "seed": config.ensemble.seed}
     # one stored study per set of runs (nested fold refits stay in memory): a rerun on the same runs continues it
-    key = config_hash([fingerprint, [(r.name, r.meta.get("config_hash")) for r in runs], config.competition.metric])
+    key = config_hash([fingerprint, [(r.name, r.meta.config_hash) for r in runs], config.competition.metric])
     params.update(storage=f"sqlite:///{(storage_dir / 'optuna.db').resolve()}", study_name=f"blend-{key}")
     return {**params, **user}
 
@@ -181,7 +185,7 @@ def blend_candidates(preds: np.ndarray, tests: np.ndarray, y: np.ndarray, folds:
     for method in methods:
         reason = blend.not_applicable_reason(method, task)
         if reason:
-            print(f"skipped {method}: {reason}")
+            log.info(f"skipped {method}: {reason}")
             continue
         result = blend.nested_score(method, preds, y, folds, metric, extra=extra, params=params_for(method),
                                     task=task, decision=factory)
@@ -205,16 +209,16 @@ def _decision_factory(task: str, metric: Metric, n_grades: int | None = None):
 def single_candidate(run: StoredRun, y: np.ndarray, folds: np.ndarray, metric: Metric, task: str,
                      n_grades: int | None = None) -> Candidate:
     """One stored run as a leaderboard row; a tuned decision is scored by nested CV like the blends."""
-    seconds = run.meta.get("train_seconds", 0.0) + run.meta.get("predict_seconds", 0.0)
+    seconds = (run.meta.train_seconds or 0.0) + (run.meta.predict_seconds or 0.0)
     factory = _decision_factory(task, metric, n_grades)
     if factory is None:
         score = metric(y, run.oof)
         return Candidate(name=f"single-{run.name}", kind="single", cv=score, nested=score, test=run.test,
-                         cv_plain=run.meta.get("cv_plain"), seconds=seconds)
+                         cv_plain=run.meta.cv_plain, seconds=seconds)
     decided_oof, _ = nested_decision(y, run.oof, folds, metric, factory)
     decision = factory().fit(y, run.oof, metric)
     return Candidate(name=f"single-{run.name}", kind="single", cv=metric(y, decision.apply(run.oof)),
-                     nested=metric(y, decided_oof), test=run.test, cv_plain=run.meta.get("cv_plain"),
+                     nested=metric(y, decided_oof), test=run.test, cv_plain=run.meta.cv_plain,
                      seconds=seconds, test_decided=decision.apply(run.test), decision=decision.params)
 
 
@@ -232,7 +236,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     runs, excluded = load_runs(config.runs_dir, competition.train_ids, competition.test_ids, competition.classes,
                                fingerprint, task=task)
     for name, reason in excluded:
-        print(f"left out {name}: {reason}")
+        log.info(f"left out {name}: {reason}")
     if not runs:
         raise StoreError(f"no finished runs in {config.runs_dir} on the current folds; train some first: make train MODEL=<name>")
 
@@ -245,7 +249,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     keep, pruned = blend.prune_correlated(preds, threshold=config.ensemble.prune_correlation,
                                           scores=np.array([s.cv for s in singles]), metric=metric, task=task)
     for dropped, kept, corr in pruned:
-        print(f"pruned {runs[dropped].name}: OOF correlation {corr:.4f} with {runs[kept].name} (adds nothing)")
+        log.info(f"pruned {runs[dropped].name}: OOF correlation {corr:.4f} with {runs[kept].name} (adds nothing)")
     kept_runs = [runs[i] for i in keep]
 
     candidates = list(singles)
@@ -261,7 +265,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
         candidates += blend_candidates(preds[keep], tests[keep], y, folds, metric, methods, params_for, extra, extra_test,
                                        task=task, n_grades=n_grades)
     else:
-        print("only one distinct model: no blend to search (train another architecture to ensemble)")
+        log.info("only one distinct model: no blend to search (train another architecture to ensemble)")
 
     private = competition.solution_labels()
     if private is not None:
@@ -288,10 +292,10 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
         writer.written.append(plot.name)
     writer.finish()
 
-    print(format_table(rows, f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
-                             f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold"))
-    print(f"chosen by nested CV: {chosen.name} -> {paths['submission']}")
-    print(f"all submissions: {config.submissions_dir}/")
+    log.info(format_table(rows, f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
+                                f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold"))
+    log.info(f"chosen by nested CV: {chosen.name} -> {paths['submission']}")
+    log.info(f"all submissions: {config.submissions_dir}/")
     return {"chosen": chosen.name, "rows": rows, "paths": {k: str(v) for k, v in paths.items()}}
 
 

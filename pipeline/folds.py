@@ -16,10 +16,11 @@ from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, Str
 from pipeline import io
 from pipeline.config import Config, config_hash
 from pipeline.data import Competition
+from pipeline.errors import PipelineError
 from pipeline.tasks import get_task
 
 
-class FoldsError(ValueError):
+class FoldsError(PipelineError, ValueError):
     """The folds file is missing, stale, or cannot be made from this data."""
 
 

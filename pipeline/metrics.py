@@ -54,6 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import PipelineError
+
 _EPS = 1e-15
 
 #: Task -> kind of prediction its models output, which decides how predictions are validated, blended and
@@ -471,7 +473,7 @@ def check_metric_task(metric_name: str, task: str) -> Metric:
 
 # ---------------------------------------------------------------- user metrics
 
-class UserMetricError(ValueError):
+class UserMetricError(PipelineError, ValueError):
     """A user metric cannot be loaded; the message names the bad value and the fix."""
 
 

@@ -15,6 +15,8 @@ import timm
 import torch
 from timm.models import load_state_dict
 
+from pipeline.errors import PipelineError
+
 # alias -> (timm name, family). Adding an architecture is one line here.
 MODEL_ALIASES: dict[str, tuple[str, str]] = {
     "resnet18": ("resnet18", "resnet"),
@@ -36,7 +38,7 @@ MODEL_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(PipelineError, ValueError):
     """An unknown model name or a weights file that does not fit the architecture."""
 
 

@@ -43,3 +43,45 @@ def format_seconds(seconds: float) -> str:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes}m{secs:02d}s"
+
+
+def progress_bar(iterable=None, *, enabled: bool = True, **kwargs):
+    """A tqdm bar on a terminal; a silent one when stderr is not a terminal (a log file, CI) or ``enabled`` is False.
+
+    A log file would otherwise receive every carriage-return update; the stages log one line
+    per epoch or step instead when ``bar.disable`` is true.
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("mininterval", 0.5)
+    return tqdm(iterable, disable=not (enabled and sys.stderr.isatty()), **kwargs)
+
+
+def configure_logging(level: int | None = None) -> None:
+    """Send the pipeline's log records (``logging.getLogger("pipeline....")``) to stdout as plain lines.
+
+    Library modules log; the command line decides what is shown by calling this once. Calling
+    it again replaces the handler instead of adding a second one.
+    """
+    import logging
+    import sys
+
+    class StdoutHandler(logging.Handler):
+        # sys.stdout is looked up per record, so a replaced stdout (pytest's capture) receives it
+        def emit(self, record: logging.LogRecord) -> None:
+            sys.stdout.write(self.format(record) + "\n")
+            sys.stdout.flush()
+
+    logger = logging.getLogger("pipeline")
+    for handler in list(logger.handlers):
+        if getattr(handler, "pipeline_console", False):
+            logger.removeHandler(handler)
+    handler = StdoutHandler()
+    handler.pipeline_console = True
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if level is None else level)
+    logger.propagate = False

@@ -1,5 +1,10 @@
 """Stage 3: the out-of-fold store. Every run's predictions, keyed by id, with their provenance.
 
+This module owns the store: :class:`RunLayout` names every file of a run, :class:`RunMeta`
+is ``meta.json`` (typed, with its schema version), and :func:`run_hash` decides when two
+runs were made with the same settings. No other module spells a run's file names or reads
+``meta.json`` by hand.
+
 Layout, one folder per run::
 
     runs/<competition>/<run>/
@@ -19,20 +24,226 @@ dropped in with the same three files (``oof.parquet``, ``test.parquet`` and a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline import io
+from pipeline.config import Config, TrainConfig, config_hash
+from pipeline.errors import PipelineError
 
 
-class StoreError(ValueError):
+class StoreError(PipelineError, ValueError):
     """A stored run is inconsistent with the competition or is held by another process."""
 
+
+# -- where a run's files are ----------------------------------------------------------------
+
+def previous_version(path: Path) -> Path:
+    """Where the version of ``path`` before the last save is kept (``last.pt`` -> ``last.prev.pt``)."""
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of one run folder, ``runs/<competition>/<run>/``."""
+
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def meta(self) -> Path:
+        return self.run_dir / "meta.json"
+
+    @property
+    def oof(self) -> Path:
+        return self.run_dir / "oof.parquet"
+
+    @property
+    def oof_plain(self) -> Path:
+        return self.run_dir / "oof_plain.parquet"
+
+    @property
+    def test(self) -> Path:
+        return self.run_dir / "test.parquet"
+
+    @property
+    def lock(self) -> Path:
+        return self.run_dir / ".lock"
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.run_dir / f"fold{fold}"
+
+    def best(self, fold: int) -> Path:
+        """The fold's best checkpoint (safetensors, with its epoch and score)."""
+        return self.fold_dir(fold) / "best.safetensors"
+
+    def state(self, fold: int) -> Path:
+        """The fold's training state after its last complete epoch (resume)."""
+        return self.fold_dir(fold) / "last.pt"
+
+    def previous_state(self, fold: int) -> Path:
+        return previous_version(self.state(fold))
+
+    def fold_info(self, fold: int) -> Path:
+        """``fold.json``: the fold's scores, history and timings."""
+        return self.fold_dir(fold) / "fold.json"
+
+    def fold_predictions(self, fold: int, kind: str) -> Path:
+        """A fold's row-indexed predictions: ``valid``, ``valid_plain`` or ``test``."""
+        if kind not in ("valid", "valid_plain", "test"):
+            raise ValueError(f"fold prediction kind {kind!r}: choose valid, valid_plain or test")
+        return self.fold_dir(fold) / f"{kind}.parquet"
+
+    def read_fold_info(self, fold: int) -> dict:
+        return io.read_json(self.fold_info(fold))
+
+
+# -- meta.json -------------------------------------------------------------------------------
+
+#: Version of the meta.json schema this code writes; files without one are version 1.
+META_SCHEMA_VERSION = 1
+
+
+@dataclass
+class RunMeta:
+    """A run's ``meta.json``: what was trained, how, on which folds, and how well.
+
+    Fields that a run does not have (a trained run's ``source``, an imported run's
+    ``config``, scores of an unfinished run) are None and are not written.
+    """
+
+    name: str
+    status: str                              # running | partial | finished
+    classes: list
+    folds_fingerprint: str
+    task: str = "multiclass"
+    model: str | None = None
+    timm_name: str | None = None
+    family: str | None = None
+    competition: str | None = None
+    metric: str | None = None
+    loss: str | None = None
+    n_folds: int | None = None
+    config_hash: str | None = None
+    config: dict | None = None
+    seed: int | None = None
+    versions: dict | None = None
+    code_version: dict | None = None
+    created: str | None = None
+    folds_done: list = field(default_factory=list)
+    batch_size_found: int | None = None
+    folds: dict | None = None                # fold id (str) -> that fold's fold.json without its history
+    cv: float | None = None
+    cv_plain: float | None = None
+    tta_gain: float | None = None
+    private_lb: float | None = None
+    train_seconds: float | None = None
+    predict_seconds: float | None = None
+    params: int | None = None
+    image_size: int | None = None
+    tta: list | None = None
+    finished: str | None = None
+    source: dict | None = None               # an imported run: the files it came from
+    schema_version: int = META_SCHEMA_VERSION
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "meta.json") -> "RunMeta":
+        """Parse a ``meta.json`` mapping.
+
+        Raises
+        ------
+        StoreError
+            If it is not a mapping, lacks a required key, has a key this schema does not
+            know, or was written by a newer schema.
+        """
+        if not isinstance(data, dict):
+            raise StoreError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version", 1)
+        if not isinstance(version, int) or version > META_SCHEMA_VERSION:
+            raise StoreError(f"{source}: schema_version {version!r} is newer than this pipeline's "
+                             f"({META_SCHEMA_VERSION}); upgrade the pipeline")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise StoreError(f"{source}: unknown key(s) {unknown}; this pipeline reads {sorted(known)}")
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise StoreError(f"{source}: missing key(s) {missing}")
+        return cls(**data)
+
+
+def read_meta(layout: RunLayout) -> RunMeta | None:
+    """The run's metadata, or None when the run has no ``meta.json`` yet.
+
+    Raises
+    ------
+    StoreError
+        If ``meta.json`` is not valid JSON or not a run's metadata.
+    """
+    if not layout.meta.is_file():
+        return None
+    try:
+        data = io.read_json(layout.meta)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{layout.meta} is damaged ({exc}); delete the run folder and train it again") from None
+    return RunMeta.from_json(data, str(layout.meta))
+
+
+def write_meta(layout: RunLayout, meta: RunMeta) -> None:
+    io.write_json(layout.meta, meta.to_json())
+
+
+# -- when two runs are the same run ------------------------------------------------------------
+
+# settings that change how fast a run goes or how it is shown, not what it learns
+_NOT_HASHED = ("log_every", "num_workers", "tta", "compile", "ddp_backend", "cache", "cache_margin", "pin_memory",
+               "persistent_workers", "prefetch_factor")
+# settings hashed only when set away from their default, so runs made before they existed keep their hash
+_HASHED_WHEN_SET = {"amp_dtype": "auto", "sync_bn": False, "loss": "auto", "device_augment": []}
+# competition keys added with the tasks: hashed only when set, so runs made before them keep their hash
+_COMPETITION_KEYS_WHEN_SET = ("target_columns", "positive_class", "target_range", "metrics")
+
+
+def settings_dump(cfg: TrainConfig) -> dict:
+    """The training settings that decide what a run learns (the part of the run's hash that comes from ``train``)."""
+    dump = cfg.model_dump(exclude=set(_NOT_HASHED))
+    for key, default in _HASHED_WHEN_SET.items():
+        if dump.get(key) == default:
+            dump.pop(key)
+    return dump
+
+
+def competition_settings(config: Config) -> dict:
+    """The competition part of a run's hash."""
+    dump = config.competition.model_dump()
+    for key in _COMPETITION_KEYS_WHEN_SET:
+        if not dump.get(key):
+            dump.pop(key, None)
+    return dump
+
+
+def run_hash(cfg: TrainConfig, config: Config, folds_fingerprint: str) -> str:
+    """The hash that names a run's settings: a rerun with the same hash resumes, another needs FORCE=1."""
+    return config_hash({"train": settings_dump(cfg), "competition": competition_settings(config),
+                        "folds_fingerprint": folds_fingerprint})
+
+
+# -- reading runs for the ensemble -----------------------------------------------------------
 
 @dataclass
 class StoredRun:
@@ -41,7 +252,7 @@ class StoredRun:
     name: str
     oof: np.ndarray
     test: np.ndarray
-    meta: dict = field(default_factory=dict)
+    meta: RunMeta
 
 
 def prediction_frame(ids: np.ndarray, probs: np.ndarray, classes: list[str], folds: np.ndarray | None = None) -> pd.DataFrame:
@@ -103,11 +314,6 @@ def code_version() -> dict[str, str | bool]:
     return version
 
 
-def read_meta(run_dir: Path) -> dict | None:
-    path = run_dir / "meta.json"
-    return io.read_json(path) if path.is_file() else None
-
-
 def load_runs(runs_dir: Path, train_ids: np.ndarray, test_ids: np.ndarray, classes: list[str], folds_fingerprint: str,
               task: str = "multiclass") -> tuple[list[StoredRun], list[tuple[str, str]]]:
     """Every finished run made on these folds, for this task and these columns, and the runs left out with why.
@@ -120,25 +326,30 @@ def load_runs(runs_dir: Path, train_ids: np.ndarray, test_ids: np.ndarray, class
     if not runs_dir.is_dir():
         return runs, excluded
     for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        meta = read_meta(run_dir)
+        layout = RunLayout(run_dir)
+        try:
+            meta = read_meta(layout)
+        except StoreError as exc:
+            excluded.append((run_dir.name, f"unreadable: {exc}"))
+            continue
         if meta is None:
             continue
-        if meta.get("status") != "finished":
-            done = sorted(meta.get("folds_done", []))
+        if meta.status != "finished":
+            done = sorted(meta.folds_done)
             excluded.append((run_dir.name, f"unfinished (folds done: {done or 'none'})"))
             continue
-        if meta.get("folds_fingerprint") != folds_fingerprint:
-            excluded.append((run_dir.name, f"made on other folds (fingerprint {meta.get('folds_fingerprint')} != {folds_fingerprint}); mixing splits leaks"))
+        if meta.folds_fingerprint != folds_fingerprint:
+            excluded.append((run_dir.name, f"made on other folds (fingerprint {meta.folds_fingerprint} != {folds_fingerprint}); mixing splits leaks"))
             continue
-        if meta.get("task", "multiclass") != task:
-            excluded.append((run_dir.name, f"made for task {meta.get('task', 'multiclass')!r}, not {task!r}"))
+        if meta.task != task:
+            excluded.append((run_dir.name, f"made for task {meta.task!r}, not {task!r}"))
             continue
-        if [str(c) for c in meta.get("classes", [])] != [str(c) for c in classes]:
+        if [str(c) for c in meta.classes] != [str(c) for c in classes]:
             excluded.append((run_dir.name, "its class list differs from train.csv's"))
             continue
         try:
-            oof = frame_probs(pd.read_parquet(run_dir / "oof.parquet"), train_ids, classes, f"{run_dir}/oof.parquet")
-            test = frame_probs(pd.read_parquet(run_dir / "test.parquet"), test_ids, classes, f"{run_dir}/test.parquet")
+            oof = frame_probs(pd.read_parquet(layout.oof), train_ids, classes, str(layout.oof))
+            test = frame_probs(pd.read_parquet(layout.test), test_ids, classes, str(layout.test))
         except (StoreError, OSError) as exc:
             excluded.append((run_dir.name, str(exc)))
             continue
@@ -156,7 +367,7 @@ class RunLock:
     """
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
+        self.path = RunLayout(run_dir).lock
 
     def __enter__(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,16 +479,17 @@ def validate_import(oof: pd.DataFrame, test: pd.DataFrame, train_ids: np.ndarray
 
 
 def import_run(run_dir: Path, oof_path: Path, test_path: Path, train_ids: np.ndarray, test_ids: np.ndarray, folds: np.ndarray, folds_fingerprint: str, classes: list[str], metric, y: np.ndarray, force: bool = False,
-               task: str = "multiclass") -> dict:
+               task: str = "multiclass") -> RunMeta:
     """Validate predictions from another notebook and add them to the store as a finished run."""
-    if (run_dir / "meta.json").is_file() and not force:
+    layout = RunLayout(run_dir)
+    if layout.meta.is_file() and not force:
         raise StoreError(f"run {run_dir} exists; choose another NAME or pass FORCE=1")
     oof_probs, test_probs = validate_import(_read_table(oof_path), _read_table(test_path), train_ids, test_ids, folds, classes, str(oof_path), task)
-    io.write_parquet(run_dir / "oof.parquet", prediction_frame(train_ids, oof_probs, classes, folds))
-    io.write_parquet(run_dir / "test.parquet", prediction_frame(test_ids, test_probs, classes))
-    meta = {"name": run_dir.name, "status": "finished", "model": "imported", "family": "imported",
-            "source": {"oof": str(oof_path), "test": str(test_path)}, "task": task, "classes": classes,
-            "folds_fingerprint": folds_fingerprint, "cv": metric(y, oof_probs), "metric": metric.name,
-            "created": pd.Timestamp.now().isoformat(timespec="seconds")}
-    io.write_json(run_dir / "meta.json", meta)
+    io.write_parquet(layout.oof, prediction_frame(train_ids, oof_probs, classes, folds))
+    io.write_parquet(layout.test, prediction_frame(test_ids, test_probs, classes))
+    meta = RunMeta(name=run_dir.name, status="finished", model="imported", family="imported",
+                   source={"oof": str(oof_path), "test": str(test_path)}, task=task, classes=list(classes),
+                   folds_fingerprint=folds_fingerprint, cv=metric(y, oof_probs), metric=metric.name,
+                   created=pd.Timestamp.now().isoformat(timespec="seconds"), folds_done=sorted(set(np.asarray(folds).tolist())))
+    write_meta(layout, meta)
     return meta

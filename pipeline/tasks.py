@@ -14,8 +14,8 @@ ordinal     grade index ``(n,)``               a value on the grade scale    the
 
 A task reads its targets from ``train.csv`` (:meth:`Task.parse`), names the
 stratification labels for the folds (:meth:`Task.strata`), builds the network's
-head (:func:`make_head`: the loss and the activation that turns logits into the
-stored prediction), and writes the submission in the sample submission's format
+head (:func:`pipeline.train.heads.make_head`: the loss and the activation that turns logits
+into the stored prediction; the only part that needs torch, so it lives with training), and writes the submission in the sample submission's format
 (:meth:`Task.submission`). Adding a task is one class and one registry entry.
 """
 
@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import torch
 
+from pipeline.errors import PipelineError
 from pipeline.metrics import TASK_OUTPUT
 
 
-class TaskError(ValueError):
+class TaskError(PipelineError, ValueError):
     """The targets or the sample submission do not fit the task; the message says how to fix it."""
 
 
@@ -376,66 +376,6 @@ class Ordinal(_ValueTask):
         return {target_column: np.asarray(targets.labels, dtype=object)[grades]}
 
 
-# -- the network's head: loss and activation -------------------------------------------------
-
-class Head(torch.nn.Module):
-    """The loss a task trains with and the activation that turns logits into stored predictions.
-
-    ``loss(logits, y)`` takes the model's raw output; ``activate(logits)`` gives
-    probabilities (softmax or sigmoid) or values on the target's own scale. Regression
-    targets are standardised for MSE/Huber and scaled to [0, 1] for BCE (as strong
-    Pawpularity solutions did), and mapped back by ``activate``.
-    """
-
-    def __init__(self, task: str, loss: str, targets: Targets | None = None, label_smoothing: float = 0.0):
-        super().__init__()
-        self.task, self.loss_name, self.label_smoothing = task, loss, label_smoothing
-        targets = targets or Targets(np.zeros(0), [], [])
-        self.low, self.high = targets.value_range or (0.0, 1.0)
-        self.mean, self.std = targets.value_mean, targets.value_std
-        self.values = get_task(task).output == "value"
-
-    def _scaled(self, y: torch.Tensor) -> torch.Tensor:
-        if self.loss_name == "bce":
-            return ((y - self.low) / max(self.high - self.low, 1e-12)).clamp(0.0, 1.0)
-        return (y - self.mean) / self.std
-
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        if self.loss_name == "ce":
-            if self.task == "binary":  # a two-logit softmax head for a binary target
-                return torch.nn.functional.cross_entropy(logits, y.long(), label_smoothing=self.label_smoothing)
-            return torch.nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        if self.values:
-            target = self._scaled(y.float().reshape(logits.shape))
-        else:
-            target = y.float().reshape(logits.shape)
-            if self.label_smoothing:
-                target = target * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
-        if self.loss_name == "bce":
-            return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
-        if self.loss_name == "huber":
-            return torch.nn.functional.smooth_l1_loss(logits, target)
-        return torch.nn.functional.mse_loss(logits, target)
-
-    forward = loss
-
-    def activate(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        if self.loss_name == "ce":
-            probs = logits.softmax(dim=1)
-            return probs[:, 1:2] if self.task == "binary" else probs
-        if not self.values:
-            return logits.sigmoid()
-        if self.loss_name == "bce":
-            return logits.sigmoid() * (self.high - self.low) + self.low
-        return logits * self.std + self.mean
-
-    def n_outputs(self, n_columns: int) -> int:
-        """Logits the model needs: one per stored column, two for a binary softmax head."""
-        return 2 if (self.loss_name == "ce" and self.task == "binary") else n_columns
-
-
 def resolve_loss(task: str, loss: str) -> str:
     """``train.loss`` for ``task``: ``"auto"`` is the task's default.
 
@@ -450,10 +390,6 @@ def resolve_loss(task: str, loss: str) -> str:
     if loss not in allowed:
         raise TaskError(f"train.loss {loss!r} does not apply to task {task!r}; choose one of {['auto', *allowed]}")
     return loss
-
-
-def make_head(task: str, loss: str, targets: Targets | None = None, label_smoothing: float = 0.0) -> Head:
-    return Head(task, resolve_loss(task, loss), targets, label_smoothing)
 
 
 def submission_frame(sample: pd.DataFrame, id_column: str, target_column: str, task: str, targets: Targets,

@@ -481,12 +481,3 @@ def parse_view(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
 def apply_views(x: torch.Tensor, views: list[Callable[[torch.Tensor], torch.Tensor]]) -> torch.Tensor:
     """Stack all views of a batch: ``(N, C, H, W)`` -> ``(V * N, C, H, W)``, view-major."""
     return torch.cat([view(x) for view in views], dim=0)
-
-
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Grayscale or RGBA arrays to 3-channel uint8 RGB."""
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.shape[2] == 4:
-        image = image[:, :, :3]
-    return np.ascontiguousarray(image, dtype=np.uint8)

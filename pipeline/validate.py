@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from pipeline import io
 from pipeline.config import Config, resolve_train_config
 from pipeline.data import Competition, DataError, load_competition
+from pipeline.report import progress_bar
 from pipeline.tasks import get_task
 
 # what the pipeline does with each non-RGB mode (see data.image_to_rgb)
@@ -121,17 +121,17 @@ def scan_images(paths: list[Path], desc: str, workers: int | None = None) -> pd.
     names = [str(p) for p in paths]
     workers = workers or min(8, os.cpu_count() or 1)
     if workers <= 1 or len(names) < 2000:
-        records = [inspect_image(p) for p in tqdm(names, desc=f"check {desc}", leave=False, mininterval=1.0)]
+        records = [inspect_image(p) for p in progress_bar(names, desc=f"check {desc}", leave=False, mininterval=1.0)]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            records = list(tqdm(pool.map(inspect_image, names, chunksize=64), total=len(names),
-                                desc=f"check {desc}", leave=False, mininterval=1.0))
+            records = list(progress_bar(pool.map(inspect_image, names, chunksize=64), total=len(names),
+                                        desc=f"check {desc}", leave=False, mininterval=1.0))
     return pd.DataFrame.from_records(records, columns=["path", "status", "mode", "width", "height", "md5", "error"])
 
 
 def required_input_size(config: Config) -> int | None:
     """The largest input size among the config's model line-up (recipe size, else the model's own)."""
-    from pipeline.train import input_size
+    from pipeline.train.images import input_size
 
     sizes = [input_size(resolve_train_config(config, recipe)[1], n_classes=2) for recipe in config.models]
     return max(sizes) if sizes else None

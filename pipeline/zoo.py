@@ -23,6 +23,8 @@ import argparse
 import base64
 import dataclasses
 import html
+import json
+import logging
 import math
 import os
 import resource
@@ -38,18 +40,21 @@ import pandas as pd
 from pydantic import Field, ValidationError, field_validator
 
 from pipeline import io
-from pipeline.config import (Config, ConfigError, TrainConfig, _Strict, config_hash, format_validation_error, load_config,
+from pipeline.config import (Config, ConfigError, TrainConfig, StrictModel, config_hash, format_validation_error, load_config,
                              read_yaml, resolve_train_config)
 from pipeline.data import Competition, load_competition
-from pipeline.report import format_seconds, format_table
+from pipeline.report import configure_logging, format_seconds, format_table
+from pipeline.store import RunLayout, settings_dump
 from pipeline.tasks import get_task
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ZOO = "configs/zoo/default.yaml"
 
 
 # -- the zoo file ------------------------------------------------------------------------------
 
-class ScreenConfig(_Strict):
+class ScreenConfig(StrictModel):
     """How small and fast the screen is; ``auto`` values scale with the dataset."""
 
     rows: int | Literal["auto"] = "auto"           # stratified subset of train rows; auto: min(all, max(500, 30 per class))
@@ -69,7 +74,7 @@ class ScreenConfig(_Strict):
         return value
 
 
-class ZooConfig(_Strict):
+class ZooConfig(StrictModel):
     """``screen:`` settings and ``architectures:``, each a name or ``{name: {screening overrides}}``."""
 
     screen: ScreenConfig = Field(default_factory=ScreenConfig)
@@ -205,29 +210,21 @@ class ScreenPlan:
     data_side: int
     out_dir: Path
 
-    def overrides(self, name: str, extra: dict[str, Any]) -> tuple[list[str], int, int]:
-        """``key=value`` overrides that shrink a recipe to its screen, with its screening and full input sizes."""
-        from pipeline.train import input_size
+    def overrides(self, name: str, extra: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+        """The training settings that shrink a recipe to its screen, with its screening and full input sizes."""
+        from pipeline.train.images import input_size
 
         _, cfg = resolve_train_config(self.config, name)
         full = input_size(cfg, len(self.competition.classes))
         settings = {"image_size": screen_image_size(self.zoo.screen, full, self.data_side),
                     "epochs": self.zoo.screen.epochs, "patience": None, "tta": ["identity"], **extra}
-        return [f"train.{k}={_yaml_value(v)}" for k, v in settings.items()], int(settings["image_size"]), int(full)
+        return {"train": settings}, int(settings["image_size"]), int(full)
 
     def settings_hash(self, name: str, extra: dict[str, Any]) -> str:
-        from pipeline.train import settings_dump
-
         overrides, _, _ = self.overrides(name, extra)
         _, cfg = resolve_train_config(self.config, name, overrides)
         return config_hash({"train": settings_dump(cfg), "screen": self.zoo.screen.model_dump(), "folds": self.folds,
                             "rows": self.competition.train_ids.tolist()})
-
-
-def _yaml_value(value: Any) -> str:
-    import json
-
-    return json.dumps(value)  # JSON is YAML: lists, nulls and strings survive the override parser
 
 
 def make_plan(config: Config, zoo: ZooConfig, out_dir: Path | None = None) -> ScreenPlan:
@@ -261,9 +258,10 @@ def measure_cost(model_name: str, n_classes: int, screen_size: int, full_size: i
     """
     import torch
 
-    from pipeline.bench import _sync, forward_flops, step_rate
+    from pipeline.bench import forward_flops, step_rate, synchronize
     from pipeline.models import count_parameters, create_model
-    from pipeline.train import _autocast, _to_device, make_optimizer, select_runtime
+    from pipeline.train.runtime import autocast, select_runtime, to_device
+    from pipeline.train.steps import make_optimizer
 
     cfg = TrainConfig()
     runtime = select_runtime(cfg, images_in_memory=True)
@@ -277,15 +275,15 @@ def measure_cost(model_name: str, n_classes: int, screen_size: int, full_size: i
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
     train_ips = step_rate(model, optimizer, scaler, torch.nn.CrossEntropyLoss(), runtime, batch_size, screen_size,
                           n_classes, steps, warmup=2)
-    x = _to_device(torch.randn(batch_size, 3, screen_size, screen_size), runtime)
+    x = to_device(torch.randn(batch_size, 3, screen_size, screen_size), runtime)
     model.eval()
-    with torch.inference_mode(), _autocast(runtime):
+    with torch.inference_mode(), autocast(runtime):
         for k in range(2 + steps):
             if k == 2:  # the clock starts after two warm-up passes
-                _sync(runtime)
+                synchronize(runtime)
                 started = time.perf_counter()
             model(x)
-        _sync(runtime)
+        synchronize(runtime)
     infer_ips = batch_size * steps / (time.perf_counter() - started)
     return {"params": params, "gflops": (flops or math.nan) / 1e9, "train_ips": train_ips, "infer_ips": infer_ips}
 
@@ -307,12 +305,13 @@ def screen_one(plan: ScreenPlan, name: str, extra: dict[str, Any]) -> dict:
     started = time.perf_counter()
     overrides, screen_size, full_size = plan.overrides(name, extra)
     meta = run_train(plan.screen_config, name, plan.folds, overrides=overrides, competition=plan.competition)
-    folds = {int(k): v for k, v in meta["folds"].items()}
+    folds = {int(k): v for k, v in meta.folds.items()}
     _, cfg = resolve_train_config(plan.config, name, overrides)
     cost = measure_cost(cfg.model, len(plan.competition.classes), screen_size, full_size,
                         plan.zoo.screen.timing_batch_size, plan.zoo.screen.timing_steps, cfg.model_kwargs)
     memory, memory_kind = peak_memory_mb()
-    histories = {f: io.read_json(plan.screen_config.runs_dir / name / f"fold{f}" / "fold.json")["history"] for f in folds}
+    layout = RunLayout(plan.screen_config.runs_dir / name)
+    histories = {f: layout.read_fold_info(f)["history"] for f in folds}
     return {
         "name": name, "status": "ok", "model": cfg.model, "timm_name": resolve_model_name(cfg.model),
         "family": model_family(cfg.model), "metric": plan.config.competition.metric,
@@ -344,9 +343,10 @@ def _worker(args: argparse.Namespace) -> int:
 
 # -- the screen ---------------------------------------------------------------------------------------
 
-def _run_worker(config_path: Path, zoo_path: Path, name: str, overrides: list[str], log_path: Path) -> int:
+def _run_worker(config_path: Path, zoo_path: Path, name: str, overrides: dict[str, Any], log_path: Path) -> int:
+    # the coordinator's overrides travel as JSON: parsed once at the command line, never re-parsed from strings
     command = [sys.executable, "-m", "pipeline.zoo", "--config", str(config_path), "--zoo", str(zoo_path), "--name", name,
-               "--", *overrides]
+               "--overrides-json", json.dumps(overrides)]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")).returncode
@@ -361,7 +361,8 @@ def _exit_reason(code: int, log_path: Path) -> str:
     return f"{reason}: {lines[-1][:200]}" if lines else reason
 
 
-def run_zoo(config_path: str | Path, zoo_path: str | Path = DEFAULT_ZOO, overrides: list[str] | None = None) -> tuple[pd.DataFrame, int]:
+def run_zoo(config_path: str | Path, zoo_path: str | Path = DEFAULT_ZOO,
+            overrides: dict[str, Any] | None = None) -> tuple[pd.DataFrame, int]:
     """Screen every architecture of a zoo file, skipping those already screened with the same settings.
 
     Returns
@@ -372,22 +373,22 @@ def run_zoo(config_path: str | Path, zoo_path: str | Path = DEFAULT_ZOO, overrid
     zoo = load_zoo(zoo_path, config)
     plan = make_plan(config, zoo)
     entries = zoo.entries()
-    print(f"zoo: {len(entries)} architectures on {len(plan.competition.y)} of the training rows, "
-          f"{zoo.screen.epochs} epochs, fold(s) {plan.folds} of {config.folds.n_splits}; logs in {plan.out_dir}/<name>/screen.log")
+    log.info(f"zoo: {len(entries)} architectures on {len(plan.competition.y)} of the training rows, "
+             f"{zoo.screen.epochs} epochs, fold(s) {plan.folds} of {config.folds.n_splits}; logs in {plan.out_dir}/<name>/screen.log")
     records, spent = [], []
     for k, (name, extra) in enumerate(entries, start=1):
         record_path = plan.out_dir / name / "screen.json"
         old = io.read_json(record_path) if record_path.is_file() else None
         if old and old.get("status") == "ok" and old.get("settings_hash") == plan.settings_hash(name, extra):
-            print(f"[{k}/{len(entries)}] {name}: screened before (CV {old['cv']:.4f}), skipped")
+            log.info(f"[{k}/{len(entries)}] {name}: screened before (CV {old['cv']:.4f}), skipped")
             records.append(old)
             continue
         left = len(entries) - k + 1
         eta = f", about {format_seconds(np.mean(spent) * left)} left" if spent else ""
-        print(f"[{k}/{len(entries)}] {name}: screening{eta}", flush=True)
+        log.info(f"[{k}/{len(entries)}] {name}: screening{eta}")
         record_path.unlink(missing_ok=True)
         started = time.perf_counter()
-        code = _run_worker(Path(config_path), Path(zoo_path), name, list(overrides or []), plan.out_dir / name / "screen.log")
+        code = _run_worker(Path(config_path), Path(zoo_path), name, overrides or {}, plan.out_dir / name / "screen.log")
         spent.append(time.perf_counter() - started)
         record = io.read_json(record_path) if record_path.is_file() else None
         if code != 0 and (record is None or record.get("status") == "ok"):
@@ -395,10 +396,10 @@ def run_zoo(config_path: str | Path, zoo_path: str | Path = DEFAULT_ZOO, overrid
             io.write_json(record_path, record)
         records.append(record)
         if record["status"] == "ok":
-            print(f"[{k}/{len(entries)}] {name}: CV {record['cv']:.4f}, {record['infer_ips']:.0f} img/s inference, "
-                  f"{format_seconds(spent[-1])}", flush=True)
+            log.info(f"[{k}/{len(entries)}] {name}: CV {record['cv']:.4f}, {record['infer_ips']:.0f} img/s inference, "
+                     f"{format_seconds(spent[-1])}")
         else:
-            print(f"[{k}/{len(entries)}] {name}: FAILED - {record['error']}", flush=True)
+            log.warning(f"[{k}/{len(entries)}] {name}: FAILED - {record['error']}")
     board = leaderboard(records, config.competition.metric)
     write_report(plan, board, records)
     n_failed = int((board["status"] != "ok").sum())
@@ -465,7 +466,7 @@ def oof_residual_correlation(plan: ScreenPlan, names: list[str]) -> pd.DataFrame
     for name in names:
         parts = []
         for fold in plan.folds:
-            frame = pd.read_parquet(plan.screen_config.runs_dir / name / f"fold{fold}" / "valid.parquet")
+            frame = pd.read_parquet(RunLayout(plan.screen_config.runs_dir / name).fold_predictions(fold, "valid"))
             parts.append(frame)
         frame = pd.concat(parts).sort_values("row")
         probs = frame.drop(columns="row").to_numpy(dtype=np.float64)
@@ -475,7 +476,7 @@ def oof_residual_correlation(plan: ScreenPlan, names: list[str]) -> pd.DataFrame
 
 
 def _oof_probs(plan: ScreenPlan, name: str) -> tuple[np.ndarray, np.ndarray]:
-    frame = pd.concat([pd.read_parquet(plan.screen_config.runs_dir / name / f"fold{f}" / "valid.parquet") for f in plan.folds])
+    frame = pd.concat([pd.read_parquet(RunLayout(plan.screen_config.runs_dir / name).fold_predictions(f, "valid")) for f in plan.folds])
     frame = frame.sort_values("row")
     return frame["row"].to_numpy(), frame.drop(columns="row").to_numpy(dtype=np.float64)
 
@@ -609,7 +610,7 @@ def write_report(plan: ScreenPlan, board: pd.DataFrame, records: list[dict]) -> 
 
 def _device_name() -> str:
     from pipeline.bench import device_description
-    from pipeline.train import select_runtime
+    from pipeline.train.runtime import select_runtime
 
     return device_description(select_runtime(TrainConfig(), images_in_memory=True))
 
@@ -622,7 +623,7 @@ def promote(config: Config, board: pd.DataFrame, top: int, force: bool = False) 
     if ok.empty:
         raise ConfigError("no architecture was screened successfully; nothing to promote")
     chosen = ok["architecture"].tolist()[:top]
-    print(f"promoting the top {len(chosen)}: {', '.join(chosen)} (every fold, full size); 'make ensemble' then blends them")
+    log.info(f"promoting the top {len(chosen)}: {', '.join(chosen)} (every fold, full size); 'make ensemble' then blends them")
     return [run_train(config, name, force=force) for name in chosen]
 
 
@@ -639,7 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--zoo", required=True)
     parser.add_argument("--name", required=True)
-    parser.add_argument("overrides", nargs="*", help="the coordinator's key=value config overrides")
+    parser.add_argument("--overrides-json", type=json.loads, default={}, dest="overrides",
+                        help="the coordinator's config overrides, as a JSON object")
+    configure_logging()
     return _worker(parser.parse_args(argv))
 
 

@@ -41,9 +41,9 @@ def install(fault: str) -> None:
 
         register_optimizer_step_post_hook(after_step)
     elif kind == "after-state":
-        from pipeline import train
+        from pipeline.train import checkpoint
 
-        target, seen, real_save = int(rest), [0], train._save_state
+        target, seen, real_save = int(rest), [0], checkpoint.save_state
 
         def save_then_die(path, state):
             real_save(path, state)
@@ -51,7 +51,7 @@ def install(fault: str) -> None:
             if seen[0] == target:
                 _die()
 
-        train._save_state = save_then_die
+        checkpoint.save_state = save_then_die
     elif kind == "mid-write":
         from pipeline import io
 

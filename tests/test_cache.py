@@ -14,9 +14,9 @@ from PIL import Image
 
 from pipeline import cache as cache_module
 from pipeline.cache import ImageCache, cache_key, cache_side, open_cache
-from pipeline.config import load_config, resolve_train_config
+from pipeline.config import load_config, parse_overrides, resolve_train_config
 from pipeline.data import ImageStore, load_competition
-from pipeline.train import open_image_store
+from pipeline.train.images import open_image_store
 
 
 def _images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
@@ -205,16 +205,16 @@ def test_two_processes_at_once_build_it_once(tmp_path):
 
 
 def test_store_modes(small_config, monkeypatch):
-    config = load_config(small_config, ["train.cache=memory"])
+    config = load_config(small_config, parse_overrides(["train.cache=memory"]))
     competition = load_competition(config)
     _, cfg = resolve_train_config(config, "digits_resnet")
     store = open_image_store(config, cfg, competition.test_paths, "test", 32)
     assert isinstance(store, ImageStore) and store.in_memory
-    _, off = resolve_train_config(config, "digits_resnet", ["train.cache=off"])
+    _, off = resolve_train_config(config, "digits_resnet", parse_overrides(["train.cache=off"]))
     store = open_image_store(config, off, competition.test_paths, "test", 32)
     assert isinstance(store, ImageStore) and not store.in_memory
     # auto: the disk cache where its folder has room, memory where it has not
-    _, auto = resolve_train_config(config, "digits_resnet", ["train.cache=auto"])
+    _, auto = resolve_train_config(config, "digits_resnet", parse_overrides(["train.cache=auto"]))
     assert isinstance(open_image_store(config, auto, competition.test_paths, "test", 32, progress=False), ImageCache)
 
     class Full:

@@ -42,11 +42,11 @@ def test_overrides_are_typed_and_nested():
 
 def test_bad_override_is_an_error(small_config):
     with pytest.raises(ConfigError, match="train.lr"):
-        load_config(small_config, ["train.lr=fast"])
+        load_config(small_config, parse_overrides(["train.lr=fast"]))
 
 
 def test_recipe_overrides_defaults_and_cli_overrides_recipe(loaded_small_config):
-    name, cfg = resolve_train_config(loaded_small_config, "digits_resnet", ["train.lr=0.01"])
+    name, cfg = resolve_train_config(loaded_small_config, "digits_resnet", parse_overrides(["train.lr=0.01"]))
     assert name == "digits_resnet"
     assert cfg.model == "test_resnet" and cfg.image_size == 32  # from the recipe
     assert cfg.lr == 0.01  # from the override

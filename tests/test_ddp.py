@@ -20,7 +20,7 @@ from pipeline.config import load_config
 from pipeline.distributed import DistContext, gather_rows, shard
 from pipeline.metrics import get_metric
 from pipeline.store import StoreError
-from pipeline.train import _on_main
+from pipeline.train.stage import on_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = [str(k) for k in range(10)]
@@ -45,10 +45,10 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         raise StoreError("run x exists with other settings")
 
     try:
-        _on_main(context, only_rank_0_knows)
+        on_main(context, only_rank_0_knows)
     except StoreError as exc:
         results["error"] = np.array(str(exc))
-    results["value"] = np.array(_on_main(context, lambda: rank + 41))  # rank 0's answer everywhere
+    results["value"] = np.array(on_main(context, lambda: rank + 41))  # rank 0's answer everywhere
     np.savez(f"{out}.{rank}.npz", **results)
     dist.destroy_process_group()
 

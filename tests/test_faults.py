@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -32,12 +33,14 @@ def _train(config: Path, fault: str, kill_after_start: float | None = None) -> t
     def read():
         for line in child.stdout:
             lines.append(line)
-            if " on cpu" in line:
+            # the run's start line names the device it trains on, whichever that is ("on cpu", "on cuda:0")
+            if re.match(r"digits_resnet: \S+ on \S+", line):
                 started.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    if kill_after_start is not None and started.wait(timeout=120):
+    if kill_after_start is not None:
+        assert started.wait(timeout=120), f"the training never printed its start line:\n{''.join(lines)}"
         time.sleep(kill_after_start)
         child.kill()  # SIGKILL, from outside, at whatever the child was doing
     code = child.wait(timeout=300)

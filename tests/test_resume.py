@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline import train as train_module
+from pipeline.train import checkpoint
 from pipeline.cli import main
 
 
@@ -14,7 +14,7 @@ def test_interrupted_training_resumes_to_the_same_predictions(small_competition,
     command = ["train", "--model", "digits_resnet", "--folds", "0"]
     assert main([*command, "--config", str(straight)]) == 0
 
-    real_save = train_module._save_state
+    real_save = checkpoint.save_state
     saves = []
 
     def crash_after_second_epoch(path, state):
@@ -23,7 +23,7 @@ def test_interrupted_training_resumes_to_the_same_predictions(small_competition,
         if len(saves) == 2:
             raise KeyboardInterrupt  # what Ctrl-C or a preempted machine does between epochs
 
-    monkeypatch.setattr(train_module, "_save_state", crash_after_second_epoch)
+    monkeypatch.setattr(checkpoint, "save_state", crash_after_second_epoch)
     assert main([*command, "--config", str(resumed)]) == 130
     assert "rerun the same command to resume" in capsys.readouterr().err
     monkeypatch.undo()

@@ -17,7 +17,8 @@ from pipeline.config import CompetitionConfig, ConfigError, load_config
 from pipeline.demo_data import DEMO_TARGETS
 from pipeline.folds import FoldsError, make_folds
 from pipeline.metrics import get_metric
-from pipeline.tasks import TASKS, Targets, TaskError, get_task, make_head, resolve_loss, submission_frame
+from pipeline.tasks import TASKS, Targets, TaskError, get_task, resolve_loss, submission_frame
+from pipeline.train.heads import make_head
 
 
 def _comp(**changes) -> CompetitionConfig:

@@ -12,7 +12,7 @@ from albumentations.pytorch import ToTensorV2
 
 from pipeline.cli import main
 from pipeline.config import TrainConfig, load_config
-from pipeline.train import settings_dump
+from pipeline.store import settings_dump
 from pipeline.transforms import (DEVICE_AUGMENTS, INTERPOLATIONS, Affine, CoarseDropout, DeviceTransform, HostTransform,
                                  RandomBrightnessContrast, build_device_augment_step)
 
@@ -189,7 +189,7 @@ def test_training_reaches_the_model_through_either_augmentation_path(small_compe
 
 def test_a_batch_read_in_one_go_from_the_cache_is_the_batch_read_image_by_image(tmp_path):
     from pipeline.cache import open_cache
-    from pipeline.data import ImageDataset, collate_rows
+    from pipeline.train.dataset import ImageDataset, collate_rows
     from PIL import Image
 
     paths = []
