@@ -2,44 +2,68 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Hashable, Mapping
+
 import numpy as np
 
 from ..metrics import Metric
-from .base import BLEND_METHODS
 from .nested import NestedResult
 from .objective import _single_scores
 from .validation import _as_metric, _validate_preds, _validate_y
 
 
-def select_method(results: dict[str, NestedResult], metric: Metric | str) -> str:
-    """Pick the method with the best nested score.
+# Scores are compared to this many decimals, so that float noise (a refit's last bits, summation order)
+# does not decide between candidates that are equally good.
+_DECIMALS = 6
+
+
+def select_method(results: Mapping[Hashable, NestedResult | float], metric: Metric | str) -> Hashable:
+    """Pick the candidate with the best nested score: the one selection rule.
+
+    ``make ensemble`` (single models and blends together) and
+    ``python -m pipeline.bench_blend`` both choose with it.
 
     Parameters
     ----------
-    results : dict
-        Method name -> :class:`NestedResult`.
+    results : mapping
+        Candidate -> its :class:`NestedResult`, or its nested score as a
+        number, in order of preference: simplest first (``make ensemble``
+        lists the single models, then the blend methods in the configured
+        order; the benchmark lists the methods in registry order).
     metric : Metric or str
         Gives the direction.
 
     Returns
     -------
-    name : str
-        Best nested score; ties (to 1e-10) go to the simpler method, i.e.
-        the one registered first (means before weight searches before
-        stackers); names outside the registry come last.
+    key
+        The key of ``results`` with the best nested score, compared rounded
+        to 6 decimals so that float noise does not decide.  Tie rule:
+        candidates whose rounded scores are equal tie, and the tie goes to
+        the one that comes first in ``results``.  The rounding is not a
+        tolerance: scores less than 1e-6 apart tie only when they round to
+        the same value (0.4000004 and 0.3999996 do, 0.4000004 and 0.4000006
+        do not).  A NaN score ranks below every other.
+
+    Raises
+    ------
+    ValueError
+        ``results`` is empty.
     """
     metric = _as_metric(metric)
     if not results:
         raise ValueError("select_method needs at least one result")
-    order = {name: i for i, name in enumerate(BLEND_METHODS)}
+    sign = 1.0 if metric.greater_is_better else -1.0
+    keys = list(results)
 
-    def key(item):
-        name, res = item
-        loss = -res.nested if metric.greater_is_better else res.nested
-        loss = np.inf if np.isnan(loss) else round(float(loss), 10)
-        return loss, order.get(name, len(order)), list(results).index(name)
+    def rank(i: int) -> tuple[bool, float, int]:
+        value = results[keys[i]]
+        score = float(value.nested if isinstance(value, NestedResult) else value)
+        if math.isnan(score):
+            return False, 0.0, -i  # below every number, even an infinite loss
+        return True, round(sign * score, _DECIMALS), -i
 
-    return min(results.items(), key=key)[0]
+    return keys[max(range(len(keys)), key=rank)]
 
 
 def prune_correlated(preds: np.ndarray, threshold: float = 0.995, scores: np.ndarray | None = None,
