@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from pipeline.folds import iter_splits
 from pipeline.metrics import Metric, check_metric_task, get_metric, metrics_for
 
 #: thresholds searched by default: a fixed grid, nothing taken from the data
@@ -384,18 +385,18 @@ def nested_decision(y, pred, folds, metric, factory: Callable[[], Decision]) -> 
     if not len(y) == len(pred) == len(folds):
         raise ValueError(f"nested_decision: y, pred and folds have {len(y)}, {len(pred)} and {len(folds)} rows; "
                          "pass one fold id per row")
-    fold_ids = np.unique(folds)
-    if len(fold_ids) < 2:
-        raise ValueError(f"nested_decision needs at least 2 folds; got fold ids {fold_ids.tolist()}")
+    try:
+        splits = iter_splits(folds)
+    except ValueError as exc:
+        raise ValueError(f"nested_decision: {exc}") from None
     decided = np.empty(pred.shape, dtype=np.float64)
     fold_params = {}
-    for fold in fold_ids:
-        held = folds == fold
+    for fold, train, held_out in splits:
         rule = factory()
         if not isinstance(rule, Decision):
             raise TypeError(f"factory() returned {type(rule).__name__}; it must return a new Decision, "
                             "e.g. factory=Thresholds")
-        rule.fit(y[~held], pred[~held], metric)
-        decided[held] = rule.apply(pred[held])
-        fold_params[fold.item()] = rule.params
+        rule.fit(y[train], pred[train], metric)
+        decided[held_out] = rule.apply(pred[held_out])
+        fold_params[fold] = rule.params
     return decided, fold_params

@@ -300,9 +300,9 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
 
 
 def _choose(candidates: list[Candidate], metric: Metric) -> Candidate:
-    # best nested score; on a tie (rounded so float noise does not decide) the earlier, simpler candidate
-    sign = 1 if metric.greater_is_better else -1
-    return max(candidates, key=lambda c: (round(sign * c.nested, 6), -candidates.index(c)))
+    # the one selection rule (blend.select_method): best nested score to 6 decimals, a tie to the earlier,
+    # simpler candidate (singles, then the methods in the configured order); keyed by position, as names may repeat
+    return candidates[blend.select_method({i: c.nested for i, c in enumerate(candidates)}, metric)]
 
 
 def leaderboard_rows(candidates: list[Candidate], metric: Metric, chosen: Candidate) -> list[dict]:

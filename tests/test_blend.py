@@ -584,15 +584,35 @@ def _result(name, nested):
     "scores, metric, expected",
     [
         ({"optuna": 0.40, "mean": 0.45, "caruana": 0.41}, "log_loss", "optuna"),
-        ({"caruana": 0.40, "optuna": 0.40, "mean": 0.40}, "log_loss", "mean"),  # tie -> registry order
-        ({"lgbm_stacker": 0.90, "hill_climb": 0.90}, "accuracy", "hill_climb"),
+        # a tie goes to the entry listed first: callers list the simpler candidates first
+        ({"mean": 0.40, "optuna": 0.40, "caruana": 0.40}, "log_loss", "mean"),
+        ({"hill_climb": 0.90, "lgbm_stacker": 0.90}, "accuracy", "hill_climb"),
         ({"mean": 0.80, "logreg_stacker": 0.85}, "accuracy", "logreg_stacker"),
-        ({"custom": 0.5, "slsqp": 0.5}, "roc_auc", "slsqp"),  # unregistered names last
+        ({"single-a": 0.5, "slsqp": 0.5}, "roc_auc", "single-a"),  # make ensemble lists single models first
+        ({"caruana": 0.40, "mean": 0.40}, "log_loss", "caruana"),  # the given order decides, not the registry's
+        # compared rounded to 6 decimals, so float noise does not decide:
+        ({"mean": 0.4000004, "caruana": 0.3999996}, "log_loss", "mean"),  # 8e-7 apart, both 0.4: a tie
+        ({"mean": 0.9000004, "caruana": 0.9000001}, "accuracy", "mean"),  # 3e-7 apart, both 0.9: a tie
+        ({"mean": 0.400001, "caruana": 0.4}, "log_loss", "caruana"),  # 1e-6 apart: not a tie
+        ({"mean": 0.9000005, "caruana": 0.900001}, "accuracy", "caruana"),  # rounding, not a tolerance
+        ({"mean": float("nan"), "caruana": 0.9}, "log_loss", "caruana"),  # NaN is worst, for either direction
+        ({"mean": float("nan"), "caruana": 0.1}, "accuracy", "caruana"),
+        ({"mean": float("nan"), "caruana": float("inf")}, "log_loss", "caruana"),
     ],
 )
 def test_select_method(scores, metric, expected):
     results = {k: _result(k, v) for k, v in scores.items()}
     assert select_method(results, metric) == expected
+    assert select_method(scores, metric) == expected  # plain scores, as make ensemble passes them
+
+
+def test_select_method_takes_any_keys_in_their_order():
+    # make ensemble keys its candidates by position (a method listed twice shares its name)
+    scores = [0.8, 0.9000004, 0.8999996, 0.85]
+    assert select_method(dict(enumerate(scores)), "accuracy") == 1
+    assert select_method(dict(enumerate(scores[::-1])), "accuracy") == 1  # still the first of the tie
+    with pytest.raises(ValueError, match="at least one result"):
+        select_method({}, "accuracy")
 
 
 def test_optuna_persistent_study_continues(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.folds import FoldsError, fingerprint, make_folds, read_folds, run_folds
+from pipeline.folds import FoldsError, fingerprint, iter_splits, make_folds, read_folds, run_folds
 from pipeline.data import load_competition
 from pipeline.config import load_config
 
@@ -80,3 +80,43 @@ def test_saved_folds_are_reused_and_never_silently_replaced(small_config, write_
         run_folds(other, competition)
     assert pd.read_csv(config.folds_csv, dtype={"id": str}).equals(saved)
     assert run_folds(other, competition, force=True)[2] == "replaced"
+
+
+# ------------------------------------------------------------------ iter_splits
+
+@pytest.mark.parametrize("folds", [
+    np.arange(23) % 4,                                    # ids 0..3
+    np.array([7, 3, 3, 7, 5, 3, 7, 5]),                   # unsorted, not 0-based
+    np.array(["b", "a", "c", "a", "b", "c", "c"]),        # any sortable ids
+    np.array([1.0, 0.0, 1.0, 0.0]),
+])
+def test_iter_splits_holds_every_row_out_once(folds):
+    splits = list(iter_splits(folds))
+    ids = [fold for fold, _, _ in splits]
+    assert ids == sorted(set(folds.tolist()))  # sorted, one split per fold
+    assert all(type(fold) in (int, float, str) for fold in ids)  # plain Python scalars
+    held = np.concatenate([held_out for _, _, held_out in splits])
+    np.testing.assert_array_equal(np.sort(held), np.arange(len(folds)))  # every row held out exactly once
+    for fold, train, held_out in splits:
+        assert train.dtype.kind == held_out.dtype.kind == "i"
+        assert (np.diff(train) > 0).all() and (np.diff(held_out) > 0).all()
+        assert np.intersect1d(train, held_out).size == 0 and len(train) + len(held_out) == len(folds)
+        assert (folds[held_out] == fold).all() and (folds[train] != fold).all()
+
+
+def test_iter_splits_accepts_a_list_and_checks_before_iterating():
+    assert [f for f, _, _ in iter_splits([2, 0, 2, 1])] == [0, 1, 2]
+    with pytest.raises(ValueError):
+        iter_splits([0, 0])  # raised by the call itself, before any split is drawn
+
+
+@pytest.mark.parametrize("folds, match", [
+    (np.zeros(5), r"at least 2 folds; got fold ids \[0.0\]"),
+    (np.array([], dtype=int), r"at least 2 folds; got fold ids \[\]"),
+    (np.zeros((4, 2)), r"must be 1-D, one fold id per row; got shape \(4, 2\)"),
+    (np.int64(3), r"must be 1-D.*got shape \(\)"),
+    (np.array([0.0, 1.0, np.nan, 1.0]), "fold ids must not be NaN; row 2 is NaN"),
+])
+def test_iter_splits_errors(folds, match):
+    with pytest.raises(ValueError, match=match):
+        iter_splits(folds)
