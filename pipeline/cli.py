@@ -22,6 +22,8 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 
 DEFAULT_CONFIG = "configs/digits.yaml"
+# commands that read no image and train nothing: they import no torch, timm, albumentations or OpenCV
+LIGHT_COMMANDS = ("folds", "ensemble", "import-oof")
 
 
 class UsageError(PipelineError, ValueError):
@@ -50,7 +52,8 @@ def _parse_settings(args: argparse.Namespace) -> dict:
 def _load(args: argparse.Namespace):
     from pipeline.config import load_config
 
-    config = load_config(args.config, args.settings, check_files=False)
+    # the commands that never train start without torch: the training section's transforms are checked by training
+    config = load_config(args.config, args.settings, check_files=False, training=args.command not in LIGHT_COMMANDS)
     if config.competition.demo and not (config.data_dir / config.competition.train_csv).is_file():
         from pipeline.demo_data import DEMO_BUILDERS  # scikit-learn's digits and OpenCV: only to build the demo
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.errors import PipelineError
 from pipeline.metrics import METRICS
@@ -177,29 +177,36 @@ class TrainConfig(StrictModel):
             return "disk" if value else "off"
         return value
 
+    # The transform and view names are checked against pipeline.transforms, which needs torch and
+    # albumentations. Commands that never train (folds, ensemble, import-oof) load the config with
+    # training=False and skip these three checks; every training path validates its TrainConfig again
+    # through resolve_train_config, with them, before any work.
     @field_validator("augment")
     @classmethod
-    def _known_transforms(cls, steps: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
-        from pipeline.transforms import check_augment_steps
+    def _known_transforms(cls, steps: list[dict[str, dict[str, Any]]], info: ValidationInfo) -> list[dict[str, dict[str, Any]]]:
+        if _checks_training(info):
+            from pipeline.transforms import check_augment_steps
 
-        check_augment_steps(steps)
+            check_augment_steps(steps)
         return steps
 
     @field_validator("device_augment")
     @classmethod
-    def _known_device_steps(cls, steps: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
-        from pipeline.transforms import check_device_augment_steps
+    def _known_device_steps(cls, steps: list[dict[str, dict[str, Any]]], info: ValidationInfo) -> list[dict[str, dict[str, Any]]]:
+        if _checks_training(info):
+            from pipeline.transforms import check_device_augment_steps
 
-        check_device_augment_steps(steps)
+            check_device_augment_steps(steps)
         return steps
 
     @field_validator("tta")
     @classmethod
-    def _known_views(cls, views: list[str]) -> list[str]:
-        from pipeline.transforms import parse_view
+    def _known_views(cls, views: list[str], info: ValidationInfo) -> list[str]:
+        if _checks_training(info):
+            from pipeline.transforms import parse_view
 
-        for view in views:
-            parse_view(view)
+            for view in views:
+                parse_view(view)
         return views
 
     @model_validator(mode="after")
@@ -401,7 +408,12 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None, check_files: bool = True) -> Config:
+def _checks_training(info: ValidationInfo) -> bool:
+    return not (info.context or {}).get("skip_training_checks", False)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, check_files: bool = True,
+                training: bool = True) -> Config:
     """Read, merge and validate a competition config.
 
     Parameters
@@ -414,6 +426,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, check
     check_files : bool
         Also check that the data files exist (skipped for a demo competition
         whose data is built on first use).
+    training : bool
+        Also check ``train``'s augmentation steps and TTA views against
+        :mod:`pipeline.transforms` (torch, albumentations). False for commands that
+        never train, so they start without torch; training re-checks them in
+        :func:`resolve_train_config`.
 
     Returns
     -------
@@ -423,7 +440,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, check
     raw = deep_merge(read_yaml(path), _checked_overrides(overrides))
     raw["source"] = str(path)
     try:
-        config = Config.model_validate(raw)
+        config = Config.model_validate(raw, context={"skip_training_checks": not training})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path))) from None
     if check_files and config.competition.demo is None:

@@ -14,12 +14,23 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "timm", "albumentations", "cv2")
 
 
-@pytest.mark.parametrize("module", ["pipeline.ensemble", "pipeline.store", "pipeline.folds", "pipeline.data",
-                                    "pipeline.tasks", "pipeline.config", "pipeline.blend", "pipeline.cli"])
-def test_blending_and_splitting_do_not_import_torch(module):
-    code = f"import sys, {module}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+LIGHT_MODULES = ["pipeline.ensemble", "pipeline.store", "pipeline.folds", "pipeline.data", "pipeline.tasks",
+                 "pipeline.config", "pipeline.blend", "pipeline.decision", "pipeline.cli"]
+
+
+def test_blending_and_splitting_do_not_import_torch():
+    # one fresh interpreter imports the rooms one by one and names the first that brings a heavy library in
+    code = ("import importlib, sys\n"
+            f"for name in {LIGHT_MODULES!r}:\n"
+            "    importlib.import_module(name)\n"
+            f"    heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
+            "    if heavy:\n"
+            "        print(name, 'imported', heavy)\n"
+            "        break\n"
+            "else:\n"
+            "    print('none')\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]", f"importing {module} imported {out.strip()}"
+    assert out.strip() == "none", out
 
 
 def _private_imports(path: Path) -> list[str]:
@@ -34,3 +45,22 @@ def test_no_module_imports_another_modules_private_names():
     offenders = {str(p.relative_to(ROOT)): names for p in (ROOT / "pipeline").rglob("*.py")
                  if (names := _private_imports(p))}
     assert offenders == {}
+
+
+def test_commands_that_never_train_start_without_torch(small_config):
+    # each command may stop for want of runs or files: what matters is what it imported on the way
+    code = ("import sys\nfrom pipeline.cli import main\n"
+            "for command in ['folds', 'ensemble', 'import-oof']:\n"
+            f"    main([command, '--config', {str(small_config)!r}])\n"
+            f"    print('HEAVY', command, sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout
+    heavy = [line for line in out.splitlines() if line.startswith("HEAVY")]
+    assert heavy == ["HEAVY folds []", "HEAVY ensemble []", "HEAVY import-oof []"], out
+
+
+def test_a_bad_tta_view_still_stops_training_before_any_work(small_config, tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["train", "--config", str(small_config), "--model", "digits_resnet", "train.tta=[spin]"]) == 2
+    assert "unknown TTA view 'spin'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()
