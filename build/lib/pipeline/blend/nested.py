@@ -1,0 +1,213 @@
+"""Honest scoring: :func:`nested_score` refits a method inside the folds; :class:`NestedResult` holds the figures."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..folds import iter_splits
+from ..metrics import Metric
+from .base import BLEND_METHODS, BlendMethod, NotApplicable, make_blend, not_applicable_reason
+from .validation import _as_metric, _check_task, _validate_extra, _validate_preds, _validate_y
+
+
+@dataclass
+class NestedResult:
+    """Result of :func:`nested_score`.
+
+    Attributes
+    ----------
+    method : str
+    params : dict
+    in_sample : float
+        Fitted and scored on all rows (optimistic); with a decision, the
+        all-rows decision applied to the all-rows predictions.
+    nested : float
+        Held-out predictions of the fold refits, concatenated in row order
+        and scored once.
+    gap : float
+        ``in_sample - nested`` in the better direction: positive = optimism.
+    fold_scores : dict
+        Fold id -> score of that fold's held-out rows.
+    weight_std : float or None
+        Mean over models of the std of the weights across the fold refits;
+        None for stackers.
+    weights : ndarray of shape (n_models,) or None
+        Weights of the refit on all rows.
+    oof_pred : ndarray of shape (n_rows, n_cols)
+        The nested held-out predictions; with a decision, the decided ones
+        (each fold's decision applied to its held-out rows), i.e. what was
+        scored.
+    seconds : float
+    fitted : BlendMethod
+        The refit on all rows, for predicting the test set.
+    decision : object or None
+        With ``decision``: the decision fitted on the all-rows refit's
+        all-rows predictions, to apply to ``fitted.predict(test)``.
+    """
+
+    method: str
+    params: dict
+    in_sample: float
+    nested: float
+    gap: float
+    fold_scores: dict
+    weight_std: float | None
+    weights: np.ndarray | None
+    oof_pred: np.ndarray = field(repr=False)
+    seconds: float
+    fitted: BlendMethod = field(repr=False)
+    decision: Any = field(default=None, repr=False)
+
+
+def _fit_decision(decision: Callable[[], Any], y: np.ndarray, pred: np.ndarray, metric: Metric) -> Any:
+    dec = decision()
+    if not (callable(getattr(dec, "fit", None)) and callable(getattr(dec, "apply", None))):
+        raise TypeError(f"decision() must return an object with fit(y, pred, metric) and apply(pred); got {dec!r}")
+    fitted = dec.fit(y, pred, metric)
+    return dec if fitted is None else fitted
+
+
+def _apply_decision(dec: Any, pred: np.ndarray) -> np.ndarray:
+    out = np.asarray(dec.apply(pred))
+    if out.shape != pred.shape:
+        raise ValueError(f"decision {type(dec).__name__}.apply returned shape {out.shape} for predictions of shape "
+                         f"{pred.shape}; it must return one decided value per prediction, same shape")
+    return out
+
+
+def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.ndarray, y: np.ndarray,
+                 folds: np.ndarray, metric: Metric | str, extra: np.ndarray | None = None,
+                 params: dict | None = None, *, task: str | None = None,
+                 decision: Callable[[], Any] | None = None) -> NestedResult:
+    """Score a blend method honestly by refitting it inside the folds.
+
+    For each fold ``f`` the method is fitted on the rows with ``folds != f``
+    and predicts the rows with ``folds == f``; the held-out predictions are
+    put back in row order and scored once (per-fold scores are kept too).
+    Use the same fold assignment as the OOF predictions.
+
+    Parameters
+    ----------
+    name_or_factory : str or callable
+        A registry name, or a callable ``factory(**params) -> BlendMethod``.
+    preds : ndarray of shape (n_models, n_rows, n_cols)
+    y : ndarray of shape (n_rows,) or (n_rows, n_labels)
+        See the table in :mod:`pipeline.blend` for each task.
+    folds : ndarray of shape (n_rows,)
+        Fold id of each row; at least 2 distinct ids.
+    metric : Metric or str
+    extra : ndarray of shape (n_rows, n_features), optional
+    params : dict, optional
+        Method parameters.  With a persistent optuna ``storage``, only the
+        all-rows fit uses it; the fold refits keep their studies in memory.
+    task : str or None, default None
+        A key of :data:`TASK_OUTPUT`; None infers binary (one column) or
+        multiclass.
+    decision : callable or None, default None
+        A zero-argument factory of a decision rule: an object with
+        ``fit(y, pred, metric) -> self`` and ``apply(pred) -> ndarray`` of
+        ``pred``'s shape (thresholds turning probabilities into 0/1, cut
+        points turning values into grades).  In each outer fold a fresh
+        decision is fitted on the fold refit's predictions of its own
+        training rows, applied to the held-out rows' predictions, and the
+        decided predictions are scored; the held-out rows never reach a
+        decision's ``fit``.  The all-rows refit gets one fitted on its
+        all-rows predictions (``NestedResult.decision``).
+
+    Returns
+    -------
+    NestedResult
+
+    Raises
+    ------
+    NotApplicable
+        The method does not apply to the task (see :func:`applicable`).
+    """
+    start = time.perf_counter()
+    metric = _as_metric(metric)
+    params = dict(params or {})
+    if isinstance(name_or_factory, str):
+        method_name = name_or_factory
+        factory = lambda **kw: make_blend(method_name, **kw)  # noqa: E731
+        if task is not None:
+            reason = not_applicable_reason(method_name, _check_task(task))
+            if reason is not None:
+                raise NotApplicable(reason)
+    else:
+        factory = name_or_factory
+        method_name = getattr(name_or_factory, "name", getattr(name_or_factory, "__name__", repr(name_or_factory)))
+    if decision is not None and not callable(decision):
+        raise TypeError(f"decision must be a zero-argument factory (e.g. a class), not an instance; got {decision!r}")
+    preds, task = _validate_preds(preds, task=task)
+    _, n_rows, n_cols = preds.shape
+    y = _validate_y(y, n_rows, n_cols, task)
+    extra = _validate_extra(extra, n_rows)
+    folds = np.asarray(folds)
+    if folds.shape != (n_rows,):
+        raise ValueError(f"folds must have shape ({n_rows},), one fold id per OOF row; got {folds.shape}")
+    splits = iter_splits(folds)  # checks the fold ids before any fitting
+
+    method_cls = BLEND_METHODS.get(method_name) if isinstance(name_or_factory, str) else None
+    fixed = method_cls is not None and method_cls.kind == "mean" and not params.get("calibrate")
+    if fixed:
+        # a fixed mean learns nothing from the rows, so its refit on any fold's rows is the all-rows fit: fit
+        # and predict once and read each fold's rows from that (the refits cost 5x the time on large OOF sets
+        # for the same figure).  Its held-out rows are sliced from the all-rows prediction, as rank_mean ranks
+        # among all the rows it is given.
+        full = factory(**params)
+        full._fit_valid(preds, y, metric, extra, task)
+        all_rows = full._predict_valid(preds, extra)
+
+        def refit(train: np.ndarray, test: np.ndarray) -> tuple[BlendMethod, np.ndarray, Callable[[], np.ndarray]]:
+            return full, all_rows[test], lambda: all_rows[train]
+    else:
+        # the fold refits are throwaway: keep their studies in memory (SQLite commits every trial, ~5x slower)
+        # and only the all-rows study persistent, so a rerun continues that one
+        fold_params = {**params, "storage": None, "study_name": None} if params.get("storage") is not None else params
+
+        def refit(train: np.ndarray, test: np.ndarray) -> tuple[BlendMethod, np.ndarray, Callable[[], np.ndarray]]:
+            method = factory(**fold_params)
+            # np.take with integer indices copies ~2.5x faster than a boolean mask on axis 1
+            train_preds = np.take(preds, train, axis=1)
+            train_extra = None if extra is None else extra[train]
+            method._fit_valid(train_preds, y[train], metric, train_extra, task)
+            held_out = method._predict_valid(np.take(preds, test, axis=1), None if extra is None else extra[test])
+            return method, held_out, lambda: method._predict_valid(train_preds, train_extra)
+
+    # float64 with or without a decision: decided 0/1 labels or grades are exact in it
+    oof = np.empty((n_rows, n_cols))
+    fold_scores: dict = {}
+    inner_weights = []
+    for f, train, test in splits:
+        method, held_out, train_pred = refit(train, test)
+        if decision is not None:
+            # a decision learns from the rows even when the blend does not: it is fitted on the predictions of
+            # the training rows only, so the held-out rows never tune it
+            dec = _fit_decision(decision, y[train], train_pred(), metric)
+            held_out = _apply_decision(dec, held_out)
+        oof[test] = held_out
+        fold_scores[f] = metric(y[test], oof[test])
+        if method.weights_ is not None:
+            inner_weights.append(method.weights_)
+
+    if not fixed:
+        full = factory(**params)
+        full._fit_valid(preds, y, metric, extra, task)
+        all_rows = full._predict_valid(preds, extra)
+    final = None
+    if decision is not None:
+        final = _fit_decision(decision, y, all_rows, metric)
+        all_rows = _apply_decision(final, all_rows)
+    in_sample = metric(y, all_rows)
+    nested = metric(y, oof)
+    gap = in_sample - nested if metric.greater_is_better else nested - in_sample
+    weight_std = float(np.std(np.stack(inner_weights), axis=0).mean()) if len(inner_weights) == len(fold_scores) else None
+    return NestedResult(
+        method=getattr(full, "name", method_name), params=dict(full.params), in_sample=in_sample, nested=nested,
+        gap=gap, fold_scores=fold_scores, weight_std=weight_std, weights=full.weights_, oof_pred=oof,
+        seconds=time.perf_counter() - start, fitted=full, decision=final,
+    )

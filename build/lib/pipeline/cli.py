@@ -1,0 +1,278 @@
+"""Command line: one sub-command per stage. The Makefile calls only this.
+
+    python -m pipeline validate --config configs/digits.yaml [--image-size 224]
+    python -m pipeline folds    --config configs/digits.yaml
+    python -m pipeline train    --config ... --model resnet18 [--folds 0,2] [--epochs 3] [--force] [key=value ...]
+    python -m pipeline predict  --config ... --model resnet18 [key=value ...]
+    python -m pipeline ensemble --config ...
+    python -m pipeline zoo      --config ... [--zoo configs/zoo/default.yaml] [--top 3]
+    python -m pipeline zoo-promote --config ... --top 3
+    python -m pipeline models
+    python -m pipeline demo     --config configs/digits.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+DEFAULT_CONFIG = "configs/digits.yaml"
+# commands that read no image and train nothing: they import no torch, timm, albumentations or OpenCV
+LIGHT_COMMANDS = ("folds", "ensemble", "import-oof")
+
+
+class UsageError(PipelineError, ValueError):
+    """A command-line value is wrong."""
+
+
+def _parse_folds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip() != ""]
+    except ValueError:
+        raise UsageError(f"FOLDS={text!r} must be comma-separated fold numbers, e.g. 0,2") from None
+
+
+def _parse_settings(args: argparse.Namespace) -> dict:
+    """``ARGS`` (and ``--epochs``) parsed into nested settings, once per command; every stage receives this dict."""
+    from pipeline.config import parse_overrides
+
+    items = list(args.overrides or [])
+    if getattr(args, "epochs", None) is not None:
+        items.append(f"train.epochs={args.epochs}")
+    return parse_overrides(items)
+
+
+def _load(args: argparse.Namespace):
+    from pipeline.config import load_config
+
+    # the commands that never train start without torch: the training section's transforms are checked by training
+    config = load_config(args.config, args.settings, check_files=False, training=args.command not in LIGHT_COMMANDS)
+    if config.competition.demo and not (config.data_dir / config.competition.train_csv).is_file():
+        from pipeline.demo_data import DEMO_BUILDERS  # scikit-learn's digits and OpenCV: only to build the demo
+
+        print(f"building the demo competition in {config.data_dir} ...")
+        DEMO_BUILDERS[config.competition.demo](config.data_dir)
+    from pipeline.config import check_data_files
+
+    check_data_files(config)
+    return config
+
+
+def cmd_folds(args: argparse.Namespace) -> int:
+    from pipeline.data import load_competition
+    from pipeline.folds import fold_summary, run_folds
+    from pipeline.report import format_table
+
+    config = _load(args)
+    competition = load_competition(config)
+    folds, fingerprint, status = run_folds(config, competition, force=args.force)
+    print(format_table(fold_summary(competition.y, folds, competition.classes, competition.task).to_dict("records"),
+                       f"folds: {config.folds.n_splits}-fold {config.folds.strategy}, seed {config.folds.seed}"))
+    print(f"{config.folds_csv}: {status} (fingerprint {fingerprint})")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.report import format_table
+    from pipeline.validate import validate_competition, write_problems
+
+    config = _load(args)
+    report = validate_competition(config, input_size=args.image_size)
+    print(format_table(report.table_rows(), f"validate: {config.competition.name} ({config.data_dir})"))
+    if len(report.problems):
+        print(f"every problem file: {write_problems(report, config)}")
+    print(f"{report.n_errors} error(s), {report.n_warnings} warning(s)"
+          + ("; fix the errors before training" if report.n_errors else ""))
+    return 1 if report.n_errors else 0
+
+
+def _models_to_run(args: argparse.Namespace, config) -> list[str]:
+    """MODEL, or else the competition's `models:` line-up."""
+    models = [args.model] if args.model else config.models
+    if not models:
+        raise UsageError(f"name a model: make {args.command} MODEL=resnet18 (or list models: in the competition config)")
+    return models
+
+
+def _print_on_main(text: str) -> None:
+    import os
+
+    # under torchrun every rank runs the command; one copy of each table is enough
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.train import run_train, train_leaderboard
+
+    config = _load(args)
+    for model in _models_to_run(args, config):
+        meta = run_train(config, model, _parse_folds(args.folds), force=args.force, overrides=args.settings)
+        _print_on_main(train_leaderboard(meta))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipeline.train import run_predict, train_leaderboard
+
+    config = _load(args)
+    for model in _models_to_run(args, config):
+        _print_on_main(train_leaderboard(run_predict(config, model, overrides=args.settings)))
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from pipeline.ensemble import run_ensemble
+
+    config = _load(args)
+    run_ensemble(config, force=args.force)
+    return 0
+
+
+def cmd_import_oof(args: argparse.Namespace) -> int:
+    from pipeline.data import load_competition
+    from pipeline.folds import read_folds
+    from pipeline.metrics import get_metric
+    from pipeline.store import import_run
+
+    config = _load(args)
+    if not (args.name and args.oof and args.test):
+        raise UsageError("import-oof needs NAME=<run name> OOF=<oof .csv/.parquet> TEST=<test .csv/.parquet>")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
+        raise UsageError(f"NAME={args.name!r}: use letters, digits, '.', '_' and '-' (it names a folder in the store)")
+    competition = load_competition(config, check_image_files=False)
+    folds, fingerprint = read_folds(config, competition)
+    meta = import_run(config.runs_dir / args.name, Path(args.oof), Path(args.test), competition.train_ids,
+                      competition.test_ids, folds, fingerprint, competition.classes,
+                      get_metric(config.competition.metric), competition.y, force=args.force,
+                      task=competition.task)
+    print(f"imported {args.name}: CV {meta.cv:.4f} ({config.competition.metric}); 'make ensemble' now includes it")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config, recipe_names, resolve_train_config
+    from pipeline.models import MODEL_ALIASES
+    from pipeline.report import format_table
+
+    print(format_table([{"alias": alias, "timm model": name, "family": family} for alias, (name, family) in MODEL_ALIASES.items()],
+                       "model aliases (any timm model name works too)"))
+    if Path(args.config).is_file():
+        config = load_config(args.config, check_files=False)
+        rows = []
+        for recipe in recipe_names(config):
+            _, cfg = resolve_train_config(config, recipe)
+            rows.append({"recipe": recipe, "model": cfg.model, "image size": cfg.image_size or "model's",
+                         "epochs": cfg.epochs, "lr": cfg.lr, "batch": cfg.batch_size})
+        print()
+        print(format_table(rows, f"recipes in {config.recipes_path}"))
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from pipeline.zoo import format_leaderboard, promote, run_zoo
+
+    config = _load(args)
+    board, n_failed = run_zoo(args.config, args.zoo, args.settings)
+    print(format_leaderboard(board, config.competition.metric))
+    print(f"report: {config.out / 'zoo' / config.competition.name / 'report.html'}")
+    if args.top:
+        promote(config, board, args.top, force=args.force)
+    if n_failed:
+        print(f"{n_failed} architecture(s) failed; see their screen.log", file=sys.stderr)
+    return 1 if n_failed else 0
+
+
+def cmd_zoo_promote(args: argparse.Namespace) -> int:
+    from pipeline.zoo import promote, read_leaderboard
+
+    config = _load(args)
+    if not args.top or args.top < 1:
+        raise UsageError("zoo-promote needs TOP=<number of architectures>, e.g. make zoo-promote TOP=3")
+    promote(config, read_leaderboard(config), args.top, force=args.force)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.data import load_competition
+    from pipeline.ensemble import run_ensemble
+    from pipeline.folds import run_folds
+    from pipeline.train import run_train, train_leaderboard
+
+    started = time.perf_counter()
+    config = _load(args)
+    competition = load_competition(config)
+    _, fingerprint, status = run_folds(config, competition, force=args.force)
+    print(f"folds: {config.folds_csv} {status} (fingerprint {fingerprint})")
+    for model in config.models:
+        print(train_leaderboard(run_train(config, model, force=args.force, overrides=args.settings,
+                                          competition=competition)))
+    run_ensemble(config, force=args.force, competition=competition)
+    print(f"demo finished in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+COMMANDS = {
+    "validate": (cmd_validate, "check the competition folder: tables, every image, labels, ids"),
+    "folds": (cmd_folds, "make the k-fold split (folds/<competition>.csv)"),
+    "train": (cmd_train, "train one model on every fold, predict OOF and test with TTA"),
+    "predict": (cmd_predict, "re-predict OOF and test from saved checkpoints"),
+    "ensemble": (cmd_ensemble, "blend the stored runs and write submissions"),
+    "import-oof": (cmd_import_oof, "add OOF and test predictions made elsewhere to the store"),
+    "models": (cmd_models, "list model aliases and recipes"),
+    "zoo": (cmd_zoo, "screen many architectures quickly; leaderboard and report"),
+    "zoo-promote": (cmd_zoo_promote, "train the best TOP screened architectures on every fold"),
+    "demo": (cmd_demo, "run every stage on the demo competition"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="k-fold training and ensembling for Kaggle image competitions")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (func, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(func=func)
+        p.add_argument("--config", default=DEFAULT_CONFIG, help=f"competition YAML (default {DEFAULT_CONFIG})")
+        p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. train.lr=1e-3 folds.n_splits=3")
+        if name in ("train", "predict"):
+            p.add_argument("--model", help="recipe name, model alias or timm name")
+        if name in ("train", "demo", "predict"):
+            p.add_argument("--epochs", type=int, help="override train.epochs")
+        if name == "train":
+            p.add_argument("--folds", help="comma-separated subset of folds, e.g. 0,2")
+        if name in ("zoo", "zoo-promote"):
+            p.add_argument("--top", type=int, help="train the best TOP screened architectures on every fold")
+        if name == "zoo":
+            p.add_argument("--zoo", default="configs/zoo/default.yaml", help="zoo file: screen settings and architectures")
+        if name == "validate":
+            p.add_argument("--image-size", type=int, help="input size to check images against (default: the model line-up's)")
+        if name == "import-oof":
+            p.add_argument("--name", help="run name for the imported predictions")
+            p.add_argument("--oof", help="OOF predictions: id, fold, one column per class (.csv or .parquet)")
+            p.add_argument("--test", help="test predictions: id, one column per class (.csv or .parquet)")
+        if name in ("train", "folds", "ensemble", "demo", "import-oof", "zoo", "zoo-promote"):
+            p.add_argument("--force", action="store_true", help="overwrite finished work")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.report import configure_logging
+
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        args.settings = _parse_settings(args)
+        return args.func(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished folds are kept; rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,503 @@
+"""Competition configs and model recipes: YAML, validated on load.
+
+A competition config (``configs/<competition>.yaml``) names the data, the task,
+the metric, the folds and the training defaults. A model recipe
+(``configs/recipes/<name>.yaml``) names an architecture and overrides training
+settings that suit it. Command-line overrides (``key=value``) go on top.
+
+Every key is checked before any work starts: an unknown key, a wrong type or a
+missing file raises :class:`ConfigError` naming the key, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from pipeline.errors import PipelineError
+from pipeline.metrics import METRICS
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where ``1e-3`` is a string; read it as the float every user means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+class ConfigError(PipelineError, ValueError):
+    """A config file or override is invalid; the message says which key and how to fix it."""
+
+
+class StrictModel(BaseModel):
+    # strict: YAML already carries types, so "3" for an int is a mistake worth reporting.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class UserMetricConfig(StrictModel):
+    """A metric of the user's own: ``function`` is ``file.py:name`` (beside the config) or ``package.module:name``."""
+
+    function: str = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
+    greater_is_better: bool
+    needs: Literal["proba", "label", "value"] = "proba"
+
+
+class CompetitionConfig(StrictModel):
+    """Where the data lives and what is predicted."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data_dir: str
+    train_csv: str = "train.csv"
+    sample_submission: str = "sample_submission.csv"
+    train_images: str = "train/{id}.png"
+    test_images: str = "test/{id}.png"
+    id_column: str = "id"
+    target_column: str = "label"
+    task: Literal["multiclass", "binary", "multilabel", "regression", "ordinal"] = "multiclass"
+    metric: str | None = None                       # None: the task's usual metric (pipeline.tasks)
+    solution: str | None = None
+    test_csv: str | None = None
+    demo: Literal["digits", "digits_binary", "digits_multilabel", "digits_regression", "digits_ordinal"] | None = None
+    # task-specific: multilabel targets as 0/1 columns, the binary positive class, a regression target's range
+    target_columns: list[str] | None = None
+    positive_class: str | None = None
+    target_range: list[float] | None = None
+    metrics: dict[str, UserMetricConfig] = Field(default_factory=dict)
+
+    @field_validator("train_images", "test_images")
+    @classmethod
+    def _has_id_placeholder(cls, value: str) -> str:
+        if "{id}" not in value:
+            raise ValueError(f"{value!r} must contain '{{id}}', e.g. 'train/{{id}}.png'")
+        return value
+
+    @model_validator(mode="after")
+    def _task_keys(self) -> "CompetitionConfig":
+        from pipeline.tasks import get_task
+
+        if self.target_columns is not None and self.task != "multilabel":
+            raise ValueError(f"target_columns are for task 'multilabel' (one 0/1 column per label); task is {self.task!r}")
+        if self.target_columns is not None and len(self.target_columns) < 2:
+            raise ValueError(f"target_columns needs at least 2 label columns, got {self.target_columns}")
+        if self.positive_class is not None and self.task != "binary":
+            raise ValueError(f"positive_class is for task 'binary'; task is {self.task!r}")
+        if self.target_range is not None:
+            if self.task not in ("regression", "ordinal"):
+                raise ValueError(f"target_range is for tasks 'regression' and 'ordinal'; task is {self.task!r}")
+            if len(self.target_range) != 2 or not self.target_range[0] < self.target_range[1]:
+                raise ValueError(f"target_range must be [low, high] with low < high, got {self.target_range}")
+        if self.metric is None:
+            self.metric = get_task(self.task).default_metric
+        return self
+
+    @property
+    def target_names(self) -> list[str]:
+        """The train.csv columns that hold the targets."""
+        return list(self.target_columns) if self.target_columns else [self.target_column]
+
+
+class FoldsConfig(StrictModel):
+    n_splits: int = Field(default=5, ge=2, le=50)
+    # stratified: by class, by label sets (multilabel: iterative stratification), or by target bins (regression)
+    strategy: Literal["stratified", "kfold", "group", "stratified_group", "multilabel"] = "stratified"
+    group_column: str | None = None
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _group_needs_column(self) -> "FoldsConfig":
+        if self.strategy in ("group", "stratified_group") and not self.group_column:
+            raise ValueError(f"strategy {self.strategy!r} needs folds.group_column (the column of train.csv that holds the group)")
+        return self
+
+
+class TrainConfig(StrictModel):
+    """Training settings; the competition gives defaults, a recipe overrides them."""
+
+    model: str | None = None
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    pretrained: bool | str = False
+    image_size: int | None = Field(default=None, ge=8)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: Literal["nearest", "bilinear", "bicubic", "area", "lanczos"] | None = None
+    epochs: int = Field(default=10, ge=1)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 64   # "auto": the largest that fits the GPU
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    loss: Literal["auto", "ce", "bce", "mse", "huber"] = "auto"   # auto: the task's usual loss (pipeline.tasks)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    drop_rate: float = Field(default=0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(default=None, gt=0)
+    patience: int | None = Field(default=None, ge=1)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"          # auto: bf16 where the GPU has it, else fp16
+    channels_last: bool = True
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False
+    sync_bn: bool = False                                        # SyncBatchNorm across GPUs under torchrun
+    ddp_backend: Literal["auto", "nccl", "gloo"] = "auto"        # auto: nccl on GPUs, gloo on CPUs
+    # the data path: decoded-image cache and DataLoader settings ("auto": chosen from the machine)
+    cache: Literal["auto", "disk", "memory", "off"] = "auto"
+    cache_margin: float = Field(default=1.0, ge=1.0, le=2.0)
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    pin_memory: bool | Literal["auto"] = "auto"
+    persistent_workers: bool | Literal["auto"] = "auto"
+    prefetch_factor: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    log_every: int = Field(default=20, ge=1)
+    augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)          # albumentations, per image on the CPU
+    device_augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)   # per batch on the device (transforms.py)
+    tta: list[str] = Field(default_factory=lambda: ["identity"])
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_yaml_bool(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` (or `no`) as false and `on` as true: they mean "off" and "disk" here
+        if isinstance(value, bool):
+            return "disk" if value else "off"
+        return value
+
+    # The transform and view names are checked against pipeline.transforms, which needs torch and
+    # albumentations. Commands that never train (folds, ensemble, import-oof) load the config with
+    # training=False and skip these three checks; every training path validates its TrainConfig again
+    # through resolve_train_config, with them, before any work.
+    @field_validator("augment")
+    @classmethod
+    def _known_transforms(cls, steps: list[dict[str, dict[str, Any]]], info: ValidationInfo) -> list[dict[str, dict[str, Any]]]:
+        if _checks_training(info):
+            from pipeline.transforms import check_augment_steps
+
+            check_augment_steps(steps)
+        return steps
+
+    @field_validator("device_augment")
+    @classmethod
+    def _known_device_steps(cls, steps: list[dict[str, dict[str, Any]]], info: ValidationInfo) -> list[dict[str, dict[str, Any]]]:
+        if _checks_training(info):
+            from pipeline.transforms import check_device_augment_steps
+
+            check_device_augment_steps(steps)
+        return steps
+
+    @field_validator("tta")
+    @classmethod
+    def _known_views(cls, views: list[str], info: ValidationInfo) -> list[str]:
+        if _checks_training(info):
+            from pipeline.transforms import parse_view
+
+            for view in views:
+                parse_view(view)
+        return views
+
+    @model_validator(mode="after")
+    def _mean_std_pairs(self) -> "TrainConfig":
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != 3:
+                raise ValueError(f"{key} needs 3 values (one per RGB channel), got {value}")
+        return self
+
+
+class EnsembleConfig(StrictModel):
+    optuna_trials: int = Field(default=200, ge=1)
+    optuna_timeout: float | None = Field(default=None, gt=0)
+    seed: int = 42
+    methods: list[str] | None = None
+    prune_correlation: float = Field(default=0.999, gt=0, le=1)
+    stacker_features: list[str] = Field(default_factory=list)
+    method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_methods(self) -> "EnsembleConfig":
+        from pipeline.blend import make_blend
+
+        for name in list(self.methods or []) + list(self.method_params):
+            try:
+                make_blend(name, **self.method_params.get(name, {}))
+            except KeyError as exc:  # an unknown method; pydantic reports ValueErrors only
+                raise ValueError(exc.args[0]) from None
+        return self
+
+
+class Config(StrictModel):
+    """One competition: the root of a YAML file."""
+
+    @model_validator(mode="after")
+    def _features_need_test_table(self) -> "Config":
+        if self.ensemble.stacker_features and not self.competition.test_csv:
+            raise ValueError("ensemble.stacker_features need competition.test_csv (the test rows' metadata: id plus the same columns)")
+        return self
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> "Config":
+        from pipeline.metrics import check_metric_task, load_user_metric
+        from pipeline.tasks import resolve_loss
+
+        comp = self.competition
+        for name, spec in comp.metrics.items():
+            load_user_metric(name, spec.function, spec.greater_is_better, spec.needs, (comp.task,),
+                             base_dir=self.config_dir)
+        if comp.metric not in METRICS:
+            raise ValueError(f"unknown metric {comp.metric!r}; choose one of {sorted(METRICS)} "
+                             "or define it under competition.metrics")
+        check_metric_task(comp.metric, comp.task)
+        resolve_loss(comp.task, self.train.loss)
+        if self.folds.strategy == "multilabel" and comp.task != "multilabel":
+            raise ValueError(f"folds.strategy 'multilabel' is for task 'multilabel'; task is {comp.task!r} (use 'stratified')")
+        if self.folds.strategy == "stratified_group" and comp.task == "multilabel":
+            raise ValueError("folds.strategy 'stratified_group' cannot stratify label sets; use 'group' or 'multilabel'")
+        return self
+
+    competition: CompetitionConfig
+    folds: FoldsConfig = Field(default_factory=FoldsConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    models: list[str] = Field(default_factory=list)
+    recipes_dir: str = "recipes"
+    output_dir: str = "."
+
+    # set by load_config, not by the YAML file
+    source: str | None = None
+
+    # -- paths -----------------------------------------------------------------
+    @property
+    def config_dir(self) -> Path:
+        return Path(self.source).parent if self.source else Path(".")
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.config_dir / self.competition.data_dir).resolve()
+
+    def data_path(self, relative: str) -> Path:
+        return self.data_dir / relative
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
+
+    @property
+    def folds_csv(self) -> Path:
+        return self.out / "folds" / f"{self.competition.name}.csv"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.out / "runs" / self.competition.name
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.out / "cache" / self.competition.name
+
+    @property
+    def submissions_dir(self) -> Path:
+        return self.out / "submissions" / self.competition.name
+
+    @property
+    def recipes_path(self) -> Path:
+        return self.config_dir / self.recipes_dir
+
+
+def format_validation_error(error: ValidationError, where: str, root: type[BaseModel] | None = None) -> str:
+    """One line per invalid key; an unknown key gets the closest known keys of ``root`` (default: :class:`Config`)."""
+    lines = [f"invalid config {where}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key {key!r}{_suggest_key(item, root or Config)}")
+        elif item["type"] == "value_error" and isinstance(item.get("input"), dict):
+            # a check across keys: the message names them; the whole section as input would only hide it
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"  - {key}: {message}" if key else f"  - {message}")
+        else:
+            lines.append(f"  - {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _suggest_key(item: dict, root: type[BaseModel]) -> str:
+    model = _model_at(root, item["loc"][:-1])
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(item["loc"][-1]), list(model.model_fields), n=3)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else f"; known keys: {', '.join(model.model_fields)}"
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` strings into a nested dict; values are read as YAML.
+
+    A bare key that names a training setting (``lr=1e-3``) means ``train.<key>``.
+
+    Raises
+    ------
+    ConfigError
+        For an item without ``=``.
+    """
+    nested: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-3)")
+        key, raw = item.split("=", 1)
+        value = yaml_load(raw) if raw != "" else None
+        parts = key.strip().split(".")
+        if len(parts) == 1 and parts[0] in TrainConfig.model_fields:
+            parts = ["train", parts[0]]
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def _checked_overrides(overrides: Any) -> dict[str, Any]:
+    # a list of strings here is a caller that skipped the command line's parsing: say so, do not guess
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise TypeError(f"overrides must be a dict of settings (parse key=value strings once with parse_overrides); "
+                        f"got {type(overrides).__name__}")
+    return overrides
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Merge ``update`` into a copy of ``base``; nested dicts merge, other values replace."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "model_kwargs":
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _checks_training(info: ValidationInfo) -> bool:
+    return not (info.context or {}).get("skip_training_checks", False)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, check_files: bool = True,
+                training: bool = True) -> Config:
+    """Read, merge and validate a competition config.
+
+    Parameters
+    ----------
+    path : str or Path
+        The competition YAML file.
+    overrides : dict, optional
+        Nested settings applied on top: ``ARGS=`` parsed once by the command line
+        (:func:`parse_overrides`), or built by a caller such as the zoo.
+    check_files : bool
+        Also check that the data files exist (skipped for a demo competition
+        whose data is built on first use).
+    training : bool
+        Also check ``train``'s augmentation steps and TTA views against
+        :mod:`pipeline.transforms` (torch, albumentations). False for commands that
+        never train, so they start without torch; training re-checks them in
+        :func:`resolve_train_config`.
+
+    Returns
+    -------
+    Config
+    """
+    path = Path(path)
+    raw = deep_merge(read_yaml(path), _checked_overrides(overrides))
+    raw["source"] = str(path)
+    try:
+        config = Config.model_validate(raw, context={"skip_training_checks": not training})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+    if check_files and config.competition.demo is None:
+        check_data_files(config)
+    return config
+
+
+def check_data_files(config: Config) -> None:
+    """Raise :class:`ConfigError` if a file the config names is missing."""
+    comp = config.competition
+    optional = tuple(key for key in ("solution", "test_csv") if getattr(comp, key))
+    for key in ("train_csv", "sample_submission") + optional:
+        file = config.data_path(getattr(comp, key))
+        if not file.is_file():
+            raise ConfigError(f"competition.{key}: file {file} does not exist; fix the path in {config.source}")
+
+
+def recipe_names(config: Config) -> list[str]:
+    """The recipes available beside the config, by name."""
+    folder = config.recipes_path
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def resolve_train_config(config: Config, model: str, overrides: dict[str, Any] | None = None) -> tuple[str, TrainConfig]:
+    """The training settings for one run: competition defaults < recipe < overrides.
+
+    Parameters
+    ----------
+    config : Config
+    model : str
+        A recipe name (``configs/recipes/<model>.yaml``), a model alias or a timm name.
+    overrides : dict, optional
+        Nested settings (:func:`parse_overrides`); those under ``train`` apply here.
+
+    Returns
+    -------
+    (run_name, TrainConfig)
+    """
+    base = config.train.model_dump(exclude_unset=False)
+    recipe_file = config.recipes_path / f"{model}.yaml"
+    if recipe_file.is_file():
+        recipe = read_yaml(recipe_file)
+        if "model" not in recipe:
+            raise ConfigError(f"recipe {recipe_file} must name its architecture with 'model: <name>'")
+        where = str(recipe_file)
+    else:
+        recipe = {"model": model}
+        where = f"model {model!r}"
+    merged = deep_merge(deep_merge(base, recipe), _checked_overrides(overrides).get("train") or {})
+    try:
+        train = TrainConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where, TrainConfig).replace("  - ", "  - train.")) from None
+    return model, train
+
+
+def config_hash(data: Any) -> str:
+    """A short stable hash of JSON-able data (configs, fold assignments)."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,234 @@
+"""Stage 1: the k-fold split, made once and read by every later stage.
+
+``folds/<competition>.csv`` holds ``id, fold``; ``folds/<competition>.json`` holds
+its fingerprint (a hash of the assignment), which every run records so that the
+ensemble never mixes predictions made on different splits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+from pipeline import io
+from pipeline.config import Config, config_hash
+from pipeline.data import Competition
+from pipeline.errors import PipelineError
+from pipeline.tasks import get_task
+
+
+class FoldsError(PipelineError, ValueError):
+    """The folds file is missing, stale, or cannot be made from this data."""
+
+
+def iter_splits(folds) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
+    """The train / held-out rows of each fold, for nested cross-validation.
+
+    Modelled on scikit-learn's ``split``, but over a saved fold assignment:
+    each fold in turn is held out and the other folds are its training rows,
+    so every row is held out exactly once.  The fold ids are checked when
+    this is called, not when the first split is drawn.
+
+    Parameters
+    ----------
+    folds : array-like of shape (n_rows,)
+        The fold id of each row (any sortable ids: 0..K-1, strings, ...).
+
+    Returns
+    -------
+    splits : iterator of (fold_id, train_idx, held_out_idx)
+        One per distinct fold id, in sorted order.  ``fold_id`` is a plain
+        Python scalar (an int, float or str for NumPy ids), fit for a dict
+        key or JSON; ``train_idx`` and ``held_out_idx`` are ascending integer
+        row indices (``np.flatnonzero``), disjoint and together every row.
+
+    Raises
+    ------
+    ValueError
+        If ``folds`` is not 1-D, holds a NaN id (its rows would never be held
+        out), or has fewer than 2 distinct ids (nothing to train on).
+    """
+    folds = np.asarray(folds)
+    if folds.ndim != 1:
+        raise ValueError(f"folds must be 1-D, one fold id per row; got shape {folds.shape}")
+    if folds.dtype.kind in "fc" and np.isnan(folds).any():
+        raise ValueError(f"fold ids must not be NaN; row {int(np.flatnonzero(np.isnan(folds))[0])} is NaN")
+    fold_ids = np.unique(folds)
+    if len(fold_ids) < 2:
+        raise ValueError(f"nested cross-validation needs at least 2 folds; got fold ids {fold_ids.tolist()}")
+
+    def splits() -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
+        for fold in fold_ids:
+            held = folds == fold
+            # a NumPy scalar becomes its Python value; an object array's ids already are Python values
+            yield (fold.item() if isinstance(fold, np.generic) else fold), np.flatnonzero(~held), np.flatnonzero(held)
+
+    return splits()
+
+
+def _multilabel_kfold(n: int, seed: int):
+    # iterative stratification (Sechidis et al. 2011): every label's share, and the pairs', kept even per fold
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    return MultilabelStratifiedKFold(n_splits=n, shuffle=True, random_state=seed)
+
+
+SPLITTERS = {
+    "stratified": lambda n, seed: StratifiedKFold(n_splits=n, shuffle=True, random_state=seed),
+    "multilabel": _multilabel_kfold,
+    "kfold": lambda n, seed: KFold(n_splits=n, shuffle=True, random_state=seed),
+    "group": lambda n, seed: GroupKFold(n_splits=n, shuffle=True, random_state=seed),
+    "stratified_group": lambda n, seed: StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed),
+}
+
+
+def make_folds(y: np.ndarray, n_splits: int = 5, strategy: str = "stratified", seed: int = 42, groups: np.ndarray | None = None,
+               task: str = "multiclass") -> np.ndarray:
+    """Assign each row to a validation fold.
+
+    Parameters
+    ----------
+    y : array
+        The task's targets (:mod:`pipeline.tasks`): class or grade indices, 0/1 label
+        rows (multilabel) or values (regression, stratified on quantile bins).
+    n_splits : int
+        Number of folds.
+    strategy : {"stratified", "kfold", "group", "stratified_group", "multilabel"}
+        "stratified" on a multilabel task is iterative stratification ("multilabel").
+    seed : int
+        Same seed, same folds.
+    groups : array of shape (n_rows,), optional
+        Required by the group strategies; a group never straddles two folds.
+
+    Returns
+    -------
+    ndarray of int of shape (n_rows,)
+        The fold of each row, 0 .. n_splits-1.
+
+    Raises
+    ------
+    FoldsError
+        For an unknown strategy, missing groups, or too few rows per class/group.
+    """
+    if strategy not in SPLITTERS:
+        raise FoldsError(f"unknown folds strategy {strategy!r}; choose one of {sorted(SPLITTERS)}")
+    y = np.asarray(y)
+    if task == "multilabel" and strategy == "stratified":
+        strategy = "multilabel"
+    if strategy == "multilabel" and (y.ndim != 2 or y.shape[1] < 2):
+        raise FoldsError(f"strategy 'multilabel' needs a 0/1 matrix with one column per label; got shape {y.shape}")
+    if strategy == "stratified_group" and y.ndim != 1:
+        raise FoldsError("strategy 'stratified_group' cannot stratify label sets; use 'group' or 'multilabel'")
+    if strategy in ("stratified", "stratified_group"):  # class, grade or target-bin labels
+        y = get_task(task).strata(y, n_splits)
+    if strategy in ("group", "stratified_group"):
+        if groups is None:
+            raise FoldsError(f"strategy {strategy!r} needs groups (set folds.group_column)")
+        n_groups = len(np.unique(groups))
+        if n_groups < n_splits:
+            raise FoldsError(f"{n_groups} groups cannot fill {n_splits} folds; lower folds.n_splits")
+    if strategy in ("stratified", "stratified_group"):
+        counts = np.bincount(y)
+        rare = np.flatnonzero((counts > 0) & (counts < n_splits))
+        if len(rare) and strategy == "stratified":
+            raise FoldsError(
+                f"class index(es) {rare.tolist()} have fewer rows ({counts[rare].tolist()}) than folds ({n_splits}); "
+                "lower folds.n_splits or use strategy 'kfold'"
+            )
+    splitter = SPLITTERS[strategy](n_splits, seed)
+    folds = np.full(len(y), -1, dtype=np.int64)
+    uses_groups = strategy in ("group", "stratified_group")
+    splits = splitter.split(np.zeros(len(y)), y, groups) if uses_groups else splitter.split(np.zeros(len(y)), y)
+    for fold, (_, valid_idx) in enumerate(splits):
+        folds[valid_idx] = fold
+    return folds
+
+
+def fingerprint(ids: np.ndarray, folds: np.ndarray) -> str:
+    """A hash of the id -> fold assignment, independent of row order."""
+    order = np.argsort(ids, kind="stable")
+    return config_hash([np.asarray(ids)[order].tolist(), np.asarray(folds)[order].tolist()])
+
+
+def folds_frame(ids: np.ndarray, folds: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"id": ids, "fold": folds})
+
+
+def read_folds(config: Config, competition: Competition) -> tuple[np.ndarray, str]:
+    """The saved folds aligned to ``train.csv`` row order, with their fingerprint.
+
+    Raises
+    ------
+    FoldsError
+        If the file is missing or its ids differ from train.csv.
+    """
+    path = config.folds_csv
+    if not path.is_file():
+        raise FoldsError(f"no folds file {path}; run 'make folds' first")
+    frame = pd.read_csv(path, dtype={"id": str})
+    by_id = dict(zip(frame["id"].astype(str), frame["fold"].astype(int)))
+    ids = competition.train_ids
+    missing = [i for i in ids if i not in by_id]
+    if missing or len(by_id) != len(ids):
+        raise FoldsError(
+            f"{path} does not match train.csv ({len(missing)} train ids missing, {len(by_id)} vs {len(ids)} rows); "
+            "run 'make folds FORCE=1' to remake it (runs made on the old folds will no longer ensemble)"
+        )
+    folds = np.array([by_id[i] for i in ids], dtype=np.int64)
+    return folds, fingerprint(ids, folds)
+
+
+def fold_summary(y: np.ndarray, folds: np.ndarray, classes: list[str], task: str = "multiclass") -> pd.DataFrame:
+    """Rows per fold and what stratification kept even (class, label or target shares): the folds table."""
+    rows = []
+    for fold in np.unique(folds):
+        mask = folds == fold
+        rows.append({"fold": int(fold), "rows": int(mask.sum()), **get_task(task).summary(y[mask], classes)})
+    return pd.DataFrame(rows)
+
+
+def run_folds(config: Config, competition: Competition, force: bool = False) -> tuple[np.ndarray, str, str]:
+    """Make and save the folds unless an identical file exists.
+
+    Returns
+    -------
+    (folds, fingerprint, status) where status is "written", "unchanged" or "replaced".
+
+    Raises
+    ------
+    FoldsError
+        If a different folds file exists and ``force`` is not set.
+    """
+    groups = None
+    if config.folds.group_column:
+        groups = competition.train[config.folds.group_column].to_numpy()
+    folds = make_folds(competition.y, config.folds.n_splits, config.folds.strategy, config.folds.seed, groups,
+                       task=config.competition.task)
+    ids = competition.train_ids
+    new_print = fingerprint(ids, folds)
+    path: Path = config.folds_csv
+    status = "written"
+    if path.is_file():
+        try:
+            _, old_print = read_folds(config, competition)
+        except FoldsError:
+            old_print = None
+        if old_print == new_print:
+            return folds, new_print, "unchanged"
+        if not force:
+            raise FoldsError(
+                f"{path} exists with other folds (fingerprint {old_print}, new {new_print}); "
+                "pass FORCE=1 to replace it (runs made on the old folds will no longer ensemble)"
+            )
+        status = "replaced"
+    io.write_csv(path, folds_frame(ids, folds))
+    io.write_json(path.with_suffix(".json"), {
+        "fingerprint": new_print, "n_splits": config.folds.n_splits, "strategy": config.folds.strategy,
+        "seed": config.folds.seed, "group_column": config.folds.group_column, "rows": len(ids),
+    })
+    return folds, new_print, status

@@ -1,0 +1,186 @@
+"""Model registry: short aliases for the architectures Kagglers read about, any timm name besides.
+
+Model-specific facts (input size, mean/std, interpolation) come from the model's
+own pretrained config through :func:`timm.data.resolve_model_data_config`, never
+from constants here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import load_state_dict
+
+from pipeline.errors import PipelineError
+
+# alias -> (timm name, family). Adding an architecture is one line here.
+MODEL_ALIASES: dict[str, tuple[str, str]] = {
+    "resnet18": ("resnet18", "resnet"),
+    "resnet34": ("resnet34", "resnet"),
+    "resnet50": ("resnet50", "resnet"),
+    "resnet101": ("resnet101", "resnet"),
+    "resnext50": ("resnext50_32x4d", "resnext"),
+    "vgg16": ("vgg16", "vgg"),
+    "vgg19": ("vgg19", "vgg"),
+    "inception_v3": ("inception_v3", "inception"),
+    "xception": ("legacy_xception", "xception"),
+    "mobilenetv2": ("mobilenetv2_100", "mobilenet"),
+    "mobilenetv3": ("mobilenetv3_large_100", "mobilenet"),
+    "efficientnet_b0": ("efficientnet_b0", "efficientnet"),
+    "efficientnetv2": ("tf_efficientnetv2_s", "efficientnet"),
+    "convnext": ("convnext_tiny", "convnext"),
+    "regnet": ("regnety_016", "regnet"),
+    "vit": ("vit_small_patch16_224", "vit"),
+}
+
+
+class ModelError(PipelineError, ValueError):
+    """An unknown model name or a weights file that does not fit the architecture."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the model expects at its input."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+
+
+def resolve_model_name(name: str) -> str:
+    """Map an alias or a timm name to the timm name.
+
+    Raises
+    ------
+    ModelError
+        Naming the unknown model and suggesting close aliases or timm names.
+    """
+    if name in MODEL_ALIASES:
+        return MODEL_ALIASES[name][0]
+    if timm.is_model(name):
+        return name
+    candidates = list(MODEL_ALIASES) + timm.list_models()
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ModelError(f"unknown model {name!r}{hint} ('make models' lists the aliases; any timm model name also works)")
+
+
+def model_family(name: str) -> str:
+    """The architecture family of an alias or timm name (for leaderboards)."""
+    if name in MODEL_ALIASES:
+        return MODEL_ALIASES[name][1]
+    timm_name = resolve_model_name(name)
+    for _, (alias_target, family) in MODEL_ALIASES.items():
+        if alias_target == timm_name:
+            return family
+    return timm_name.split("_")[0].rstrip("0123456789") or timm_name
+
+
+def _classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    names = model.pretrained_cfg.get("classifier", ())
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(f"{n}." for n in names)
+
+
+def load_weights_file(model: torch.nn.Module, path: str | Path, model_name: str) -> None:
+    """Load a local ``.safetensors``/``.pth`` file into ``model``, re-initialising the classifier.
+
+    Only safe formats are read: safetensors, or ``torch.load(weights_only=True)``,
+    which refuses pickles that would run code. The classifier is kept from the
+    file only when its shape matches; every other tensor must match exactly.
+
+    Raises
+    ------
+    ModelError
+        If the file is missing, of an unknown type, or does not fit the architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"pretrained weights file {path} does not exist; set train.pretrained to a file path, true (hub) or false")
+    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise ModelError(f"pretrained weights file {path} must be .safetensors, .pth, .pt or .bin")
+    try:
+        state = load_state_dict(str(path), use_ema=True, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError or others for a bad file
+        raise ModelError(
+            f"cannot read weights file {path}: {exc}. Only safetensors files and plain state dicts "
+            "(loadable with torch.load(weights_only=True)) are accepted; convert others with "
+            "safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
+        ) from None
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    classifier = _classifier_prefixes(model)
+    dropped = []
+    for key in list(state):
+        if key.startswith(classifier) and (key not in own or own[key].shape != state[key].shape):
+            dropped.append(key)
+            del state[key]
+    missing = [k for k in own if k not in state and not k.startswith(classifier)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if missing or unexpected or mismatched:
+        details = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                details.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+        raise ModelError(
+            f"weights file {path} does not match architecture {model_name!r}: {'; '.join(details)}. "
+            "Use weights saved from the same timm architecture."
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def create_model(name: str, num_classes: int, pretrained: bool | str = False, drop_rate: float = 0.0, **kwargs) -> torch.nn.Module:
+    """Build a timm model for ``num_classes`` outputs.
+
+    Parameters
+    ----------
+    name : str
+        Alias or timm name.
+    num_classes : int
+        Size of the new classifier.
+    pretrained : bool or str
+        ``True``: timm's hub weights (needs internet). A path: a local weights
+        file (Kaggle's offline way). ``False``: random initialisation.
+    drop_rate : float
+        Dropout before the classifier.
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    timm_name = resolve_model_name(name)
+    hub = pretrained is True
+    model = timm.create_model(timm_name, pretrained=hub, num_classes=num_classes, drop_rate=drop_rate, **kwargs)
+    if isinstance(pretrained, str):
+        load_weights_file(model, pretrained, timm_name)
+    return model
+
+
+def data_config(model: torch.nn.Module, image_size: int | None = None, mean=None, std=None, interpolation=None) -> DataConfig:
+    """The model's input facts from its pretrained config, each overridable by the recipe."""
+    resolved = timm.data.resolve_model_data_config(model)
+    _, height, width = resolved["input_size"]
+    return DataConfig(
+        image_size=int(image_size or max(height, width)),
+        mean=tuple(float(v) for v in (mean or resolved["mean"])),
+        std=tuple(float(v) for v in (std or resolved["std"])),
+        interpolation=interpolation or resolved.get("interpolation", "bilinear"),
+    )
+
+
+def default_input_size(name: str) -> int | None:
+    """The input size of a model's default pretrained config (no model is built), or None if timm has none."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(resolve_model_name(name))
+    if pretrained_cfg is None or not pretrained_cfg.input_size:
+        return None
+    return int(max(pretrained_cfg.input_size[1:]))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,30 @@
+"""Stage 2: fine-tune one architecture on every fold, predict its validation fold and the test set.
+
+Per fold: augmentation at the model's own input size (albumentations per image on the
+host, and/or batched on the device: :mod:`pipeline.transforms`), the model's own
+normalisation (on the device), AdamW with linear warm-up then cosine decay, AMP (bf16, or
+fp16 with a grad scaler) and channels_last on a GPU, the best checkpoint by the validation
+metric, early stopping, and a progress bar. The training state is saved after every epoch,
+so a rerun after a crash continues the unfinished fold and skips finished ones.
+
+Rooms (each imports only the ones above it):
+
+=============  ==========================================================================
+heads          the task's loss and activation (the torch half of :mod:`pipeline.tasks`)
+dataset        the Dataset over an image store, ``FoldData``
+runtime        device, AMP dtype, loader settings, ``to_device``/``autocast``
+steps          optimiser, warm-up + cosine schedule, ``train_step``, loss checks
+model          building, seeding, DDP and ``torch.compile`` wrapping
+batch_size     the largest batch that fits the GPU
+checkpoint     training state (resume) and best weights
+predict        TTA views in one pass, ``predict_fold``, fold prediction files
+images         the decoded-image cache or an in-memory store, the model's input size
+loop           ``train_one_epoch``, ``evaluate``, ``train_fold``
+stage          ``run_train``/``run_predict``: the run spec, locks, DDP orchestration, assembly
+=============  ==========================================================================
+"""
+
+from pipeline.train.stage import run_predict, run_train, train_leaderboard
+from pipeline.train.steps import TrainingError
+
+__all__ = ["TrainingError", "run_predict", "run_train", "train_leaderboard"]

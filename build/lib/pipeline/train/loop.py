@@ -1,0 +1,187 @@
+"""One fold, epoch by epoch: ``train_one_epoch`` and ``evaluate`` as small functions, ``train_fold`` around them.
+
+The hot loop never waits on the GPU: losses are summed on the device and read back every
+``log_every`` steps only. Every epoch's randomness derives from (seed, epoch[, rank]), and
+the training state is saved after every epoch, so a resumed fold replays exactly what an
+uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pipeline import io
+from pipeline.config import TrainConfig
+from pipeline.distributed import barrier, broadcast_buffers, gather_rows, shard
+from pipeline.metrics import Metric
+from pipeline.models import count_parameters, data_config
+from pipeline.report import progress_bar
+from pipeline.store import RunLayout
+from pipeline.train import checkpoint
+from pipeline.train.dataset import FoldData, ImageDataset
+from pipeline.train.heads import Head
+from pipeline.train.model import prepare_model, seed_everything, wrap_for_training
+from pipeline.train.predict import predict_fold, predict_views
+from pipeline.train.runtime import Runtime, batch_to_device, device_transform, make_loader
+from pipeline.train.steps import check_loss, global_mean, make_optimizer, train_step, warmup_cosine
+from pipeline.transforms import DeviceTransform, HostTransform
+
+log = logging.getLogger(__name__)
+
+
+def train_one_epoch(model: torch.nn.Module, loader, criterion: Head, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, scheduler, runtime: Runtime, inputs: DeviceTransform,
+                    cfg: TrainConfig, epoch: int, bar) -> float:
+    """One pass over the training loader; returns the mean loss over every rank's steps.
+
+    The loss is read back to the host every ``cfg.log_every`` steps only (and once at the end).
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=runtime.device)
+    steps = len(loader)
+    for step, (x, y) in enumerate(loader):
+        x, y = batch_to_device(x, runtime, inputs, train=True), y.to(runtime.device, non_blocking=True)
+        loss_sum += train_step(model, x, y, criterion, optimizer, scaler, runtime, cfg.grad_clip, scheduler)
+        if (step + 1) % cfg.log_every == 0:
+            mean_loss = global_mean(loss_sum, step + 1, runtime.dist)  # the only host sync of the loop
+            check_loss(mean_loss, epoch, step, cfg)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+            bar.update(cfg.log_every)
+    bar.update(steps - (steps // cfg.log_every) * cfg.log_every)
+    train_loss = global_mean(loss_sum, steps, runtime.dist)
+    check_loss(train_loss, epoch, steps - 1, cfg)
+    return train_loss
+
+
+def evaluate(model: torch.nn.Module, loader, view: Callable, runtime: Runtime, head: Head, inputs: DeviceTransform,
+             y: np.ndarray, metric: Metric) -> float:
+    """The metric on the validation rows (plain view, gathered from every rank's shard)."""
+    probs = gather_rows(predict_views(model, loader, [view], runtime, head.activate, inputs)[0], runtime.dist, len(y))
+    return metric(y, probs)
+
+
+def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, classes: list[str], metric: Metric,
+               runtime: Runtime, layout: RunLayout, views: list[Callable], view_names: list[str]) -> dict:
+    """Train one fold, keep its best checkpoint, predict its validation rows and the test set.
+
+    Under torchrun every rank runs this: training rows are split by a
+    DistributedSampler, validation rows are sharded and gathered (every rank computes the
+    same score, so early stopping agrees), and only rank 0 writes files.
+
+    Returns
+    -------
+    dict with the fold's scores, best epoch, timings, throughput and history (also written to ``fold.json``).
+    """
+    context = runtime.dist
+    main = context.is_main
+    if main:
+        layout.fold_dir(fold).mkdir(parents=True, exist_ok=True)
+    seed = cfg.seed + 1000 * fold
+    seed_everything(seed)
+    model = prepare_model(cfg, data.head.n_outputs(len(classes)), runtime, cfg.pretrained)
+    dcfg = data_config(model, cfg.image_size, cfg.mean, cfg.std, cfg.interpolation)
+
+    train_idx = np.flatnonzero(data.folds != fold)
+    valid_idx = np.flatnonzero(data.folds == fold)
+    train_tf = HostTransform(dcfg.image_size, dcfg.interpolation, cfg.augment)
+    eval_tf = HostTransform(dcfg.image_size, dcfg.interpolation)
+    inputs = device_transform(cfg, dcfg, runtime)
+    train_ds = ImageDataset(data.store, train_idx, train_tf, data.y)
+    valid_ds = ImageDataset(data.store, shard(valid_idx, context), eval_tf, data.y)
+    generator = torch.Generator()
+    sampler = None
+    if context.enabled:
+        # the same rows per rank and epoch for a given seed; a resumed run replays them
+        sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=context.world_size, rank=context.rank,
+                                                      shuffle=True, seed=seed)
+    per_rank = math.ceil(len(train_ds) / context.world_size)
+    drop_last = per_rank > cfg.batch_size
+    train_loader = make_loader(train_ds, cfg.batch_size, runtime, shuffle=True, generator=generator,
+                               drop_last=drop_last, sampler=sampler)
+    valid_loader = make_loader(valid_ds, cfg.batch_size * 2, runtime)
+
+    optimizer = make_optimizer(model, cfg, runtime)
+    steps_per_epoch = len(train_loader)
+    images_per_epoch = (steps_per_epoch * cfg.batch_size if drop_last else per_rank) * context.world_size
+    total_steps = cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, round(cfg.warmup_epochs * steps_per_epoch)))
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
+
+    best_path, state_path = layout.best(fold), layout.state(fold)
+    history: list[dict] = []
+    best_score, best_epoch, start_epoch, elapsed_before = metric.worst, -1, 0, 0.0
+    state = checkpoint.load_state(state_path)
+    best_info = checkpoint.best_checkpoint_info(best_path)
+    if state is not None and best_info is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch = state["epoch"] + 1
+        history = list(state["history"])
+        elapsed_before = float(state["train_seconds"])
+        # the best checkpoint on disk is the truth: it may be newer than a fallback state
+        best_epoch, best_score = best_info
+        if main:
+            log.info("  %s fold %d: resuming after epoch %d/%d", run_name, fold, start_epoch, cfg.epochs)
+    elif state is not None and main:
+        log.info("  %s fold %d: the best checkpoint is missing or damaged; the fold restarts", run_name, fold)
+    step_model = wrap_for_training(model, runtime)
+
+    valid_y = data.y[valid_idx]
+    started = time.perf_counter()
+    bar = progress_bar(total=total_steps, initial=start_epoch * steps_per_epoch, desc=f"{run_name} fold {fold}",
+                       unit="step", enabled=main)
+    for epoch in range(start_epoch, cfg.epochs):
+        if best_epoch >= 0 and cfg.patience and epoch - best_epoch > cfg.patience:
+            break
+        # every epoch's randomness derives from (seed, epoch[, rank]): a resumed run replays it exactly
+        generator.manual_seed(seed * 100 + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        torch.manual_seed(seed * 100 + epoch + 7919 * context.rank)
+        train_tf.set_random_seed(seed * 100 + epoch + 7919 * context.rank)
+        epoch_started = time.perf_counter()
+        train_loss = train_one_epoch(step_model, train_loader, data.head, optimizer, scaler, scheduler, runtime, inputs,
+                                     cfg, epoch, bar)
+        # the loss read-back above waited for the device, so this is the epoch's real training time
+        images_per_s = images_per_epoch / max(time.perf_counter() - epoch_started, 1e-9)
+        broadcast_buffers(model, context)
+        score = evaluate(model, valid_loader, views[0], runtime, data.head, inputs, valid_y, metric)
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "valid_score": score, "lr": scheduler.get_last_lr()[0],
+                        "train_images_per_s": images_per_s})
+        if metric.is_better(score, best_score):
+            best_score, best_epoch = score, epoch
+            if main:
+                checkpoint.save_best(best_path, model, epoch, score)
+        bar.set_postfix(loss=f"{train_loss:.4f}", **{metric.name: f"{score:.4f}", "best": f"{best_score:.4f}"})
+        if main and bar.disable:
+            # a log file gets one line per epoch instead of the bar's carriage-return updates
+            log.info("  %s fold %d epoch %d/%d: loss %.4f, %s %.4f (best %.4f), %.0f images/s", run_name, fold,
+                     epoch + 1, cfg.epochs, train_loss, metric.name, score, best_score, images_per_s)
+        if main:
+            checkpoint.save_state(state_path, {
+                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best_score": float(best_score),
+                "best_epoch": int(best_epoch), "history": history,
+                "train_seconds": time.perf_counter() - started + elapsed_before})
+    bar.close()
+    train_seconds = time.perf_counter() - started + elapsed_before
+    barrier(context)  # rank 0's best checkpoint is on disk before any rank reads it
+
+    result = predict_fold(cfg, fold, data, classes, metric, runtime, layout, views, view_names, model=model)
+    rates = [h["train_images_per_s"] for h in history if "train_images_per_s" in h]
+    result.update({"best_epoch": best_epoch + 1, "epochs_run": len(history), "train_seconds": train_seconds,
+                   "train_images_per_s": float(np.median(rates)) if rates else None,
+                   "history": history, "image_size": dcfg.image_size, "mean": dcfg.mean, "std": dcfg.std,
+                   "interpolation": dcfg.interpolation, "params": count_parameters(model),
+                   "batch_size": cfg.batch_size, "processes": context.world_size})
+    if main:
+        io.write_json(layout.fold_info(fold), result)
+    return result

@@ -1,0 +1,384 @@
+"""The train and predict stages: resolve a run, lock its folder, train or predict each fold, assemble its files.
+
+Under ``torchrun`` (``make train GPUS=n``) every rank runs these functions: rank 0 alone
+reads and writes the store and hands its results (or its error) to the other ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline import io
+from pipeline.config import Config, ConfigError, TrainConfig, resolve_train_config
+from pipeline.data import Competition, load_competition
+from pipeline.distributed import SINGLE, DistContext, barrier, broadcast_object, init_distributed, launched_by_torchrun
+from pipeline.errors import PipelineError
+from pipeline.folds import FoldsError, read_folds, run_folds
+from pipeline.metrics import Metric, get_metric
+from pipeline.models import create_model, model_family, resolve_model_name
+from pipeline.report import format_seconds, format_table
+from pipeline.store import (RunLayout, RunLock, RunMeta, StoreError, code_version, library_versions, prediction_frame,
+                            read_meta, run_hash, write_meta)
+from pipeline.tasks import resolve_loss
+from pipeline.train.batch_size import resolve_batch_size
+from pipeline.train.dataset import FoldData
+from pipeline.train.heads import Head, make_head
+from pipeline.train.images import input_size, open_image_store
+from pipeline.train.loop import train_fold
+from pipeline.train.predict import predict_fold, read_fold_predictions
+from pipeline.train.runtime import Runtime, select_runtime, use_cuda_for
+from pipeline.transforms import parse_view
+
+log = logging.getLogger(__name__)
+
+
+def ensure_folds(config: Config, competition: Competition) -> tuple[np.ndarray, str]:
+    """The saved folds; made now (and said so) if this competition has none yet."""
+    try:
+        return read_folds(config, competition)
+    except FoldsError:
+        if config.folds_csv.is_file():
+            raise
+        folds, fingerprint, _ = run_folds(config, competition)
+        log.info("made folds: %s (fingerprint %s)", config.folds_csv, fingerprint)
+        return folds, fingerprint
+
+
+def view_list(cfg: TrainConfig) -> tuple[list[Callable], list[str]]:
+    """The TTA views of a run, the plain view first (its predictions give the "CV without TTA" figure)."""
+    names = ["identity"] + [v for v in cfg.tta if v.strip() != "identity"]
+    return [parse_view(v) for v in names], names
+
+
+@dataclass
+class RunSpec:
+    """Everything a run needs, resolved and checked before any work."""
+
+    name: str
+    cfg: TrainConfig
+    layout: RunLayout
+    settings_hash: str
+    competition: Competition
+    folds: np.ndarray
+    fingerprint: str
+    metric: Metric
+    head: Head
+
+
+def prepare_run(config: Config, model: str, overrides: dict[str, Any] | None = None,
+                competition: Competition | None = None) -> RunSpec:
+    """Resolve the recipe, check the model name, the weights file and the data: fail before any work."""
+    name, cfg = resolve_train_config(config, model, overrides)
+    resolve_model_name(cfg.model)
+    if isinstance(cfg.pretrained, str):
+        create_model(cfg.model, 2, cfg.pretrained, **cfg.model_kwargs)  # raises on a mismatched file
+    try:
+        resolve_loss(config.competition.task, cfg.loss)  # a recipe's loss fits the task: checked before the data is read
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    competition = competition or load_competition(config)
+    head = make_head(config.competition.task, cfg.loss, competition.targets, cfg.label_smoothing)
+    folds, fingerprint = ensure_folds(config, competition)
+    return RunSpec(name, cfg, RunLayout(config.runs_dir / name), run_hash(cfg, config, fingerprint), competition, folds,
+                   fingerprint, get_metric(config.competition.metric), head)
+
+
+def fold_list(spec: RunSpec, folds_subset: list[int] | None) -> list[int]:
+    """The folds to train: all of them, or the checked subset ``FOLDS=`` names."""
+    all_folds = sorted(int(f) for f in np.unique(spec.folds))
+    if not folds_subset:
+        return all_folds
+    bad = [f for f in folds_subset if f not in all_folds]
+    if bad:
+        raise ConfigError(f"FOLDS={','.join(map(str, folds_subset))}: fold(s) {bad} do not exist; folds are {all_folds}")
+    return sorted(set(folds_subset))
+
+
+def new_meta(config: Config, spec: RunSpec) -> RunMeta:
+    """The metadata of a run about to start: what is trained, how, on which folds, with which code."""
+    return RunMeta(
+        name=spec.name, status="running", model=spec.cfg.model, timm_name=resolve_model_name(spec.cfg.model),
+        family=model_family(spec.cfg.model), competition=config.competition.name,
+        metric=config.competition.metric, task=config.competition.task, classes=spec.competition.classes,
+        loss=spec.head.loss_name, folds_fingerprint=spec.fingerprint, n_folds=int(len(np.unique(spec.folds))),
+        config_hash=spec.settings_hash, config=spec.cfg.model_dump(), seed=spec.cfg.seed,
+        versions=library_versions(), code_version=code_version(), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+
+
+# -- several processes (torchrun) ------------------------------------------------------------
+
+def start_distributed(config: Config, model: str, overrides: dict[str, Any] | None) -> DistContext:
+    """Join torchrun's process group when launched by it (``make train GPUS=n``); a single process otherwise."""
+    if not launched_by_torchrun():
+        return SINGLE
+    _, cfg = resolve_train_config(config, model, overrides)
+    return init_distributed(cfg.ddp_backend, use_cuda_for(cfg))
+
+
+def on_main(context: DistContext, work: Callable[[], object]):
+    """Run ``work`` on rank 0 only and give its result, or its error, to every rank.
+
+    Files are written by rank 0 alone; the other ranks must still take the same path
+    (return, raise, or go on with the same metadata), or they would wait forever.
+    """
+    if not context.enabled:
+        return work()
+    outcome = None
+    if context.is_main:
+        try:
+            outcome = ("ok", work())
+        except (PipelineError, ValueError) as exc:
+            broadcast_object(("error", exc), context)
+            raise
+    kind, value = broadcast_object(outcome, context)
+    if kind == "error":
+        raise value
+    return value
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, context: DistContext):
+    """The run folder's lock, held by rank 0 for all ranks; released once every rank is done."""
+    if not context.enabled:
+        with RunLock(run_dir):
+            yield
+        return
+    lock = RunLock(run_dir)
+    on_main(context, lock.__enter__)
+    try:
+        yield
+        barrier(context)
+    finally:
+        if context.is_main:
+            lock.__exit__(None, None, None)
+
+
+def open_stores(config: Config, spec: RunSpec, context: DistContext) -> tuple[FoldData, int]:
+    """The train and test images as ``train.cache`` says, and the input size they are cached for."""
+    target = input_size(spec.cfg, len(spec.competition.classes))
+    store = open_image_store(config, spec.cfg, spec.competition.train_paths, "train", target, progress=context.is_main)
+    test_store = open_image_store(config, spec.cfg, spec.competition.test_paths, "test", target, progress=context.is_main)
+    return FoldData(store, test_store, spec.competition.y, spec.folds, spec.head), target
+
+
+def with_batch_size(spec: RunSpec, meta: RunMeta, runtime: Runtime, target: int) -> TrainConfig:
+    """The run's settings with ``batch_size`` a number; ``auto`` is found once per run and kept in its metadata."""
+    if spec.cfg.batch_size != "auto":
+        return spec.cfg
+    found = meta.batch_size_found
+    if found is None:
+        n_train = int(np.sum(spec.folds != spec.folds[0])) if len(spec.folds) else 1
+        n_outputs = spec.head.n_outputs(len(spec.competition.classes))
+        found = on_main(runtime.dist, lambda: resolve_batch_size(spec.cfg, runtime, target, n_outputs, n_train, head=spec.head))
+        if runtime.is_main:
+            where = "the largest that fits the GPU" if runtime.is_cuda else "the CPU default"
+            log.info("  batch_size auto: %d (%s)", found, where)
+    meta.batch_size_found = int(found)
+    return spec.cfg.model_copy(update={"batch_size": int(found)})
+
+
+# -- the stages --------------------------------------------------------------------------------
+
+def run_train(config: Config, model: str, folds_subset: list[int] | None = None, force: bool = False,
+              overrides: dict[str, Any] | None = None, competition: Competition | None = None) -> RunMeta:
+    """Train (or resume) one run on the chosen folds; assemble its OOF files when every fold is done.
+
+    Parameters
+    ----------
+    config : Config
+    model : str
+        A recipe name, a model alias or a timm name; it names the run.
+    folds_subset : list of int, optional
+        Train only these folds (the run stays ``partial`` until every fold is done).
+    force : bool
+        Retrain from scratch a run that exists with other settings or is finished.
+    overrides : dict, optional
+        Parsed ``key=value`` overrides (:func:`pipeline.config.parse_overrides`); ``train`` keys apply.
+    competition : Competition, optional
+        The loaded competition, when the caller has it already.
+
+    Returns
+    -------
+    RunMeta
+        The run's metadata (also in ``runs/<competition>/<run>/meta.json``).
+
+    Raises
+    ------
+    StoreError
+        If the run exists with other settings and ``force`` is not set, or another process holds it.
+    """
+    context = start_distributed(config, model, overrides)
+    spec = on_main(context, lambda: prepare_run(config, model, overrides, competition))  # rank 0 makes the folds
+    fold_ids = fold_list(spec, folds_subset)
+    layout = spec.layout
+    with run_lock(layout.run_dir, context):
+        meta, finished = on_main(context, lambda: open_run(spec, config, fold_ids, force))
+        if finished:
+            return meta
+        data, target = open_stores(config, spec, context)
+        runtime = select_runtime(spec.cfg, data.store.in_memory, context)
+        cfg = with_batch_size(spec, meta, runtime, target)
+        views, view_names = view_list(spec.cfg)
+        if context.is_main:
+            amp = f" ({str(runtime.amp_dtype).replace('torch.', '')} autocast)" if runtime.amp_dtype else ""
+            processes = f" x {context.world_size} processes" if context.enabled else ""
+            log.info("%s: %s on %s%s%s, folds %s, %d epochs, TTA views %s", spec.name, meta.timm_name, runtime.device,
+                     amp, processes, fold_ids, spec.cfg.epochs, view_names)
+        for fold in fold_ids:
+            if fold in meta.folds_done:
+                if context.is_main:
+                    log.info("  fold %d: done before, skipped", fold)
+                continue
+            result = train_fold(spec.name, cfg, fold, data, spec.competition.classes, spec.metric, runtime,
+                                layout, views, view_names)
+            meta.folds_done = sorted(set(meta.folds_done) | {fold})
+            if not context.is_main:
+                continue
+            write_meta(layout, meta)
+            for state_file in (layout.state(fold), layout.previous_state(fold)):
+                state_file.unlink(missing_ok=True)  # the fold is final: its resume states are no longer needed
+            log.info("  fold %d: %s %.4f (no TTA %.4f), best epoch %d/%d, %s, %.0f images/s", fold, spec.metric.name,
+                     result["score"], result["score_plain"], result["best_epoch"], result["epochs_run"],
+                     format_seconds(result["train_seconds"]), result["train_images_per_s"] or 0.0)
+        meta = on_main(context, lambda: assemble_run(spec, meta))
+    return meta
+
+
+def open_run(spec: RunSpec, config: Config, fold_ids: list[int], force: bool) -> tuple[RunMeta, bool]:
+    """Read or start the run's metadata under its lock: (meta, True) if there is nothing left to train.
+
+    Raises
+    ------
+    StoreError
+        If the run exists with other settings and ``force`` is not set.
+    """
+    layout = spec.layout
+    meta = read_meta(layout)
+    if meta is not None and (force or meta.config_hash != spec.settings_hash):
+        if not force:
+            raise StoreError(
+                f"run {layout.run_dir} exists with other settings (hash {meta.config_hash} != {spec.settings_hash}); "
+                "pass FORCE=1 to retrain it from scratch, or change the recipe name"
+            )
+        for child in layout.run_dir.iterdir():
+            if child != layout.lock:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        meta = None
+    if meta is not None and meta.status == "finished" and all(f in meta.folds_done for f in fold_ids):
+        log.info("%s: already finished (CV %.4f); pass FORCE=1 to retrain", spec.name, meta.cv)
+        return meta, True
+    # temporary files a killed writer left behind: never read, only taking space; we hold the lock
+    for stale in layout.run_dir.rglob(".*.tmp"):
+        stale.unlink()
+    meta = meta or new_meta(config, spec)
+    meta.status = "running"
+    write_meta(layout, meta)
+    return meta, False
+
+
+def run_predict(config: Config, model: str, overrides: dict[str, Any] | None = None,
+                competition: Competition | None = None) -> RunMeta:
+    """Re-predict a run's validation folds and the test set from its saved checkpoints (no training).
+
+    This is how a Kaggle inference notebook works: checkpoints in, predictions out,
+    with the TTA views of the current config.
+    """
+    context = start_distributed(config, model, overrides)
+    spec = on_main(context, lambda: prepare_run(config, model, overrides, competition))
+    layout = spec.layout
+    with run_lock(layout.run_dir, context):
+        meta = on_main(context, lambda: trained_meta(spec, model))
+        data, target = open_stores(config, spec, context)
+        runtime = select_runtime(spec.cfg, data.store.in_memory, context)
+        cfg = with_batch_size(spec, meta, runtime, target)
+        views, view_names = view_list(spec.cfg)
+        for fold in meta.folds_done:
+            result = predict_fold(cfg, fold, data, spec.competition.classes, spec.metric, runtime, layout, views,
+                                  view_names)
+            if not context.is_main:
+                continue
+            fold_info = layout.read_fold_info(fold)
+            fold_info.update(result)
+            io.write_json(layout.fold_info(fold), fold_info)
+            log.info("  fold %d: %s %.4f (no TTA %.4f), TTA %s", fold, spec.metric.name, result["score"],
+                     result["score_plain"], view_names)
+        meta = on_main(context, lambda: assemble_run(spec, meta))
+    return meta
+
+
+def trained_meta(spec: RunSpec, model: str) -> RunMeta:
+    """The metadata of a run trained with these settings, or an error saying what to run first."""
+    meta = read_meta(spec.layout)
+    if meta is None:
+        raise StoreError(f"no run {spec.layout.run_dir}; train it first with 'make train MODEL={model}'")
+    if meta.config_hash != spec.settings_hash:
+        raise StoreError(f"run {spec.layout.run_dir} was trained with other settings; predict with the same recipe and ARGS")
+    return meta
+
+
+def assemble_run(spec: RunSpec, meta: RunMeta) -> RunMeta:
+    """Join the fold files into the run's id-keyed OOF and test files once every fold is done."""
+    layout = spec.layout
+    all_folds = sorted(int(f) for f in np.unique(spec.folds))
+    fold_infos = {f: layout.read_fold_info(f) for f in meta.folds_done}
+    meta.folds = {str(f): {k: v for k, v in info.items() if k != "history"} for f, info in fold_infos.items()}
+    if sorted(meta.folds_done) != all_folds:
+        meta.status = "partial"
+        write_meta(layout, meta)
+        return meta
+    classes = spec.competition.classes
+    n_train = len(spec.folds)
+    oof, oof_plain = np.zeros((n_train, len(classes))), np.zeros((n_train, len(classes)))
+    test = np.zeros((len(spec.competition.test_ids), len(classes)))
+    for fold in all_folds:
+        rows, probs = read_fold_predictions(layout, fold, "valid")
+        oof[rows] = probs
+        rows, probs = read_fold_predictions(layout, fold, "valid_plain")
+        oof_plain[rows] = probs
+        test += read_fold_predictions(layout, fold, "test")[1] / len(all_folds)
+    ids = spec.competition.train_ids
+    io.write_parquet(layout.oof, prediction_frame(ids, oof, classes, spec.folds))
+    io.write_parquet(layout.oof_plain, prediction_frame(ids, oof_plain, classes, spec.folds))
+    io.write_parquet(layout.test, prediction_frame(spec.competition.test_ids, test, classes))
+    y = spec.competition.y
+    first = next(iter(fold_infos.values()))
+    meta.status = "finished"
+    meta.cv = spec.metric(y, oof)
+    meta.cv_plain = spec.metric(y, oof_plain)
+    meta.train_seconds = sum(info["train_seconds"] for info in fold_infos.values())
+    meta.predict_seconds = sum(info["predict_seconds"] for info in fold_infos.values())
+    meta.params, meta.image_size, meta.tta = first["params"], first["image_size"], first["tta"]
+    meta.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
+    meta.tta_gain = meta.cv - meta.cv_plain
+    private = spec.competition.solution_labels()
+    if private is not None:
+        meta.private_lb = spec.metric(private, test)
+    write_meta(layout, meta)
+    return meta
+
+
+def train_leaderboard(meta: RunMeta) -> str:
+    """The per-fold table printed after a run."""
+    rows = []
+    for fold, info in sorted((meta.folds or {}).items(), key=lambda kv: int(kv[0])):
+        rows.append({"fold": int(fold), "best epoch": f"{info.get('best_epoch', '-')}/{info.get('epochs_run', '-')}",
+                     "score": info["score"], "no TTA": info["score_plain"],
+                     "train": format_seconds(info.get("train_seconds", 0.0)), "predict": format_seconds(info["predict_seconds"]),
+                     "images/s": None if info.get("train_images_per_s") is None else round(info["train_images_per_s"])})
+    if meta.status == "finished":
+        rows.append({"fold": "CV", "best epoch": "", "score": meta.cv, "no TTA": meta.cv_plain,
+                     "train": format_seconds(meta.train_seconds), "predict": format_seconds(meta.predict_seconds),
+                     "images/s": None})
+    title = f"{meta.name} ({meta.timm_name}, {meta.metric}) - {meta.status}"
+    if meta.private_lb is not None:
+        title += f", private LB {meta.private_lb:.4f}"
+    return format_table(rows, title)

@@ -1,0 +1,92 @@
+"""One optimisation step and what it needs: optimiser, learning-rate schedule, loss checks.
+
+``train_step`` is the function both the folds and ``make bench`` run, so the benchmark
+times exactly what training does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from pipeline.config import TrainConfig
+from pipeline.distributed import DistContext
+from pipeline.errors import PipelineError
+from pipeline.train.runtime import Runtime, autocast
+
+
+class TrainingError(PipelineError, RuntimeError):
+    """Training cannot go on (for example the loss became NaN); the message says what to change."""
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to ``floor``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (fused on a GPU)."""
+    # no weight decay on biases and normalisation weights (1-d tensors), as timm does
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=runtime.is_cuda or None)
+
+
+def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, runtime: Runtime, grad_clip: float | None = None,
+               scheduler=None) -> torch.Tensor:
+    """One optimisation step on a batch already on the device; returns the loss, detached, without a host sync.
+
+    The same function trains the folds and is timed by ``make bench``.
+    """
+    with autocast(runtime):
+        loss = criterion(model(x), y)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach()
+
+
+def maybe_compile(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """``torch.compile(model)`` when ``train.compile`` asks for it; the model itself otherwise.
+
+    The compiled module shares the parameters of ``model``; checkpoints are always taken
+    from ``model``, so their keys never carry the compiler's ``_orig_mod.`` prefix.
+    """
+    if runtime.compile_mode is None:
+        return model
+    return torch.compile(model, mode=runtime.compile_mode)
+
+
+def check_loss(mean_loss: float, epoch: int, step: int, cfg: TrainConfig) -> None:
+    """Stop with what to change when the loss is no longer a finite number."""
+    if not math.isfinite(mean_loss):
+        raise TrainingError(
+            f"the training loss is {mean_loss} at epoch {epoch + 1}, step {step + 1} (lr {cfg.lr}); "
+            "lower train.lr, set train.grad_clip, or set train.amp=false"
+        )
+
+
+def global_mean(loss_sum: torch.Tensor, steps: int, context: DistContext) -> float:
+    """The mean loss over ``steps`` steps of every rank (a host sync: called every ``log_every`` steps only)."""
+    if context.enabled:
+        loss_sum = loss_sum.clone()
+        torch.distributed.all_reduce(loss_sum)
+        return loss_sum.item() / (max(1, steps) * context.world_size)
+    return loss_sum.item() / max(1, steps)

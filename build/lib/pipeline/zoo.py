@@ -1,0 +1,441 @@
+"""Screen many architectures on the user's data, small and fast: ``make zoo``; then ``make zoo-promote TOP=K``.
+
+Each architecture is a recipe (``configs/recipes/<name>.yaml``: model, image size,
+batch size, learning rate), or a model alias/timm name with the competition's
+defaults. The screen trains it on a stratified subset of the training rows, at a
+small image size, for a few epochs, on the first fold(s), with the normal train
+stage (so it resumes after a crash), in its own process (so one architecture that
+runs out of memory or cannot take the input size is recorded and the screen goes
+on). Every architecture is then timed the same way: parameters, GFLOPs at its full
+input size, training and inference images/s at the screening size (warm-up
+excluded, synchronised on a GPU) and peak memory.
+
+Outputs, under ``<output_dir>/zoo/<competition>/``: ``leaderboard.csv`` and
+``leaderboard.md``, ``report.html`` (opens offline: the figures are embedded) and
+the figures as PNG files, one ``<architecture>/screen.json`` per architecture.
+The screening runs themselves live in the store under the competition name
+``<competition>.zoo``, apart from the real runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, ValidationError, field_validator
+
+from pipeline import io
+from pipeline.config import (Config, ConfigError, TrainConfig, StrictModel, config_hash, format_validation_error, load_config,
+                             read_yaml, resolve_train_config)
+from pipeline.data import Competition, load_competition
+from pipeline.report import configure_logging, format_seconds
+from pipeline.store import RunLayout, settings_dump
+from pipeline.tasks import get_task
+# the leaderboard and report functions are part of the zoo's public face (the CLI and the tests import them here)
+from pipeline.zoo_report import format_leaderboard, leaderboard, pareto_front, write_report  # noqa: F401
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ZOO = "configs/zoo/default.yaml"
+
+
+# -- the zoo file ------------------------------------------------------------------------------
+
+class ScreenConfig(StrictModel):
+    """How small and fast the screen is; ``auto`` values scale with the dataset."""
+
+    rows: int | Literal["auto"] = "auto"           # stratified subset of train rows; auto: min(all, max(500, 30 per class))
+    image_size: int | Literal["auto"] = "auto"     # auto: the images' median shorter side, clamped to 64..128, never above the recipe's
+    epochs: int = Field(default=3, ge=1)
+    folds: int = Field(default=1, ge=1)            # screen on the first k folds of the subset's split
+    seed: int = 0
+    timing_batch_size: int = Field(default=32, ge=1)
+    timing_steps: int = Field(default=5, ge=1)
+    accuracy_tolerance: float = Field(default=0.01, ge=0)  # "best per cost": the fastest within this of the best CV
+
+    @field_validator("rows", "image_size")
+    @classmethod
+    def _positive(cls, value):
+        if value != "auto" and value < 8:
+            raise ValueError(f"must be 'auto' or at least 8, got {value}")
+        return value
+
+
+class ZooConfig(StrictModel):
+    """``screen:`` settings and ``architectures:``, each a name or ``{name: {screening overrides}}``."""
+
+    screen: ScreenConfig = Field(default_factory=ScreenConfig)
+    architectures: list[str | dict[str, dict[str, Any]]]
+
+    @field_validator("architectures")
+    @classmethod
+    def _entries(cls, entries):
+        if not entries:
+            raise ValueError("list at least one architecture")
+        names = []
+        for entry in entries:
+            if isinstance(entry, dict) and len(entry) != 1:
+                raise ValueError(f"an entry is a name or {{name: {{overrides}}}}, got {entry}")
+            names.append(entry if isinstance(entry, str) else next(iter(entry)))
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"architectures listed twice: {duplicates}")
+        return entries
+
+    def entries(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(e, {}) if isinstance(e, str) else next(iter(e.items())) for e in self.architectures]
+
+
+def load_zoo(path: str | Path, config: Config) -> ZooConfig:
+    """Read and validate a zoo file; every architecture must resolve to valid training settings.
+
+    Raises
+    ------
+    ConfigError
+        Naming the bad key, value or architecture.
+    """
+    from pipeline.models import resolve_model_name
+
+    path = Path(path)
+    try:
+        zoo = ZooConfig.model_validate(read_yaml(path))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path), ZooConfig)) from None
+    for name, overrides in zoo.entries():
+        _, cfg = resolve_train_config(config, name)
+        try:
+            TrainConfig.model_validate({**cfg.model_dump(), **overrides})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, f"{path}: {name}", TrainConfig)) from None
+        try:
+            resolve_model_name(cfg.model)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: architecture {name!r}: {exc}") from None
+    return zoo
+
+
+# -- the screening data ------------------------------------------------------------------------
+
+def stratified_subset(y: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:
+    """Row indices of a class-stratified subset of about ``rows`` rows (every class kept), sorted.
+
+    Parameters
+    ----------
+    y : array of int
+        Class index per row.
+    rows : int
+        Wanted size; all rows when it is at least ``len(y)``.
+    seed : int
+        Seed of the draw within each class.
+    """
+    if rows >= len(y):
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    fraction = rows / len(y)
+    picked = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        take = min(len(members), max(2, round(fraction * len(members))))
+        picked.append(rng.permutation(members)[:take])
+    return np.sort(np.concatenate(picked))
+
+
+def screen_rows(screen: ScreenConfig, y: np.ndarray) -> int:
+    if screen.rows != "auto":
+        return int(screen.rows)
+    return int(min(len(y), max(500, 30 * len(np.unique(y)))))
+
+
+def median_short_side(paths: list[Path], sample: int = 200) -> int:
+    """Median shorter side of a sample of the images (headers only)."""
+    from PIL import Image
+
+    step = max(1, len(paths) // sample)
+    sides = []
+    for path in paths[::step][:sample]:
+        with Image.open(path) as image:
+            sides.append(min(image.size))
+    return int(np.median(sides))
+
+
+def screen_image_size(screen: ScreenConfig, full_size: int, data_side: int) -> int:
+    """The screening input size: small, but never above the architecture's full size."""
+    if screen.image_size != "auto":
+        return min(int(screen.image_size), full_size)
+    return min(full_size, int(np.clip(data_side, 64, 128)))
+
+
+def zoo_config(config: Config) -> Config:
+    """The competition config whose store, folds and runs hold the screening runs."""
+    competition = config.competition.model_copy(update={"name": f"{config.competition.name}.zoo"})
+    return config.model_copy(update={"competition": competition})
+
+
+def subset_competition(competition: Competition, rows: np.ndarray) -> Competition:
+    """The training rows ``rows`` of a competition, with no test set (a screen predicts none)."""
+    return Competition(
+        train=competition.train.iloc[rows].reset_index(drop=True),
+        sample_submission=competition.sample_submission.iloc[:0],
+        targets=dataclasses.replace(competition.targets, y=competition.y[rows]),
+        train_paths=[competition.train_paths[i] for i in rows],
+        test_paths=[],
+        id_column=competition.id_column,
+        target_column=competition.target_column,
+        task=competition.task,
+    )
+
+
+@dataclass
+class ScreenPlan:
+    """Everything both the coordinator and each worker derive the same way."""
+
+    config: Config            # the real competition
+    screen_config: Config     # the ".zoo" competition that stores the screening runs
+    zoo: ZooConfig
+    competition: Competition  # the screening subset
+    folds: list[int]
+    data_side: int
+    out_dir: Path
+
+    def overrides(self, name: str, extra: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+        """The training settings that shrink a recipe to its screen, with its screening and full input sizes."""
+        from pipeline.train.images import input_size
+
+        _, cfg = resolve_train_config(self.config, name)
+        full = input_size(cfg, len(self.competition.classes))
+        settings = {"image_size": screen_image_size(self.zoo.screen, full, self.data_side),
+                    "epochs": self.zoo.screen.epochs, "patience": None, "tta": ["identity"], **extra}
+        return {"train": settings}, int(settings["image_size"]), int(full)
+
+    def settings_hash(self, name: str, extra: dict[str, Any]) -> str:
+        overrides, _, _ = self.overrides(name, extra)
+        _, cfg = resolve_train_config(self.config, name, overrides)
+        return config_hash({"train": settings_dump(cfg), "screen": self.zoo.screen.model_dump(), "folds": self.folds,
+                            "rows": self.competition.train_ids.tolist()})
+
+
+def make_plan(config: Config, zoo: ZooConfig, out_dir: Path | None = None) -> ScreenPlan:
+    """Draw the screening subset, save its folds, and fix what every architecture is screened on."""
+    from pipeline.folds import run_folds
+
+    competition = load_competition(config)
+    strata = get_task(competition.task).strata(competition.y, 2)
+    rows = stratified_subset(strata, screen_rows(zoo.screen, strata), zoo.screen.seed)
+    subset = subset_competition(competition, rows)
+    screen_config = zoo_config(config)
+    folds, _, _ = run_folds(screen_config, subset, force=True)  # the subset's split is derived, never hand-made
+    n_folds = len(np.unique(folds))
+    if zoo.screen.folds > n_folds:
+        raise ConfigError(f"screen.folds={zoo.screen.folds} but the split has {n_folds} folds; lower screen.folds")
+    out_dir = out_dir or config.out / "zoo" / config.competition.name
+    return ScreenPlan(config, screen_config, zoo, subset, list(range(zoo.screen.folds)),
+                      median_short_side(subset.train_paths), out_dir)
+
+
+# -- one architecture (in its own process) ----------------------------------------------------------
+
+def measure_cost(model_name: str, n_classes: int, screen_size: int, full_size: int, batch_size: int, steps: int,
+                 model_kwargs: dict | None = None) -> dict:
+    """Parameters, GFLOPs at the full input size, and training/inference images/s at the screening size.
+
+    Every architecture is timed the same way, with ``make bench``'s own measurements: a
+    synthetic batch of ``batch_size``, two warm-up steps that are not counted, then
+    ``steps`` timed steps of the training step the folds use (AMP and channels_last on a
+    GPU, synchronised before each clock read).
+    """
+    import torch
+
+    from pipeline.bench import forward_flops, step_rate, synchronize
+    from pipeline.models import count_parameters, create_model
+    from pipeline.train.runtime import autocast, select_runtime, to_device
+    from pipeline.train.steps import make_optimizer
+
+    cfg = TrainConfig()
+    runtime = select_runtime(cfg, images_in_memory=True)
+    model = create_model(model_name, n_classes, False, **(model_kwargs or {}))
+    params = count_parameters(model)
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    flops = forward_flops(model, full_size, runtime)
+    optimizer = make_optimizer(model, cfg, runtime)
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
+    train_ips = step_rate(model, optimizer, scaler, torch.nn.CrossEntropyLoss(), runtime, batch_size, screen_size,
+                          n_classes, steps, warmup=2)
+    x = to_device(torch.randn(batch_size, 3, screen_size, screen_size), runtime)
+    model.eval()
+    with torch.inference_mode(), autocast(runtime):
+        for k in range(2 + steps):
+            if k == 2:  # the clock starts after two warm-up passes
+                synchronize(runtime)
+                started = time.perf_counter()
+            model(x)
+        synchronize(runtime)
+    infer_ips = batch_size * steps / (time.perf_counter() - started)
+    return {"params": params, "gflops": (flops or math.nan) / 1e9, "train_ips": train_ips, "infer_ips": infer_ips}
+
+
+def peak_memory_mb() -> tuple[float, str]:
+    """Peak memory of this process: GPU memory allocated on a GPU, else the process's maximum RSS."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20, "gpu"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu rss"
+
+
+def screen_one(plan: ScreenPlan, name: str, extra: dict[str, Any]) -> dict:
+    """Train one architecture on the screening folds and time it; return its ``screen.json`` record."""
+    from pipeline.models import model_family, resolve_model_name
+    from pipeline.train import run_train
+
+    started = time.perf_counter()
+    overrides, screen_size, full_size = plan.overrides(name, extra)
+    meta = run_train(plan.screen_config, name, plan.folds, overrides=overrides, competition=plan.competition)
+    folds = {int(k): v for k, v in meta.folds.items()}
+    _, cfg = resolve_train_config(plan.config, name, overrides)
+    cost = measure_cost(cfg.model, len(plan.competition.classes), screen_size, full_size,
+                        plan.zoo.screen.timing_batch_size, plan.zoo.screen.timing_steps, cfg.model_kwargs)
+    memory, memory_kind = peak_memory_mb()
+    layout = RunLayout(plan.screen_config.runs_dir / name)
+    histories = {f: layout.read_fold_info(f)["history"] for f in folds}
+    return {
+        "name": name, "status": "ok", "model": cfg.model, "timm_name": resolve_model_name(cfg.model),
+        "family": model_family(cfg.model), "metric": plan.config.competition.metric,
+        "cv": float(np.mean([folds[f]["score"] for f in plan.folds])), "folds": plan.folds,
+        "screen_image_size": screen_size, "full_image_size": full_size, "epochs": plan.zoo.screen.epochs,
+        "rows": len(plan.competition.y), **cost, "peak_memory_mb": memory, "memory_kind": memory_kind,
+        "train_seconds": float(sum(folds[f]["train_seconds"] for f in plan.folds)),
+        "wall_seconds": time.perf_counter() - started, "history": histories,
+        "settings_hash": plan.settings_hash(name, extra),
+    }
+
+
+def _worker(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    zoo = load_zoo(args.zoo, config)
+    plan = make_plan(config, zoo)
+    extra = dict(zoo.entries())[args.name]
+    record_path = plan.out_dir / args.name / "screen.json"
+    try:
+        record = screen_one(plan, args.name, extra)
+    except Exception as exc:  # noqa: BLE001 - any failure of one architecture is recorded; the screen goes on
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        io.write_json(record_path, {"name": args.name, "status": "failed", "error": f"{type(exc).__name__}: {message}"[:300],
+                                    "settings_hash": plan.settings_hash(args.name, extra)})
+        raise
+    io.write_json(record_path, record)
+    return 0
+
+
+# -- the screen ---------------------------------------------------------------------------------------
+
+def _run_worker(config_path: Path, zoo_path: Path, name: str, overrides: dict[str, Any], log_path: Path) -> int:
+    # the coordinator's overrides travel as JSON: parsed once at the command line, never re-parsed from strings
+    command = [sys.executable, "-m", "pipeline.zoo", "--config", str(config_path), "--zoo", str(zoo_path), "--name", name,
+               "--overrides-json", json.dumps(overrides)]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")).returncode
+
+
+def _exit_reason(code: int, log_path: Path) -> str:
+    if code < 0:
+        reason = f"killed by signal {-code}" + (" (out of memory?)" if code == -9 else "")
+    else:
+        reason = f"exit code {code}"
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()] if log_path.is_file() else []
+    return f"{reason}: {lines[-1][:200]}" if lines else reason
+
+
+def run_zoo(config_path: str | Path, zoo_path: str | Path = DEFAULT_ZOO,
+            overrides: dict[str, Any] | None = None) -> tuple[pd.DataFrame, int]:
+    """Screen every architecture of a zoo file, skipping those already screened with the same settings.
+
+    Returns
+    -------
+    (leaderboard, n_failed): the leaderboard sorted by screening CV (failed ones last).
+    """
+    config = load_config(config_path, overrides)
+    zoo = load_zoo(zoo_path, config)
+    plan = make_plan(config, zoo)
+    entries = zoo.entries()
+    log.info(f"zoo: {len(entries)} architectures on {len(plan.competition.y)} of the training rows, "
+             f"{zoo.screen.epochs} epochs, fold(s) {plan.folds} of {config.folds.n_splits}; logs in {plan.out_dir}/<name>/screen.log")
+    records, spent = [], []
+    for k, (name, extra) in enumerate(entries, start=1):
+        record_path = plan.out_dir / name / "screen.json"
+        old = io.read_json(record_path) if record_path.is_file() else None
+        if old and old.get("status") == "ok" and old.get("settings_hash") == plan.settings_hash(name, extra):
+            log.info(f"[{k}/{len(entries)}] {name}: screened before (CV {old['cv']:.4f}), skipped")
+            records.append(old)
+            continue
+        left = len(entries) - k + 1
+        eta = f", about {format_seconds(np.mean(spent) * left)} left" if spent else ""
+        log.info(f"[{k}/{len(entries)}] {name}: screening{eta}")
+        record_path.unlink(missing_ok=True)
+        started = time.perf_counter()
+        code = _run_worker(Path(config_path), Path(zoo_path), name, overrides or {}, plan.out_dir / name / "screen.log")
+        spent.append(time.perf_counter() - started)
+        record = io.read_json(record_path) if record_path.is_file() else None
+        if code != 0 and (record is None or record.get("status") == "ok"):
+            record = {"name": name, "status": "failed", "error": _exit_reason(code, plan.out_dir / name / "screen.log")}
+            io.write_json(record_path, record)
+        records.append(record)
+        if record["status"] == "ok":
+            log.info(f"[{k}/{len(entries)}] {name}: CV {record['cv']:.4f}, {record['infer_ips']:.0f} img/s inference, "
+                     f"{format_seconds(spent[-1])}")
+        else:
+            log.warning(f"[{k}/{len(entries)}] {name}: FAILED - {record['error']}")
+    board = leaderboard(records, config.competition.metric)
+    write_report(plan, board, records)
+    n_failed = int((board["status"] != "ok").sum())
+    return board, n_failed
+
+
+def promote(config: Config, board: pd.DataFrame, top: int, force: bool = False) -> list[dict]:
+    """Train the best ``top`` screened architectures on every fold at full size, through the normal train stage."""
+    from pipeline.train import run_train
+
+    ok = board[board["status"] == "ok"]
+    if ok.empty:
+        raise ConfigError("no architecture was screened successfully; nothing to promote")
+    chosen = ok["architecture"].tolist()[:top]
+    log.info(f"promoting the top {len(chosen)}: {', '.join(chosen)} (every fold, full size); 'make ensemble' then blends them")
+    return [run_train(config, name, force=force) for name in chosen]
+
+
+def read_leaderboard(config: Config) -> pd.DataFrame:
+    path = config.out / "zoo" / config.competition.name / "leaderboard.csv"
+    if not path.is_file():
+        raise ConfigError(f"no zoo leaderboard {path}; run 'make zoo' first")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The per-architecture worker: ``python -m pipeline.zoo --config C --zoo Z --name N``."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.zoo", description="screen one architecture (called by 'make zoo')")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--zoo", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--overrides-json", type=json.loads, default={}, dest="overrides",
+                        help="the coordinator's config overrides, as a JSON object")
+    configure_logging()
+    return _worker(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
