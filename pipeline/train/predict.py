@@ -125,8 +125,10 @@ def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str]
 
 def write_fold_predictions(layout: RunLayout, fold: int, valid_idx: np.ndarray, valid_tta: np.ndarray,
                            valid_plain: np.ndarray, test_tta: np.ndarray) -> None:
-    """A fold's validation (with and without TTA) and test predictions, keyed by row index."""
-    # fold files are keyed by row index; the run-level files, keyed by id, are assembled from them
+    """A fold's validation (with and without TTA) and test predictions, keyed by row index.
+
+    The run-level files, keyed by id, are assembled from these once every fold is done.
+    """
     columns = [str(k) for k in range(valid_tta.shape[1])]
     for name, rows, probs in (("valid", valid_idx, valid_tta), ("valid_plain", valid_idx, valid_plain),
                               ("test", np.arange(len(test_tta)), test_tta)):
