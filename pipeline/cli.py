@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -140,13 +139,13 @@ def cmd_import_oof(args: argparse.Namespace) -> int:
     from pipeline.data import load_competition
     from pipeline.folds import read_folds
     from pipeline.metrics import get_metric
+    from pipeline.io import safe_name
     from pipeline.store import import_run
 
     config = _load(args)
     if not (args.name and args.oof and args.test):
         raise UsageError("import-oof needs NAME=<run name> OOF=<oof .csv/.parquet> TEST=<test .csv/.parquet>")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
-        raise UsageError(f"NAME={args.name!r}: use letters, digits, '.', '_' and '-' (it names a folder in the store)")
+    safe_name(args.name, "NAME")
     competition = load_competition(config, check_image_files=False)
     folds, fingerprint = read_folds(config, competition)
     meta = import_run(config.runs_dir / args.name, Path(args.oof), Path(args.test), competition.train_ids,
@@ -276,3 +275,32 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished folds are kept; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - not one of ours: a bug; show everything needed to report it
+        import traceback
+
+        traceback.print_exc()
+        print(f"this is a bug in kfold-ensembler, not a problem with your data: please report it with the traceback "
+              f"above, the command ({bug_report_context(argv)}) and the versions ({bug_report_versions()})",
+              file=sys.stderr)
+        return 1
+
+
+def bug_report_context(argv: list[str] | None) -> str:
+    """The command line as typed, for a bug report."""
+    import shlex
+
+    return "python -m pipeline " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+
+def bug_report_versions() -> str:
+    """Python and the libraries that matter, from package metadata: works even if one of them fails to import."""
+    import platform
+    from importlib import metadata
+
+    parts = [f"python {platform.python_version()}"]
+    for package in ("kfold-ensembler", "torch", "timm", "albumentations", "numpy", "pandas", "scikit-learn"):
+        try:
+            parts.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(parts)

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.errors import PipelineError
+from pipeline.io import safe_name
 from pipeline.metrics import METRICS
 
 
@@ -357,20 +358,32 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     Raises
     ------
     ConfigError
-        For an item without ``=``.
+        For an item without ``=``, a value that is not plain YAML (a tag such as
+        ``!!python/...`` is refused), or a key that clashes with another.
     """
     nested: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-3)")
         key, raw = item.split("=", 1)
-        value = yaml_load(raw) if raw != "" else None
+        try:
+            value = yaml_load(raw) if raw != "" else None
+        except yaml.constructor.ConstructorError as exc:
+            raise ConfigError(f"override {item!r}: the value has a YAML tag ({exc.problem}); "
+                              "write plain values (numbers, strings, [lists], {mappings})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc}); quote it or fix it") from None
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: the key {key!r} has an empty part; write section.key=value, e.g. train.lr=1e-3")
         if len(parts) == 1 and parts[0] in TrainConfig.model_fields:
             parts = ["train", parts[0]]
         node = nested
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} was already set to a value, "
+                                  "not a section")
         node[parts[-1]] = value
     return nested
 
@@ -479,6 +492,7 @@ def resolve_train_config(config: Config, model: str, overrides: dict[str, Any] |
     -------
     (run_name, TrainConfig)
     """
+    safe_name(model, "MODEL", f"a recipe is named by its file in {config.recipes_path} without '.yaml'")
     base = config.train.model_dump(exclude_unset=False)
     recipe_file = config.recipes_path / f"{model}.yaml"
     if recipe_file.is_file():

@@ -108,6 +108,23 @@ def _id_problems(frame: pd.DataFrame, id_column: str, path: Path) -> list[str]:
     return problems
 
 
+def _submission_format_problems(sample: pd.DataFrame, path: Path, comp, targets: Targets) -> list[str]:
+    """The sample submission's columns must fit a format of the task: checked now, not after training.
+
+    A dry run of the writer on zero predictions, so the check and the real writer cannot disagree.
+    """
+    from pipeline.metrics import get_metric
+    from pipeline.tasks import submission_frame
+
+    zeros = np.zeros((len(sample), len(targets.columns)))
+    try:
+        submission_frame(sample, comp.id_column, comp.target_column, comp.task, targets, zeros,
+                         needs=get_metric(comp.metric).needs)
+    except TaskError as exc:
+        return [f"{path}: {exc}"]
+    return []
+
+
 def _raise_if(problems: list[str]) -> None:
     if problems:
         head = problems[0] if len(problems) == 1 else f"{len(problems)} problems in the competition data:\n  - " + "\n  - ".join(problems)
@@ -126,13 +143,18 @@ def _image_paths(data_dir: Path, pattern: str, ids: np.ndarray) -> list[Path]:
     return paths
 
 
+# PIL refuses to decode an image whose header claims over twice Image.MAX_IMAGE_PIXELS (a "decompression bomb")
+TOO_MANY_PIXELS = (f"too many pixels (header over {2 * Image.MAX_IMAGE_PIXELS:,} pixels: a decompression bomb, "
+                   "or an image to shrink before training)")
+
+
 def check_images(paths: list[Path], what: str, show: int = 5) -> None:
     """Every image must exist and open; raise naming the first few bad files.
 
     ``Image.open`` reads only the header, so this costs little even on large sets;
     a file corrupt past its header is caught when it is decoded.
     """
-    missing, unreadable = [], []
+    missing, unreadable, too_large = [], [], []
     for path in paths:
         if not path.is_file():
             missing.append(path)
@@ -140,6 +162,8 @@ def check_images(paths: list[Path], what: str, show: int = 5) -> None:
         try:
             with Image.open(path) as image:
                 image.size  # noqa: B018 - forces the header parse
+        except Image.DecompressionBombError:
+            too_large.append(path)
         except (UnidentifiedImageError, OSError):
             unreadable.append(path)
     problems = []
@@ -147,6 +171,8 @@ def check_images(paths: list[Path], what: str, show: int = 5) -> None:
         problems.append(f"{len(missing)} missing (e.g. {', '.join(str(p) for p in missing[:show])})")
     if unreadable:
         problems.append(f"{len(unreadable)} unreadable (e.g. {', '.join(str(p) for p in unreadable[:show])})")
+    if too_large:
+        problems.append(f"{len(too_large)} with {TOO_MANY_PIXELS} (e.g. {', '.join(str(p) for p in too_large[:show])})")
     if problems:
         raise DataError(f"{what} images: {'; '.join(problems)}. Check competition.{what}_images in the config")
 
@@ -173,17 +199,22 @@ def load_competition(config: Config, check_image_files: bool = True) -> Competit
     if config.folds.group_column:
         problems += _missing_columns(train, [config.folds.group_column], train_path, "folds.group_column")
     problems += _missing_columns(sample, [comp.id_column], sub_path, "competition.id_column")
+    for frame, path in ((train, train_path), (sample, sub_path)):
+        if frame.empty:
+            problems.append(f"{path.name} has no rows ({path}: a header only); every row is an image")
     if comp.id_column in train.columns:
         problems += _id_problems(train, comp.id_column, train_path)
     if comp.id_column in sample.columns:
         problems += _id_problems(sample, comp.id_column, sub_path)
     task = get_task(comp.task)
     targets = None
-    if all(c in train.columns for c in comp.target_names):
+    if all(c in train.columns for c in comp.target_names) and not train.empty:
         try:
             targets = task.parse(train, comp)
         except TaskError as exc:
             problems.append(f"{train_path}: {exc}")
+    if targets is not None and comp.id_column in sample.columns:
+        problems += _submission_format_problems(sample, sub_path, comp, targets)
     solution, test_table = None, None
     if comp.solution:
         sol_path = data_dir / comp.solution
@@ -269,6 +300,8 @@ def decode_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return image_to_rgb(image)
+    except Image.DecompressionBombError:
+        raise DataError(f"cannot decode image {path}: {TOO_MANY_PIXELS}") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}") from None
 

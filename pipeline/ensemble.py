@@ -10,6 +10,7 @@ chosen. One submission per method is written, each checked against
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,33 +79,98 @@ def check_submission(submission: pd.DataFrame, sample: pd.DataFrame, id_column: 
         raise SubmissionError("submission has inf values")
 
 
-class SubmissionWriter:
-    """Writes submissions and remembers which files it wrote.
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    Only files listed in its manifest are replaced or removed; a user's own file
-    with a clashing name is left alone unless ``force`` is set.
+
+class SubmissionWriter:
+    """Writes the ensemble's files into ``submissions/<competition>/`` without ever replacing a user's file.
+
+    Its manifest (``.written.json``: file name -> sha256 of what the pipeline wrote) is the record of what is
+    the pipeline's. A file is replaced or removed only if the manifest lists it and its content is still what
+    was written; a user's own file under the same name, or one of ours the user edited, stops the stage
+    unless ``force``. Each name is recorded as ``pending`` *before* its file is written, so an ensemble killed
+    between the two reruns cleanly: the rename that puts a file in place is atomic, and a pending name
+    belongs to the pipeline whatever its content.
     """
+
+    PENDING = "pending"
 
     def __init__(self, folder: Path, force: bool = False):
         self.folder = folder
         self.force = force
         self.manifest_path = folder / ".written.json"
-        self.previous = set(io.read_json(self.manifest_path)) if self.manifest_path.is_file() else set()
+        self.manifest = self._read_manifest()
+        self.previous = set(self.manifest)
         self.written: list[str] = []
 
-    def write(self, name: str, frame: pd.DataFrame) -> Path:
+    def _read_manifest(self) -> dict[str, str | None]:
+        if not self.manifest_path.is_file():
+            return {}
+        try:
+            data = io.read_json(self.manifest_path)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{self.manifest_path} is damaged ({exc}); check the folder's files by hand, then delete "
+                             "it or pass FORCE=1") from None
+        if isinstance(data, list):  # the first format: names only, no hashes
+            return {str(name): None for name in data}
+        if not isinstance(data, dict):
+            raise StoreError(f"{self.manifest_path} is not a manifest; delete it or pass FORCE=1")
+        return {str(name): value for name, value in data.items()}
+
+    def _problem(self, name: str) -> str | None:
+        """Why ``name`` may not be replaced, or None if it may."""
         path = self.folder / name
-        if path.exists() and name not in self.previous and not self.force:
-            raise StoreError(f"{path} exists and was not written by the pipeline; move it or pass FORCE=1")
-        io.write_csv(path, frame)
+        if self.force or not path.exists():
+            return None
+        if name not in self.manifest:
+            return f"{path} exists and was not written by the pipeline"
+        recorded = self.manifest[name]
+        if recorded not in (None, self.PENDING) and recorded != file_sha256(path):
+            return f"{path} changed since the pipeline wrote it"
+        return None
+
+    def check(self, names: list[str]) -> None:
+        """Refuse before anything is written if any of ``names`` is a user's file.
+
+        Raises
+        ------
+        StoreError
+            Naming every such file, and the two ways out.
+        """
+        problems = [p for p in (self._problem(n) for n in names) if p]
+        if problems:
+            raise StoreError("; ".join(problems) + ": move it elsewhere, or pass FORCE=1 to replace it")
+
+    def _save_manifest(self) -> None:
+        io.write_json(self.manifest_path, dict(sorted(self.manifest.items())))
+
+    def write_with(self, name: str, writer) -> Path:
+        """Write ``name`` with ``writer(tmp_path)`` (atomically), recording it before and after."""
+        self.check([name])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.manifest[name] = self.PENDING
+        self._save_manifest()
+        path = io.write_with(self.folder / name, writer)
+        self.manifest[name] = file_sha256(path)
+        self._save_manifest()
         self.written.append(name)
         return path
 
+    def write(self, name: str, frame: pd.DataFrame) -> Path:
+        return self.write_with(name, lambda tmp: frame.to_csv(tmp, index=False))
+
     def finish(self) -> None:
-        # drop our own stale files (e.g. an old CV score in a file name) so the folder shows this run only
-        for name in self.previous - set(self.written):
-            (self.folder / name).unlink(missing_ok=True)
-        io.write_json(self.manifest_path, sorted(self.written))
+        """Remove the pipeline's own files of earlier runs that this run did not write (an old CV score in a
+        file name), so the folder shows this run only; an edited one is kept and forgotten."""
+        for name in sorted(self.previous - set(self.written)):
+            if self._problem(name) is None or self.force:
+                (self.folder / name).unlink(missing_ok=True)
+            del self.manifest[name]
+        self._save_manifest()
+        # temporary files of a writer killed mid-write (".<name>.<random>.tmp"): never a finished file
+        for stale in self.folder.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 # -- the stage --------------------------------------------------------------------------------
@@ -274,22 +340,22 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
 
     best_single = max(singles, key=lambda c: c.nested if metric.greater_is_better else -c.nested)
     chosen = _choose(candidates, metric)
-    writer = SubmissionWriter(config.submissions_dir, force=force)
-    paths = {}
+    frames = {}  # every file is made, and every name checked, before the first one is written
     for cand in candidates:
         if cand.kind == "single" and cand is not best_single:
             continue
-        frame = submission_frame(competition.sample_submission, competition, metric, cand.test, cand.test_decided)
         label = "best-single" if cand.kind == "single" else cand.name
-        paths[cand.name] = writer.write(f"{label}_cv{cand.nested:.4f}.csv", frame)
-    chosen_frame = submission_frame(competition.sample_submission, competition, metric, chosen.test, chosen.test_decided)
-    paths["submission"] = writer.write("submission.csv", chosen_frame)
-
+        frames[cand.name] = (f"{label}_cv{cand.nested:.4f}.csv",
+                             submission_frame(competition.sample_submission, competition, metric, cand.test, cand.test_decided))
+    frames["submission"] = ("submission.csv", submission_frame(competition.sample_submission, competition, metric,
+                                                               chosen.test, chosen.test_decided))
     rows = leaderboard_rows(candidates, metric, chosen)
-    writer.write("leaderboard.csv", pd.DataFrame(rows))
-    plot = plot_ensemble(config.submissions_dir / "ensemble.png", runs, preds, candidates, keep)
-    if plot:
-        writer.written.append(plot.name)
+    frames["leaderboard"] = ("leaderboard.csv", pd.DataFrame(rows))
+    writer = SubmissionWriter(config.submissions_dir, force=force)
+    writer.check([name for name, _ in frames.values()] + [PLOT_NAME])
+    paths = {key: writer.write(name, frame) for key, (name, frame) in frames.items()}
+    paths.pop("leaderboard")
+    save_figure(writer, PLOT_NAME, ensemble_figure(runs, preds, candidates, keep))
     writer.finish()
 
     log.info(format_table(rows, f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
@@ -338,7 +404,20 @@ def describe_decision(params: dict | None) -> str:
     return f"thresholds {min(thresholds):.2f}..{max(thresholds):.2f}" if thresholds else ""
 
 
-def plot_ensemble(path: Path, runs: list[StoredRun], preds: np.ndarray, candidates: list[Candidate], keep: np.ndarray) -> Path | None:
+PLOT_NAME = "ensemble.png"
+
+
+def save_figure(writer: SubmissionWriter, name: str, fig) -> Path:
+    """Write a matplotlib figure as a PNG through ``writer`` (so it is recorded as the pipeline's) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return writer.write_with(name, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def ensemble_figure(runs: list[StoredRun], preds: np.ndarray, candidates: list[Candidate], keep: np.ndarray):
     """Two panels: each weight method's weights per model, and the models' OOF correlation."""
     import matplotlib
 
@@ -367,6 +446,4 @@ def plot_ensemble(path: Path, runs: list[StoredRun], preds: np.ndarray, candidat
     ax_c.set_title("OOF prediction correlation (lower = more diverse)")
     fig.colorbar(image, ax=ax_c)
     fig.tight_layout()
-    io.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-    return path
+    return fig

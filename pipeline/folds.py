@@ -159,19 +159,49 @@ def folds_frame(ids: np.ndarray, folds: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"id": ids, "fold": folds})
 
 
+def read_folds_table(path: Path) -> pd.DataFrame:
+    """``folds/<competition>.csv`` as ``id`` (str) and ``fold`` (int), checked as a hand edit could break it.
+
+    Raises
+    ------
+    FoldsError
+        If the file does not parse, lacks a column, holds a fold that is not a whole number, or
+        puts every row in one fold (nothing left to train on).
+    """
+    remake = "remake it with 'make folds FORCE=1' (runs made on the old folds will no longer ensemble)"
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise FoldsError(f"{path} is not a readable CSV ({exc}); {remake}") from None
+    missing = [c for c in ("id", "fold") if c not in frame.columns]
+    if missing:
+        raise FoldsError(f"{path} has no column {missing} (columns: {list(frame.columns)[:5]}); {remake}")
+    folds = pd.to_numeric(frame["fold"], errors="coerce")
+    bad = folds.isna() | (folds != folds.round())
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise FoldsError(f"{path}: fold {frame['fold'].iat[row]!r} of id {frame['id'].iat[row]!r} (row {row + 2}) "
+                         f"is not a fold number; {remake}")
+    folds = folds.astype(np.int64)
+    if folds.nunique() < 2:
+        raise FoldsError(f"{path}: every row is in fold {folds.iat[0] if len(folds) else '-'}, so no fold has rows "
+                         f"to train on; {remake}")
+    return pd.DataFrame({"id": frame["id"].astype(str), "fold": folds.to_numpy()})
+
+
 def read_folds(config: Config, competition: Competition) -> tuple[np.ndarray, str]:
     """The saved folds aligned to ``train.csv`` row order, with their fingerprint.
 
     Raises
     ------
     FoldsError
-        If the file is missing or its ids differ from train.csv.
+        If the file is missing or damaged (:func:`read_folds_table`), or its ids differ from train.csv.
     """
     path = config.folds_csv
     if not path.is_file():
         raise FoldsError(f"no folds file {path}; run 'make folds' first")
-    frame = pd.read_csv(path, dtype={"id": str})
-    by_id = dict(zip(frame["id"].astype(str), frame["fold"].astype(int)))
+    frame = read_folds_table(path)
+    by_id = dict(zip(frame["id"], frame["fold"]))
     ids = competition.train_ids
     missing = [i for i in ids if i not in by_id]
     if missing or len(by_id) != len(ids):

@@ -9,11 +9,47 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pandas as pd
+
+from pipeline.errors import PipelineError
+
+# one path component: no separator, no leading dot (so neither '..' nor a hidden file), nothing a shell quotes
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+class UnsafeNameError(PipelineError, ValueError):
+    """A name that becomes a file or folder name is not one plain path component."""
+
+
+def safe_name(value: str, what: str, fix: str = "") -> str:
+    """Return ``value`` if it can name a file or folder inside ours, else raise.
+
+    Run names, competition names and imported run names become folder names; a name
+    such as ``../x`` or ``/tmp/x`` would write outside the store.
+
+    Parameters
+    ----------
+    value : str
+        The name.
+    what : str
+        How the user spelled the setting, for the message (``MODEL``, ``NAME``).
+    fix : str, optional
+        A hint appended to the message.
+
+    Raises
+    ------
+    UnsafeNameError
+        Unless ``value`` is 1-128 letters, digits, ``.``, ``_`` or ``-``, starting with a letter or digit.
+    """
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
+        raise UnsafeNameError(f"{what}={value!r} must be one name of letters, digits, '.', '_' and '-' "
+                              f"(it names a folder), not a path{'; ' + fix if fix else ''}")
+    return value
 
 
 def _current_umask() -> int:

@@ -156,7 +156,20 @@ def create_model(name: str, num_classes: int, pretrained: bool | str = False, dr
     """
     timm_name = resolve_model_name(name)
     hub = pretrained is True
-    model = timm.create_model(timm_name, pretrained=hub, num_classes=num_classes, drop_rate=drop_rate, **kwargs)
+    try:
+        model = timm.create_model(timm_name, pretrained=hub, num_classes=num_classes, drop_rate=drop_rate, **kwargs)
+    except TypeError as exc:
+        if not kwargs or "argument" not in str(exc):
+            raise
+        raise ModelError(f"train.model_kwargs {kwargs}: architecture {timm_name!r} does not take one of them ({exc}); "
+                         "remove the key, or check the arguments of the timm model's class") from None
+    except OSError as exc:  # the hub's download errors (no network, no such file) are all OSErrors
+        if not hub:
+            raise
+        raise ModelError(f"could not download pretrained weights for {timm_name!r} ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:160]}). Offline (a Kaggle code competition), either point to a "
+                         "local weights file with train.pretrained=<path to a weights file> (.safetensors or .pth), "
+                         "or train from scratch with train.pretrained=false") from None
     if isinstance(pretrained, str):
         load_weights_file(model, pretrained, timm_name)
     return model

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -85,3 +88,31 @@ def configure_logging(level: int | None = None) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if level is None else level)
     logger.propagate = False
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path, enabled: bool = True) -> Iterator[None]:
+    """Also append the pipeline's log records to ``path`` while the block runs (a fold's ``train.log``).
+
+    The file is a log: appended to, one line per record with its time, so a resumed fold's file
+    tells its whole story, warnings about refused resume states included.
+    """
+    import logging
+
+    if not enabled:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger = logging.getLogger("pipeline")
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:  # a library caller that set up no logging still gets the file
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()

@@ -87,6 +87,10 @@ class RunLayout:
         """The fold's best checkpoint (safetensors, with its epoch and score)."""
         return self.fold_dir(fold) / "best.safetensors"
 
+    def fold_log(self, fold: int) -> Path:
+        """The fold's log: every line training printed for it, with times (appended across resumes)."""
+        return self.fold_dir(fold) / "train.log"
+
     def state(self, fold: int) -> Path:
         """The fold's training state after its last complete epoch (resume)."""
         return self.fold_dir(fold) / "last.pt"
@@ -200,7 +204,8 @@ def read_meta(layout: RunLayout) -> RunMeta | None:
     try:
         data = io.read_json(layout.meta)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{layout.meta} is damaged ({exc}); delete the run folder and train it again") from None
+        raise StoreError(f"{layout.meta} is damaged ({exc}); retrain the run from scratch with FORCE=1 "
+                         f"(make train MODEL={layout.run_dir.name} FORCE=1)") from None
     return RunMeta.from_json(data, str(layout.meta))
 
 
@@ -276,7 +281,10 @@ def frame_probs(frame: pd.DataFrame, ids: np.ndarray, classes: list[str], source
     ids = np.asarray(ids, dtype=str)
     if len(indexed) != len(ids) or not indexed.index.isin(ids).all():
         raise StoreError(f"{source}: ids differ from the competition's ({len(indexed)} rows vs {len(ids)})")
-    probs = indexed.loc[ids, [str(c) for c in classes]].to_numpy(dtype=np.float64)
+    try:
+        probs = indexed.loc[ids, [str(c) for c in classes]].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{source}: a prediction column is not numeric ({exc})") from None
     if not np.isfinite(probs).all():
         raise StoreError(f"{source}: NaN or inf predictions")
     return probs
@@ -348,10 +356,12 @@ def load_runs(runs_dir: Path, train_ids: np.ndarray, test_ids: np.ndarray, class
             excluded.append((run_dir.name, "its class list differs from train.csv's"))
             continue
         try:
-            oof = frame_probs(pd.read_parquet(layout.oof), train_ids, classes, str(layout.oof))
-            test = frame_probs(pd.read_parquet(layout.test), test_ids, classes, str(layout.test))
-        except (StoreError, OSError) as exc:
-            excluded.append((run_dir.name, str(exc)))
+            oof = frame_probs(_read_table(layout.oof), train_ids, classes, str(layout.oof))
+            test = frame_probs(_read_table(layout.test), test_ids, classes, str(layout.test))
+            check_prediction_values(oof, task, str(layout.oof), classes)
+            check_prediction_values(test, task, str(layout.test), classes)
+        except StoreError as exc:
+            excluded.append((run_dir.name, f"unreadable: {exc}"))
             continue
         runs.append(StoredRun(run_dir.name, oof, test, meta))
     return runs, excluded
@@ -417,10 +427,51 @@ def _read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise StoreError(f"{path} does not exist")
     if path.suffix == ".parquet":
-        return pd.read_parquet(path)
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise StoreError(f"{path} is not a parquet file pandas can read ({str(exc).splitlines()[0][:120]}); "
+                             "write it with DataFrame.to_parquet, or pass a .csv") from None
     if path.suffix == ".csv":
-        return pd.read_csv(path, dtype={"id": str})
+        try:
+            return pd.read_csv(path, dtype={"id": str})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path} is not a CSV file pandas can read ({str(exc).splitlines()[0][:120]}); "
+                             "write it with DataFrame.to_csv(index=False)") from None
     raise StoreError(f"{path}: expected a .csv or .parquet file")
+
+
+def _numeric_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
+    """Each named column must hold numbers only; name the first that does not, with an example value."""
+    for column in columns:
+        values = frame[column]
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = numbers.isna() & values.notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise StoreError(f"{source}: column {column!r} holds {values.iat[row]!r} (id {frame['id'].iat[row]}), "
+                             "not a number; every prediction column must be numeric")
+
+
+def check_prediction_values(probs: np.ndarray, task: str, source: str, classes: list[str]) -> None:
+    """Probabilities lie in [0, 1] (and sum to 1 per row for multiclass); values (regression, ordinal) are
+    only required to be finite, which :func:`frame_probs` checks.
+
+    Raises
+    ------
+    StoreError
+        Naming the file, the range found and the fix (logits need a sigmoid or softmax first).
+    """
+    from pipeline.tasks import get_task
+
+    output = get_task(task).output
+    if output == "value" or probs.size == 0:
+        return
+    if probs.min() < 0 or probs.max() > 1:
+        raise StoreError(f"{source}: values outside [0, 1] (min {probs.min():.3g}, max {probs.max():.3g}); "
+                         "store probabilities, not logits")
+    if output == "simplex" and len(classes) > 1 and not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+        raise StoreError(f"{source}: rows do not sum to 1 (e.g. {probs.sum(axis=1)[0]:.4f}); apply a softmax first")
 
 
 def validate_import(oof: pd.DataFrame, test: pd.DataFrame, train_ids: np.ndarray, test_ids: np.ndarray, folds: np.ndarray, classes: list[str], source: str,
@@ -456,25 +507,22 @@ def validate_import(oof: pd.DataFrame, test: pd.DataFrame, train_ids: np.ndarray
             raise StoreError(f"{source}: the {what} file needs an 'id' column (columns: {list(frame.columns)[:8]})")
     if "fold" not in oof.columns:
         raise StoreError(f"{source}: the OOF file needs a 'fold' column with each row's validation fold (ours: folds/<competition>.csv)")
+    _numeric_columns(oof, ["fold"], f"{source} (OOF)")
+    for frame, what in ((oof, "OOF"), (test, "test")):
+        _numeric_columns(frame, [str(c) for c in classes if str(c) in frame.columns], f"{source} ({what})")
     oof_probs = frame_probs(oof, train_ids, classes, f"{source} (OOF)")
     test_probs = frame_probs(test, test_ids, classes, f"{source} (test)")
     their_folds = oof.set_index(oof["id"].astype(str)).loc[np.asarray(train_ids, dtype=str), "fold"].to_numpy()
+    if not np.all(np.asarray(their_folds, dtype=np.float64) % 1 == 0):
+        raise StoreError(f"{source}: the 'fold' column must hold whole fold numbers")
     differ = np.flatnonzero(their_folds.astype(np.int64) != folds)
     if len(differ):
         raise StoreError(
             f"{source}: fold assignment differs from ours on {len(differ)} rows (e.g. id {train_ids[differ[0]]}: "
             f"fold {their_folds[differ[0]]} vs {folds[differ[0]]}); retrain that model on folds/<competition>.csv - mixing splits leaks"
         )
-    from pipeline.tasks import get_task
-
-    output = get_task(task).output
     for probs, what in ((oof_probs, "OOF"), (test_probs, "test")):
-        if output == "value":
-            continue
-        if probs.min() < 0 or probs.max() > 1:
-            raise StoreError(f"{source}: {what} values outside [0, 1] (min {probs.min():.3g}, max {probs.max():.3g}); import probabilities, not logits")
-        if output == "simplex" and len(classes) > 1 and not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
-            raise StoreError(f"{source}: {what} rows do not sum to 1 (e.g. {probs.sum(axis=1)[0]:.4f}); apply a softmax first")
+        check_prediction_values(probs, task, f"{source} ({what})", classes)
     return oof_probs, test_probs
 
 

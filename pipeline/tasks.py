@@ -145,7 +145,21 @@ def get_task(name: str) -> Task:
         raise TaskError(f"unknown task {name!r}; choose one of {sorted(TASKS)}") from None
 
 
-def _format_error(sample_columns: list[str], expected: list[str]) -> TaskError:
+def _format_error(sample_columns: list[str], expected: list[str], target_names: list[str] | None = None) -> TaskError:
+    """The sample fits no format; where it has one column per class or label, name the columns that differ."""
+    columns = sample_columns[1:]
+    if target_names is not None and len(columns) > 1:
+        unknown = [c for c in columns if c not in target_names]
+        absent = [c for c in target_names if c not in columns]
+        parts = []
+        if unknown:
+            parts.append(f"column(s) {unknown[:5]} not a class of train.csv")
+        if absent:
+            parts.append(f"no column for class(es) {absent[:5]}")
+        if parts:
+            return TaskError(f"sample submission: {'; '.join(parts)} (train.csv's classes: {target_names[:10]}); "
+                             "the sample and train.csv must name the same classes: check competition.target_column. "
+                             "Formats for this task: " + "; ".join(expected))
     return TaskError(f"sample submission columns {sample_columns} fit none of the formats for this task: "
                      + "; ".join(expected))
 
@@ -175,7 +189,8 @@ class Multiclass(Task):
             index = {c: k for k, c in enumerate(targets.columns)}
             return {c: pred[:, index[c]] for c in columns}
         raise _format_error(list(sample.columns), [f"'{id_column}, {target_column}' (the class name)",
-                                                    f"'{id_column}' plus one probability column per class {targets.columns[:5]}"])
+                                                    f"'{id_column}' plus one probability column per class {targets.columns[:5]}"],
+                            targets.columns)
 
 
 @register_task
@@ -279,7 +294,8 @@ class Multilabel(Task):
             values = decided.round().astype(np.int64) if needs == "label" else pred
             return {c: values[:, index[c]] for c in columns}
         raise _format_error(list(sample.columns), [f"'{id_column}, {target_column}' (space-separated labels)",
-                                                    f"'{id_column}' plus one column per label {targets.columns[:5]}"])
+                                                    f"'{id_column}' plus one column per label {targets.columns[:5]}"],
+                            targets.columns)
 
 
 def _numbers(frame: pd.DataFrame, column: str, task: str) -> np.ndarray:

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline import io
 from pipeline.config import Config, resolve_train_config
-from pipeline.data import Competition, DataError, load_competition
+from pipeline.data import TOO_MANY_PIXELS, Competition, DataError, load_competition
 from pipeline.report import progress_bar
 from pipeline.tasks import get_task
 
@@ -90,7 +90,8 @@ def inspect_image(path: str) -> dict:
     """Open and fully decode one file; return its status, mode, size and content hash.
 
     ``status`` is ``ok``, ``missing``, ``empty`` (zero bytes), ``corrupt`` (not an
-    image PIL can identify) or ``truncated`` (the header reads, the pixels do not).
+    image PIL can identify), ``truncated`` (the header reads, the pixels do not) or
+    ``too large`` (the header claims more pixels than PIL will decode).
     """
     record = {"path": path, "status": "ok", "mode": "", "width": 0, "height": 0, "md5": "", "error": ""}
     try:
@@ -109,6 +110,8 @@ def inspect_image(path: str) -> dict:
         with Image.open(path) as image:
             record.update(mode=image.mode, width=image.width, height=image.height)
             image.load()  # decodes the pixels: a truncated file fails here, not at open
+    except Image.DecompressionBombError as exc:
+        record.update(status="too large", error=str(exc))
     except UnidentifiedImageError as exc:
         record.update(status="corrupt", error=str(exc))
     except (OSError, SyntaxError, ValueError) as exc:
@@ -146,7 +149,8 @@ def _image_findings(split: str, ids: np.ndarray, scan: pd.DataFrame, input_size:
     for status, severity, detail in (("missing", "error", "file does not exist"),
                                      ("empty", "error", "zero-byte file"),
                                      ("corrupt", "error", "not an image PIL can read"),
-                                     ("truncated", "error", "header reads, pixels do not (cut-off file)")):
+                                     ("truncated", "error", "header reads, pixels do not (cut-off file)"),
+                                     ("too large", "error", TOO_MANY_PIXELS)):
         bad = np.flatnonzero(scan["status"].to_numpy() == status)
         if len(bad):
             findings.append(Finding(f"{split} images {status}", severity, len(bad), detail, _examples(ids[bad])))

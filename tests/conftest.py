@@ -23,7 +23,7 @@ def digits_dir(tmp_path_factory) -> Path:
     return build_digits_competition(tmp_path_factory.mktemp("digits"))
 
 
-def _small_competition(source: Path, target: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+def build_small_competition(source: Path, target: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
     """A stratified sample of the demo competition in the same layout."""
     rng = np.random.default_rng(seed)
     train = pd.read_csv(source / "train.csv", dtype=str)
@@ -47,7 +47,7 @@ def _small_competition(source: Path, target: Path, n_train: int, n_test: int, se
 @pytest.fixture()
 def small_competition(digits_dir, tmp_path) -> Path:
     """60 training images (6 per class) and 20 test images."""
-    return _small_competition(digits_dir, tmp_path / "data", n_train=60, n_test=20)
+    return build_small_competition(digits_dir, tmp_path / "data", n_train=60, n_test=20)
 
 
 @pytest.fixture()

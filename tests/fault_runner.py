@@ -8,6 +8,7 @@ Faults (N counts from 1 within this process):
     after-state:N         SIGKILL right after the N-th training state is saved (between epochs)
     mid-write:NAME:N      SIGKILL while the N-th write of file NAME is half done: the temporary
                           file holds half of the bytes and has not been renamed into place
+    after-write:NAME:N    SIGKILL right after the N-th write of file NAME is renamed into place
 
 SIGKILL cannot be caught or cleaned up after, exactly like ``kill -9`` or a preempted machine.
 """
@@ -70,6 +71,21 @@ def install(fault: str) -> None:
             return real_write_with(path, writer)
 
         io.write_with = half_write_then_die
+    elif kind == "after-write":
+        from pipeline import io
+
+        name, _, count = rest.rpartition(":")
+        target, seen, real_write_with = int(count), [0], io.write_with
+
+        def write_then_die(path, writer):
+            written = real_write_with(path, writer)
+            if Path(path).name == name:
+                seen[0] += 1
+                if seen[0] == target:
+                    _die()
+            return written
+
+        io.write_with = write_then_die
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

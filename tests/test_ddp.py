@@ -14,7 +14,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import _small_competition
+from conftest import build_small_competition
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.distributed import DistContext, gather_rows, shard
@@ -69,7 +69,7 @@ def test_shard_gather_and_decisions_of_rank_0_reach_every_rank(tmp_path):
 @pytest.fixture()
 def odd_competition(digits_dir, tmp_path):
     """60 training images in 4 folds of 15 (odd, so 2 ranks split them 8/7) and 21 test images."""
-    return _small_competition(digits_dir, tmp_path / "odd", n_train=60, n_test=21)
+    return build_small_competition(digits_dir, tmp_path / "odd", n_train=60, n_test=21)
 
 
 def test_torchrun_two_processes_train_and_predict_every_row_once(odd_competition, write_config, tmp_path):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from pipeline.cli import main
 
@@ -70,7 +71,9 @@ def test_sigkill_at_many_points_then_resume_matches_an_uninterrupted_run(small_c
             assert (run_dir / "fold0" / "last.prev.pt").is_file()
             state.write_bytes(state.read_bytes()[:1000])
             code, out = _train(faulty, "after-state:1")
-            assert "last.pt is damaged" in out and "using the previous training state last.prev.pt (epoch 1)" in out, out
+            assert "last.pt cannot be loaded safely" in out, out
+            assert "resuming from the previous training state last.prev.pt (after epoch 1)" in out, out
+            assert "last.pt cannot be loaded safely" in (run_dir / "fold0" / "train.log").read_text()
             assert "resuming after epoch 1/3" in out
         else:
             code, out = _train(faulty, fault)
@@ -102,3 +105,40 @@ def test_sigkill_at_many_points_then_resume_matches_an_uninterrupted_run(small_c
     # nothing half-written is left behind as a finished file, and resume states are gone once folds finish
     assert not list(run_dir.rglob("last*.pt")) and not list(run_dir.rglob("*.tmp"))
     print("\n".join(f"{fault}: {out.strip().splitlines()[-1] if out.strip() else ''}" for fault, out in log))
+
+
+def _run(fault: str, *args: str) -> tuple[int, str]:
+    """``python -m pipeline <args>`` in a child process with a fault installed."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(RUNNER), fault, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_training_state_that_cannot_be_loaded_is_reported_and_the_fold_restarts(small_competition, write_config,
+                                                                                   tmp_path, capsys):
+    config = write_config(small_competition, {"train": {"epochs": 2, "batch_size": 8}})
+    code, out = _run("after-state:1", "train", "--config", str(config), "--model", "digits_resnet")
+    assert code == -9, out
+    fold_dir = tmp_path / "out" / "runs" / "digits" / "digits_resnet" / "fold0"
+    (fold_dir / "last.pt").write_bytes(b"not a checkpoint")
+    assert main(["train", "--config", str(config), "--model", "digits_resnet", "--folds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"training state .*fold0/last\.pt cannot be loaded safely \(\w+Error: .*\); kept as "
+                     r"last\.pt\.damaged", out), out
+    assert "no usable training state" in out and "restarts from epoch 1" in out
+    assert (fold_dir / "last.pt.damaged").read_bytes() == b"not a checkpoint"
+    log = (fold_dir / "train.log").read_text()
+    assert "cannot be loaded safely" in log and "restarts from epoch 1" in log and "epoch 2/2" in log
+
+
+@pytest.mark.parametrize("fault", ["after-write:submission.csv:1", "mid-write:leaderboard.csv:1",
+                                   "after-write:.written.json:2"])
+def test_an_ensemble_killed_while_writing_reruns_cleanly(small_config, tmp_path, capsys, fault):
+    assert main(["train", "--config", str(small_config), "--model", "digits_resnet"]) == 0
+    code, out = _run(fault, "ensemble", "--config", str(small_config))
+    assert code == -9, out
+    assert main(["ensemble", "--config", str(small_config)]) == 0, capsys.readouterr().err
+    folder = tmp_path / "out" / "submissions" / "digits"
+    assert (folder / "submission.csv").is_file() and (folder / "leaderboard.csv").is_file()
+    assert not list(folder.glob(".*.tmp"))

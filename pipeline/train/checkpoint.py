@@ -33,18 +33,35 @@ def save_state(path: Path, state: dict) -> None:
 
 
 def load_state(path: Path) -> dict | None:
-    """The last complete training state: ``last.pt``, else the one before it, else None."""
+    """The last complete training state: ``last.pt``, else the one before it, else None.
+
+    A state that cannot be loaded safely (damaged, or a pickle that ``weights_only`` refuses) is never
+    used and never dropped silently: a warning names the file, why, and what is trained again, and the
+    file is kept beside as ``<name>.damaged`` for inspection.
+    """
+    refused = []
     for candidate in (path, previous_version(path)):
         if not candidate.is_file():
             continue
         try:
             state = torch.load(candidate, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged file raises one of several torch/pickle errors
-            log.warning("  warning: %s is damaged (%s); trying the state before it", candidate.name, type(exc).__name__)
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'no detail'}"
+            kept = candidate.with_name(candidate.name + ".damaged")
+            candidate.replace(kept)
+            log.warning("  warning: training state %s cannot be loaded safely (%s); kept as %s, not used",
+                        candidate, reason, kept.name)
+            refused.append(candidate.name)
             continue
-        if candidate != path:
+        if refused:
+            log.warning("  resuming from the previous training state %s (after epoch %d): the epoch after it is "
+                        "trained again", candidate.name, state["epoch"] + 1)
+        elif candidate != path:
             log.info("  using the previous training state %s (epoch %d)", candidate.name, state["epoch"] + 1)
         return state
+    if refused:
+        log.warning("  warning: no usable training state in %s (%s refused): this fold restarts from epoch 1 and "
+                    "every epoch it had trained is trained again", path.parent, ", ".join(refused))
     return None
 
 

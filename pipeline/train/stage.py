@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 
 from pipeline import io
 from pipeline.config import Config, ConfigError, TrainConfig, resolve_train_config
@@ -24,7 +25,7 @@ from pipeline.errors import PipelineError
 from pipeline.folds import FoldsError, read_folds, run_folds
 from pipeline.metrics import Metric, get_metric
 from pipeline.models import create_model, model_family, resolve_model_name
-from pipeline.report import format_seconds, format_table
+from pipeline.report import format_seconds, format_table, log_to_file
 from pipeline.store import (RunLayout, RunLock, RunMeta, StoreError, code_version, library_versions, prediction_frame,
                             read_meta, run_hash, write_meta)
 from pipeline.tasks import resolve_loss
@@ -78,8 +79,9 @@ def prepare_run(config: Config, model: str, overrides: dict[str, Any] | None = N
     """Resolve the recipe, check the model name, the weights file and the data: fail before any work."""
     name, cfg = resolve_train_config(config, model, overrides)
     resolve_model_name(cfg.model)
-    if isinstance(cfg.pretrained, str):
-        create_model(cfg.model, 2, cfg.pretrained, **cfg.model_kwargs)  # raises on a mismatched file
+    if cfg.pretrained is not False or cfg.model_kwargs:
+        # built once before any work: a mismatched weights file, a failed download or an unknown keyword stops here
+        create_model(cfg.model, 2, cfg.pretrained, **cfg.model_kwargs)
     try:
         resolve_loss(config.competition.task, cfg.loss)  # a recipe's loss fits the task: checked before the data is read
     except ValueError as exc:
@@ -238,8 +240,9 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
                 if context.is_main:
                     log.info("  fold %d: done before, skipped", fold)
                 continue
-            result = train_fold(spec.name, cfg, fold, data, spec.competition.classes, spec.metric, runtime,
-                                layout, views, view_names)
+            with log_to_file(layout.fold_log(fold), enabled=context.is_main):
+                result = train_fold(spec.name, cfg, fold, data, spec.competition.classes, spec.metric, runtime,
+                                    layout, views, view_names)
             meta.folds_done = sorted(set(meta.folds_done) | {fold})
             if not context.is_main:
                 continue
@@ -262,18 +265,19 @@ def open_run(spec: RunSpec, config: Config, fold_ids: list[int], force: bool) ->
         If the run exists with other settings and ``force`` is not set.
     """
     layout = spec.layout
-    meta = read_meta(layout)
-    if meta is not None and (force or meta.config_hash != spec.settings_hash):
-        if not force:
-            raise StoreError(
-                f"run {layout.run_dir} exists with other settings (hash {meta.config_hash} != {spec.settings_hash}); "
-                "pass FORCE=1 to retrain it from scratch, or change the recipe name"
-            )
+    # FORCE=1 retrains from scratch without reading what is there, so it also repairs a damaged meta.json
+    meta = None if force else read_meta(layout)
+    if force and layout.run_dir.is_dir():
         for child in layout.run_dir.iterdir():
             if child != layout.lock:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-        meta = None
+    if meta is not None and meta.config_hash != spec.settings_hash:
+        raise StoreError(
+            f"run {layout.run_dir} exists with other settings (hash {meta.config_hash} != {spec.settings_hash}); "
+            "pass FORCE=1 to retrain it from scratch, or change the recipe name"
+        )
     if meta is not None and meta.status == "finished" and all(f in meta.folds_done for f in fold_ids):
+        check_run_files(layout, spec.name)
         log.info("%s: already finished (CV %.4f); pass FORCE=1 to retrain", spec.name, meta.cv)
         return meta, True
     # temporary files a killed writer left behind: never read, only taking space; we hold the lock
@@ -315,13 +319,35 @@ def run_predict(config: Config, model: str, overrides: dict[str, Any] | None = N
     return meta
 
 
+def check_run_files(layout: RunLayout, model: str) -> None:
+    """A finished run's OOF and test files must read; a damaged one is named with the way to rewrite it.
+
+    Raises
+    ------
+    StoreError
+        Naming the file, why it does not read, and the commands that rewrite it.
+    """
+    for path in (layout.oof, layout.test):
+        try:
+            pd.read_parquet(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise StoreError(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); rewrite "
+                             f"it from the checkpoints with 'make predict MODEL={model}', or retrain with "
+                             f"'make train MODEL={model} FORCE=1'") from None
+
+
 def trained_meta(spec: RunSpec, model: str) -> RunMeta:
-    """The metadata of a run trained with these settings, or an error saying what to run first."""
+    """The metadata of a run trained with these settings whose checkpoints are all there, or an error saying
+    what to run first."""
     meta = read_meta(spec.layout)
     if meta is None:
         raise StoreError(f"no run {spec.layout.run_dir}; train it first with 'make train MODEL={model}'")
     if meta.config_hash != spec.settings_hash:
         raise StoreError(f"run {spec.layout.run_dir} was trained with other settings; predict with the same recipe and ARGS")
+    for fold in meta.folds_done:
+        if not spec.layout.best(fold).is_file():
+            raise StoreError(f"run {spec.name}: fold {fold} has no checkpoint ({spec.layout.best(fold)} is missing); "
+                             f"retrain that fold with 'make train MODEL={model} FOLDS={fold} FORCE=1'")
     return meta
 
 
