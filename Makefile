@@ -13,6 +13,8 @@ FORCE ?=
 ZOO ?= configs/zoo/default.yaml
 TOP ?=
 GPUS ?=
+# EXECUTOR=ray runs every (model, fold) or zoo architecture as its own Ray job, one per GPU (pip install -e '.[ray]')
+EXECUTOR ?=
 IMAGE_SIZE ?=
 PYTHON ?= python3
 
@@ -29,7 +31,7 @@ COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= IMAGE_SIZE="
+	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE="
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,8 +53,8 @@ validate: $(STAMP) ## check the competition folder (every image, labels, ids) be
 folds: $(STAMP) ## make the k-fold split: folds/<competition>.csv
 	$(RUN) folds $(COMMON)
 
-train: $(STAMP) ## train MODEL on every fold (or FOLDS=0,2), predict OOF and test with TTA (GPUS=n: DDP)
-	$(LAUNCH) train $(if $(MODEL),--model $(MODEL)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(COMMON)
+train: $(STAMP) ## train MODEL (or MODEL=a,b) on every fold (or FOLDS=0,2), predict OOF and test with TTA (GPUS=n: DDP; EXECUTOR=ray: a job per fold)
+	$(LAUNCH) train $(if $(MODEL),--model $(MODEL)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(COMMON)
 
 predict: $(STAMP) ## re-predict OOF and test for MODEL from its saved checkpoints (no training)
 	$(LAUNCH) predict $(if $(MODEL),--model $(MODEL)) --config $(CONFIG) $(ARGS)
@@ -64,10 +66,10 @@ import-oof: $(STAMP) ## add predictions made elsewhere: NAME=<run> OOF=<file> TE
 	$(RUN) import-oof --name "$(NAME)" --oof "$(OOF)" --test "$(TEST)" $(COMMON)
 
 zoo: $(STAMP) ## screen every architecture of ZOO= quickly; leaderboard + report (TOP=k also trains the best k)
-	$(RUN) zoo --zoo $(ZOO) $(if $(TOP),--top $(TOP)) $(COMMON)
+	$(RUN) zoo --zoo $(ZOO) $(if $(TOP),--top $(TOP)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(COMMON)
 
 zoo-promote: $(STAMP) ## train the best TOP=k screened architectures on every fold at full size
-	$(RUN) zoo-promote $(if $(TOP),--top $(TOP)) $(COMMON)
+	$(RUN) zoo-promote $(if $(TOP),--top $(TOP)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(COMMON)
 
 models: $(STAMP) ## list model aliases and recipes
 	$(RUN) models --config $(CONFIG)

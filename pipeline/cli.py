@@ -93,8 +93,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _models_to_run(args: argparse.Namespace, config) -> list[str]:
-    """MODEL, or else the competition's `models:` line-up."""
-    models = [args.model] if args.model else config.models
+    """MODEL (one, or several as MODEL=a,b), or else the competition's `models:` line-up."""
+    models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else config.models
     if not models:
         raise UsageError(f"name a model: make {args.command} MODEL=resnet18 (or list models: in the competition config)")
     return models
@@ -108,14 +108,46 @@ def _print_on_main(text: str) -> None:
         print(text)
 
 
+def _executor_name(args: argparse.Namespace, config) -> str:
+    """EXECUTOR=, else the config's ``executor.name``."""
+    return getattr(args, "executor", None) or config.executor.name
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.train import run_train, train_leaderboard
 
     config = _load(args)
-    for model in _models_to_run(args, config):
+    models = _models_to_run(args, config)
+    executor = _executor_name(args, config)
+    if executor != "local":
+        return _train_on_executor(args, config, models, executor)
+    for model in models:
         meta = run_train(config, model, _parse_folds(args.folds), force=args.force, overrides=args.settings)
         _print_on_main(train_leaderboard(meta))
     return 0
+
+
+def _train_on_executor(args: argparse.Namespace, config, models: list[str], executor_name: str) -> int:
+    import os
+
+    from pipeline.executors import get_executor
+    from pipeline.train import train_leaderboard
+    from pipeline.train.grid import run_train_grid
+
+    if "RANK" in os.environ:
+        raise UsageError(f"EXECUTOR={executor_name} runs one job per GPU; it does not combine with GPUS=n (torchrun)")
+    executor = get_executor(executor_name, config.executor.settings())
+    results = run_train_grid(config, models, executor, _parse_folds(args.folds), force=args.force,
+                             overrides=args.settings)
+    failed = []
+    for name, meta, error in results:
+        if error:
+            failed.append(f"{name}: {error}")
+        else:
+            print(train_leaderboard(meta))
+    for line in failed:
+        print(f"failed: {line}; rerun the same command to retry the failed folds", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -179,11 +211,11 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     from pipeline.zoo import format_leaderboard, promote, run_zoo
 
     config = _load(args)
-    board, n_failed = run_zoo(args.config, args.zoo, args.settings)
+    board, n_failed = run_zoo(args.config, args.zoo, args.settings, executor=args.executor)
     print(format_leaderboard(board, config.competition.metric))
     print(f"report: {config.out / 'zoo' / config.competition.name / 'report.html'}")
     if args.top:
-        promote(config, board, args.top, force=args.force)
+        promote(config, board, args.top, force=args.force, executor=args.executor)
     if n_failed:
         print(f"{n_failed} architecture(s) failed; see their screen.log", file=sys.stderr)
     return 1 if n_failed else 0
@@ -195,7 +227,7 @@ def cmd_zoo_promote(args: argparse.Namespace) -> int:
     config = _load(args)
     if not args.top or args.top < 1:
         raise UsageError("zoo-promote needs TOP=<number of architectures>, e.g. make zoo-promote TOP=3")
-    promote(config, read_leaderboard(config), args.top, force=args.force)
+    promote(config, read_leaderboard(config), args.top, force=args.force, executor=args.executor)
     return 0
 
 
@@ -241,11 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=DEFAULT_CONFIG, help=f"competition YAML (default {DEFAULT_CONFIG})")
         p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. train.lr=1e-3 folds.n_splits=3")
         if name in ("train", "predict"):
-            p.add_argument("--model", help="recipe name, model alias or timm name")
+            p.add_argument("--model", help="recipe name, model alias or timm name (train: several as a,b)")
         if name in ("train", "demo", "predict"):
             p.add_argument("--epochs", type=int, help="override train.epochs")
         if name == "train":
             p.add_argument("--folds", help="comma-separated subset of folds, e.g. 0,2")
+        if name in ("train", "zoo", "zoo-promote"):
+            p.add_argument("--executor", help="where the (run, fold) or zoo jobs run: local (default) or ray")
         if name in ("zoo", "zoo-promote"):
             p.add_argument("--top", type=int, help="train the best TOP screened architectures on every fold")
         if name == "zoo":

@@ -240,6 +240,31 @@ class EnsembleConfig(StrictModel):
         return self
 
 
+class ExecutorConfig(StrictModel):
+    """Where the grid of (run, fold) and zoo jobs runs (:mod:`pipeline.executors`); ``EXECUTOR=`` sets ``name``."""
+
+    name: str = "local"
+    # Ray: GPUs per job (None: 1 where the cluster has GPUs, else 0), CPUs per job, retries after a worker dies
+    gpus_per_job: float | None = Field(default=None, ge=0)
+    cpus_per_job: float = Field(default=1.0, gt=0)
+    max_retries: int = Field(default=2, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from pipeline.executors import EXECUTORS
+
+        if name not in EXECUTORS:
+            raise ValueError(f"unknown executor {name!r}; choose one of {sorted(EXECUTORS)}")
+        return name
+
+    def settings(self):
+        from pipeline.executors import ExecutorSettings
+
+        return ExecutorSettings(gpus_per_job=self.gpus_per_job, cpus_per_job=self.cpus_per_job,
+                                max_retries=self.max_retries)
+
+
 class Config(StrictModel):
     """One competition: the root of a YAML file."""
 
@@ -273,6 +298,7 @@ class Config(StrictModel):
     folds: FoldsConfig = Field(default_factory=FoldsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     models: list[str] = Field(default_factory=list)
     recipes_dir: str = "recipes"
     output_dir: str = "."

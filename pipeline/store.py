@@ -87,6 +87,10 @@ class RunLayout:
         """The fold's best checkpoint (safetensors, with its epoch and score)."""
         return self.fold_dir(fold) / "best.safetensors"
 
+    def fold_lock(self, fold: int) -> Path:
+        """Held by the process training the fold when folds of one run train at once (``EXECUTOR=ray``)."""
+        return self.fold_dir(fold) / "fold.lock"
+
     def fold_log(self, fold: int) -> Path:
         """The fold's log: every line training printed for it, with times (appended across resumes)."""
         return self.fold_dir(fold) / "train.log"
@@ -376,8 +380,9 @@ class RunLock:
     here); the message names the machine and the file to delete if that job is gone.
     """
 
-    def __init__(self, run_dir: Path):
-        self.path = RunLayout(run_dir).lock
+    def __init__(self, run_dir: Path, lock_path: Path | None = None):
+        # lock_path: a finer lock inside the run, e.g. one fold's, for jobs that train folds of one run at once
+        self.path = lock_path or RunLayout(run_dir).lock
 
     def __enter__(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -387,10 +392,10 @@ class RunLock:
             except FileExistsError:
                 owner = self._owner()
                 if owner is not None and owner[0] != _HOST:
-                    raise StoreError(f"run {self.path.parent} is being trained by process {owner[1]} on machine {owner[0]}; "
+                    raise StoreError(f"{self.path.parent} is being trained by process {owner[1]} on machine {owner[0]}; "
                                      f"wait for it, or delete {self.path} if that job is gone") from None
                 if owner is not None and _alive(owner[1]):
-                    raise StoreError(f"run {self.path.parent} is being trained by process {owner[1]}; wait for it or stop it") from None
+                    raise StoreError(f"{self.path.parent} is being trained by process {owner[1]}; wait for it or stop it") from None
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as handle:

@@ -343,7 +343,11 @@ def _worker(args: argparse.Namespace) -> int:
 
 # -- the screen ---------------------------------------------------------------------------------------
 
-def _run_worker(config_path: Path, zoo_path: Path, name: str, overrides: dict[str, Any], log_path: Path) -> int:
+def run_screen_process(config_path: Path, zoo_path: Path, name: str, overrides: dict[str, Any], log_path: Path) -> int:
+    """Screen one architecture in a child process (its crash, even out of memory, is isolated); its exit code.
+
+    The zoo's job: wherever the executor runs it, the child writes ``screen.json`` and ``screen.log``.
+    """
     # the coordinator's overrides travel as JSON: parsed once at the command line, never re-parsed from strings
     command = [sys.executable, "-m", "pipeline.zoo", "--config", str(config_path), "--zoo", str(zoo_path), "--name", name,
                "--overrides-json", json.dumps(overrides)]
@@ -362,60 +366,89 @@ def _exit_reason(code: int, log_path: Path) -> str:
 
 
 def run_zoo(config_path: str | Path, zoo_path: str | Path = DEFAULT_ZOO,
-            overrides: dict[str, Any] | None = None) -> tuple[pd.DataFrame, int]:
+            overrides: dict[str, Any] | None = None, executor: str | None = None) -> tuple[pd.DataFrame, int]:
     """Screen every architecture of a zoo file, skipping those already screened with the same settings.
+
+    Parameters
+    ----------
+    config_path, zoo_path : path
+    overrides : dict, optional
+        Parsed ``ARGS``.
+    executor : str, optional
+        Where the screens run (:mod:`pipeline.executors`); default the config's ``executor.name``.
 
     Returns
     -------
     (leaderboard, n_failed): the leaderboard sorted by screening CV (failed ones last).
     """
+    from pipeline.executors import Job, get_executor
+
     config = load_config(config_path, overrides)
     zoo = load_zoo(zoo_path, config)
     plan = make_plan(config, zoo)
     entries = zoo.entries()
+    runner = get_executor(executor or config.executor.name, config.executor.settings())
     log.info(f"zoo: {len(entries)} architectures on {len(plan.competition.y)} of the training rows, "
-             f"{zoo.screen.epochs} epochs, fold(s) {plan.folds} of {config.folds.n_splits}; logs in {plan.out_dir}/<name>/screen.log")
-    records, spent = [], []
-    for k, (name, extra) in enumerate(entries, start=1):
+             f"{zoo.screen.epochs} epochs, fold(s) {plan.folds} of {config.folds.n_splits}, on {runner.describe()}; "
+             f"logs in {plan.out_dir}/<name>/screen.log")
+    records: dict[str, dict] = {}
+    jobs = []
+    for name, extra in entries:
         record_path = plan.out_dir / name / "screen.json"
         old = io.read_json(record_path) if record_path.is_file() else None
         if old and old.get("status") == "ok" and old.get("settings_hash") == plan.settings_hash(name, extra):
-            log.info(f"[{k}/{len(entries)}] {name}: screened before (CV {old['cv']:.4f}), skipped")
-            records.append(old)
+            log.info(f"{name}: screened before (CV {old['cv']:.4f}), skipped")
+            records[name] = old
             continue
-        left = len(entries) - k + 1
-        eta = f", about {format_seconds(np.mean(spent) * left)} left" if spent else ""
-        log.info(f"[{k}/{len(entries)}] {name}: screening{eta}")
         record_path.unlink(missing_ok=True)
-        started = time.perf_counter()
-        code = _run_worker(Path(config_path), Path(zoo_path), name, overrides or {}, plan.out_dir / name / "screen.log")
-        spent.append(time.perf_counter() - started)
+        jobs.append(Job(name, run_screen_process, (Path(config_path), Path(zoo_path), name, overrides or {},
+                                                    plan.out_dir / name / "screen.log")))
+    started = time.perf_counter()
+    for k, outcome in enumerate(runner.run(jobs), start=1):
+        name = outcome.job.key
+        record_path, log_path = plan.out_dir / name / "screen.json", plan.out_dir / name / "screen.log"
         record = io.read_json(record_path) if record_path.is_file() else None
-        if code != 0 and (record is None or record.get("status") == "ok"):
-            record = {"name": name, "status": "failed", "error": _exit_reason(code, plan.out_dir / name / "screen.log")}
+        if not outcome.ok:
+            record = {"name": name, "status": "failed", "error": outcome.error}
             io.write_json(record_path, record)
-        records.append(record)
+        elif outcome.value != 0 and (record is None or record.get("status") == "ok"):
+            record = {"name": name, "status": "failed", "error": _exit_reason(outcome.value, log_path)}
+            io.write_json(record_path, record)
+        records[name] = record
+        left = (time.perf_counter() - started) / k * (len(jobs) - k)
+        eta = f", about {format_seconds(left)} left" if k < len(jobs) else ""
         if record["status"] == "ok":
-            log.info(f"[{k}/{len(entries)}] {name}: CV {record['cv']:.4f}, {record['infer_ips']:.0f} img/s inference, "
-                     f"{format_seconds(spent[-1])}")
+            log.info(f"[{k}/{len(jobs)}] {name}: CV {record['cv']:.4f}, {record['infer_ips']:.0f} img/s inference, "
+                     f"{format_seconds(outcome.seconds)} on {outcome.worker}{eta}")
         else:
-            log.warning(f"[{k}/{len(entries)}] {name}: FAILED - {record['error']}")
-    board = leaderboard(records, config.competition.metric)
-    write_report(plan, board, records)
+            log.warning(f"[{k}/{len(jobs)}] {name}: FAILED - {record['error']}{eta}")
+    ordered = [records[name] for name, _ in entries]
+    board = leaderboard(ordered, config.competition.metric)
+    write_report(plan, board, ordered)
     n_failed = int((board["status"] != "ok").sum())
     return board, n_failed
 
 
-def promote(config: Config, board: pd.DataFrame, top: int, force: bool = False) -> list[dict]:
-    """Train the best ``top`` screened architectures on every fold at full size, through the normal train stage."""
+def promote(config: Config, board: pd.DataFrame, top: int, force: bool = False, executor: str | None = None) -> list:
+    """Train the best ``top`` screened architectures on every fold at full size, through the normal train stage
+    (on ``executor``, default the config's: each (architecture, fold) a job where it is not ``local``)."""
+    from pipeline.executors import get_executor
     from pipeline.train import run_train
+    from pipeline.train.grid import run_train_grid
 
     ok = board[board["status"] == "ok"]
     if ok.empty:
         raise ConfigError("no architecture was screened successfully; nothing to promote")
     chosen = ok["architecture"].tolist()[:top]
     log.info(f"promoting the top {len(chosen)}: {', '.join(chosen)} (every fold, full size); 'make ensemble' then blends them")
-    return [run_train(config, name, force=force) for name in chosen]
+    name = executor or config.executor.name
+    if name == "local":
+        return [run_train(config, arch, force=force) for arch in chosen]
+    results = run_train_grid(config, chosen, get_executor(name, config.executor.settings()), force=force)
+    for arch, _, error in results:
+        if error:
+            log.warning(f"{arch}: FAILED - {error}")
+    return [meta for _, meta, error in results if not error]
 
 
 def read_leaderboard(config: Config) -> pd.DataFrame:

@@ -13,7 +13,7 @@ HEAVY = ("torch", "torchvision", "timm", "albumentations", "cv2")
 
 
 LIGHT_MODULES = ["pipeline.ensemble", "pipeline.store", "pipeline.folds", "pipeline.data", "pipeline.tasks",
-                 "pipeline.config", "pipeline.blend", "pipeline.decision", "pipeline.cli"]
+                 "pipeline.config", "pipeline.blend", "pipeline.decision", "pipeline.cli", "pipeline.executors"]
 
 
 def test_blending_and_splitting_do_not_import_torch():
