@@ -601,9 +601,11 @@ def _result(name, nested):
     ],
 )
 def test_select_method(scores, metric, expected):
+    # the "best" rule; one_se agrees on plain scores (no per-fold scores: no standard error to be within)
     results = {k: _result(k, v) for k, v in scores.items()}
-    assert select_method(results, metric) == expected
-    assert select_method(scores, metric) == expected  # plain scores, as make ensemble passes them
+    assert select_method(results, metric, rule="best") == expected
+    assert select_method(scores, metric, rule="best") == expected
+    assert select_method(scores, metric) == expected
 
 
 def test_select_method_takes_any_keys_in_their_order():
