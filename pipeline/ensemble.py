@@ -131,7 +131,7 @@ class Candidate:
     test_decided: np.ndarray | None = None   # the test predictions after the tuned decision (thresholds, cut points)
     decision: dict | None = None
     fold_scores: dict | None = None          # fold -> nested score of its held-out rows (the selection rule's SE)
-    simplicity: int = 1                      # blend.BlendMethod.simplicity; a single model is 1
+    simplicity: int = 2                      # blend.BlendMethod.simplicity; a single model ranks with the weights
     se: float | None = None                  # standard error against the best candidate (blend.standard_errors)
     temperature: float = 1.0
     test_other: np.ndarray | None = None     # the test predictions applied the other way (ensemble.apply), if they differ
@@ -371,7 +371,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     log.info(format_table(rows, f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
                                 f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold; "
                                 f"'SE' is its standard error against the best, over the folds"))
-    rule = ("the simplest within one standard error of the best nested CV (means, single models, weights, stackers)"
+    rule = ("the simplest within one standard error of the best nested CV: means, then weights and single models, then stackers"
             if config.ensemble.selection == "one_se" else "the best nested CV")
     log.info(f"chosen by nested CV ({rule}): {chosen.name} -> {paths['submission']}")
     log.info(f"all submissions: {config.submissions_dir}/")

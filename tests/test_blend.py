@@ -1116,10 +1116,12 @@ def test_one_se_rule_picks_the_simplest_candidate_within_one_standard_error():
     far_mean = S(0.410, {f: v + 0.010 + 0.001 * (f % 2) for f, v in best.fold_scores.items()}, simplicity=0)
     assert select_method({"slsqp": best, "mean": far_mean}, "log_loss") == "slsqp"
     # equally simple candidates within one SE: the better nested score; for a higher-is-better metric too
+    # (a single model ranks with the weight searches: the weight vector with one weight 1)
     acc = {"caruana": S(0.90, {0: 0.91, 1: 0.89}, 2), "optuna": S(0.91, {0: 0.93, 1: 0.89}, 2),
-           "single-a": S(0.905, {0: 0.90, 1: 0.91}, 1)}
-    assert select_method(acc, "accuracy") == "single-a"  # within (diffs -0.03, +0.02: SE 0.025) and simpler
-    assert select_method({k: v for k, v in acc.items() if k != "single-a"}, "accuracy") == "optuna"
+           "single-a": S(0.905, {0: 0.90, 1: 0.91}, 2), "mean": S(0.90, {0: 0.92, 1: 0.88}, 0)}
+    assert select_method(acc, "accuracy") == "optuna"  # the mean is 0.01 worse on both folds: SE 0, not within
+    acc["mean"] = S(0.90, {0: 0.93, 1: 0.87}, 0)  # differences 0 and -0.02: SE 0.01, 0.01 worse: within
+    assert select_method(acc, "accuracy") == "mean"
     with pytest.raises(ValueError, match="selection rule"):
         select_method(results, "log_loss", rule="lowest")
 

@@ -206,8 +206,10 @@ class BlendMethod:
         simpler = preferred when the nested scores are within one standard
         error: 0 for the fixed means (nothing learnt from the rows), 2 for
         weight searches (one weight per model), 3 for stackers (a model per
-        class on every model's logits).  A single model is 1: one choice
-        among the models.
+        class on every model's logits).  A single model ranks with the
+        weight searches (2): it is the weight vector with one weight 1, a
+        corner of the simplex they search (and start from), chosen on the
+        same OOF rows.
     """
 
     name: str = "?"

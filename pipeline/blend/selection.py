@@ -38,7 +38,7 @@ class Scored:
         (then its standard error is taken as 0).
     simplicity : int
         Lower is simpler (see :attr:`pipeline.blend.BlendMethod.simplicity`):
-        0 fixed means, 1 a single model, 2 weight searches, 3 stackers.
+        0 fixed means, 2 weight searches and single models, 3 stackers.
     """
 
     nested: float
@@ -140,8 +140,8 @@ def select_method(results: Mapping[Hashable, Any], metric: Metric | str, rule: s
         best nested score is biased in its favour): among the candidates
         whose nested score is within one standard error of the best
         (:func:`standard_errors`: the SE of the per-fold differences to the
-        best), the simplest (lowest ``simplicity``: fixed means, then single
-        models, then weight searches, then stackers), and among equally
+        best), the simplest (lowest ``simplicity``: fixed means, then weight
+        searches and single models, then stackers), and among equally
         simple ones the best nested score (ties as in ``best``).  A
         candidate without per-fold scores is within only when its rounded
         score equals the best's.
