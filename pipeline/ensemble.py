@@ -329,8 +329,8 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
                 log.info("per-fold application: no run has its fold models' test predictions stored; "
                          "every blend is applied to the fold means")
             elif lacking:
-                log.info(f"per-fold application: {', '.join(lacking)} has no per-fold test predictions "
-                         f"(imported); its fold-mean test predictions enter every fold's blend")
+                log.info(f"per-fold application: no per-fold test predictions stored for {', '.join(lacking)} "
+                         f"(an imported run has none); its fold-mean test predictions enter every fold's blend")
         if "optuna" in methods:
             log.info(f"optuna budget: {config.ensemble.optuna_trials} trials per fit"
                      + (f" (timeout {config.ensemble.optuna_timeout:g}s)" if config.ensemble.optuna_timeout else "")

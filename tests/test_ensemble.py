@@ -160,7 +160,7 @@ def test_blends_are_applied_per_fold_model_and_both_ways_reported(with_folds, tm
     capsys.readouterr()
     assert main(["ensemble", "--config", str(with_folds), "ensemble.methods=[mean, geometric_mean]"]) == 0
     out = capsys.readouterr()
-    assert "imported has no per-fold test predictions" in out.out + out.err
+    assert "no per-fold test predictions stored for imported" in out.out + out.err
     board = pd.read_csv(config.submissions_dir / "leaderboard.csv")
     rows = {s.rstrip(" *"): r for s, r in zip(board["submission"], board.to_dict("records"))}
     # the fold-mean application's private score is shown where it gives other predictions: the nonlinear mean only
