@@ -127,8 +127,8 @@ def _run(args: argparse.Namespace) -> dict:
         rows.append({"method": name, "params": {k: v for k, v in res.params.items()}, "in_sample": res.in_sample,
                      "nested": res.nested, "gap": res.gap, "weight_std": res.weight_std, "seconds": res.seconds})
     total = time.perf_counter() - start
-    # make ensemble's rule: best nested score to 6 decimals, a tie to the method listed first (registry order
-    # unless --methods gives another)
+    # make ensemble's rule: the simplest method within one standard error of the best nested score (fixed means,
+    # then weight searches, then stackers), among equals the best score, a tie to the method listed first
     best = select_method(results, metric)
     print(f"total nested_score seconds: {total:.2f}; selected by nested score: {best}")
 

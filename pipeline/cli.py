@@ -70,7 +70,7 @@ def cmd_folds(args: argparse.Namespace) -> int:
     from pipeline.report import format_table
 
     config = _load(args)
-    competition = load_competition(config)
+    competition = load_competition(config, check_image_files=False)  # the split reads train.csv only
     folds, fingerprint, status = run_folds(config, competition, force=args.force)
     print(format_table(fold_summary(competition.y, folds, competition.classes, competition.task).to_dict("records"),
                        f"folds: {config.folds.n_splits}-fold {config.folds.strategy}, seed {config.folds.seed}"))

@@ -220,13 +220,18 @@ class TrainConfig(StrictModel):
 
 
 class EnsembleConfig(StrictModel):
-    optuna_trials: int = Field(default=200, ge=1)
+    # 100 trials: about 5 s for the nested fits of 18 models x 1,347 rows on 2 cores (docs/benchmarks.md)
+    optuna_trials: int = Field(default=100, ge=1)
     optuna_timeout: float | None = Field(default=None, gt=0)
     seed: int = 42
     methods: list[str] | None = None
     prune_correlation: float = Field(default=0.999, gt=0, le=1)
     stacker_features: list[str] = Field(default_factory=list)
     method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # per_fold: each blend applied to every fold's models, then averaged; fold_mean: to the fold means (former way)
+    apply: Literal["per_fold", "fold_mean"] = "per_fold"
+    # one_se: the simplest candidate within one standard error of the best nested score; best: the best score
+    selection: Literal["one_se", "best"] = "one_se"
 
     @model_validator(mode="after")
     def _known_methods(self) -> "EnsembleConfig":

@@ -3,9 +3,13 @@
 Every finished run made on the current folds and classes is read from the OOF store;
 runs made on other folds are left out with the reason (mixing splits leaks). Each
 blend method of :mod:`pipeline.blend` is scored in-sample and by nested
-cross-validation over the same folds; the method with the best *nested* score is
-chosen. One submission per method is written, each checked against
-``sample_submission.csv`` first; ``submission.csv`` is the chosen one.
+cross-validation over the same folds; the choice is the simplest candidate within one
+standard error of the best *nested* score (``ensemble.selection``). Each fitted blend is
+applied to the test predictions of every fold's models and the k results averaged
+(``ensemble.apply: per_fold``), so it meets inputs shaped like the OOF rows it was
+fitted on. One submission per method is written, each checked against
+``sample_submission.csv`` first; ``submission.csv`` is the chosen one. Only the CSVs
+and the stored predictions are read: no image file is needed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pipeline.config import Config, config_hash
 from pipeline.data import Competition, load_competition
 from pipeline.decision import decision_for, nested_decision
 from pipeline.errors import PipelineError
-from pipeline.folds import read_folds
+from pipeline.folds import iter_splits, read_folds
 from pipeline.metrics import Metric, get_metric
 from pipeline.report import format_seconds, format_table
 from pipeline.store import StoreError, StoredRun, load_runs
@@ -192,19 +196,37 @@ class Candidate:
     private: float | None = None
     test_decided: np.ndarray | None = None   # the test predictions after the tuned decision (thresholds, cut points)
     decision: dict | None = None
+    fold_scores: dict | None = None          # fold -> nested score of its held-out rows (the selection rule's SE)
+    simplicity: int = 2                      # blend.BlendMethod.simplicity; a single model ranks with the weights
+    se: float | None = None                  # standard error against the best candidate (blend.standard_errors)
+    temperature: float = 1.0
+    test_other: np.ndarray | None = None     # the test predictions applied the other way (ensemble.apply), if they differ
+    private_other: float | None = None
+    fitted: object = None
 
 
 def _method_params(config: Config, method: str, runs: list[StoredRun], fingerprint: str, storage_dir: Path) -> dict:
-    # temperature scaling of the blend, kept only where it lowers the log loss (checked inside the method)
+    # temperature scaling of the blend, kept only where nested CV says it helps (blend.nested_score)
     calibrate = {"calibrate": True} if config.competition.metric == "log_loss" else {}
     user = config.ensemble.method_params.get(method, {})
     if method != "optuna":
         return {**calibrate, **user}
     params = {**calibrate, "n_trials": config.ensemble.optuna_trials, "timeout": config.ensemble.optuna_timeout, "seed": config.ensemble.seed}
-    # one stored study per set of runs (nested fold refits stay in memory): a rerun on the same runs continues it
-    key = config_hash([fingerprint, [(r.name, r.meta.config_hash) for r in runs], config.competition.metric])
-    params.update(storage=f"sqlite:///{(storage_dir / 'optuna.db').resolve()}", study_name=f"blend-{key}")
+    # one stored study per set of runs (nested fold refits start afresh): a rerun on the same runs continues it.
+    # The study runs in memory and its trials are written once afterwards (SQLite per trial was 10x slower).
+    path = optuna_study_path(config, runs, fingerprint, storage_dir)
+    if path.is_file() and "storage" not in user:
+        try:
+            params["previous_trials"] = io.read_json(path)["trials"]
+        except (ValueError, KeyError, TypeError):
+            log.info(f"optuna: {path} is unreadable; a new study starts")
     return {**params, **user}
+
+
+def optuna_study_path(config: Config, runs: list[StoredRun], fingerprint: str, storage_dir: Path) -> Path:
+    """Where the optuna study of this set of runs keeps its trials (one file per set of runs and metric)."""
+    key = config_hash([fingerprint, [(r.name, r.meta.config_hash) for r in runs], config.competition.metric])
+    return storage_dir / f"optuna-{key}.json"
 
 
 def stacker_features(config: Config, competition: Competition) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
@@ -238,10 +260,15 @@ def stacker_features(config: Config, competition: Competition) -> tuple[np.ndarr
 
 
 def blend_candidates(preds: np.ndarray, tests: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, methods: list[str], params_for, extra: np.ndarray | None = None, extra_test: np.ndarray | None = None,
-                     task: str = "multiclass", n_grades: int | None = None) -> list[Candidate]:
+                     task: str = "multiclass", n_grades: int | None = None, fold_tests: np.ndarray | None = None,
+                     apply: str = "per_fold") -> list[Candidate]:
     """Score each method in-sample and by nested CV; refit on all rows and predict the test set.
 
     ``extra``/``extra_test`` are per-row metadata features; only the stackers read them.
+    ``fold_tests`` (``(n_models, n_folds, n_test, n_cols)``) are the fold models' test
+    predictions: with ``apply="per_fold"`` each blend is applied to every fold's models and
+    the results averaged (:func:`pipeline.blend.predict_per_fold`); the fold-mean application
+    is kept in ``test_other`` when it differs.  Without ``fold_tests`` both are the fold-mean one.
     Where the metric scores decisions (a tuned threshold or cut points, :mod:`pipeline.decision`),
     the decision is fitted inside the nested folds too, and the test set gets the all-rows one.
     Methods that do not apply to the task are left out with the reason.
@@ -255,12 +282,22 @@ def blend_candidates(preds: np.ndarray, tests: np.ndarray, y: np.ndarray, folds:
             continue
         result = blend.nested_score(method, preds, y, folds, metric, extra=extra, params=params_for(method),
                                     task=task, decision=factory)
-        test = result.fitted.predict(tests, extra=extra_test)
+        test = blend.predict_test(result.fitted, tests, fold_tests, apply, extra=extra_test)
+        other = None
+        if fold_tests is not None:
+            other = blend.predict_test(result.fitted, tests, fold_tests, "fold_mean" if apply == "per_fold" else "per_fold",
+                                       extra=extra_test)
+            if np.allclose(other, test, rtol=0, atol=1e-9):
+                other = None  # a linear blend without a temperature: both ways give the same predictions
         decided = result.decision.apply(test) if result.decision is not None else None
         candidates.append(Candidate(
             name=method, kind=blend.BLEND_METHODS[method].kind, cv=result.in_sample, nested=result.nested,
             test=test, gap=result.gap, weight_std=result.weight_std, weights=result.weights, seconds=result.seconds,
             test_decided=decided, decision=None if result.decision is None else result.decision.params,
+            fold_scores=dict(result.fold_scores), simplicity=blend.BLEND_METHODS[method].simplicity,
+            temperature=result.fitted.temperature_,
+            test_other=other if other is None or result.decision is None else result.decision.apply(other),
+            fitted=result.fitted,
         ))
     return candidates
 
@@ -280,12 +317,34 @@ def single_candidate(run: StoredRun, y: np.ndarray, folds: np.ndarray, metric: M
     if factory is None:
         score = metric(y, run.oof)
         return Candidate(name=f"single-{run.name}", kind="single", cv=score, nested=score, test=run.test,
-                         cv_plain=run.meta.cv_plain, seconds=seconds)
+                         cv_plain=run.meta.cv_plain, seconds=seconds, fold_scores=per_fold_scores(y, run.oof, folds, metric))
     decided_oof, _ = nested_decision(y, run.oof, folds, metric, factory)
     decision = factory().fit(y, run.oof, metric)
     return Candidate(name=f"single-{run.name}", kind="single", cv=metric(y, decision.apply(run.oof)),
                      nested=metric(y, decided_oof), test=run.test, cv_plain=run.meta.cv_plain,
-                     seconds=seconds, test_decided=decision.apply(run.test), decision=decision.params)
+                     seconds=seconds, test_decided=decision.apply(run.test), decision=decision.params,
+                     fold_scores=per_fold_scores(y, decided_oof, folds, metric))
+
+
+def per_fold_scores(y: np.ndarray, pred: np.ndarray, folds: np.ndarray, metric: Metric) -> dict:
+    """Fold id -> the metric on that fold's rows (what :func:`blend.nested_score` keeps for a blend)."""
+    return {f: metric(y[test], pred[test]) for f, _, test in iter_splits(folds)}
+
+
+def stacked_fold_tests(runs: list[StoredRun]) -> tuple[np.ndarray | None, list[str]]:
+    """The runs' per-fold test predictions, ``(n_models, n_folds, n_test, n_cols)``, and the runs that lack them.
+
+    A run without them (an imported run) enters every fold's blend with its fold-mean test
+    predictions; None when no run has them (or their fold counts differ), so every blend is
+    applied to the fold means.
+    """
+    have = [r.fold_tests for r in runs if r.fold_tests is not None]
+    lacking = [r.name for r in runs if r.fold_tests is None]
+    if not have or len({f.shape[0] for f in have}) != 1:
+        return None, [r.name for r in runs]
+    n_folds = have[0].shape[0]
+    stack = [r.fold_tests if r.fold_tests is not None else np.repeat(r.test[None], n_folds, axis=0) for r in runs]
+    return np.stack(stack), lacking
 
 
 def run_ensemble(config: Config, force: bool = False, competition: Competition | None = None) -> dict:
@@ -295,7 +354,8 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     -------
     dict with the chosen method, the leaderboard rows and the submission paths.
     """
-    competition = competition or load_competition(config)
+    # blending reads the CSVs and the stored predictions only: no image file is needed
+    competition = competition or load_competition(config, check_image_files=False)
     folds, fingerprint = read_folds(config, competition)
     metric = get_metric(config.competition.metric)
     task = competition.task
@@ -328,8 +388,22 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
             return _method_params(config, method, kept_runs, fingerprint, storage_dir)
 
         extra, extra_test = stacker_features(config, competition)
+        fold_tests, lacking = stacked_fold_tests(kept_runs)
+        apply = config.ensemble.apply
+        if apply == "per_fold":
+            if fold_tests is None:
+                log.info("per-fold application: no run has its fold models' test predictions stored; "
+                         "every blend is applied to the fold means")
+            elif lacking:
+                log.info(f"per-fold application: no per-fold test predictions stored for {', '.join(lacking)} "
+                         f"(an imported run has none); its fold-mean test predictions enter every fold's blend")
+        if "optuna" in methods:
+            log.info(f"optuna budget: {config.ensemble.optuna_trials} trials per fit"
+                     + (f" (timeout {config.ensemble.optuna_timeout:g}s)" if config.ensemble.optuna_timeout else "")
+                     + f", {len(np.unique(folds)) + 1} fits (nested CV + all rows), {len(kept_runs)} models x {len(y)} rows")
         candidates += blend_candidates(preds[keep], tests[keep], y, folds, metric, methods, params_for, extra, extra_test,
-                                       task=task, n_grades=n_grades)
+                                       task=task, n_grades=n_grades, fold_tests=fold_tests, apply=apply)
+        save_optuna_trials(candidates, optuna_study_path(config, kept_runs, fingerprint, storage_dir))
     else:
         log.info("only one distinct model: no blend to search (train another architecture to ensemble)")
 
@@ -337,9 +411,11 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     if private is not None:
         for cand in candidates:
             cand.private = metric(private, cand.test if cand.test_decided is None else cand.test_decided)
+            if cand.test_other is not None:
+                cand.private_other = metric(private, cand.test_other)
 
     best_single = max(singles, key=lambda c: c.nested if metric.greater_is_better else -c.nested)
-    chosen = _choose(candidates, metric)
+    chosen = _choose(candidates, metric, config.ensemble.selection)
     frames = {}  # every file is made, and every name checked, before the first one is written
     for cand in candidates:
         if cand.kind == "single" and cand is not best_single:
@@ -349,7 +425,8 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
                              submission_frame(competition.sample_submission, competition, metric, cand.test, cand.test_decided))
     frames["submission"] = ("submission.csv", submission_frame(competition.sample_submission, competition, metric,
                                                                chosen.test, chosen.test_decided))
-    rows = leaderboard_rows(candidates, metric, chosen)
+    rows = leaderboard_rows(candidates, metric, chosen,
+                            other_apply="fold_mean" if config.ensemble.apply == "per_fold" else "per_fold")
     frames["leaderboard"] = ("leaderboard.csv", pd.DataFrame(rows))
     writer = SubmissionWriter(config.submissions_dir, force=force)
     writer.check([name for name, _ in frames.values()] + [PLOT_NAME])
@@ -359,19 +436,33 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     writer.finish()
 
     log.info(format_table(rows, f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
-                                f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold"))
-    log.info(f"chosen by nested CV: {chosen.name} -> {paths['submission']}")
+                                f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold; "
+                                f"'SE' is its standard error against the best, over the folds"))
+    rule = ("the simplest within one standard error of the best nested CV: means, then weights and single models, then stackers"
+            if config.ensemble.selection == "one_se" else "the best nested CV")
+    log.info(f"chosen by nested CV ({rule}): {chosen.name} -> {paths['submission']}")
     log.info(f"all submissions: {config.submissions_dir}/")
     return {"chosen": chosen.name, "rows": rows, "paths": {k: str(v) for k, v in paths.items()}}
 
 
-def _choose(candidates: list[Candidate], metric: Metric) -> Candidate:
-    # the one selection rule (blend.select_method): best nested score to 6 decimals, a tie to the earlier,
-    # simpler candidate (singles, then the methods in the configured order); keyed by position, as names may repeat
-    return candidates[blend.select_method({i: c.nested for i, c in enumerate(candidates)}, metric)]
+def save_optuna_trials(candidates: list[Candidate], path: Path) -> None:
+    """Keep the all-rows optuna study's trials, so that a rerun on the same runs continues it."""
+    for cand in candidates:
+        if cand.name == "optuna" and hasattr(cand.fitted, "trials_record") and getattr(cand.fitted, "study_", None) is not None:
+            io.write_json(path, {"trials": cand.fitted.trials_record()})
 
 
-def leaderboard_rows(candidates: list[Candidate], metric: Metric, chosen: Candidate) -> list[dict]:
+def _choose(candidates: list[Candidate], metric: Metric, rule: str = "one_se") -> Candidate:
+    # the one selection rule (blend.select_method): with one_se, the simplest candidate within one standard error
+    # of the best nested score; ties to the earlier candidate (singles, then the methods in the configured order).
+    # Keyed by position, as names may repeat.
+    scored = {i: blend.Scored(c.nested, c.fold_scores, c.simplicity) for i, c in enumerate(candidates)}
+    for i, se in blend.standard_errors(scored, metric).items():
+        candidates[i].se = None if np.isnan(se) else se
+    return candidates[blend.select_method(scored, metric, rule=rule)]
+
+
+def leaderboard_rows(candidates: list[Candidate], metric: Metric, chosen: Candidate, other_apply: str = "fold_mean") -> list[dict]:
     sign = -1 if metric.greater_is_better else 1
     ordered = sorted(candidates, key=lambda c: (sign * c.nested, c.kind == "single"))
     rows = []
@@ -382,11 +473,17 @@ def leaderboard_rows(candidates: list[Candidate], metric: Metric, chosen: Candid
             "CV": cand.cv,
             "CV no TTA": cand.cv_plain,
             "nested CV": None if cand.kind == "single" and not cand.decision else cand.nested,
+            "SE": cand.se,
             "gap": cand.gap,
             "weight std": cand.weight_std,
             "private LB": cand.private,
             "time": format_seconds(cand.seconds),
         })
+        if any(c.private_other is not None for c in candidates):
+            # the other application (ensemble.apply) where it gives other test predictions than the chosen one
+            rows[-1][f"private LB ({other_apply})"] = cand.private_other
+        if any(c.temperature != 1.0 for c in candidates):
+            rows[-1]["temperature"] = None if cand.kind == "single" else cand.temperature
         if any(c.decision for c in candidates):
             rows[-1]["decision (tuned on OOF)"] = describe_decision(cand.decision)
     return rows

@@ -256,12 +256,17 @@ def run_hash(cfg: TrainConfig, config: Config, folds_fingerprint: str) -> str:
 
 @dataclass
 class StoredRun:
-    """One finished run's predictions aligned to the competition's row order."""
+    """One finished run's predictions aligned to the competition's row order.
+
+    ``fold_tests`` holds each fold model's test predictions, ``(n_folds, n_test, n_cols)`` in
+    fold order, whose mean is ``test``; None when the run has none stored (an imported run).
+    """
 
     name: str
     oof: np.ndarray
     test: np.ndarray
     meta: RunMeta
+    fold_tests: np.ndarray | None = None
 
 
 def prediction_frame(ids: np.ndarray, probs: np.ndarray, classes: list[str], folds: np.ndarray | None = None) -> pd.DataFrame:
@@ -367,8 +372,37 @@ def load_runs(runs_dir: Path, train_ids: np.ndarray, test_ids: np.ndarray, class
         except StoreError as exc:
             excluded.append((run_dir.name, f"unreadable: {exc}"))
             continue
-        runs.append(StoredRun(run_dir.name, oof, test, meta))
+        runs.append(StoredRun(run_dir.name, oof, test, meta, read_fold_tests(layout, meta, test)))
     return runs, excluded
+
+
+def read_fold_tests(layout: RunLayout, meta: RunMeta, test: np.ndarray) -> np.ndarray | None:
+    """Each fold model's test predictions, ``(n_folds, n_test, n_cols)``, or None where not all are stored.
+
+    The fold files are keyed by row (the sample submission's order when the run was
+    made); they are used only when every fold's file is there, has the test set's shape,
+    and their mean is the run's id-keyed ``test.parquet`` (so the rows are the same rows).
+    """
+    folds = sorted(int(f) for f in meta.folds_done)
+    if not folds:
+        return None
+    stack = []
+    for fold in folds:
+        path = layout.fold_predictions(fold, "test")
+        if not path.is_file():
+            return None
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError):
+            return None
+        if "row" not in frame.columns or len(frame) != len(test) or frame.shape[1] - 1 != test.shape[1]:
+            return None
+        values = frame.sort_values("row").drop(columns="row").to_numpy(dtype=np.float64)
+        stack.append(values)
+    fold_tests = np.stack(stack)
+    if not np.isfinite(fold_tests).all() or not np.allclose(fold_tests.mean(axis=0), test, rtol=1e-5, atol=1e-6):
+        return None
+    return fold_tests
 
 
 class RunLock:

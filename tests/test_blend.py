@@ -601,9 +601,11 @@ def _result(name, nested):
     ],
 )
 def test_select_method(scores, metric, expected):
+    # the "best" rule; one_se agrees on plain scores (no per-fold scores: no standard error to be within)
     results = {k: _result(k, v) for k, v in scores.items()}
-    assert select_method(results, metric) == expected
-    assert select_method(scores, metric) == expected  # plain scores, as make ensemble passes them
+    assert select_method(results, metric, rule="best") == expected
+    assert select_method(scores, metric, rule="best") == expected
+    assert select_method(scores, metric) == expected
 
 
 def test_select_method_takes_any_keys_in_their_order():
@@ -1042,3 +1044,142 @@ def test_multilabel_own_label_inputs_with_extra():
     x = method._label_inputs(method._features(preds, extra), 3, 4)
     logit = np.log(preds) - np.log1p(-preds)
     np.testing.assert_allclose(x, np.column_stack([logit[1, :, 3], logit[2, :, 3], extra]), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# The test set: per fold model, then averaged (issue 18)
+# --------------------------------------------------------------------------- #
+
+
+def test_per_fold_application_equals_the_hand_computed_blend():
+    # 2 models x 2 fold models x 2 test rows, binary: the geometric mean of fold k's two models, then the mean over k
+    fold_preds = np.array([[[[0.9], [0.2]], [[0.5], [0.4]]],
+                           [[[0.6], [0.1]], [[0.7], [0.8]]]])
+    y = np.array([1, 0, 1, 0])
+    oof = np.array([[[0.8], [0.3], [0.6], [0.2]], [[0.7], [0.2], [0.9], [0.4]]])
+    geo = make_blend("geometric_mean").fit(oof, y, "log_loss")
+    fold0 = np.sqrt([0.9 * 0.6, 0.2 * 0.1])
+    fold1 = np.sqrt([0.5 * 0.7, 0.4 * 0.8])
+    np.testing.assert_allclose(B.predict_per_fold(geo, fold_preds)[:, 0], (fold0 + fold1) / 2)
+    # the former way: the geometric mean of the fold means, a different number for a nonlinear blend
+    means = fold_preds.mean(axis=1)[:, :, 0]
+    np.testing.assert_allclose(B.predict_fold_mean(geo, fold_preds)[:, 0], np.sqrt(means[0] * means[1]))
+    assert not np.allclose(B.predict_per_fold(geo, fold_preds), B.predict_fold_mean(geo, fold_preds))
+    # a linear blend without a temperature gives the same predictions either way
+    lin = make_blend("mean").fit(oof, y, "log_loss")
+    np.testing.assert_allclose(B.predict_per_fold(lin, fold_preds), B.predict_fold_mean(lin, fold_preds))
+    # a temperature is applied where it was fitted: to each fold's blend, before the mean over folds
+    lin.temperature_ = 0.5
+    expected = np.mean([apply_temperature(fold_preds[:, k].mean(axis=0), 0.5) for k in range(2)], axis=0)
+    np.testing.assert_allclose(B.predict_per_fold(lin, fold_preds), expected)
+    np.testing.assert_allclose(B.predict_test(lin, fold_preds.mean(axis=1), None, "per_fold"),
+                               B.predict_fold_mean(lin, fold_preds))  # nothing per fold stored: the fold means
+    with pytest.raises(ValueError, match="apply mode"):
+        B.predict_test(lin, fold_preds.mean(axis=1), fold_preds, "mean")
+
+
+def test_per_fold_application_keeps_multiclass_rows_on_the_simplex():
+    rng = np.random.default_rng(3)
+    fold_preds = _probs(rng.normal(0, 2, size=(3, 4, 7, 5)).reshape(-1, 5)).reshape(3, 4, 7, 5)
+    oof = _probs(rng.normal(0, 2, size=(3 * 40, 5))).reshape(3, 40, 5)
+    y = rng.integers(0, 5, 40)
+    for name in ("logit_mean", "slsqp", "logreg_stacker"):
+        pred = B.predict_per_fold(make_blend(name, **fast(name)).fit(oof, y, "log_loss"), fold_preds)
+        assert pred.shape == (7, 5)
+        np.testing.assert_allclose(pred.sum(axis=1), 1.0)
+
+
+# --------------------------------------------------------------------------- #
+# The one-standard-error rule
+# --------------------------------------------------------------------------- #
+
+
+def test_one_se_rule_picks_the_simplest_candidate_within_one_standard_error():
+    S = B.Scored
+    best = S(0.400, {0: 0.38, 1: 0.42, 2: 0.40, 3: 0.41, 4: 0.39}, simplicity=2)   # slsqp-like: the best score
+    # the mean is 0.001 worse; its per-fold differences to the best: +0.006, -0.003, +0.004, -0.004, +0.002
+    close_mean = S(0.401, {0: 0.386, 1: 0.417, 2: 0.404, 3: 0.406, 4: 0.392}, simplicity=0)
+    diffs = np.array([0.006, -0.003, 0.004, -0.004, 0.002])
+    se = diffs.std(ddof=1) / np.sqrt(5)
+    assert se > 0.001  # so the mean is within one SE
+    stacker = S(0.401, {0: 0.381, 1: 0.421, 2: 0.401, 3: 0.411, 4: 0.391}, simplicity=3)
+    results = {"slsqp": best, "mean": close_mean, "logreg_stacker": stacker}
+    assert select_method(results, "log_loss") == "mean"
+    assert select_method(results, "log_loss", rule="best") == "slsqp"
+    errors = B.standard_errors(results, "log_loss")
+    assert errors["mean"] == pytest.approx(se)
+    assert errors["logreg_stacker"] == pytest.approx(0.0, abs=1e-12)  # always exactly 0.001 worse
+    assert errors["slsqp"] == pytest.approx(np.std([0.38, 0.42, 0.40, 0.41, 0.39], ddof=1) / np.sqrt(5))
+    # the stacker is 0.001 worse on every fold: SE 0, so it is not within, though closer than the mean
+    assert select_method({"slsqp": best, "logreg_stacker": stacker}, "log_loss") == "slsqp"
+    # a mean worse on every fold by more than its spread is not within either
+    far_mean = S(0.410, {f: v + 0.010 + 0.001 * (f % 2) for f, v in best.fold_scores.items()}, simplicity=0)
+    assert select_method({"slsqp": best, "mean": far_mean}, "log_loss") == "slsqp"
+    # equally simple candidates within one SE: the better nested score; for a higher-is-better metric too
+    # (a single model ranks with the weight searches: the weight vector with one weight 1)
+    acc = {"caruana": S(0.90, {0: 0.91, 1: 0.89}, 2), "optuna": S(0.91, {0: 0.93, 1: 0.89}, 2),
+           "single-a": S(0.905, {0: 0.90, 1: 0.91}, 2), "mean": S(0.90, {0: 0.92, 1: 0.88}, 0)}
+    assert select_method(acc, "accuracy") == "optuna"  # the mean is 0.01 worse on both folds: SE 0, not within
+    acc["mean"] = S(0.90, {0: 0.93, 1: 0.87}, 0)  # differences 0 and -0.02: SE 0.01, 0.01 worse: within
+    assert select_method(acc, "accuracy") == "mean"
+    with pytest.raises(ValueError, match="selection rule"):
+        select_method(results, "log_loss", rule="lowest")
+
+
+def test_one_se_rule_reads_nested_results_and_the_registry_simplicity():
+    from pipeline.bench_blend import synthetic_oof
+
+    preds, y = synthetic_oof(5, 300, 3, seed=21)
+    folds = np.arange(300) % 5
+    results = {name: nested_score(name, preds, y, folds, "log_loss", params=fast(name))
+               for name in ("mean", "caruana", "slsqp")}
+    chosen = select_method(results, "log_loss")
+    errors = B.standard_errors(results, "log_loss")
+    best = min(results, key=lambda k: results[k].nested)
+    assert results[chosen].nested - results[best].nested <= errors[chosen] + 1e-9
+    simpler = [k for k in results if BLEND_METHODS[k].simplicity < BLEND_METHODS[chosen].simplicity]
+    assert all(results[k].nested - results[best].nested > errors[k] for k in simpler)
+
+
+# --------------------------------------------------------------------------- #
+# Temperature kept by nested CV; optuna's budget
+# --------------------------------------------------------------------------- #
+
+
+def test_temperature_is_kept_only_when_nested_cv_says_it_helps():
+    rng = np.random.default_rng(22)
+    n_rows, c = 600, 3
+    p = _probs(rng.normal(0, 1.5, size=(n_rows, c)))
+    y = (rng.random(n_rows)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    folds = np.arange(n_rows) % 5
+    m = get_metric("log_loss")
+    # calibrated models: the in-sample fit still finds a temperature that helps on its own rows, by a hair
+    calibrated = np.stack([p, apply_temperature(p, 1.02)])
+    res = nested_score("mean", calibrated, y, folds, m, params={"calibrate": True})
+    assert res.nested_calibrated is not None and res.nested_uncalibrated is not None
+    if res.nested_calibrated >= res.nested_uncalibrated:
+        assert res.fitted.temperature_ == 1.0 and res.nested == res.nested_uncalibrated
+    # under-confident models: the temperature helps out of sample too, and is kept
+    soft = np.stack([apply_temperature(p, t) for t in (2.5, 3.0)])
+    res = nested_score("mean", soft, y, folds, m, params={"calibrate": True})
+    assert res.nested_calibrated < res.nested_uncalibrated
+    assert res.fitted.temperature_ < 1.0 and res.nested == res.nested_calibrated
+    # the former rule keeps whatever the in-sample fit kept
+    old = nested_score("mean", calibrated, y, folds, m, params={"calibrate": True}, calibration="in_sample")
+    assert old.fitted.temperature_ == old.temperature_in_sample
+
+
+def test_optuna_default_budget_and_continuing_a_study():
+    from pipeline.bench_blend import synthetic_oof
+    from pipeline.config import EnsembleConfig
+
+    assert EnsembleConfig().optuna_trials == 100
+    preds, y = synthetic_oof(6, 300, 3, seed=4)
+    first = make_blend("optuna", n_trials=10).fit(preds, y, "log_loss")
+    record = first.trials_record()
+    assert len(record) == 10
+    again = make_blend("optuna", n_trials=5, previous_trials=record).fit(preds, y, "log_loss")
+    assert len(again.study_.trials) == 15  # continued: the 10 earlier trials, then 5 more
+    assert again.study_.best_value <= first.study_.best_value
+    with pytest.raises(ValueError, match="other models"):
+        make_blend("optuna", n_trials=1, previous_trials=record).fit(preds[:4], y, "log_loss")

@@ -21,6 +21,8 @@ from pipeline.config import ConfigError, load_config, parse_overrides, resolve_t
     ({"train": {"augment": [{"Affine": {"rotate": "lots"}}]}}, r"bad parameters for Affine"),
     ({"ensemble": {"methods": ["mean", "carauna"]}}, r"unknown blend method 'carauna'"),
     ({"ensemble": {"method_params": {"caruana": {"n_step": 50}}}}, r"n_step"),
+    ({"ensemble": {"apply": "mean"}}, r"ensemble.apply: Input should be 'per_fold' or 'fold_mean'"),
+    ({"ensemble": {"selection": "one-se"}}, r"ensemble.selection: Input should be 'one_se' or 'best'"),
     ({"competition": {"train_csv": "nope.csv"}}, r"competition.train_csv: file .*nope.csv does not exist"),
 ])
 def test_bad_config_fails_on_load(small_competition, write_config, changes, message):

@@ -48,6 +48,12 @@ def test_folds_train_predict_ensemble(small_config, capsys):
     assert test["id"].tolist() == sample["id"].tolist()
     assert (run_dir / "fold0" / "best.safetensors").is_file()
     assert not (run_dir / "fold0" / "last.pt").exists()  # resume state is removed once a fold is final
+    # every fold model's test predictions are stored, and their mean is the run's test file: the ensemble applies
+    # each blend per fold model from them
+    from pipeline.store import RunLayout, read_fold_tests, read_meta
+    layout = RunLayout(run_dir)
+    fold_tests = read_fold_tests(layout, read_meta(layout), test[[str(k) for k in range(10)]].to_numpy())
+    assert fold_tests is not None and fold_tests.shape == (3, len(sample), 10)
 
     # a rerun skips finished work
     before = (run_dir / "oof.parquet").stat().st_mtime_ns
@@ -64,6 +70,7 @@ def test_folds_train_predict_ensemble(small_config, capsys):
     assert main(["ensemble", "--config", str(small_config)]) == 0
     out = capsys.readouterr().out
     assert "ensemble leaderboard" in out and "chosen by nested CV" in out
+    assert "per-fold application" not in out  # both runs have their fold models' test predictions
 
     subs = config.submissions_dir
     names = sorted(p.name for p in subs.glob("*.csv"))

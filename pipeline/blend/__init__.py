@@ -48,7 +48,10 @@ Where things live
 ``slsqp``           ``slsqp``
 ``stackers``        ``logreg_stacker``, ``lgbm_stacker``
 ``nested``          :func:`nested_score` and :class:`NestedResult`
-``selection``       :func:`select_method` (the tie rule) and :func:`prune_correlated`
+``selection``       :func:`select_method` (the one-standard-error rule), :func:`standard_errors`,
+                    :func:`prune_correlated`
+``apply``           the fitted blend on the test set: per fold model then averaged
+                    (:func:`predict_per_fold`) or on the fold means
 """
 
 from __future__ import annotations
@@ -73,10 +76,19 @@ from .stackers import LGBMStacker, LogRegStacker
 
 from .nested import NestedResult, nested_score
 from .objective import _LinearLoss, single_model_scores  # noqa: F401  (_LinearLoss: the tests' handle on the objective)
-from .selection import prune_correlated, select_method
+from .selection import SELECTION_RULES, Scored, prune_correlated, select_method, standard_errors
+from .apply import APPLY_MODES, fold_means, predict_fold_mean, predict_per_fold, predict_test
 
 __all__ = [
+    "APPLY_MODES",
     "BLEND_METHODS",
+    "SELECTION_RULES",
+    "Scored",
+    "fold_means",
+    "predict_fold_mean",
+    "predict_per_fold",
+    "predict_test",
+    "standard_errors",
     "TASK_OUTPUT",
     "BlendMethod",
     "NestedResult",

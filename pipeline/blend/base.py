@@ -200,6 +200,16 @@ class BlendMethod:
     transductive : bool
         Class attribute; True when a row's prediction depends on the other
         rows passed to ``predict`` (``rank_mean``).
+    simplicity : int
+        Class attribute: the rank of the method in the one-standard-error
+        selection rule (:func:`pipeline.blend.select_method`), lower =
+        simpler = preferred when the nested scores are within one standard
+        error: 0 for the fixed means (nothing learnt from the rows), 2 for
+        weight searches (one weight per model), 3 for stackers (a model per
+        class on every model's logits).  A single model ranks with the
+        weight searches (2): it is the weight vector with one weight 1, a
+        corner of the simplex they search (and start from), chosen on the
+        same OOF rows.
     """
 
     name: str = "?"
@@ -207,6 +217,7 @@ class BlendMethod:
     outputs: frozenset[str] = frozenset({"simplex", "probability", "value"})
     why_not: str = ""
     transductive: bool = False
+    simplicity: int = 2
     defaults: dict[str, Any] = {}
     _base_defaults: dict[str, Any] = {"calibrate": False}
 
@@ -331,7 +342,8 @@ class BlendMethod:
         preds, _ = _validate_preds(preds, task=self.task_, n_models=self.n_models_, n_cols=self.n_cols_)
         return self._predict_valid(preds, extra)
 
-    def _predict_valid(self, preds: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
+    def _predict_valid(self, preds: np.ndarray, extra: np.ndarray | None, calibrated: bool = True) -> np.ndarray:
+        # calibrated=False: the blend without its temperature (nested CV scores both, see nested_score)
         if self.kind == "stacker":
             if self.n_extra_ is not None and extra is None:
                 raise ValueError(f"{self.name!r} was fitted with {self.n_extra_} extra features; pass extra of shape (n_rows, {self.n_extra_})")
@@ -341,7 +353,7 @@ class BlendMethod:
         else:
             extra = None
         out = self._predict(preds, extra)
-        if self.temperature_ != 1.0:
+        if calibrated and self.temperature_ != 1.0:
             out = apply_temperature(out, self.temperature_)
         return out
 

@@ -12,6 +12,7 @@ class _MeanMethod(BlendMethod):
     """Means have nothing to fit; ``weights_`` is uniform for reporting."""
 
     kind = "mean"
+    simplicity = 0
 
     def _fit(self, preds, y, metric, extra):
         self.weights_ = np.full(preds.shape[0], 1.0 / preds.shape[0])

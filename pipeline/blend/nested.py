@@ -11,6 +11,7 @@ import numpy as np
 from ..folds import iter_splits
 from ..metrics import Metric
 from .base import BLEND_METHODS, BlendMethod, NotApplicable, make_blend, not_applicable_reason
+from .calibration import apply_temperature
 from .validation import _as_metric, _check_task, _validate_extra, _validate_preds, _validate_y
 
 
@@ -47,6 +48,13 @@ class NestedResult:
     decision : object or None
         With ``decision``: the decision fitted on the all-rows refit's
         all-rows predictions, to apply to ``fitted.predict(test)``.
+    nested_calibrated, nested_uncalibrated : float or None
+        With ``calibrate``: the nested score with each fold refit's
+        temperature and without any; None otherwise.
+    temperature_in_sample : float
+        The temperature the all-rows refit kept by its in-sample rule (1.0
+        without ``calibrate``); ``fitted.temperature_`` is the one kept in
+        the end, 1.0 when nested CV said the temperature did not help.
     """
 
     method: str
@@ -61,6 +69,9 @@ class NestedResult:
     seconds: float
     fitted: BlendMethod = field(repr=False)
     decision: Any = field(default=None, repr=False)
+    nested_calibrated: float | None = None
+    nested_uncalibrated: float | None = None
+    temperature_in_sample: float = 1.0
 
 
 def _fit_decision(decision: Callable[[], Any], y: np.ndarray, pred: np.ndarray, metric: Metric) -> Any:
@@ -82,7 +93,7 @@ def _apply_decision(dec: Any, pred: np.ndarray) -> np.ndarray:
 def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.ndarray, y: np.ndarray,
                  folds: np.ndarray, metric: Metric | str, extra: np.ndarray | None = None,
                  params: dict | None = None, *, task: str | None = None,
-                 decision: Callable[[], Any] | None = None) -> NestedResult:
+                 decision: Callable[[], Any] | None = None, calibration: str = "nested") -> NestedResult:
     """Score a blend method honestly by refitting it inside the folds.
 
     For each fold ``f`` the method is fitted on the rows with ``folds != f``
@@ -102,8 +113,9 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
     metric : Metric or str
     extra : ndarray of shape (n_rows, n_features), optional
     params : dict, optional
-        Method parameters.  With a persistent optuna ``storage``, only the
-        all-rows fit uses it; the fold refits keep their studies in memory.
+        Method parameters.  With a persistent optuna ``storage`` or
+        ``previous_trials``, only the all-rows fit uses them; the fold refits
+        start fresh studies in memory.
     task : str or None, default None
         A key of :data:`TASK_OUTPUT`; None infers binary (one column) or
         multiclass.
@@ -117,6 +129,13 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
         decided predictions are scored; the held-out rows never reach a
         decision's ``fit``.  The all-rows refit gets one fitted on its
         all-rows predictions (``NestedResult.decision``).
+    calibration : {"nested", "in_sample"}, default "nested"
+        With ``params["calibrate"]``: ``"nested"`` scores every fold refit's
+        held-out rows with and without its temperature and keeps the
+        temperature (in the all-rows refit too) only when the nested score
+        is better with it; ``"in_sample"`` keeps whatever each fit's
+        in-sample rule kept (the former behaviour).  Without a decision
+        only: with one, the in-sample rule applies.
 
     Returns
     -------
@@ -140,6 +159,8 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
     else:
         factory = name_or_factory
         method_name = getattr(name_or_factory, "name", getattr(name_or_factory, "__name__", repr(name_or_factory)))
+    if calibration not in ("nested", "in_sample"):
+        raise ValueError(f"calibration must be 'nested' or 'in_sample'; got {calibration!r}")
     if decision is not None and not callable(decision):
         raise TypeError(f"decision must be a zero-argument factory (e.g. a class), not an instance; got {decision!r}")
     preds, task = _validate_preds(preds, task=task)
@@ -162,28 +183,33 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
         full._fit_valid(preds, y, metric, extra, task)
         all_rows = full._predict_valid(preds, extra)
 
-        def refit(train: np.ndarray, test: np.ndarray) -> tuple[BlendMethod, np.ndarray, Callable[[], np.ndarray]]:
-            return full, all_rows[test], lambda: all_rows[train]
+        def refit(train: np.ndarray, test: np.ndarray) -> tuple[BlendMethod, np.ndarray, np.ndarray, Callable[[], np.ndarray]]:
+            return full, all_rows[test], all_rows[test], lambda: all_rows[train]
     else:
         # the fold refits are throwaway: keep their studies in memory (SQLite commits every trial, ~5x slower)
         # and only the all-rows study persistent, so a rerun continues that one
-        fold_params = {**params, "storage": None, "study_name": None} if params.get("storage") is not None else params
+        fold_params = params
+        if params.get("storage") is not None or params.get("previous_trials"):
+            fold_params = {**params, "storage": None, "study_name": None, "previous_trials": None}
 
-        def refit(train: np.ndarray, test: np.ndarray) -> tuple[BlendMethod, np.ndarray, Callable[[], np.ndarray]]:
+        def refit(train: np.ndarray, test: np.ndarray) -> tuple[BlendMethod, np.ndarray, np.ndarray, Callable[[], np.ndarray]]:
             method = factory(**fold_params)
             # np.take with integer indices copies ~2.5x faster than a boolean mask on axis 1
             train_preds = np.take(preds, train, axis=1)
             train_extra = None if extra is None else extra[train]
             method._fit_valid(train_preds, y[train], metric, train_extra, task)
-            held_out = method._predict_valid(np.take(preds, test, axis=1), None if extra is None else extra[test])
-            return method, held_out, lambda: method._predict_valid(train_preds, train_extra)
+            raw = method._predict_valid(np.take(preds, test, axis=1), None if extra is None else extra[test], calibrated=False)
+            held_out = raw if method.temperature_ == 1.0 else apply_temperature(raw, method.temperature_)
+            return method, held_out, raw, lambda: method._predict_valid(train_preds, train_extra)
 
     # float64 with or without a decision: decided 0/1 labels or grades are exact in it
     oof = np.empty((n_rows, n_cols))
+    oof_raw = np.empty((n_rows, n_cols))
     fold_scores: dict = {}
     inner_weights = []
     for f, train, test in splits:
-        method, held_out, train_pred = refit(train, test)
+        method, held_out, raw, train_pred = refit(train, test)
+        oof_raw[test] = raw
         if decision is not None:
             # a decision learns from the rows even when the blend does not: it is fitted on the predictions of
             # the training rows only, so the held-out rows never tune it
@@ -198,6 +224,19 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
         full = factory(**params)
         full._fit_valid(preds, y, metric, extra, task)
         all_rows = full._predict_valid(preds, extra)
+    temperature_in_sample = full.temperature_
+    nested_calibrated = nested_uncalibrated = None
+    if params.get("calibrate") and decision is None:
+        nested_calibrated, nested_uncalibrated = metric(y, oof), metric(y, oof_raw)
+        helps = (nested_calibrated > nested_uncalibrated if metric.greater_is_better
+                 else nested_calibrated < nested_uncalibrated)
+        if calibration == "nested" and not helps:
+            # the temperature did not help out of sample: drop it from the figures and from the final blend
+            oof = oof_raw
+            fold_scores = {f: metric(y[test], oof[test]) for f, _, test in iter_splits(folds)}
+            if full.temperature_ != 1.0:
+                full.temperature_ = 1.0
+                all_rows = full._predict_valid(preds, extra)
     final = None
     if decision is not None:
         final = _fit_decision(decision, y, all_rows, metric)
@@ -209,5 +248,6 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
     return NestedResult(
         method=getattr(full, "name", method_name), params=dict(full.params), in_sample=in_sample, nested=nested,
         gap=gap, fold_scores=fold_scores, weight_std=weight_std, weights=full.weights_, oof_pred=oof,
-        seconds=time.perf_counter() - start, fitted=full, decision=final,
+        seconds=time.perf_counter() - start, fitted=full, decision=final, nested_calibrated=nested_calibrated,
+        nested_uncalibrated=nested_uncalibrated, temperature_in_sample=temperature_in_sample,
     )

@@ -48,13 +48,19 @@ class OptunaWeights(BlendMethod):
         (``load_if_exists``); it must hold the same number of models.
     seed : int, default 0
         Seed of the TPE sampler.
+    previous_trials : list of dict or None, default None
+        ``[{"params": {...}, "value": float}, ...]`` from :meth:`trials_record`
+        of a study on the same models and rows; added to a new in-memory
+        study before the search, which then continues from them (the
+        baselines are not enqueued again).
 
     Attributes
     ----------
     study_ : optuna.Study
     """
 
-    defaults = {"n_trials": 100, "timeout": None, "storage": None, "study_name": None, "seed": 0}
+    defaults = {"n_trials": 100, "timeout": None, "storage": None, "study_name": None, "seed": 0,
+                "previous_trials": None}
 
     def _check_params(self):
         p = self.params
@@ -83,6 +89,18 @@ class OptunaWeights(BlendMethod):
             )
             shape = {"n_models": int(n), "n_rows": int(preds.shape[1]), "n_cols": int(preds.shape[2])}
             stored = {k: study.user_attrs.get(k) for k in shape}
+            previous = self.params["previous_trials"] or []
+            if previous and len(study.trials) == 0:
+                names = [sorted(t.get("params", {})) for t in previous]
+                if any(n != keys for n in names):
+                    raise ValueError(f"previous_trials were made for other models (parameters {names[0][:3]}..., not "
+                                     f"{keys[:3]}... of {n} models); start a new study")
+                distributions = {k: optuna.distributions.FloatDistribution(1e-6, 1.0) for k in keys}
+                study.add_trials([optuna.trial.create_trial(params=t["params"], distributions=distributions,
+                                                            value=float(t["value"])) for t in previous])
+                for k, v in shape.items():
+                    study.set_user_attr(k, v)
+                stored = dict(shape)
             if len(study.trials) == 0:
                 for k, v in shape.items():
                     study.set_user_attr(k, v)
@@ -99,3 +117,10 @@ class OptunaWeights(BlendMethod):
             study.optimize(objective, n_trials=self.params["n_trials"], timeout=self.params["timeout"])
         self.study_ = study
         self.weights_ = to_weights(np.array([study.best_trial.params[k] for k in keys]))
+
+    def trials_record(self) -> list[dict]:
+        """The fitted study's finished trials, ``[{"params": ..., "value": ...}]``, for ``previous_trials``."""
+        import optuna
+
+        return [{"params": dict(t.params), "value": float(t.value)} for t in self.study_.trials
+                if t.state == optuna.trial.TrialState.COMPLETE]

@@ -1,13 +1,16 @@
-"""Choosing among scored candidates (:func:`select_method`) and pruning near-duplicate models."""
+"""Choosing among scored candidates (:func:`select_method`, the one-standard-error rule) and pruning near-duplicate models."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..metrics import Metric
+from .base import BLEND_METHODS
 from .nested import NestedResult
 from .objective import _single_scores
 from .validation import _as_metric, _validate_preds, _validate_y
@@ -18,52 +21,167 @@ from .validation import _as_metric, _validate_preds, _validate_y
 _DECIMALS = 6
 
 
-def select_method(results: Mapping[Hashable, NestedResult | float], metric: Metric | str) -> Hashable:
-    """Pick the candidate with the best nested score: the one selection rule.
+#: The selection rules: ``one_se`` (the default) and ``best`` (the best nested score, the former rule).
+SELECTION_RULES = ("one_se", "best")
 
-    ``make ensemble`` (single models and blends together) and
-    ``python -m pipeline.bench_blend`` both choose with it.
+
+@dataclass(frozen=True)
+class Scored:
+    """A candidate as the selection rule sees it.
+
+    Attributes
+    ----------
+    nested : float
+        Its nested score (all held-out rows scored once).
+    fold_scores : mapping or None
+        Fold id -> the score of that fold's held-out rows; None when unknown
+        (then its standard error is taken as 0).
+    simplicity : int
+        Lower is simpler (see :attr:`pipeline.blend.BlendMethod.simplicity`):
+        0 fixed means, 2 weight searches and single models, 3 stackers.
+    """
+
+    nested: float
+    fold_scores: Mapping | None = None
+    simplicity: int = 0
+
+
+def _as_scored(value: Any) -> Scored:
+    if isinstance(value, Scored):
+        return value
+    if isinstance(value, NestedResult):
+        cls = BLEND_METHODS.get(value.method)
+        return Scored(float(value.nested), value.fold_scores or None, cls.simplicity if cls is not None else 2)
+    return Scored(float(value))
+
+
+def _best_index(scores: list[Scored], sign: float) -> int:
+    def rank(i: int) -> tuple[bool, float, int]:
+        score = scores[i].nested
+        if math.isnan(score):
+            return False, 0.0, -i  # below every number, even an infinite loss
+        return True, round(sign * score, _DECIMALS), -i
+
+    return max(range(len(scores)), key=rank)
+
+
+def standard_errors(results: Mapping[Hashable, Any], metric: Metric | str) -> dict[Hashable, float]:
+    """Each candidate's standard error against the best nested candidate, from the per-fold scores.
+
+    The folds are shared by every candidate, so a fold that is hard for one is hard for all;
+    the spread that matters is that of the per-fold *differences* to the best candidate:
+    ``SE_i = std_f(score_i,f - score_best,f) / sqrt(K)`` (``ddof=1``, over the K folds both were
+    scored on).  The best candidate's own SE is that of its per-fold scores (shown on the
+    leaderboard; the rule does not use it).  NaN when a candidate has no per-fold scores,
+    fewer than 2 folds in common with the best, or a NaN score.
 
     Parameters
     ----------
     results : mapping
-        Candidate -> its :class:`NestedResult`, or its nested score as a
-        number, in order of preference: simplest first (``make ensemble``
-        lists the single models, then the blend methods in the configured
-        order; the benchmark lists the methods in registry order).
+        Candidate -> :class:`Scored`, :class:`NestedResult` or a plain nested score.
     metric : Metric or str
         Gives the direction.
 
     Returns
     -------
+    dict
+        Candidate -> standard error, in the metric's units.
+    """
+    metric = _as_metric(metric)
+    if not results:
+        return {}
+    keys = list(results)
+    scores = [_as_scored(results[k]) for k in keys]
+    best = scores[_best_index(scores, 1.0 if metric.greater_is_better else -1.0)]
+    out: dict[Hashable, float] = {}
+    for key, cand in zip(keys, scores):
+        out[key] = _difference_se(cand, best)
+    return out
+
+
+def _difference_se(cand: Scored, best: Scored) -> float:
+    if not cand.fold_scores or not best.fold_scores:
+        return float("nan")
+    common = [f for f in cand.fold_scores if f in best.fold_scores]
+    if len(common) < 2:
+        return float("nan")
+    if cand is best:
+        values = np.array([cand.fold_scores[f] for f in common], dtype=np.float64)
+    else:
+        values = np.array([cand.fold_scores[f] - best.fold_scores[f] for f in common], dtype=np.float64)
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def select_method(results: Mapping[Hashable, Any], metric: Metric | str, rule: str = "one_se") -> Hashable:
+    """Pick a candidate from its nested scores: the one selection rule.
+
+    ``make ensemble`` (single models and blends together) and both ensemble
+    benchmarks choose with it.
+
+    Parameters
+    ----------
+    results : mapping
+        Candidate -> its :class:`Scored`, :class:`NestedResult`, or its nested
+        score as a plain number (no per-fold scores: standard error 0, so
+        ``one_se`` picks what ``best`` picks), in order of preference among
+        equals (``make ensemble`` lists the single models, then the blend
+        methods in the configured order).
+    metric : Metric or str
+        Gives the direction.
+    rule : {"one_se", "best"}, default "one_se"
+        ``best``: the best nested score, compared rounded to 6 decimals so
+        that float noise does not decide; candidates whose rounded scores
+        are equal tie, and the tie goes to the one that comes first in
+        ``results`` (the rounding is not a tolerance: 0.4000004 and
+        0.3999996 tie, 0.4000004 and 0.4000006 do not).  A NaN score ranks
+        below every other.
+
+        ``one_se`` resists the winner's curse (with a dozen candidates the
+        best nested score is biased in its favour): among the candidates
+        whose nested score is within one standard error of the best
+        (:func:`standard_errors`: the SE of the per-fold differences to the
+        best), the simplest (lowest ``simplicity``: fixed means, then weight
+        searches and single models, then stackers), and among equally
+        simple ones the best nested score (ties as in ``best``).  A
+        candidate without per-fold scores is within only when its rounded
+        score equals the best's.
+
+    Returns
+    -------
     key
-        The key of ``results`` with the best nested score, compared rounded
-        to 6 decimals so that float noise does not decide.  Tie rule:
-        candidates whose rounded scores are equal tie, and the tie goes to
-        the one that comes first in ``results``.  The rounding is not a
-        tolerance: scores less than 1e-6 apart tie only when they round to
-        the same value (0.4000004 and 0.3999996 do, 0.4000004 and 0.4000006
-        do not).  A NaN score ranks below every other.
+        The chosen key of ``results``.
 
     Raises
     ------
     ValueError
-        ``results`` is empty.
+        ``results`` is empty or ``rule`` is unknown.
     """
     metric = _as_metric(metric)
     if not results:
         raise ValueError("select_method needs at least one result")
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"selection rule {rule!r}: choose one of {', '.join(SELECTION_RULES)}")
     sign = 1.0 if metric.greater_is_better else -1.0
     keys = list(results)
+    scores = [_as_scored(results[k]) for k in keys]
+    best = _best_index(scores, sign)
+    if rule == "best" or math.isnan(scores[best].nested):
+        return keys[best]
+    best_value = round(sign * scores[best].nested, _DECIMALS)
+    within = [best]
+    for i, cand in enumerate(scores):
+        if i == best or math.isnan(cand.nested):
+            continue
+        shortfall = best_value - round(sign * cand.nested, _DECIMALS)  # >= 0: how much worse than the best
+        se = _difference_se(cand, scores[best])
+        if shortfall <= 0 or (not math.isnan(se) and shortfall <= se):
+            within.append(i)
+    simplest = min(scores[i].simplicity for i in within)
+    return keys[_best_index_among(scores, sign, [i for i in within if scores[i].simplicity == simplest])]
 
-    def rank(i: int) -> tuple[bool, float, int]:
-        value = results[keys[i]]
-        score = float(value.nested if isinstance(value, NestedResult) else value)
-        if math.isnan(score):
-            return False, 0.0, -i  # below every number, even an infinite loss
-        return True, round(sign * score, _DECIMALS), -i
 
-    return keys[max(range(len(keys)), key=rank)]
+def _best_index_among(scores: list[Scored], sign: float, indices: list[int]) -> int:
+    return max(indices, key=lambda i: (round(sign * scores[i].nested, _DECIMALS), -i))
 
 
 def prune_correlated(preds: np.ndarray, threshold: float = 0.995, scores: np.ndarray | None = None,

@@ -32,6 +32,7 @@ class _Stacker(BlendMethod):
     """
 
     kind = "stacker"
+    simplicity = 3
 
     def _check_params(self):
         _check_max_models(self.params["max_models"])
