@@ -23,7 +23,8 @@ twice:
 
 Printed and written: per method and for both choices, the mean rank of the test log
 loss, the median gain over the best single model (chosen by its OOF score), how often
-it beats that model, and how well nested CV predicted the test score.
+it beats that model, and how well nested CV predicted the test score; and the choice
+under each selection rule tried for the first goal of issue 18 (:func:`selection_variants`).
 """
 
 from __future__ import annotations
@@ -196,11 +197,15 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
     after: dict[str, Scored] = {}
     tests_before: dict[str, float] = {}
     tests_after: dict[str, float] = {}
+    nested_preds: dict[str, np.ndarray] = {}   # what each candidate's nested score scored (a single's: its OOF)
+    test_preds: dict[str, np.ndarray] = {}     # its test predictions as submitted (a blend's: per fold, averaged)
+    single_tests = lib.fold_tests.mean(axis=1)
     for m, name in enumerate(lib.models):
         key = f"single-{name}"
         scored = Scored(float(single_oof[m]), _fold_scores(metric, lib.y, lib.oof[m], lib.folds), simplicity=2)
         before[key] = after[key] = scored
         tests_before[key] = tests_after[key] = float(single_test[m])
+        nested_preds[key], test_preds[key] = lib.oof[m], single_tests[m]
     for name in methods:
         start = time.perf_counter()
         params = {"calibrate": True}
@@ -208,7 +213,8 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
             params["n_jobs"] = 1
         res = nested_score(name, lib.oof, lib.y, lib.folds, metric, params=params)
         fitted = res.fitted
-        per_fold = metric(lib.y_test, predict_per_fold(fitted, lib.fold_tests))
+        nested_preds[name], test_preds[name] = res.oof_pred, predict_per_fold(fitted, lib.fold_tests)
+        per_fold = metric(lib.y_test, test_preds[name])
         fold_mean = metric(lib.y_test, predict_fold_mean(fitted, lib.fold_tests))
         old = copy.copy(fitted)
         old.temperature_ = res.temperature_in_sample
@@ -225,6 +231,7 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
         tests_after[name] = per_fold
     chosen_before = select_method(before, metric, rule="best")
     chosen_after = select_method(after, metric, rule="one_se")
+    variants = selection_variants(after, nested_preds, test_preds, f"single-{lib.models[best]}", lib)
     return {
         "library": lib.name, "rows": len(lib.y), "test_rows": len(lib.y_test), "classes": int(lib.oof.shape[2]),
         "models": len(lib.models), "best_single": lib.models[best], "best_single_oof": float(single_oof[best]),
@@ -235,6 +242,88 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
         "chosen_before_nested": before[chosen_before].nested,
         "chosen_after": chosen_after, "chosen_after_test": tests_after[chosen_after],
         "chosen_after_nested": after[chosen_after].nested,
+        "variants": variants,
+    }
+
+
+def _row_losses(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Each row's log loss, clipped as :func:`pipeline.metrics.get_metric` ("log_loss") clips it."""
+    p = pred / pred.sum(axis=1, keepdims=True)
+    return -np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))
+
+
+def _within_one_se(scored: dict[str, Scored], rows: dict[str, np.ndarray] | None, mult: float = 1.0) -> list[str]:
+    """Candidates within ``mult`` standard errors of the best nested log loss (paired: per fold, or per row)."""
+    best = min(scored, key=lambda k: round(scored[k].nested, 6))
+    out = []
+    for key, cand in scored.items():
+        shortfall = cand.nested - scored[best].nested
+        if key == best or shortfall <= 0:
+            out.append(key)
+            continue
+        if rows is None:
+            diff = np.array([cand.fold_scores[f] - scored[best].fold_scores[f] for f in cand.fold_scores])
+        else:
+            diff = rows[key] - rows[best]
+        if shortfall <= mult * np.std(diff, ddof=1) / np.sqrt(len(diff)):
+            out.append(key)
+    return out
+
+
+def selection_variants(scored: dict[str, Scored], nested_preds: dict[str, np.ndarray], test_preds: dict[str, np.ndarray],
+                       best_single: str, lib: Library) -> dict[str, dict]:
+    """The choice under each selection rule tried for issue 18's first goal (docs/benchmarks.md).
+
+    Every variant sees only what the stage sees (nested predictions and scores); the test
+    labels only score its submission.  A variant that averages candidates submits the mean
+    of their test predictions and is scored in nested CV by the mean of their nested ones.
+    """
+    from scipy.stats import t as student_t
+
+    metric = get_metric("log_loss")
+    rows = {k: _row_losses(lib.y, p) for k, p in nested_preds.items()}
+
+    def one(key: str) -> dict:
+        return {"chosen": key, "test": metric(lib.y_test, test_preds[key]), "nested": scored[key].nested}
+
+    def mean_of(keys: list[str]) -> dict:
+        keys = sorted(keys)
+        return {"chosen": "mean of " + "+".join(keys),
+                "test": metric(lib.y_test, np.mean([test_preds[k] for k in keys], axis=0)),
+                "nested": metric(lib.y, np.mean([nested_preds[k] for k in keys], axis=0))}
+
+    def simplest(keys: list[str]) -> str:
+        low = min(scored[k].simplicity for k in keys)
+        return min((k for k in keys if scored[k].simplicity == low), key=lambda k: round(scored[k].nested, 6))
+
+    one_se = select_method(scored, metric, rule="one_se")
+    within = _within_one_se(scored, None)
+    blends_within = [k for k in within if not k.startswith("single-")]
+    paired = np.array([scored[one_se].fold_scores[f] - scored[best_single].fold_scores[f] for f in scored[one_se].fold_scores])
+    paired_se = np.std(paired, ddof=1) / np.sqrt(len(paired)) if one_se != best_single else 0.0
+
+    def shrink(threshold: float | None) -> dict:
+        # the chosen blend, averaged with the best single unless it beats it by more than threshold paired SEs
+        if one_se == best_single or (threshold is not None and -paired.mean() > threshold * paired_se):
+            return one(one_se)
+        return mean_of([one_se, best_single])
+
+    grid = np.linspace(0.0, 1.0, 21)
+    mix_losses = [metric(lib.y, (1 - g) * nested_preds[one_se] + g * nested_preds[best_single]) for g in grid]
+    g = float(grid[int(np.argmin(mix_losses))])
+    mix = {"chosen": f"{one_se} + {g:.2f} x {best_single}", "nested": float(min(mix_losses)),
+           "test": metric(lib.y_test, (1 - g) * test_preds[one_se] + g * test_preds[best_single])}
+    return {
+        "best": one(select_method(scored, metric, rule="best")),
+        "one_se (main)": one(one_se),
+        "one_se, per-row SE": one(simplest(_within_one_se(scored, rows))),
+        "one_se, singles last": one(simplest(blends_within or within)),
+        "shrink to best single, always": shrink(None),
+        "shrink to best single, unless > 1 SE": shrink(1.0),
+        "shrink to best single, unless t95": shrink(float(student_t.ppf(0.95, len(paired) - 1))),
+        "mix with best single, fitted": mix,
+        "mean of the 1-SE set": mean_of(within),
+        "mean of the 1-SE set, per-row SE": mean_of(_within_one_se(scored, rows)),
     }
 
 
@@ -269,6 +358,35 @@ def summarise(results: list[dict], methods: tuple[str, ...] = METHODS) -> list[d
         out.append({"entry": name, "mean_rank": float(ranks[i].mean()), "median_gain_pct": float(np.median(gain)),
                     "beats_best_single": int((test < single - 1e-12).sum()), "libraries": len(results),
                     "mean_test": float(test.mean()), "mean_test_minus_nested": float((test - nested).mean())})
+    return out
+
+
+def summarise_variants(results: list[dict], methods: tuple[str, ...] = METHODS) -> list[dict]:
+    """One row per selection variant: wins where any blend wins, median gain, mean rank, mean |test - nested|.
+
+    A variant's rank is taken among the table's other entries (every method both ways, the best single,
+    the former choice) with the variant in the place of "chosen, after", so that the main rule's
+    variant has the rank "chosen, after" has in :func:`summarise`.
+    """
+    others = [[r["best_single_test"] for r in results]]
+    for name in methods:
+        others.append([r["methods"][name]["test_per_fold"] for r in results])
+        others.append([r["methods"][name]["test_before"] for r in results])
+    others.append([r["chosen_before_test"] for r in results])
+    others = np.array(others)
+    single = np.array([r["best_single_test"] for r in results])
+    some_blend = np.array([min(r["methods"][m]["test_per_fold"] for m in methods) < r["best_single_test"] for r in results])
+    out = []
+    for variant in results[0]["variants"]:
+        test = np.array([r["variants"][variant]["test"] for r in results])
+        nested = np.array([r["variants"][variant]["nested"] for r in results])
+        ranks = np.apply_along_axis(_rank, 0, np.vstack([others, test]))[-1]
+        wins = test < single - 1e-12
+        out.append({"variant": variant, "wins_where_some_blend_wins": int((wins & some_blend).sum()),
+                    "some_blend_wins": int(some_blend.sum()), "median_gain_pct": float(np.median(100.0 * (single - test) / single)),
+                    "mean_rank": float(ranks.mean()), "mean_test": float(test.mean()),
+                    "mean_abs_test_minus_nested": float(np.abs(test - nested).mean()),
+                    "misses": [r["library"] for r, w, b in zip(results, wins, some_blend) if b and not w]})
     return out
 
 
@@ -342,11 +460,18 @@ def _run(args: argparse.Namespace) -> dict:
     for label, q in quality.items():
         print(f"nested CV as a predictor of the test score, {label}: Spearman over methods {q['spearman_nested_vs_test']:.3f}, "
               f"mean |test - nested| {q['mean_abs_test_minus_nested']:.4f}, mean regret of the choice {q['mean_regret_of_choice']:.4f}")
+    variants = summarise_variants(results, methods)
+    print(f"\nselection variants (docs/benchmarks.md): {'variant':38s} {'wins':>7s} {'median gain %':>13s} {'mean rank':>9s} "
+          f"{'mean test':>9s} {'|test - nested|':>15s}  misses")
+    for row in variants:
+        print(f"{'':40s}{row['variant']:38s} {row['wins_where_some_blend_wins']:>3d}/{row['some_blend_wins']:<3d} "
+              f"{row['median_gain_pct']:13.2f} {row['mean_rank']:9.2f} {row['mean_test']:9.4f} "
+              f"{row['mean_abs_test_minus_nested']:15.4f}  {' '.join(row['misses'])}")
     total = time.perf_counter() - started
     print(f"bench-ensemble-real finished in {total:.0f}s")
     report = {"config": {"datasets": args.datasets.split(","), "seeds": seeds, "methods": list(methods), "max_rows": MAX_ROWS,
                          "test_share": TEST_SHARE, "folds": N_FOLDS, "threads": args.threads},
-              "libraries": results, "summary": summary, "nested_vs_test": quality,
+              "libraries": results, "summary": summary, "nested_vs_test": quality, "variants": variants,
               "any_blend_beats_single": any_blend, "choice_beats_single_there": both, "total_seconds": total}
     if args.out:
         write_json(args.out, report)

@@ -1183,3 +1183,57 @@ def test_optuna_default_budget_and_continuing_a_study():
     assert again.study_.best_value <= first.study_.best_value
     with pytest.raises(ValueError, match="other models"):
         make_blend("optuna", n_trials=1, previous_trials=record).fit(preds[:4], y, "log_loss")
+
+
+# --------------------------------------------------------------------------- #
+# The real-data benchmark's selection variants (pipeline.bench_real) against the one rule
+
+_S = B.Scored
+_BEST = {0: 0.38, 1: 0.42, 2: 0.40, 3: 0.41, 4: 0.39}
+
+
+@pytest.mark.parametrize("others, within", [
+    # worse by 0.001 with per-fold differences of spread > 0.001: within
+    ({"mean": _S(0.401, {0: 0.386, 1: 0.417, 2: 0.404, 3: 0.406, 4: 0.392}, 0)}, {"slsqp", "mean"}),
+    # worse by exactly 0.001 on every fold: SE 0, not within
+    ({"stacker": _S(0.401, {f: v + 0.001 for f, v in _BEST.items()}, 3)}, {"slsqp"}),
+    # the same nested score as the best (a tie): within, whatever its spread
+    ({"single-a": _S(0.400, {f: v + (0.01 if f % 2 else -0.01) for f, v in _BEST.items()}, 2)}, {"slsqp", "single-a"}),
+])
+def test_bench_one_se_set_is_the_rules(others, within):
+    from pipeline.bench_real import _within_one_se
+
+    results = {"slsqp": _S(0.400, _BEST, 2), **others}
+    assert set(_within_one_se(results, None)) == within
+    order = list(results)  # ties go to the earlier candidate, as in select_method
+    simplest = min(within, key=lambda k: (results[k].simplicity, results[k].nested, order.index(k)))
+    assert select_method(results, "log_loss") == simplest
+
+
+def test_bench_selection_variants_score_what_they_submit():
+    from pipeline.bench_blend import synthetic_oof
+    from pipeline.bench_real import Library, _fold_scores, selection_variants
+
+    preds, y = synthetic_oof(4, 200, 3, seed=3)
+    test_preds, y_test = synthetic_oof(4, 80, 3, seed=4)
+    folds = np.arange(200) % 5
+    metric = get_metric("log_loss")
+    lib = Library("toy/s0", [f"m{i}" for i in range(4)], preds, y, folds,
+                  np.repeat(test_preds[:, None], 5, axis=1), y_test)
+    scored, nested, tests = {}, {}, {}
+    for i in range(4):
+        key = f"single-m{i}"
+        scored[key] = _S(metric(y, preds[i]), _fold_scores(metric, y, preds[i], folds), 2)
+        nested[key], tests[key] = preds[i], test_preds[i]
+    res = nested_score("mean", preds, y, folds, metric)
+    scored["mean"] = _S(res.nested, res.fold_scores, 0)
+    nested["mean"], tests["mean"] = res.oof_pred, res.fitted.predict(test_preds)
+    best_single = min((k for k in scored if k != "mean"), key=lambda k: scored[k].nested)
+    variants = selection_variants(scored, nested, tests, best_single, lib)
+    assert variants["one_se (main)"]["chosen"] == select_method(scored, metric)
+    assert variants["best"]["chosen"] == select_method(scored, metric, rule="best")
+    for name, v in variants.items():
+        assert np.isfinite(v["test"]) and np.isfinite(v["nested"]), name
+        if v["chosen"] in scored:
+            assert v["nested"] == pytest.approx(scored[v["chosen"]].nested)
+            assert v["test"] == pytest.approx(metric(y_test, tests[v["chosen"]]))
