@@ -56,3 +56,45 @@ def test_decisions_round_trip_through_their_params(rule, pred):
     rule.fit(y, pred, metric)
     loaded = decision_from_params(json.loads(json.dumps(rule.params)))
     np.testing.assert_array_equal(loaded.apply(pred), rule.apply(pred))
+
+
+# -- the ensemble keeps its fitted blends, and they recompute its files ----------------------
+
+def test_stored_blends_reproduce_every_submission_file(small_config, tmp_path, capsys):
+    from test_ensemble import _fold_files, _import, _synthetic
+
+    from pipeline.cli import main
+    from pipeline.config import load_config
+    from pipeline.fitted import fitted_dir, load_fitted, reproduce_submission
+
+    assert main(["folds", "--config", str(small_config)]) == 0
+    config = load_config(small_config)
+    rng = np.random.default_rng(7)
+    for name, seed, strength in (("a", 1, 2.0), ("b", 2, 1.5), ("imported", 3, 1.0)):
+        oof, test = _synthetic(config, strength, seed)
+        values = test.drop(columns="id").to_numpy()
+        folds = values[None] * rng.uniform(0.3, 3.0, size=(config.folds.n_splits, *values.shape))
+        folds /= folds.sum(axis=2, keepdims=True)
+        test[test.columns[1:]] = folds.mean(axis=0)
+        assert _import(small_config, tmp_path, name, oof, test) == 0
+        if name != "imported":
+            _fold_files(config, name, folds)
+    methods = "ensemble.methods=[mean, geometric_mean, caruana, logreg_stacker, lgbm_stacker]"
+    params = "ensemble.method_params={lgbm_stacker: {n_estimators: 10, min_child_samples: 3, n_jobs: 1}, logreg_stacker: {C: 0.1}}"
+    assert main(["ensemble", "--config", str(small_config), methods, params]) == 0
+    index = json.loads((fitted_dir(config) / "index.json").read_text())
+    assert set(index["candidates"]) >= {"mean", "geometric_mean", "caruana", "logreg_stacker", "lgbm_stacker", "single-a"}
+    for text in (fitted_dir(config)).glob("*.json"):
+        assert "pickle" not in text.read_text()
+    checked = 0
+    for name in ["submission", *index["candidates"]]:
+        record = load_fitted(config, name)
+        if name != "submission" and record["submission_file"] is None:
+            continue  # a single model that was not the best: no file of its own
+        frame, path = reproduce_submission(config, name)
+        # the same text, byte for byte: the same numbers through the same writer
+        assert frame.to_csv(index=False) == path.read_text(), name
+        checked += 1
+    assert checked >= 6
+    assert load_fitted(config, "lgbm_stacker")["apply"] == "per_fold"
+    assert load_fitted(config, "geometric_mean")["blend"]["method"] == "geometric_mean"
