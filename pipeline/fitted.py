@@ -291,3 +291,36 @@ def store_candidates(config: Config, candidates: list, chosen, runs: list, kept_
     folder = fitted_dir(config)
     save_fitted(folder, records, chosen.name)
     return folder
+
+
+def used_models(record: dict) -> list[int]:
+    """Positions (in ``record["runs"]``) of the runs the stored candidate reads.
+
+    A weight blend does not read a model of weight 0; a stacker reads only the models
+    it kept (``max_models``); a mean reads all, a single model its one run.
+    """
+    state = record["blend"]
+    if state is None:
+        return [0]
+    if state["fitted"].get("models") is not None:
+        return [int(m) for m in state["fitted"]["models"]]
+    if blend.BLEND_METHODS[state["method"]].kind == "weights":
+        return [i for i, w in enumerate(state["weights"]) if w != 0.0]
+    return list(range(state["n_models"]))
+
+
+def reduce_record(record: dict) -> dict:
+    """The record restricted to :func:`used_models`, renumbered: same predictions from fewer models.
+
+    A weight blend's dropped terms were exact zeros; a stacker's dropped models were never read.
+    """
+    keep = used_models(record)
+    if record["blend"] is None or len(keep) == record["blend"]["n_models"]:
+        return record
+    state = dict(record["blend"])
+    state["n_models"] = len(keep)
+    if state["weights"] is not None:
+        state["weights"] = [state["weights"][i] for i in keep]
+    if state["fitted"].get("models") is not None:
+        state["fitted"] = {**state["fitted"], "models": list(range(len(keep)))}
+    return {**record, "runs": [record["runs"][i] for i in keep], "blend": state}
