@@ -90,9 +90,9 @@ def cache_side_for(paths: list[Path], resize: dict) -> int | None:
     """The side the run's image cache would have had for these images, or None when it read files directly."""
     if resize.get("mode") != "cache":
         return None
-    from pipeline.cache import _largest_side, cache_side
+    from pipeline.cache import largest_side, cache_side
 
-    return cache_side(resize["target"], resize["margin"], _largest_side([str(p) for p in paths]))
+    return cache_side(resize["target"], resize["margin"], largest_side([str(p) for p in paths]))
 
 
 class Progress:
