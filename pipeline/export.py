@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pipeline import io
 from pipeline.config import Config
@@ -297,24 +298,33 @@ def run_export(config: Config, method: str = "submission", out: Path | None = No
 
 
 def compare_submissions(got, expected, id_column: str, atol: float = 1e-6) -> str | None:
-    """Why two submissions differ (labels, ids, columns or numbers beyond ``atol``), or None when they agree."""
+    """Why two submissions differ, or None when they agree.
+
+    Parameters
+    ----------
+    got, expected : DataFrame
+        Submissions read back from CSV.
+    id_column : str
+    atol : float
+        Largest difference allowed in a numeric column (probabilities, values); ids and
+        label columns must be identical.
+
+    Returns
+    -------
+    str or None
+    """
     if list(got.columns) != list(expected.columns) or len(got) != len(expected):
         return f"columns or rows differ: {list(got.columns)} x {len(got)} vs {list(expected.columns)} x {len(expected)}"
     for column in got.columns:
-        a, b = got[column], expected[column]
-        numeric_a = np.asarray(a, dtype=object)
-        try:
-            x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        except (TypeError, ValueError):
-            if not (a.astype(str).to_numpy() == b.astype(str).to_numpy()).all():
-                bad = int(np.flatnonzero(a.astype(str).to_numpy() != b.astype(str).to_numpy())[0])
-                return f"column {column!r} differs at row {bad}: {numeric_a[bad]!r} vs {b.iloc[bad]!r}"
+        a, b = got[column].astype(str).to_numpy(), expected[column].astype(str).to_numpy()
+        numeric = column != id_column and pd.api.types.is_numeric_dtype(got[column]) \
+            and pd.api.types.is_numeric_dtype(expected[column])
+        if not numeric:
+            if not (a == b).all():
+                row = int(np.flatnonzero(a != b)[0])
+                return f"column {column!r} differs at row {row}: {a[row]!r} vs {b[row]!r}"
             continue
-        if column == id_column:
-            if not (a.astype(str).to_numpy() == b.astype(str).to_numpy()).all():
-                return "ids differ"
-            continue
-        worst = float(np.max(np.abs(x - y))) if len(x) else 0.0
+        worst = float(np.max(np.abs(got[column].to_numpy(float) - expected[column].to_numpy(float)))) if len(a) else 0.0
         if worst > atol:
             return f"column {column!r} differs by up to {worst:.3g} (tolerance {atol:g})"
     return None
@@ -328,7 +338,7 @@ def check_export(config: Config, out: Path, method: str, record: dict) -> dict:
     ExportError
         If the predictions differ (the export folder is kept for inspection).
     """
-    import pandas as pd
+    from io import StringIO
 
     from pipeline.export_predict import predict_folder
 
@@ -341,7 +351,7 @@ def check_export(config: Config, out: Path, method: str, record: dict) -> dict:
     seconds = time.perf_counter() - started
     name = "submission.csv" if method == "submission" else record["submission_file"]
     expected = pd.read_csv(config.submissions_dir / name, dtype={config.competition.id_column: str})
-    got = pd.read_csv(__import__("io").StringIO(got.to_csv(index=False)), dtype={config.competition.id_column: str})
+    got = pd.read_csv(StringIO(got.to_csv(index=False)), dtype={config.competition.id_column: str})
     problem = compare_submissions(got, expected, config.competition.id_column)
     if problem:
         raise ExportError(f"check: the exported predictor's submission differs from {config.submissions_dir / name}: "

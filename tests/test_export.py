@@ -139,3 +139,12 @@ def test_stored_ensemble_is_plain_json(demo):
 ])
 def test_image_pattern_under_the_test_folder(pattern, expected):
     assert image_pattern(pattern) == expected
+
+
+def test_compare_submissions_names_what_differs():
+    labels = pd.DataFrame({"id": ["1", "2"], "label": ["cat", "dog"]})
+    probs = pd.DataFrame({"id": ["1"], "p": [0.5]})
+    assert compare_submissions(labels, labels, "id") is None
+    assert "differs at row 1" in compare_submissions(labels, labels.assign(label=["cat", "cow"]), "id")
+    assert compare_submissions(probs, probs.assign(p=[0.5 + 5e-7]), "id") is None
+    assert "differs by up to" in compare_submissions(probs, probs.assign(p=[0.5 + 5e-6]), "id")
