@@ -123,12 +123,17 @@ class Progress:
         now = time.perf_counter()
         if self.done == 1:
             self.first_done = now
-        elif self.estimate is None and (self.done - 1 >= self.estimate_after or self.done == self.total):
+            return
+        # models differ in cost: the first estimate comes from the first model's batches, so it is said again,
+        # from every batch so far, at a quarter and at half of the work
+        checkpoints = {1 + self.estimate_after, self.total // 4, self.total // 2}
+        if self.done in checkpoints and self.done < self.total:
             per_batch = (now - self.first_done) / (self.done - 1)
             self.estimate = (self.first_done - self.started) + per_batch * (self.total - 1)
+            when = "after the first batches" if self.done == 1 + self.estimate_after else f"at {self.done}/{self.total} batches"
             print(f"estimated time for the whole test set ({self.n_images} images, {self.total} batches over every "
-                  f"model, fold and TTA): {self.estimate:.0f}s ({self.estimate / max(self.n_images, 1) * 1000:.1f}s "
-                  "per 1,000 images)", file=sys.stderr, flush=True)
+                  f"model, fold and TTA; {when}): {self.estimate:.0f}s "
+                  f"({self.estimate / max(self.n_images, 1) * 1000:.1f}s per 1,000 images)", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.bar.close()
