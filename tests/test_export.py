@@ -148,3 +148,26 @@ def test_compare_submissions_names_what_differs():
     assert "differs at row 1" in compare_submissions(labels, labels.assign(label=["cat", "cow"]), "id")
     assert compare_submissions(probs, probs.assign(p=[0.5 + 5e-7]), "id") is None
     assert "differs by up to" in compare_submissions(probs, probs.assign(p=[0.5 + 5e-6]), "id")
+
+
+def test_exported_models_predict_the_runs_stored_probabilities(demo):
+    """Below the labels: each exported fold model's test probabilities equal what the run stored (within 1e-6)."""
+    import numpy as np
+
+    from pipeline.data import load_competition
+    from pipeline.export_predict import Progress, TestImages, cache_side_for, image_paths, predict_model, read_spec
+    from pipeline.folds import read_folds
+    from pipeline.store import load_runs
+
+    config = load_config(demo)
+    folder = config.out / "export" / config.competition.name
+    spec = read_spec(folder)
+    competition = load_competition(config, check_image_files=False)
+    _, fingerprint = read_folds(config, competition)
+    runs = {r.name: r for r in load_runs(config.runs_dir, competition.train_ids, competition.test_ids,
+                                         competition.classes, fingerprint)[0]}
+    paths = image_paths(config.data_dir / "test", spec["image_pattern"], competition.test_ids)
+    for model in spec["models"]:
+        store = TestImages(paths, cache_side_for(paths, model["resize"]))
+        got = predict_model(folder, model, spec, store, "cpu", None, Progress(100, len(paths), enabled=False))
+        np.testing.assert_allclose(got, runs[model["run"]].fold_tests, rtol=0, atol=1e-6)
