@@ -18,6 +18,7 @@ a stored state) or a crash leaves nothing behind.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -178,17 +179,11 @@ def build_wheel(target: Path) -> Path:
     with tempfile.TemporaryDirectory() as build:
         done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                                "--quiet", "-w", str(target), str(root)], capture_output=True, text=True,
-                              env={**_env(), "TMPDIR": build}, timeout=600)
+                              env={**os.environ, "TMPDIR": build}, timeout=600)
     wheels = sorted(target.glob("*.whl"))
     if done.returncode != 0 or not wheels:
         raise ExportError(f"building the wheel failed: {(done.stderr or done.stdout).strip()[-400:]}")
     return wheels[-1]
-
-
-def _env() -> dict:
-    import os
-
-    return dict(os.environ)
 
 
 def run_export(config: Config, method: str = "submission", out: Path | None = None, force: bool = False,

@@ -46,6 +46,21 @@ def read_spec(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def spec_targets(spec: dict):
+    """The competition's targets as the export stored them (names, labels, value scale; no rows).
+
+    Returns
+    -------
+    pipeline.tasks.Targets
+        What the task head's activation and the submission format read.
+    """
+    from pipeline.tasks import Targets
+
+    t = spec["targets"]
+    return Targets(np.zeros(0), t["columns"], t["labels"], tuple(t["value_range"]) if t["value_range"] else None,
+                   t["value_mean"], t["value_std"])
+
+
 def image_paths(images: Path, pattern: str, ids: np.ndarray) -> list[Path]:
     """Each test id's image file under ``images`` (``pattern`` as ``{id}.png``).
 
@@ -167,7 +182,7 @@ def predict_model(folder: Path, model: dict, spec: dict, store: TestImages, devi
     from safetensors.torch import load_file as load_safetensors
 
     from pipeline.config import TrainConfig
-    from pipeline.tasks import Targets
+    from pipeline.models import DataConfig
     from pipeline.train.dataset import ImageDataset
     from pipeline.train.heads import Head
     from pipeline.train.model import prepare_model
@@ -177,17 +192,12 @@ def predict_model(folder: Path, model: dict, spec: dict, store: TestImages, devi
 
     cfg = TrainConfig.model_validate(model["train"])
     runtime = _runtime(device, cfg, workers)
-    t = spec["targets"]
-    targets = Targets(np.zeros(0), t["columns"], t["labels"], tuple(t["value_range"]) if t["value_range"] else None,
-                      t["value_mean"], t["value_std"])
-    head = Head(spec["task"], model["loss"], targets)
+    head = Head(spec["task"], model["loss"], spec_targets(spec))
     data = model["data"]
     host = HostTransform(data["image_size"], data["interpolation"])
 
-    class _Data:  # the fields of models.DataConfig that device_transform reads
-        mean, std = data["mean"], data["std"]
-
-    inputs = device_transform(cfg, _Data, runtime)
+    dcfg = DataConfig(data["image_size"], tuple(data["mean"]), tuple(data["std"]), data["interpolation"])
+    inputs = device_transform(cfg, dcfg, runtime)
     size = batch_size or model["batch_size"]
     out = []
     for fold in model["folds"]:
@@ -230,7 +240,7 @@ def predict_folder(folder: Path, images: Path, sample_submission: Path, device: 
         In the sample submission's format, checked against it.
     """
     from pipeline.fitted import blend_test
-    from pipeline.tasks import Targets, submission_frame
+    from pipeline.tasks import submission_frame
 
     folder = Path(folder)
     spec = read_spec(folder)
@@ -258,10 +268,7 @@ def predict_folder(folder: Path, images: Path, sample_submission: Path, device: 
     for k in range(fold_tests.shape[1]):
         tests += fold_tests[:, k] / fold_tests.shape[1]
     pred, decided = blend_test(spec["ensemble"], tests, fold_tests)
-    t = spec["targets"]
-    targets = Targets(np.zeros(0), t["columns"], t["labels"], tuple(t["value_range"]) if t["value_range"] else None,
-                      t["value_mean"], t["value_std"])
-    return submission_frame(sample, id_column, spec["target_column"], spec["task"], targets, pred, decided,
+    return submission_frame(sample, id_column, spec["target_column"], spec["task"], spec_targets(spec), pred, decided,
                             spec["metric_needs"])
 
 
