@@ -19,6 +19,8 @@ No torch here: the ensemble stage imports this.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,8 @@ from pipeline import blend, io
 from pipeline.config import Config
 from pipeline.decision import decision_from_params
 from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 #: Version of the files this module writes.
 FITTED_VERSION = 1
@@ -286,8 +290,16 @@ def store_candidates(config: Config, candidates: list, chosen, runs: list, kept_
     records = []
     for cand in candidates:
         used = [singles[cand.name]] if cand.kind == "single" else kept_runs
-        records.append(candidate_record(cand, [record_of(r) for r in used], "fold_mean" if cand.kind == "single" else apply,
-                                        files.get(cand.name), fingerprint, extra))
+        try:
+            record = candidate_record(cand, [record_of(r) for r in used], "fold_mean" if cand.kind == "single" else apply,
+                                      files.get(cand.name), fingerprint, extra)
+            json.dumps(record)  # a user's method whose parameters are not JSON is reported, not fatal
+        except (TypeError, ValueError, NotImplementedError) as exc:
+            log.info(f"not kept for make export: {cand.name} ({type(exc).__name__}: {exc})")
+            continue
+        records.append(record)
+    if not any(r["name"] == chosen.name for r in records):
+        log.info(f"the chosen {chosen.name} could not be kept: make export METHOD=submission will refuse")
     folder = fitted_dir(config)
     save_fitted(folder, records, chosen.name)
     return folder
