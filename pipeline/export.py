@@ -32,7 +32,8 @@ import pandas as pd
 from pipeline import io
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.fitted import FittedError, file_sha256, load_fitted, reduce_record
+from pipeline.fitted import FittedError, load_fitted, reduce_record
+from pipeline.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,15 @@ def _checked_runs(config: Config, record: dict) -> list:
             if not path.is_file():
                 raise ExportError(f"checkpoint {path} is missing; retrain the fold (make train MODEL={stored['name']} "
                                   f"FOLDS={fold} FORCE=1) and rerun make ensemble")
-            if expected is None or file_sha256(path) != expected:
+            actual = file_sha256(path)
+            if expected is None or actual != expected:
                 raise ExportError(f"checkpoint {path} does not match its run: its sha256 differs from the one the "
                                   "ensemble recorded; rerun make predict / make ensemble for this run")
+            trained = (meta.folds or {}).get(str(fold), {}).get("checkpoint_sha256")
+            if trained is not None and trained != actual:  # runs made before this was recorded have none
+                raise ExportError(f"checkpoint {path} does not match its run: the run's predictions were made with "
+                                  f"another file (sha256 {trained[:12]}... in meta.json); rerun make predict "
+                                  f"MODEL={stored['name']} and make ensemble")
         out.append((stored, layout, meta))
     return out
 

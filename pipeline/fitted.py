@@ -18,7 +18,6 @@ No torch here: the ensemble stage imports this.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -30,6 +29,7 @@ from pipeline import blend, io
 from pipeline.config import Config
 from pipeline.decision import decision_from_params
 from pipeline.errors import PipelineError
+from pipeline.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,6 @@ class FittedError(PipelineError, ValueError):
 def fitted_dir(config: Config) -> Path:
     """Where the fitted candidates of a competition are kept."""
     return config.runs_dir / "_ensemble" / "fitted"
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """The sha256 of a file, read in chunks (checkpoints can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_record(run, runs_dir: Path) -> dict:

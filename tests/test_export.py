@@ -171,3 +171,19 @@ def test_exported_models_predict_the_runs_stored_probabilities(demo):
         store = TestImages(paths, cache_side_for(paths, model["resize"]))
         got = predict_model(folder, model, spec, store, "cpu", None, Progress(100, len(paths), enabled=False))
         np.testing.assert_allclose(got, runs[model["run"]].fold_tests, rtol=0, atol=1e-6)
+
+
+def test_a_checkpoint_replaced_before_the_ensemble_is_refused(demo, tmp_path, capsys):
+    """The run records which file its predictions came from; the ensemble's record alone would not catch this."""
+    config = load_config(demo)
+    meta = json.loads((config.runs_dir / "digits_effnet" / "meta.json").read_text())
+    assert len(meta["folds"]["0"]["checkpoint_sha256"]) == 64
+    undo = _spoil_checkpoint(config)
+    try:
+        assert main(["ensemble", "--config", str(demo)]) == 0  # records the replaced file's checksum
+        assert main(["export", "--config", str(demo), "--out", str(tmp_path / "x")]) == 2
+        assert "predictions were made with another file" in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()
+    finally:
+        undo()
+        assert main(["ensemble", "--config", str(demo)]) == 0
