@@ -231,9 +231,6 @@ def run_export(config: Config, method: str = "submission", out: Path | None = No
         record = load_fitted(config, method)
     except FittedError as exc:
         raise ExportError(str(exc)) from None
-    if record.get("extra_features"):
-        raise ExportError(f"{record['name']} reads metadata features ({record['extra_features']}), which the exported "
-                          "predictor does not take yet; export a method without them (METHOD=<method>)")
     full_runs = [r["name"] for r in record["runs"]]
     record = reduce_record(record)
     competition = load_competition(config, check_image_files=False)
@@ -264,6 +261,8 @@ def run_export(config: Config, method: str = "submission", out: Path | None = No
                         "value_range": list(targets.value_range) if targets.value_range else None,
                         "value_mean": float(targets.value_mean), "value_std": float(targets.value_std)},
             "ensemble": record, "models": models,
+            # a stacker fitted with metadata columns reads them from the competition's test table (--test-csv)
+            "test_csv": Path(config.competition.test_csv).name if record.get("extra_features") else None,
         }
         io.write_json(tmp / "export.json", spec)
         io.write_text(tmp / "predict.py", PREDICT_PY)
@@ -349,7 +348,8 @@ def check_export(config: Config, out: Path, method: str, record: dict) -> dict:
         test_dir = test_dir.parent
     started = time.perf_counter()
     got = predict_folder(out, test_dir, config.data_dir / config.competition.sample_submission, device="auto",
-                         pattern=image_pattern(config.competition.test_images), progress=False)
+                         pattern=image_pattern(config.competition.test_images), progress=False,
+                         test_csv=config.data_dir / config.competition.test_csv if config.competition.test_csv else None)
     seconds = time.perf_counter() - started
     name = "submission.csv" if method == "submission" else record["submission_file"]
     expected = pd.read_csv(config.submissions_dir / name, dtype={config.competition.id_column: str})

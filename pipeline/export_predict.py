@@ -61,6 +61,32 @@ def spec_targets(spec: dict):
                    t["value_mean"], t["value_std"])
 
 
+def metadata_features(test_csv: Path, id_column: str, columns: list[str], ids) -> np.ndarray:
+    """The stacker's metadata columns of the test table, in the sample submission's row order.
+
+    The same rule as the ensemble's :func:`pipeline.ensemble.stacker_features`: every id
+    has a row, every value is a number.
+
+    Raises
+    ------
+    ExportPredictError
+        Naming the missing column, the ids without a row, or the columns that are not numbers.
+    """
+    table = pd.read_csv(test_csv, dtype=str, keep_default_na=True)
+    missing = [c for c in [id_column, *columns] if c not in table.columns]
+    if missing:
+        raise ExportPredictError(f"{test_csv} has no column(s) {missing}")
+    values = table.set_index(table[id_column].astype(str))
+    ids = pd.Index(np.asarray(ids, dtype=str))
+    absent = ids[~ids.isin(values.index)].tolist()
+    if absent:
+        raise ExportPredictError(f"{test_csv} has no row for id(s) {absent[:5]}")
+    numeric = values.loc[ids, columns].apply(pd.to_numeric, errors="coerce")
+    if numeric.isna().any().any():
+        raise ExportPredictError(f"column(s) {numeric.columns[numeric.isna().any()].tolist()} of {test_csv} are not all numbers")
+    return numeric.to_numpy(dtype=np.float64)
+
+
 def image_paths(images: Path, pattern: str, ids: np.ndarray) -> list[Path]:
     """Each test id's image file under ``images`` (``pattern`` as ``{id}.png``).
 
@@ -213,7 +239,7 @@ def predict_model(folder: Path, model: dict, spec: dict, store: TestImages, devi
 
 def predict_folder(folder: Path, images: Path, sample_submission: Path, device: str = "auto",
                    batch_size: int | None = None, pattern: str | None = None, progress: bool = True,
-                   workers: int | None = None) -> pd.DataFrame:
+                   workers: int | None = None, test_csv: Path | None = None) -> pd.DataFrame:
     """The exported ensemble's submission for a test set.
 
     Parameters
@@ -233,6 +259,9 @@ def predict_folder(folder: Path, images: Path, sample_submission: Path, device: 
         Show the bar (the time estimate is printed either way).
     workers : int, optional
         Loader processes decoding images (default 4 on a GPU, 0 on the CPU).
+    test_csv : Path, optional
+        The competition's test table, for a stacker fitted with metadata columns
+        (``ensemble.stacker_features``); required then.
 
     Returns
     -------
@@ -249,6 +278,9 @@ def predict_folder(folder: Path, images: Path, sample_submission: Path, device: 
     if list(sample.columns) != spec["submission_columns"]:
         raise ExportPredictError(f"{sample_submission} has columns {list(sample.columns)}; the export was made for "
                                  f"{spec['submission_columns']}")
+    if spec["ensemble"].get("extra_features") and test_csv is None:
+        raise ExportPredictError(f"this ensemble's stacker reads the metadata column(s) {spec['ensemble']['extra_features']} "
+                                 f"of the test table: pass --test-csv <the competition's {spec.get('test_csv') or 'test.csv'}>")
     paths = image_paths(images, pattern or spec["image_pattern"], sample[id_column].to_numpy())
     rows_per_batch = [batch_size or m["batch_size"] for m in spec["models"]]
     total = sum(len(m["folds"]) * -(-len(paths) // b) for m, b in zip(spec["models"], rows_per_batch))
@@ -267,7 +299,10 @@ def predict_folder(folder: Path, images: Path, sample_submission: Path, device: 
     tests = np.zeros(fold_tests.shape[:1] + fold_tests.shape[2:])
     for k in range(fold_tests.shape[1]):
         tests += fold_tests[:, k] / fold_tests.shape[1]
-    pred, decided = blend_test(spec["ensemble"], tests, fold_tests)
+    extra_test = None
+    if spec["ensemble"].get("extra_features"):
+        extra_test = metadata_features(test_csv, id_column, spec["ensemble"]["extra_features"], sample[id_column])
+    pred, decided = blend_test(spec["ensemble"], tests, fold_tests, extra_test)
     return submission_frame(sample, id_column, spec["target_column"], spec["task"], spec_targets(spec), pred, decided,
                             spec["metric_needs"])
 
@@ -280,6 +315,7 @@ def main(argv: list[str] | None = None, folder: Path | None = None) -> int:
     parser.add_argument("--out", default="submission.csv", help="where to write the submission (default submission.csv)")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: the run's)")
+    parser.add_argument("--test-csv", help="the competition's test table, when the blend reads metadata columns from it")
     parser.add_argument("--workers", type=int, help="loader processes decoding images (default 4 on a GPU, 0 on the CPU)")
     parser.add_argument("--pattern", help="an image's file name under --images, with {id} (default: the export's)")
     parser.add_argument("--export", default=str(folder) if folder else None, help="the export folder (default: predict.py's)")
@@ -289,7 +325,7 @@ def main(argv: list[str] | None = None, folder: Path | None = None) -> int:
     try:
         frame = predict_folder(Path(args.export), Path(args.images), Path(args.sample_submission), args.device,
                                args.batch_size, args.pattern, progress=not args.no_progress,
-                               workers=args.workers)
+                               workers=args.workers, test_csv=Path(args.test_csv) if args.test_csv else None)
     except ExportPredictError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

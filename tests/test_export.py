@@ -187,3 +187,35 @@ def test_a_checkpoint_replaced_before_the_ensemble_is_refused(demo, tmp_path, ca
     finally:
         undo()
         assert main(["ensemble", "--config", str(demo)]) == 0
+
+
+def test_a_stacker_with_metadata_columns_reads_them_from_the_test_table(demo, tmp_path, capsys):
+    import shutil
+
+    base = tmp_path / "copy"
+    shutil.copytree(demo.parent / "data", base / "data")
+    shutil.copytree(demo.parent / "out", base / "out")
+    settings = yaml.safe_load(demo.read_text())
+    settings["competition"].update(data_dir=str(base / "data"), test_csv="test.csv")
+    settings["output_dir"] = str(base / "out")
+    settings["ensemble"].update(stacker_features=["meta"], methods=["mean", "logreg_stacker"])
+    path = base / "comp.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    data = base / "data"
+    train = pd.read_csv(data / "train.csv", dtype=str)
+    train.assign(meta=train["label"].astype(int) % 3).to_csv(data / "train.csv", index=False)
+    sample = pd.read_csv(data / "sample_submission.csv", dtype=str)
+    solution = pd.read_csv(data / "solution.csv", dtype=str).set_index("id")
+    pd.DataFrame({"id": sample["id"], "meta": solution.loc[sample["id"], "label"].astype(int).to_numpy() % 3}).to_csv(
+        data / "test.csv", index=False)
+    assert main(["ensemble", "--config", str(path), "--force"]) == 0
+    out = tmp_path / "meta_export"
+    assert main(["export", "--config", str(path), "--method", "logreg_stacker", "--out", str(out), "--check"]) == 0
+    assert "check: the exported predictor reproduces logreg_stacker_cv" in capsys.readouterr().out
+    spec = json.loads((out / "export.json").read_text())
+    assert spec["ensemble"]["extra_features"] == ["meta"] and spec["test_csv"] == "test.csv"
+    from pipeline.export_predict import main as predict_main
+
+    assert predict_main(["--images", str(data / "test"), "--sample-submission", str(data / "sample_submission.csv"),
+                         "--out", str(tmp_path / "s.csv"), "--export", str(out), "--no-progress"]) == 2
+    assert "--test-csv" in capsys.readouterr().err
