@@ -18,10 +18,7 @@ a stored state) or a crash leaves nothing behind.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +48,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # the exported code first, whatever else is installed: it is the code this export was made and checked with
-# (a pure-Python wheel imports from the zip as it is; pip install --no-index --no-deps <folder>/*.whl works too)
+# (a pure-Python wheel imports from the zip as it is; pip install --no-index <folder>/*.whl works too)
 for wheel in sorted(HERE.glob("*.whl")):
     sys.path.insert(0, str(wheel))
 from pipeline.export_predict import main
@@ -169,28 +166,56 @@ def model_entry(config: Config, stored: dict, layout, meta, competition) -> dict
     }
 
 
-def build_wheel(target: Path) -> Path:
-    """This package as a wheel in ``target``, built offline from its source tree.
+#: What the exported predictor imports, as distribution names (OpenCV comes with albumentations). Each is in Kaggle's
+#: images, so ``pip install --no-index <folder>/*.whl`` resolves offline; training's own needs (optuna, Ray, the
+#: multilabel splitter, ...) are not declared: the export never trains.
+PREDICT_REQUIRES = ("torch", "timm", "numpy", "pandas", "pillow", "safetensors", "albumentations", "pydantic", "pyyaml",
+                    "tqdm")
 
-    Raises
-    ------
-    ExportError
-        If the source tree is not here (an installed wheel cannot rebuild itself) or the build fails.
+
+def build_wheel(target: Path) -> Path:
+    """This package as a pure-Python wheel in ``target``, written directly (no build tool, no network).
+
+    The wheel holds every module of ``pipeline`` and declares only :data:`PREDICT_REQUIRES`,
+    so it installs offline where those are present; files are stored in a fixed order with a
+    fixed date, so the same code gives the same bytes.
+
+    Returns
+    -------
+    Path
+        ``kfold_ensembler-<version>-py3-none-any.whl``.
     """
+    import base64
+    import hashlib
+    import zipfile
+
     import pipeline
 
-    root = Path(pipeline.__file__).resolve().parents[1]
-    if not (root / "pyproject.toml").is_file():
-        raise ExportError(f"the package's source tree (pyproject.toml) is not at {root}; run make export from the "
-                          "repository checkout")
-    with tempfile.TemporaryDirectory() as build:
-        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                               "--quiet", "-w", str(target), str(root)], capture_output=True, text=True,
-                              env={**os.environ, "TMPDIR": build}, timeout=600)
-    wheels = sorted(target.glob("*.whl"))
-    if done.returncode != 0 or not wheels:
-        raise ExportError(f"building the wheel failed: {(done.stderr or done.stdout).strip()[-400:]}")
-    return wheels[-1]
+    package = Path(pipeline.__file__).resolve().parent
+    dist = f"kfold_ensembler-{pipeline.__version__}"
+    info = f"{dist}.dist-info"
+    files = {f"pipeline/{p.relative_to(package).as_posix()}": p.read_bytes()
+             for p in sorted(package.rglob("*.py")) if "__pycache__" not in p.parts}
+    requires = "".join(f"Requires-Dist: {name}\n" for name in PREDICT_REQUIRES)
+    files[f"{info}/METADATA"] = (f"Metadata-Version: 2.1\nName: kfold-ensembler\nVersion: {pipeline.__version__}\n"
+                                 f"Summary: the offline predictor of an exported kfold-ensembler ensemble\n"
+                                 f"Requires-Python: >=3.10\n{requires}").encode()
+    files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: kfold-ensembler export\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{info}/top_level.txt"] = b"pipeline\n"
+
+    def digest(data: bytes) -> str:
+        return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+    record = "".join(f"{name},{digest(data)},{len(data)}\n" for name, data in files.items()) + f"{info}/RECORD,,\n"
+    files[f"{info}/RECORD"] = record.encode()
+    path = Path(target) / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as wheel:
+        for name, data in files.items():
+            entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            entry.external_attr = 0o644 << 16
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            wheel.writestr(entry, data)
+    return path
 
 
 def run_export(config: Config, method: str = "submission", out: Path | None = None, force: bool = False,

@@ -219,3 +219,17 @@ def test_a_stacker_with_metadata_columns_reads_them_from_the_test_table(demo, tm
     assert predict_main(["--images", str(data / "test"), "--sample-submission", str(data / "sample_submission.csv"),
                          "--out", str(tmp_path / "s.csv"), "--export", str(out), "--no-progress"]) == 2
     assert "--test-csv" in capsys.readouterr().err
+
+
+def test_the_wheel_is_deterministic_and_installs_offline(tmp_path):
+    from pipeline.export import PREDICT_REQUIRES, build_wheel
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = build_wheel(tmp_path / "a"), build_wheel(tmp_path / "b")
+    assert first.read_bytes() == second.read_bytes()
+    # pip resolves it with no index: every declared requirement is one prediction imports, and is installed here
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--dry-run", "--quiet", str(first)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert "torch" in PREDICT_REQUIRES and "optuna" not in PREDICT_REQUIRES
