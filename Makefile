@@ -1,6 +1,6 @@
 # kfold-ensembler: every target calls the package's CLI (python -m pipeline ...).
 # Variables: TASK=<demo task> CONFIG=<competition yaml>  MODEL=<recipe|alias|timm name>  FOLDS=0,2  EPOCHS=n  ZOO=<zoo yaml>  TOP=k
-#            ARGS="key=value ..."  FORCE=1 (overwrite finished work)
+#            ARGS="key=value ..."  FORCE=1 (overwrite finished work)  METHOD= OUT= CHECK=1 (make export)
 
 TASK ?=
 # TASK=binary|multilabel|regression|ordinal picks that demo competition (configs/digits_<task>.yaml)
@@ -12,6 +12,9 @@ ARGS ?=
 FORCE ?=
 ZOO ?= configs/zoo/default.yaml
 TOP ?=
+METHOD ?=
+OUT ?=
+CHECK ?=
 GPUS ?=
 # EXECUTOR=ray runs every (model, fold) or zoo architecture as its own Ray job, one per GPU (pip install -e '.[ray]')
 EXECUTOR ?=
@@ -28,11 +31,11 @@ LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_n
 COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test validate folds train predict ensemble import-oof zoo zoo-promote models bench bench-ensemble bench-ensemble-real clean-demo
+.PHONY: help install demo test validate folds train predict ensemble export import-oof zoo zoo-promote models bench bench-ensemble bench-ensemble-real clean-demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE="
+	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK="
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +69,9 @@ predict: $(STAMP) ## re-predict OOF and test for MODEL from its saved checkpoint
 
 ensemble: $(STAMP) ## blend the stored runs, score them by nested CV, write submissions/
 	$(RUN) ensemble $(COMMON)
+
+export: $(STAMP) ## the chosen ensemble as an offline folder for a Kaggle code competition (METHOD=, OUT=, CHECK=1)
+	$(RUN) export $(if $(METHOD),--method $(METHOD)) $(if $(OUT),--out $(OUT)) $(if $(CHECK),--check) $(COMMON)
 
 import-oof: $(STAMP) ## add predictions made elsewhere: NAME=<run> OOF=<file> TEST=<file>
 	$(RUN) import-oof --name "$(NAME)" --oof "$(OOF)" --test "$(TEST)" $(COMMON)

@@ -193,7 +193,8 @@ def _build_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _largest_side(paths: list[str]) -> int:
+def largest_side(paths: list[str]) -> int:
+    """The longest side among the images (headers only), which caps the cache side (:func:`cache_side`)."""
     largest = 0
     for path in paths:
         try:
@@ -237,7 +238,7 @@ def build_cache(paths: list[Path], cache_dir: Path, target: int, margin: float =
     """
     key = cache_key(paths, target, margin)
     sources = [s[0] for s in source_signature(paths)]
-    side = cache_side(target, margin, _largest_side(sources))
+    side = cache_side(target, margin, largest_side(sources))
     needed = cache_bytes(len(sources), side)
     cache_dir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(cache_dir).free

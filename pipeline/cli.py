@@ -5,6 +5,7 @@
     python -m pipeline train    --config ... --model resnet18 [--folds 0,2] [--epochs 3] [--force] [key=value ...]
     python -m pipeline predict  --config ... --model resnet18 [key=value ...]
     python -m pipeline ensemble --config ...
+    python -m pipeline export   --config ... [--method submission|<method>] [--out export/<competition>] [--check]
     python -m pipeline zoo      --config ... [--zoo configs/zoo/default.yaml] [--top 3]
     python -m pipeline zoo-promote --config ... --top 3
     python -m pipeline models
@@ -231,9 +232,20 @@ def cmd_zoo_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.export import run_export
+
+    config = _load(args)
+    result = run_export(config, method=args.method, out=Path(args.out) if args.out else None, force=args.force,
+                        check=args.check)
+    print(f"offline: python {result['out']}/predict.py --images <test folder> --sample-submission <csv> --out submission.csv")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.data import load_competition
     from pipeline.ensemble import run_ensemble
+    from pipeline.export import run_export
     from pipeline.folds import run_folds
     from pipeline.train import run_train, train_leaderboard
 
@@ -246,6 +258,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(train_leaderboard(run_train(config, model, force=args.force, overrides=args.settings,
                                           competition=competition)))
     run_ensemble(config, force=args.force, competition=competition)
+    # the last step of a code competition: the chosen ensemble as a folder that predicts offline (make export)
+    exported = run_export(config, force=args.force)
+    print(f"offline: python {exported['out']}/predict.py --images <test folder> --sample-submission <csv> --out submission.csv")
     print(f"demo finished in {time.perf_counter() - started:.0f}s")
     return 0
 
@@ -256,6 +271,7 @@ COMMANDS = {
     "train": (cmd_train, "train one model on every fold, predict OOF and test with TTA"),
     "predict": (cmd_predict, "re-predict OOF and test from saved checkpoints"),
     "ensemble": (cmd_ensemble, "blend the stored runs and write submissions"),
+    "export": (cmd_export, "the chosen ensemble as an offline inference folder (Kaggle code competitions)"),
     "import-oof": (cmd_import_oof, "add OOF and test predictions made elsewhere to the store"),
     "models": (cmd_models, "list model aliases and recipes"),
     "zoo": (cmd_zoo, "screen many architectures quickly; leaderboard and report"),
@@ -290,7 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--name", help="run name for the imported predictions")
             p.add_argument("--oof", help="OOF predictions: id, fold, one column per class (.csv or .parquet)")
             p.add_argument("--test", help="test predictions: id, one column per class (.csv or .parquet)")
-        if name in ("train", "folds", "ensemble", "demo", "import-oof", "zoo", "zoo-promote"):
+        if name == "export":
+            p.add_argument("--method", default="submission", help="submission (the chosen one) or a method of the last ensemble")
+            p.add_argument("--out", help="the folder to write (default export/<competition>)")
+            p.add_argument("--check", action="store_true", help="predict our test images with the export and compare")
+        if name in ("train", "folds", "ensemble", "demo", "import-oof", "zoo", "zoo-promote", "export"):
             p.add_argument("--force", action="store_true", help="overwrite finished work")
     return parser
 

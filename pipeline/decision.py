@@ -352,6 +352,35 @@ def decision_for(task: str, metric, n_grades: int | None = None) -> Decision | N
     return None
 
 
+def decision_from_params(params: dict) -> Decision:
+    """A fitted decision rebuilt from its :attr:`Decision.params` (as stored in JSON).
+
+    Parameters
+    ----------
+    params : dict
+        ``{"thresholds": [...]}`` or ``{"cutpoints": [...], "n_grades": K}``.
+
+    Returns
+    -------
+    Decision
+        Fitted: ``apply`` gives what the original rule gave.
+
+    Raises
+    ------
+    ValueError
+        If ``params`` is neither kind.
+    """
+    if "thresholds" in params:
+        rule = Thresholds()
+        rule.thresholds_ = np.asarray(params["thresholds"], dtype=np.float64)
+        return rule
+    if "cutpoints" in params:
+        rule = Cutpoints(n_grades=params.get("n_grades"))
+        rule.cutpoints_ = np.asarray(params["cutpoints"], dtype=np.float64)
+        rule.n_grades_ = int(params["n_grades"])
+        return rule
+    raise ValueError(f"not a stored decision: {params!r}; expected 'thresholds' or 'cutpoints'")
+
 def nested_decision(y, pred, folds, metric, factory: Callable[[], Decision]) -> tuple[np.ndarray, dict]:
     """Decided out-of-fold predictions where no row's decision saw its own fold.
 

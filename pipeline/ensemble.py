@@ -27,6 +27,7 @@ from pipeline.config import Config, config_hash
 from pipeline.data import Competition, load_competition
 from pipeline.decision import decision_for, nested_decision
 from pipeline.errors import PipelineError
+from pipeline.fitted import store_candidates
 from pipeline.folds import iter_splits, read_folds
 from pipeline.metrics import Metric, get_metric
 from pipeline.report import format_seconds, format_table
@@ -379,6 +380,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     kept_runs = [runs[i] for i in keep]
 
     candidates = list(singles)
+    blend_apply = "fold_mean"  # how the blends met the test set: per_fold needs the fold models' predictions
     if len(kept_runs) >= 2:
         storage_dir = config.runs_dir / "_ensemble"
         storage_dir.mkdir(parents=True, exist_ok=True)
@@ -390,6 +392,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
         extra, extra_test = stacker_features(config, competition)
         fold_tests, lacking = stacked_fold_tests(kept_runs)
         apply = config.ensemble.apply
+        blend_apply = apply if fold_tests is not None else "fold_mean"
         if apply == "per_fold":
             if fold_tests is None:
                 log.info("per-fold application: no run has its fold models' test predictions stored; "
@@ -434,6 +437,9 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     paths.pop("leaderboard")
     save_figure(writer, PLOT_NAME, ensemble_figure(runs, preds, candidates, keep))
     writer.finish()
+    # every candidate's fitted state, for `make export` and to recompute its file (pipeline.fitted)
+    store_candidates(config, candidates, chosen, runs, kept_runs,
+                     {key: name for key, (name, _) in frames.items() if key != "leaderboard"}, fingerprint, blend_apply)
 
     log.info(format_table(rows, f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
                                 f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold; "

@@ -358,6 +358,108 @@ class BlendMethod:
         return out
 
 
+    # -- stored state ------------------------------------------------------ #
+
+    #: Version of the dict :meth:`state` returns; :meth:`from_state` refuses newer ones.
+    STATE_VERSION = 1
+    # parameters that steer the search only, never a prediction: not kept (optuna's past trials can be large)
+    _SEARCH_ONLY = ("previous_trials", "storage", "study_name")
+
+    def state(self) -> dict:
+        """The fitted method as plain JSON data (no pickle): what :meth:`from_state` needs to predict.
+
+        Returns
+        -------
+        dict
+            ``method``, ``params``, ``task``, ``n_models``, ``n_cols``, ``n_extra``,
+            ``weights``, ``temperature``, the metric's name, and the subclass's own
+            fitted attributes under ``fitted`` (:meth:`_state`).  Every float is a
+            Python float, so ``json`` writes it with ``repr`` and reads back the same bits.
+
+        Raises
+        ------
+        RuntimeError
+            If the method is not fitted.
+        """
+        if self.n_models_ is None:
+            raise RuntimeError(f"blend method {self.name!r} is not fitted; nothing to store")
+        return {
+            "version": self.STATE_VERSION,
+            "method": self.name,
+            "params": _plain({k: v for k, v in self.params.items() if k not in self._SEARCH_ONLY}),
+            "task": self.task_,
+            "n_models": int(self.n_models_),
+            "n_cols": int(self.n_cols_),
+            "n_extra": None if self.n_extra_ is None else int(self.n_extra_),
+            "weights": None if self.weights_ is None else [float(w) for w in np.asarray(self.weights_, dtype=np.float64)],
+            "temperature": float(self.temperature_),
+            "metric": None if self.metric_ is None else self.metric_.name,
+            "fitted": _plain(self._state()),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "BlendMethod":
+        """Rebuild a fitted method from :meth:`state`'s dict; its ``predict`` gives the same numbers.
+
+        Parameters
+        ----------
+        state : dict
+            As written by :meth:`state` (read back from JSON).
+
+        Returns
+        -------
+        BlendMethod
+            Of the registered class ``state["method"]`` (called on the base class,
+            the registry picks it).
+
+        Raises
+        ------
+        ValueError
+            If the dict is not a stored blend state, or of a newer version.
+        """
+        if not isinstance(state, dict) or "method" not in state:
+            raise ValueError(f"not a stored blend state: {str(state)[:80]!r}")
+        if state.get("version", 1) > cls.STATE_VERSION:
+            raise ValueError(f"blend state version {state.get('version')} is newer than this code's ({cls.STATE_VERSION}); "
+                             "upgrade the pipeline")
+        method = make_blend(state["method"], **state["params"])
+        method.task_ = state["task"]
+        method.output_ = TASK_OUTPUT[state["task"]]
+        method.n_models_, method.n_cols_, method.n_extra_ = state["n_models"], state["n_cols"], state["n_extra"]
+        method.weights_ = None if state["weights"] is None else np.asarray(state["weights"], dtype=np.float64)
+        method.temperature_ = float(state["temperature"])
+        if state.get("metric"):
+            try:
+                method.metric_ = _as_metric(state["metric"])
+            except (KeyError, ValueError):
+                method.metric_ = None  # a user's metric not registered here: predict does not need it
+        method._load_state(state.get("fitted") or {})
+        return method
+
+    def _state(self) -> dict:
+        """The subclass's fitted attributes beyond weights and temperature, as JSON data (hook)."""
+        return {}
+
+    def _load_state(self, fitted: dict) -> None:
+        """Set what :meth:`_state` stored (hook)."""
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars and arrays in ``value`` as Python numbers and lists, for JSON."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
 # Parameter checks shared by the method modules' _check_params
 def _require(cond: bool, message: str) -> None:
     if not cond:

@@ -114,6 +114,38 @@ class _Stacker(BlendMethod):
             return np.clip(full[:, 1:2], 0.0, 1.0)
         return _to_output(full, "simplex")
 
+    # -- stored state: the second-level models as JSON data (see BlendMethod.state) --
+
+    def _dump_model(self, model) -> dict:
+        raise NotImplementedError
+
+    def _load_model(self, data: dict, regression: bool):
+        raise NotImplementedError
+
+    def _state(self) -> dict:
+        regression = self.output_ == "value"
+        state = {"models": [int(m) for m in self.models_], "n_classes": getattr(self, "_n_classes", None)}
+        if self.task_ == "multilabel" and not regression:
+            state["label_models"] = [None if m is None else self._dump_model(m) for m in self.label_models_]
+        else:
+            state["model"] = None if self.model_ is None else self._dump_model(self.model_)
+            if self.model_ is None:
+                state["constant"] = int(self._constant)
+        return state
+
+    def _load_state(self, fitted: dict) -> None:
+        regression = self.output_ == "value"
+        self.models_ = np.asarray(fitted["models"], dtype=np.int64)
+        if fitted.get("n_classes") is not None:
+            self._n_classes = int(fitted["n_classes"])
+        if "label_models" in fitted:
+            self.model_ = None
+            self.label_models_ = [None if m is None else self._load_model(m, False) for m in fitted["label_models"]]
+            return
+        self.model_ = None if fitted["model"] is None else self._load_model(fitted["model"], regression)
+        if self.model_ is None:
+            self._constant = int(fitted["constant"])
+
 
 @register_blend("logreg_stacker")
 class LogRegStacker(_Stacker):
@@ -174,6 +206,28 @@ class LogRegStacker(_Stacker):
             return make_pipeline(StandardScaler(), Ridge(alpha=1.0 / self.params["C"]))
         return make_pipeline(StandardScaler(), LogisticRegression(C=self.params["C"], max_iter=self.params["max_iter"]))
 
+    # the fitted attributes sklearn's predict reads; set back on fresh objects, the same code predicts
+    _SCALER = ("mean_", "scale_", "var_", "n_samples_seen_", "n_features_in_")
+    _LINEAR = ("coef_", "intercept_", "classes_", "n_features_in_", "n_iter_")
+
+    def _dump_model(self, model) -> dict:
+        scaler, linear = model[0], model[-1]
+        data = {"scaler": {k: getattr(scaler, k) for k in self._SCALER if hasattr(scaler, k)},
+                "linear": {k: getattr(linear, k) for k in self._LINEAR if hasattr(linear, k)}}
+        # each array's dtype: float32 logits give float32 coefficients, and float64 ones would predict other bits
+        data["dtypes"] = {f"{part}.{k}": str(v.dtype) for part in ("scaler", "linear")
+                          for k, v in data[part].items() if isinstance(v, np.ndarray)}
+        return data
+
+    def _load_model(self, data: dict, regression: bool):
+        model = self._make_model(regression=regression)
+        dtypes = data.get("dtypes", {})
+        for part, step in (("scaler", model[0]), ("linear", model[-1])):
+            for key, value in data[part].items():
+                dtype = dtypes.get(f"{part}.{key}")
+                setattr(step, key, np.asarray(value, dtype=dtype) if dtype else value)
+        return model
+
 
 @register_blend("lgbm_stacker")
 class LGBMStacker(_Stacker):
@@ -228,3 +282,41 @@ class LGBMStacker(_Stacker):
             bin_construct_sample_cnt=p["bin_sample"],
             n_jobs=p["n_jobs"], random_state=p["seed"], deterministic=True, force_row_wise=True, verbose=-1,
         )
+
+    def _dump_model(self, model) -> dict:
+        data = {"booster": model.booster_.model_to_string()}
+        if hasattr(model, "classes_"):
+            data["classes"] = model.classes_
+        return data
+
+    def _load_model(self, data: dict, regression: bool):
+        import lightgbm as lgb
+
+        booster = lgb.Booster(model_str=data["booster"])
+        return _StoredBooster(booster, None if regression else np.asarray(data["classes"]), self.params["n_jobs"])
+
+
+class _StoredBooster:
+    """A LightGBM model read back from its text format, predicting as the sklearn wrapper that was fitted.
+
+    ``LGBMClassifier.predict_proba`` is ``Booster.predict`` with, for two classes,
+    ``[1 - p, p]`` stacked; ``LGBMRegressor.predict`` is ``Booster.predict``.
+    """
+
+    def __init__(self, booster, classes: np.ndarray | None, n_jobs: int):
+        self.booster_ = booster
+        self.n_jobs = n_jobs
+        if classes is not None:
+            self.classes_ = classes
+
+    def _raw(self, x: np.ndarray) -> np.ndarray:
+        return self.booster_.predict(x, num_threads=self.n_jobs)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self._raw(x)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        result = self._raw(x)
+        if result.ndim == 2:
+            return result
+        return np.vstack((1.0 - result, result)).transpose()

@@ -119,6 +119,9 @@ def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str]
         "finished": True,
     }
     if context.is_main:
+        # the weights these predictions came from: make export refuses a checkpoint that is not this one
+        result["checkpoint_sha256"] = io.file_sha256(layout.best(fold))
+    if context.is_main:
         write_fold_predictions(layout, fold, valid_idx, valid_tta, valid_plain, test_views[1])
     return result
 

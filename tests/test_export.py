@@ -1,0 +1,235 @@
+"""`make export`: the chosen ensemble as an offline folder whose predict.py recomputes the submission elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import DEMO_CONFIG, ROOT, build_small_competition
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.export import compare_submissions, image_pattern
+from pipeline.fitted import file_sha256, fitted_dir
+
+
+@pytest.fixture(scope="module")
+def demo(digits_dir, tmp_path_factory):
+    """A tiny demo run end to end once (2 tiny models x 2 folds, 1 epoch): it ends by exporting."""
+    base = tmp_path_factory.mktemp("export_demo")
+    data = build_small_competition(digits_dir, base / "data", n_train=60, n_test=20)
+    config = yaml.safe_load(DEMO_CONFIG.read_text())
+    config["competition"]["data_dir"] = str(data)
+    config["competition"].pop("demo")
+    config["output_dir"] = str(base / "out")
+    config["recipes_dir"] = str(ROOT / "configs" / "recipes")
+    config["folds"]["n_splits"] = 2
+    config["train"].update(epochs=1, batch_size=16, patience=None, tta=["identity", "shift(1,0)"])
+    config["ensemble"].update(methods=["mean", "caruana", "logreg_stacker"], method_params={"logreg_stacker": {"C": 0.1}})
+    config["models"] = ["digits_resnet", "digits_effnet"]
+    path = base / "comp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["demo", "--config", str(path)]) == 0
+    return path
+
+
+def _predict_elsewhere(folder: Path, config, where: Path) -> pd.DataFrame:
+    """predict.py in a fresh process: another working directory, no PYTHONPATH, the export folder alone."""
+    where.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    test_dir = config.data_dir / "test"
+    done = subprocess.run([sys.executable, str(folder / "predict.py"), "--images", str(test_dir),
+                           "--sample-submission", str(config.data_dir / "sample_submission.csv"),
+                           "--out", "submission.csv", "--device", "cpu", "--no-progress"],
+                          cwd=where, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "estimated time for the whole test set" in done.stderr
+    probe = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(next(folder.glob('*.whl')))!r}); "
+                            "import pipeline.export_predict as m; print(m.__file__)"],
+                           cwd=where, env=env, capture_output=True, text=True, timeout=120)
+    assert ".whl" in probe.stdout  # the exported code ran, not the checkout's
+    return pd.read_csv(where / "submission.csv", dtype={"id": str})
+
+
+@pytest.mark.parametrize("method", ["submission", "logreg_stacker"])
+def test_exported_predictor_reproduces_the_submission_offline(demo, tmp_path, method):
+    config = load_config(demo)
+    if method == "submission":
+        folder = config.out / "export" / config.competition.name  # written by the demo itself
+    else:
+        folder = tmp_path / "stacker_export"
+        assert main(["export", "--config", str(demo), "--method", method, "--out", str(folder)]) == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    expected_file = "submission.csv" if method == "submission" else manifest["submission_file"]
+    got = _predict_elsewhere(folder, config, tmp_path / "elsewhere")
+    expected = pd.read_csv(config.submissions_dir / expected_file, dtype={"id": str})
+    # labels identical, probabilities within 1e-6
+    assert compare_submissions(got, expected, "id") is None
+    # the manifest: every file with its checksum, the code, the runs, the blend, the expected CV
+    for name, digest in manifest["files"].items():
+        assert file_sha256(folder / name) == digest
+    assert {"predict.py", "export.json"} <= set(manifest["files"]) and manifest["wheel"].endswith(".whl")
+    assert manifest["runs"] and "pipeline" in manifest["code_version"] and "nested_cv" in manifest["expected_cv"]
+    spec = json.loads((folder / "export.json").read_text())
+    for model in spec["models"]:
+        assert model["train"]["pretrained"] is False and model["data"]["image_size"] == 32 and model["folds"][0]["tta"]
+
+
+def test_export_check_compares_with_our_own_test_images(demo, tmp_path, capsys):
+    assert main(["export", "--config", str(demo), "--method", "caruana", "--out", str(tmp_path / "x"), "--check"]) == 0
+    assert "check: the exported predictor reproduces caruana_cv" in capsys.readouterr().out
+
+
+def _spoil_checkpoint(config):
+    path = config.runs_dir / "digits_effnet" / "fold1" / "best.safetensors"
+    original = path.read_bytes()
+    path.write_bytes(original + b" ")
+    return lambda: path.write_bytes(original)
+
+
+def _hide_run(config):
+    run = config.runs_dir / "digits_resnet"
+    run.rename(run.with_name("_hidden"))
+    return lambda: run.with_name("_hidden").rename(run)
+
+
+def _user_folder(config, out: Path):
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    return lambda: None
+
+
+@pytest.mark.parametrize("spoil, args, message", [
+    (lambda config, out: (lambda: None), ["--method", "slsqp"], "stored no state for it"),
+    (lambda config, out: _spoil_checkpoint(config), [], "does not match its run"),
+    (lambda config, out: _hide_run(config), [], "is missing or unfinished"),
+    (lambda config, out: _user_folder(config, out), [], "is not an export made by the pipeline"),
+])
+def test_export_refuses_and_writes_nothing(demo, tmp_path, capsys, spoil, args, message):
+    config = load_config(demo)
+    out = tmp_path / "refused"
+    undo = spoil(config, out)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    try:
+        assert main(["export", "--config", str(demo), "--out", str(out), *args]) == 2
+    finally:
+        undo()
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no folder, no temporary folder left
+    assert not out.exists() or [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_stored_ensemble_is_plain_json(demo):
+    config = load_config(demo)
+    for path in fitted_dir(config).glob("*.json"):
+        json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("pattern, expected", [
+    ("test/{id}.png", "{id}.png"),
+    ("images/test/{id}/0.jpg", "{id}/0.jpg"),
+    ("{id}.png", "{id}.png"),
+])
+def test_image_pattern_under_the_test_folder(pattern, expected):
+    assert image_pattern(pattern) == expected
+
+
+def test_compare_submissions_names_what_differs():
+    labels = pd.DataFrame({"id": ["1", "2"], "label": ["cat", "dog"]})
+    probs = pd.DataFrame({"id": ["1"], "p": [0.5]})
+    assert compare_submissions(labels, labels, "id") is None
+    assert "differs at row 1" in compare_submissions(labels, labels.assign(label=["cat", "cow"]), "id")
+    assert compare_submissions(probs, probs.assign(p=[0.5 + 5e-7]), "id") is None
+    assert "differs by up to" in compare_submissions(probs, probs.assign(p=[0.5 + 5e-6]), "id")
+
+
+def test_exported_models_predict_the_runs_stored_probabilities(demo):
+    """Below the labels: each exported fold model's test probabilities equal what the run stored (within 1e-6)."""
+    import numpy as np
+
+    from pipeline.data import load_competition
+    from pipeline.export_predict import Progress, TestImages, cache_side_for, image_paths, predict_model, read_spec
+    from pipeline.folds import read_folds
+    from pipeline.store import load_runs
+
+    config = load_config(demo)
+    folder = config.out / "export" / config.competition.name
+    spec = read_spec(folder)
+    competition = load_competition(config, check_image_files=False)
+    _, fingerprint = read_folds(config, competition)
+    runs = {r.name: r for r in load_runs(config.runs_dir, competition.train_ids, competition.test_ids,
+                                         competition.classes, fingerprint)[0]}
+    paths = image_paths(config.data_dir / "test", spec["image_pattern"], competition.test_ids)
+    for model in spec["models"]:
+        store = TestImages(paths, cache_side_for(paths, model["resize"]))
+        got = predict_model(folder, model, spec, store, "cpu", None, Progress(100, len(paths), enabled=False))
+        np.testing.assert_allclose(got, runs[model["run"]].fold_tests, rtol=0, atol=1e-6)
+
+
+def test_a_checkpoint_replaced_before_the_ensemble_is_refused(demo, tmp_path, capsys):
+    """The run records which file its predictions came from; the ensemble's record alone would not catch this."""
+    config = load_config(demo)
+    meta = json.loads((config.runs_dir / "digits_effnet" / "meta.json").read_text())
+    assert len(meta["folds"]["0"]["checkpoint_sha256"]) == 64
+    undo = _spoil_checkpoint(config)
+    try:
+        assert main(["ensemble", "--config", str(demo)]) == 0  # records the replaced file's checksum
+        assert main(["export", "--config", str(demo), "--out", str(tmp_path / "x")]) == 2
+        assert "predictions were made with another file" in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()
+    finally:
+        undo()
+        assert main(["ensemble", "--config", str(demo)]) == 0
+
+
+def test_a_stacker_with_metadata_columns_reads_them_from_the_test_table(demo, tmp_path, capsys):
+    import shutil
+
+    base = tmp_path / "copy"
+    shutil.copytree(demo.parent / "data", base / "data")
+    shutil.copytree(demo.parent / "out", base / "out")
+    settings = yaml.safe_load(demo.read_text())
+    settings["competition"].update(data_dir=str(base / "data"), test_csv="test.csv")
+    settings["output_dir"] = str(base / "out")
+    settings["ensemble"].update(stacker_features=["meta"], methods=["mean", "logreg_stacker"])
+    path = base / "comp.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    data = base / "data"
+    train = pd.read_csv(data / "train.csv", dtype=str)
+    train.assign(meta=train["label"].astype(int) % 3).to_csv(data / "train.csv", index=False)
+    sample = pd.read_csv(data / "sample_submission.csv", dtype=str)
+    solution = pd.read_csv(data / "solution.csv", dtype=str).set_index("id")
+    pd.DataFrame({"id": sample["id"], "meta": solution.loc[sample["id"], "label"].astype(int).to_numpy() % 3}).to_csv(
+        data / "test.csv", index=False)
+    assert main(["ensemble", "--config", str(path), "--force"]) == 0
+    out = tmp_path / "meta_export"
+    assert main(["export", "--config", str(path), "--method", "logreg_stacker", "--out", str(out), "--check"]) == 0
+    assert "check: the exported predictor reproduces logreg_stacker_cv" in capsys.readouterr().out
+    spec = json.loads((out / "export.json").read_text())
+    assert spec["ensemble"]["extra_features"] == ["meta"] and spec["test_csv"] == "test.csv"
+    from pipeline.export_predict import main as predict_main
+
+    assert predict_main(["--images", str(data / "test"), "--sample-submission", str(data / "sample_submission.csv"),
+                         "--out", str(tmp_path / "s.csv"), "--export", str(out), "--no-progress"]) == 2
+    assert "--test-csv" in capsys.readouterr().err
+
+
+def test_the_wheel_is_deterministic_and_installs_offline(tmp_path):
+    from pipeline.export import PREDICT_REQUIRES, build_wheel
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = build_wheel(tmp_path / "a"), build_wheel(tmp_path / "b")
+    assert first.read_bytes() == second.read_bytes()
+    # pip resolves it with no index: every declared requirement is one prediction imports, and is installed here
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--dry-run", "--quiet", str(first)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert "torch" in PREDICT_REQUIRES and "optuna" not in PREDICT_REQUIRES
