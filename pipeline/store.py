@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +156,8 @@ class RunMeta:
     tta: list | None = None
     finished: str | None = None
     source: dict | None = None               # an imported run: the files it came from
+    image_size_source: str | None = None     # which setting chose the input size (config.image_size_choice)
+    config_files: dict | None = None         # path -> SHA-256 of every config file the run read
     schema_version: int = META_SCHEMA_VERSION
 
     def to_json(self) -> dict:
@@ -212,9 +216,9 @@ def write_meta(layout: RunLayout, meta: RunMeta) -> None:
 
 # settings that change how fast a run goes or how it is shown, not what it learns
 _NOT_HASHED = ("log_every", "num_workers", "tta", "compile", "ddp_backend", "cache", "cache_margin", "pin_memory",
-               "persistent_workers", "prefetch_factor")
+               "persistent_workers", "prefetch_factor", "image_size_from")   # image_size_from: image_size is hashed
 # settings hashed only when set away from their default, so runs made before they existed keep their hash
-_HASHED_WHEN_SET = {"amp_dtype": "auto", "sync_bn": False, "loss": "auto", "device_augment": []}
+_HASHED_WHEN_SET = {"amp_dtype": "auto", "sync_bn": False, "loss": "auto", "device_augment": [], "small_input": False}
 # competition keys added with the tasks: hashed only when set, so runs made before them keep their hash
 _COMPETITION_KEYS_WHEN_SET = ("target_columns", "positive_class", "target_range", "metrics")
 
@@ -336,7 +340,8 @@ def load_runs(runs_dir: Path, train_ids: np.ndarray, test_ids: np.ndarray, class
             continue
         if meta.status != "finished":
             done = sorted(meta.folds_done)
-            excluded.append((run_dir.name, f"unfinished (folds done: {done or 'none'})"))
+            excluded.append((run_dir.name, f"unfinished (folds done: {done or 'none'}); finish it with make train, "
+                                           f"or delete it with make clean-run NAME={run_dir.name}"))
             continue
         if meta.folds_fingerprint != folds_fingerprint:
             excluded.append((run_dir.name, f"made on other folds (fingerprint {meta.folds_fingerprint} != {folds_fingerprint}); mixing splits leaks"))
@@ -355,6 +360,54 @@ def load_runs(runs_dir: Path, train_ids: np.ndarray, test_ids: np.ndarray, class
             continue
         runs.append(StoredRun(run_dir.name, oof, test, meta))
     return runs, excluded
+
+
+RUN_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+def check_run_name(name: str, what: str = "NAME") -> str:
+    """``name`` if it can name a run folder, else a :class:`StoreError` saying what is allowed."""
+    if not re.fullmatch(RUN_NAME_PATTERN, name or ""):
+        raise StoreError(f"{what}={name!r}: use letters, digits, '.', '_' and '-' (it names a folder in the store)")
+    return name
+
+
+def describe_run(run_dir: Path) -> str:
+    """A run's status in a few words, for a question or a message (unreadable runs say so)."""
+    try:
+        meta = read_meta(RunLayout(run_dir))
+    except StoreError as exc:
+        return f"unreadable: {exc}"
+    if meta is None:
+        return "no meta.json"
+    done = sorted(meta.folds_done)
+    return f"{meta.status}, folds done {done or 'none'}" + (f", CV {meta.cv:.4f}" if meta.cv is not None else "")
+
+
+def remove_run(runs_dir: Path, name: str) -> Path:
+    """Delete the run folder ``runs_dir/name`` under its lock (a run being trained is refused).
+
+    Returns
+    -------
+    Path
+        The folder that was removed.
+
+    Raises
+    ------
+    StoreError
+        If the name is not a run name, there is no such run, or a live process holds its lock.
+    """
+    run_dir = runs_dir / check_run_name(name)
+    if not run_dir.is_dir() or name.startswith(("_", ".")):
+        known = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) \
+            if runs_dir.is_dir() else []
+        raise StoreError(f"no run {run_dir}; runs: {', '.join(known) or 'none'}")
+    with RunLock(run_dir):
+        for child in run_dir.iterdir():
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    run_dir.rmdir()
+    return run_dir
 
 
 class RunLock:

@@ -48,7 +48,7 @@ def test_no_module_imports_another_modules_private_names():
 def test_commands_that_never_train_start_without_torch(small_config):
     # each command may stop for want of runs or files: what matters is what it imported on the way
     code = ("import sys\nfrom pipeline.cli import main\n"
-            "for command in ['folds', 'ensemble', 'import-oof']:\n"
+            "for command in ['folds', 'ensemble', 'import-oof', 'clean-run']:\n"
             f"    main([command, '--config', {str(small_config)!r}])\n"
             f"    print('HEAVY', command, sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout
