@@ -285,7 +285,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     chosen_frame = submission_frame(competition.sample_submission, competition, metric, chosen.test, chosen.test_decided)
     paths["submission"] = writer.write("submission.csv", chosen_frame)
 
-    rows = leaderboard_rows(candidates, metric, chosen)
+    rows = leaderboard_rows(candidates, metric)
     writer.write("leaderboard.csv", pd.DataFrame(rows))
     plot = plot_ensemble(config.submissions_dir / "ensemble.png", runs, preds, candidates, keep)
     if plot:
@@ -294,7 +294,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
 
     log.info(format_table(rows, f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
                                 f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold"))
-    log.info(f"chosen by nested CV: {chosen.name} -> {paths['submission']}")
+    log.info(f"chosen by nested CV: {chosen.name} -> {paths['submission']}{tie_note(candidates, metric)}")
     log.info(f"all submissions: {config.submissions_dir}/")
     return {"chosen": chosen.name, "rows": rows, "paths": {k: str(v) for k, v in paths.items()}}
 
@@ -305,9 +305,21 @@ def _choose(candidates: list[Candidate], metric: Metric) -> Candidate:
     return candidates[blend.select_method({i: c.nested for i, c in enumerate(candidates)}, metric)]
 
 
-def leaderboard_rows(candidates: list[Candidate], metric: Metric, chosen: Candidate) -> list[dict]:
-    sign = -1 if metric.greater_is_better else 1
-    ordered = sorted(candidates, key=lambda c: (sign * c.nested, c.kind == "single"))
+def tie_note(candidates: list[Candidate], metric: Metric) -> str:
+    """``; tied with ...`` naming the candidates whose nested score equals the chosen one's, and the rule; else ''."""
+    tied = blend.ties_with_best({i: c.nested for i, c in enumerate(candidates)}, metric)
+    if len(tied) < 2:
+        return ""
+    others = ", ".join(candidates[i].name for i in tied[1:])
+    return (f" (tied at nested CV {candidates[tied[0]].nested:.6f} with {others}: a tie goes to the simplest, "
+            "single models first, then the blend methods in the configured order)")
+
+
+def leaderboard_rows(candidates: list[Candidate], metric: Metric) -> list[dict]:
+    """The leaderboard, best first by the selection rule itself: the first row is the chosen one, marked ``*``."""
+    order = blend.rank_candidates({i: c.nested for i, c in enumerate(candidates)}, metric)
+    ordered = [candidates[i] for i in order]
+    chosen = ordered[0]
     rows = []
     for cand in ordered:
         rows.append({

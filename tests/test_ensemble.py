@@ -116,3 +116,25 @@ def test_stacker_features_need_a_test_table(small_competition, write_config):
     from pipeline.config import ConfigError
     with pytest.raises(ConfigError, match="stacker_features need competition.test_csv"):
         load_config(write_config(small_competition, {"ensemble": {"stacker_features": ["meta"]}}))
+
+
+@pytest.mark.parametrize("greater", [True, False])
+def test_a_tie_is_listed_and_marked_as_it_is_chosen(greater):
+    from pipeline.ensemble import Candidate, leaderboard_rows, tie_note
+    from pipeline.metrics import get_metric
+
+    metric = get_metric("accuracy" if greater else "log_loss")
+    best, worse = (0.99652, 0.99) if greater else (0.1, 0.2)
+
+    def cand(name, kind, nested):
+        return Candidate(name=name, kind=kind, cv=nested, nested=nested, test=np.zeros((1, 2)))
+
+    # the single model comes first in the candidates (the simplest), the blends tie with it
+    candidates = [cand("single-b", "single", worse), cand("single-a", "single", best + 1e-9),
+                  cand("slsqp", "weights", best), cand("hill_climb", "weights", best), cand("nan", "weights", float("nan"))]
+    rows = leaderboard_rows(candidates, metric)
+    assert [r["submission"] for r in rows] == ["single-a *", "slsqp", "hill_climb", "single-b", "nan"]
+    assert sum(r["submission"].endswith(" *") for r in rows) == 1
+    note = tie_note(candidates, metric)
+    assert "with slsqp, hill_climb: a tie goes to the simplest, single models first" in note
+    assert tie_note(candidates[:1], metric) == ""

@@ -73,7 +73,7 @@ from .stackers import LGBMStacker, LogRegStacker
 
 from .nested import NestedResult, nested_score
 from .objective import _LinearLoss, single_model_scores  # noqa: F401  (_LinearLoss: the tests' handle on the objective)
-from .selection import prune_correlated, select_method
+from .selection import prune_correlated, rank_candidates, select_method, ties_with_best
 
 __all__ = [
     "BLEND_METHODS",
@@ -90,5 +90,7 @@ __all__ = [
     "prune_correlated",
     "register_blend",
     "select_method",
+    "rank_candidates",
+    "ties_with_best",
     "single_model_scores",
 ]

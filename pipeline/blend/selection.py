@@ -50,6 +50,31 @@ def select_method(results: Mapping[Hashable, NestedResult | float], metric: Metr
     ValueError
         ``results`` is empty.
     """
+    return rank_candidates(results, metric)[0]
+
+
+def rank_candidates(results: Mapping[Hashable, NestedResult | float], metric: Metric | str) -> list[Hashable]:
+    """Every candidate, best first, by :func:`select_method`'s rule: its first key is the one it picks.
+
+    A leaderboard listed in this order puts the chosen candidate on top even when it ties:
+    equal rounded scores keep the order of ``results``, NaN scores come last.
+
+    Parameters
+    ----------
+    results : mapping
+        As for :func:`select_method`.
+    metric : Metric or str
+
+    Returns
+    -------
+    list
+        The keys of ``results``.
+
+    Raises
+    ------
+    ValueError
+        ``results`` is empty.
+    """
     metric = _as_metric(metric)
     if not results:
         raise ValueError("select_method needs at least one result")
@@ -63,7 +88,20 @@ def select_method(results: Mapping[Hashable, NestedResult | float], metric: Metr
             return False, 0.0, -i  # below every number, even an infinite loss
         return True, round(sign * score, _DECIMALS), -i
 
-    return keys[max(range(len(keys)), key=rank)]
+    return [keys[i] for i in sorted(range(len(keys)), key=rank, reverse=True)]
+
+
+def ties_with_best(results: Mapping[Hashable, NestedResult | float], metric: Metric | str) -> list[Hashable]:
+    """The candidates whose rounded score equals the chosen one's, the chosen one first (one key: no tie)."""
+    order = rank_candidates(results, metric)
+
+    def rounded(key):
+        value = results[key]
+        score = float(value.nested if isinstance(value, NestedResult) else value)
+        return None if math.isnan(score) else round(score, _DECIMALS)
+
+    best = rounded(order[0])
+    return [key for key in order if rounded(key) == best] if best is not None else order[:1]
 
 
 def prune_correlated(preds: np.ndarray, threshold: float = 0.995, scores: np.ndarray | None = None,
