@@ -287,16 +287,19 @@ def frame_probs(frame: pd.DataFrame, ids: np.ndarray, classes: list[str], source
 
 
 def library_versions() -> dict[str, str]:
-    import albumentations
-    import sklearn
-    import timm
-    import torch
+    """The versions of the libraries a run depends on, read from the installed packages' metadata (no import)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     import pipeline
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "albumentations": albumentations.__version__, "numpy": np.__version__, "pandas": pd.__version__,
-            "scikit-learn": sklearn.__version__, "pipeline": pipeline.__version__}
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "timm", "albumentations", "numpy", "pandas", "scikit-learn"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    versions["pipeline"] = pipeline.__version__
+    return versions
 
 
 def code_version() -> dict[str, str | bool]:

@@ -28,7 +28,7 @@ from pipeline.train.dataset import FoldData, ImageDataset
 from pipeline.train.heads import Head
 from pipeline.train.model import prepare_model, seed_everything, wrap_for_training
 from pipeline.train.predict import predict_fold, predict_views
-from pipeline.train.runtime import Runtime, batch_to_device, device_transform, make_loader
+from pipeline.train.runtime import Runtime, batch_to_device, device_transform, eval_batch_size, make_loader
 from pipeline.train.steps import check_loss, global_mean, make_optimizer, train_step, warmup_cosine
 from pipeline.transforms import DeviceTransform, HostTransform
 
@@ -116,7 +116,7 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
     drop_last = per_rank > cfg.batch_size
     train_loader = make_loader(train_ds, cfg.batch_size, runtime, shuffle=True, generator=generator,
                                drop_last=drop_last, sampler=sampler)
-    valid_loader = make_loader(valid_ds, cfg.batch_size * 2, runtime)
+    valid_loader = make_loader(valid_ds, eval_batch_size(cfg.batch_size, runtime), runtime)
 
     optimizer = make_optimizer(model, cfg, runtime)
     steps_per_epoch = len(train_loader)

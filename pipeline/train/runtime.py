@@ -126,6 +126,16 @@ def select_runtime(cfg: TrainConfig, images_in_memory: bool, context: DistContex
                    loader["pin_memory"], loader["persistent_workers"], loader["prefetch_factor"], compile_mode, context)
 
 
+def eval_batch_size(batch_size: int, runtime: Runtime) -> int:
+    """The batch size of validation and prediction loaders.
+
+    On a GPU twice the training batch (inference keeps no activations for a backward pass, and
+    larger batches keep the GPU busy); on the CPU the training batch itself: a larger one is no
+    faster per image there, and at 224 px its activations would raise the process's peak memory.
+    """
+    return batch_size * 2 if runtime.is_cuda else batch_size
+
+
 def make_loader(dataset, batch_size: int, runtime: Runtime, shuffle: bool = False, generator: torch.Generator | None = None,
                 drop_last: bool = False, sampler=None):
     """A DataLoader with the runtime's settings; ``shuffle`` draws from ``generator`` (a resumable order)."""
