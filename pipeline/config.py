@@ -169,6 +169,8 @@ class TrainConfig(StrictModel):
     persistent_workers: bool | Literal["auto"] = "auto"
     prefetch_factor: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     log_every: int = Field(default=20, ge=1)
+    # CPU only: freed activations go back to the system at once (lower peak RSS, slower steps; runtime.py)
+    return_freed_memory: bool = True
     augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)          # albumentations, per image on the CPU
     device_augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)   # per batch on the device (transforms.py)
     tta: list[str] = Field(default_factory=lambda: ["identity"])

@@ -216,7 +216,8 @@ def write_meta(layout: RunLayout, meta: RunMeta) -> None:
 
 # settings that change how fast a run goes or how it is shown, not what it learns
 _NOT_HASHED = ("log_every", "num_workers", "tta", "compile", "ddp_backend", "cache", "cache_margin", "pin_memory",
-               "persistent_workers", "prefetch_factor", "image_size_from")   # image_size_from: image_size is hashed
+               "persistent_workers", "prefetch_factor", "image_size_from",    # image_size_from: image_size is hashed
+               "return_freed_memory")
 # settings hashed only when set away from their default, so runs made before they existed keep their hash
 _HASHED_WHEN_SET = {"amp_dtype": "auto", "sync_bn": False, "loss": "auto", "device_augment": [], "small_input": False}
 # competition keys added with the tasks: hashed only when set, so runs made before them keep their hash

@@ -191,3 +191,15 @@ def test_cpu_training_returns_freed_memory_at_once():
     assert rss_mb() - before > 6
     del block
     assert rss_mb() - before < 2
+
+
+def test_new_settings_keep_old_run_hashes(loaded_small_config):
+    from pipeline.store import run_hash
+
+    config = loaded_small_config
+    cfg = resolve_train_config(config, "digits_resnet")[1]
+    base = run_hash(cfg, config, "f")
+    # not what a run learns: never hashed
+    assert run_hash(cfg.model_copy(update={"image_size_from": "competition", "return_freed_memory": False}), config, "f") == base
+    # what it learns: hashed only when set, so runs made before the key existed keep their hash
+    assert run_hash(cfg.model_copy(update={"small_input": True}), config, "f") != base
