@@ -112,8 +112,9 @@ class RunLayout:
 
 # -- meta.json -------------------------------------------------------------------------------
 
-#: Version of the meta.json schema this code writes; files without one are version 1.
-META_SCHEMA_VERSION = 1
+#: Version of the meta.json schema this code writes; files without one are version 1. Version 2 added
+#: ``config_files`` and ``image_size_source`` (both optional: version-1 files still load).
+META_SCHEMA_VERSION = 2
 
 
 @dataclass

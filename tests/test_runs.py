@@ -165,7 +165,9 @@ def test_models_lists_where_each_size_comes_from(small_competition, write_config
 def test_old_meta_without_the_new_keys_still_loads():
     old = {"name": "r", "status": "finished", "classes": ["0", "1"], "folds_fingerprint": "abc", "schema_version": 1}
     meta = RunMeta.from_json(old)
-    assert meta.config_files is None and meta.image_size_source is None
+    assert meta.config_files is None and meta.image_size_source is None and meta.schema_version == 1
+    with pytest.raises(StoreError, match="schema_version 3 is newer than this pipeline's \\(2\\)"):
+        RunMeta.from_json({**old, "schema_version": 3})
 
 
 def test_cpu_training_returns_freed_memory_at_once():
