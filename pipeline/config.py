@@ -139,7 +139,7 @@ class TrainConfig(StrictModel):
     image_size: int | None = Field(default=None, ge=8)
     # recipe: a recipe's image_size overrides the competition's; competition: the competition's image_size for every run
     image_size_from: Literal["recipe", "competition"] = "recipe"
-    small_input: bool = False   # keep more resolution in the stem for small images (models.SMALL_INPUT_ADAPTERS)
+    small_input: bool = False   # keep more resolution in the stem for small images (models.adapt_small_input)
     mean: list[float] | None = None
     std: list[float] | None = None
     interpolation: Literal["nearest", "bilinear", "bicubic", "area", "lanczos"] | None = None

@@ -86,8 +86,9 @@ def prepare_run(config: Config, model: str, overrides: dict[str, Any] | None = N
     name = check_run_name(run_name) if run_name else model
     resolve_model_name(cfg.model)
     if isinstance(cfg.pretrained, str) or cfg.small_input:
-        # raises on a mismatched weights file, or an architecture small_input cannot adapt
-        create_model(cfg.model, 2, cfg.pretrained, small_input=cfg.small_input, **cfg.model_kwargs)
+        # raises on a mismatched weights file, or an architecture small_input cannot adapt (hub weights not fetched here)
+        weights = cfg.pretrained if isinstance(cfg.pretrained, str) else False
+        create_model(cfg.model, 2, weights, small_input=cfg.small_input, **cfg.model_kwargs)
     try:
         resolve_loss(config.competition.task, cfg.loss)  # a recipe's loss fits the task: checked before the data is read
     except ValueError as exc:
