@@ -1,11 +1,12 @@
 # kfold-ensembler: every target calls the package's CLI (python -m pipeline ...).
-# Variables: TASK=<demo task> CONFIG=<competition yaml>  MODEL=<recipe|alias|timm name>  FOLDS=0,2  EPOCHS=n  ZOO=<zoo yaml>  TOP=k
+# Variables: TASK=<demo task> CONFIG=<competition yaml>  MODEL=<recipe|alias|timm name>  NAME=<run name>  FOLDS=0,2  EPOCHS=n  ZOO=<zoo yaml>  TOP=k
 #            ARGS="key=value ..."  FORCE=1 (overwrite finished work)  METHOD= OUT= CHECK=1 (make export)
 
 TASK ?=
 # TASK=binary|multilabel|regression|ordinal picks that demo competition (configs/digits_<task>.yaml)
 CONFIG ?= $(if $(filter-out multiclass,$(TASK)),configs/digits_$(TASK).yaml,configs/digits.yaml)
 MODEL ?=
+NAME ?=
 FOLDS ?=
 EPOCHS ?=
 ARGS ?=
@@ -31,11 +32,11 @@ LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_n
 COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test validate folds train predict ensemble export import-oof zoo zoo-promote models bench bench-ensemble bench-ensemble-real clean-demo
+.PHONY: help install demo test validate folds train predict ensemble export import-oof clean-run zoo zoo-promote models bench bench-ensemble bench-ensemble-real clean-demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK="
+	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= NAME= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK="
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,11 +62,11 @@ validate: $(STAMP) ## check the competition folder (every image, labels, ids) be
 folds: $(STAMP) ## make the k-fold split: folds/<competition>.csv
 	$(RUN) folds $(COMMON)
 
-train: $(STAMP) ## train MODEL (or MODEL=a,b) on every fold (or FOLDS=0,2), predict OOF and test with TTA (GPUS=n: DDP; EXECUTOR=ray: a job per fold)
-	$(LAUNCH) train $(if $(MODEL),--model $(MODEL)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(COMMON)
+train: $(STAMP) ## train MODEL (or MODEL=a,b) on every fold (or FOLDS=0,2), predict OOF and test with TTA (NAME= names the run; GPUS=n: DDP; EXECUTOR=ray: a job per fold)
+	$(LAUNCH) train $(if $(MODEL),--model $(MODEL)) $(if $(NAME),--name $(NAME)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(COMMON)
 
 predict: $(STAMP) ## re-predict OOF and test for MODEL from its saved checkpoints (no training)
-	$(LAUNCH) predict $(if $(MODEL),--model $(MODEL)) --config $(CONFIG) $(ARGS)
+	$(LAUNCH) predict $(if $(MODEL),--model $(MODEL)) $(if $(NAME),--name $(NAME)) --config $(CONFIG) $(ARGS)
 
 ensemble: $(STAMP) ## blend the stored runs, score them by nested CV, write submissions/
 	$(RUN) ensemble $(COMMON)
@@ -75,6 +76,9 @@ export: $(STAMP) ## the chosen ensemble as an offline folder for a Kaggle code c
 
 import-oof: $(STAMP) ## add predictions made elsewhere: NAME=<run> OOF=<file> TEST=<file>
 	$(RUN) import-oof --name "$(NAME)" --oof "$(OOF)" --test "$(TEST)" $(COMMON)
+
+clean-run: $(STAMP) ## delete one run from the store: NAME=<run> (asks first; FORCE=1 does not)
+	$(RUN) clean-run --name "$(NAME)" --config $(CONFIG) $(if $(FORCE),--force)
 
 zoo: $(STAMP) ## screen every architecture of ZOO= quickly; leaderboard + report (TOP=k also trains the best k)
 	$(RUN) zoo --zoo $(ZOO) $(if $(TOP),--top $(TOP)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(COMMON)

@@ -2,13 +2,14 @@
 
     python -m pipeline validate --config configs/digits.yaml [--image-size 224]
     python -m pipeline folds    --config configs/digits.yaml
-    python -m pipeline train    --config ... --model resnet18 [--folds 0,2] [--epochs 3] [--force] [key=value ...]
-    python -m pipeline predict  --config ... --model resnet18 [key=value ...]
+    python -m pipeline train    --config ... --model resnet18 [--name r18_seed2] [--folds 0,2] [--epochs 3] [--force] [key=value ...]
+    python -m pipeline predict  --config ... --model resnet18 [--name r18_seed2] [key=value ...]
     python -m pipeline ensemble --config ...
     python -m pipeline export   --config ... [--method submission|<method>] [--out export/<competition>] [--check]
     python -m pipeline zoo      --config ... [--zoo configs/zoo/default.yaml] [--top 3]
     python -m pipeline zoo-promote --config ... --top 3
     python -m pipeline models
+    python -m pipeline clean-run --config ... --name resnet18 [--force]
     python -m pipeline demo     --config configs/digits.yaml
 """
 
@@ -23,7 +24,7 @@ from pipeline.errors import PipelineError
 
 DEFAULT_CONFIG = "configs/digits.yaml"
 # commands that read no image and train nothing: they import no torch, timm, albumentations or OpenCV
-LIGHT_COMMANDS = ("folds", "ensemble", "import-oof")
+LIGHT_COMMANDS = ("folds", "ensemble", "import-oof", "clean-run")
 
 
 class UsageError(PipelineError, ValueError):
@@ -94,10 +95,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _models_to_run(args: argparse.Namespace, config) -> list[str]:
-    """MODEL (one, or several as MODEL=a,b), or else the competition's `models:` line-up."""
+    """MODEL (one, or several as MODEL=a,b), or else the competition's `models:` line-up; NAME= names one run,
+    so it needs one model."""
     models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else config.models
     if not models:
         raise UsageError(f"name a model: make {args.command} MODEL=resnet18 (or list models: in the competition config)")
+    if getattr(args, "name", None) and len(models) > 1:
+        raise UsageError(f"NAME={args.name} names one run; give one model with it: make {args.command} MODEL=<recipe> NAME={args.name}")
     return models
 
 
@@ -123,7 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if executor != "local":
         return _train_on_executor(args, config, models, executor)
     for model in models:
-        meta = run_train(config, model, _parse_folds(args.folds), force=args.force, overrides=args.settings)
+        meta = run_train(config, model, _parse_folds(args.folds), force=args.force, overrides=args.settings,
+                         name=args.name)
         _print_on_main(train_leaderboard(meta))
     return 0
 
@@ -139,7 +144,7 @@ def _train_on_executor(args: argparse.Namespace, config, models: list[str], exec
         raise UsageError(f"EXECUTOR={executor_name} runs one job per GPU; it does not combine with GPUS=n (torchrun)")
     executor = get_executor(executor_name, config.executor.settings())
     results = run_train_grid(config, models, executor, _parse_folds(args.folds), force=args.force,
-                             overrides=args.settings)
+                             overrides=args.settings, run_name=args.name)
     failed = []
     for name, meta, error in results:
         if error:
@@ -156,7 +161,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     config = _load(args)
     for model in _models_to_run(args, config):
-        _print_on_main(train_leaderboard(run_predict(config, model, overrides=args.settings)))
+        _print_on_main(train_leaderboard(run_predict(config, model, overrides=args.settings, name=args.name)))
     return 0
 
 
@@ -189,8 +194,27 @@ def cmd_import_oof(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clean_run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.store import check_run_name, describe_run, remove_run
+
+    config = load_config(args.config, args.settings, check_files=False, training=False)
+    if not args.name:
+        raise UsageError("clean-run needs NAME=<run>, e.g. make clean-run NAME=resnet18 (make ensemble lists the runs it leaves out)")
+    run_dir = config.runs_dir / check_run_name(args.name)
+    if not args.force and run_dir.is_dir():
+        if not sys.stdin.isatty():
+            raise UsageError(f"clean-run deletes {run_dir} ({describe_run(run_dir)}); confirm with FORCE=1")
+        answer = input(f"delete {run_dir} ({describe_run(run_dir)})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    print(f"deleted {remove_run(config.runs_dir, args.name)}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config, recipe_names, resolve_train_config
+    from pipeline.config import image_size_choice, load_config, recipe_names, resolve_train_config
     from pipeline.models import MODEL_ALIASES
     from pipeline.report import format_table
 
@@ -201,10 +225,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         rows = []
         for recipe in recipe_names(config):
             _, cfg = resolve_train_config(config, recipe)
+            choice = image_size_choice(config, recipe)
             rows.append({"recipe": recipe, "model": cfg.model, "image size": cfg.image_size or "model's",
-                         "epochs": cfg.epochs, "lr": cfg.lr, "batch": cfg.batch_size})
+                         "size from": choice.source.removesuffix(f" {recipe}.yaml"),
+                         "small input": "yes" if cfg.small_input else "", "epochs": cfg.epochs, "lr": cfg.lr,
+                         "batch": cfg.batch_size})
         print()
-        print(format_table(rows, f"recipes in {config.recipes_path}"))
+        print(format_table(rows, f"recipes in {config.recipes_path} with {config.source}"))
+        if config.train.image_size and config.train.image_size_from == "recipe":
+            print(f"the competition's train.image_size {config.train.image_size} applies to recipes without their own; "
+                  "set train.image_size_from: competition to use it for every recipe")
     return 0
 
 
@@ -274,6 +304,7 @@ COMMANDS = {
     "export": (cmd_export, "the chosen ensemble as an offline inference folder (Kaggle code competitions)"),
     "import-oof": (cmd_import_oof, "add OOF and test predictions made elsewhere to the store"),
     "models": (cmd_models, "list model aliases and recipes"),
+    "clean-run": (cmd_clean_run, "delete one run from the store (an unfinished or unwanted run)"),
     "zoo": (cmd_zoo, "screen many architectures quickly; leaderboard and report"),
     "zoo-promote": (cmd_zoo_promote, "train the best TOP screened architectures on every fold"),
     "demo": (cmd_demo, "run every stage on the demo competition"),
@@ -290,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. train.lr=1e-3 folds.n_splits=3")
         if name in ("train", "predict"):
             p.add_argument("--model", help="recipe name, model alias or timm name (train: several as a,b)")
+        if name in ("train", "predict", "clean-run"):
+            p.add_argument("--name", help="the run's name (default: the recipe's); a folder in runs/<competition>/")
         if name in ("train", "demo", "predict"):
             p.add_argument("--epochs", type=int, help="override train.epochs")
         if name == "train":
@@ -310,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--method", default="submission", help="submission (the chosen one) or a method of the last ensemble")
             p.add_argument("--out", help="the folder to write (default export/<competition>)")
             p.add_argument("--check", action="store_true", help="predict our test images with the export and compare")
-        if name in ("train", "folds", "ensemble", "demo", "import-oof", "zoo", "zoo-promote", "export"):
-            p.add_argument("--force", action="store_true", help="overwrite finished work")
+        if name in ("train", "folds", "ensemble", "demo", "import-oof", "zoo", "zoo-promote", "export", "clean-run"):
+            p.add_argument("--force", action="store_true", help="overwrite finished work (clean-run: delete without asking)")
     return parser
 
 

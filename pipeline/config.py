@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -137,6 +138,9 @@ class TrainConfig(StrictModel):
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     pretrained: bool | str = False
     image_size: int | None = Field(default=None, ge=8)
+    # recipe: a recipe's image_size overrides the competition's; competition: the competition's image_size for every run
+    image_size_from: Literal["recipe", "competition"] = "recipe"
+    small_input: bool = False   # keep more resolution in the stem for small images (models.adapt_small_input)
     mean: list[float] | None = None
     std: list[float] | None = None
     interpolation: Literal["nearest", "bilinear", "bicubic", "area", "lanczos"] | None = None
@@ -166,6 +170,8 @@ class TrainConfig(StrictModel):
     persistent_workers: bool | Literal["auto"] = "auto"
     prefetch_factor: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     log_every: int = Field(default=20, ge=1)
+    # CPU only: freed activations go back to the system at once (lower peak RSS, slower steps; runtime.py)
+    return_freed_memory: bool = True
     augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)          # albumentations, per image on the CPU
     device_augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)   # per batch on the device (transforms.py)
     tta: list[str] = Field(default_factory=lambda: ["identity"])
@@ -297,6 +303,9 @@ class Config(StrictModel):
             raise ValueError(f"folds.strategy 'multilabel' is for task 'multilabel'; task is {comp.task!r} (use 'stratified')")
         if self.folds.strategy == "stratified_group" and comp.task == "multilabel":
             raise ValueError("folds.strategy 'stratified_group' cannot stratify label sets; use 'group' or 'multilabel'")
+        if self.train.image_size_from == "competition" and self.train.image_size is None:
+            raise ValueError("train.image_size_from 'competition' needs train.image_size in the competition config "
+                             "(e.g. image_size: 32); or set image_size_from: recipe")
         return self
 
     competition: CompetitionConfig
@@ -508,8 +517,42 @@ def recipe_names(config: Config) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+@dataclass(frozen=True)
+class ImageSizeChoice:
+    """The input size a run uses and where it came from.
+
+    ``size`` is None when no config sets one (the model's default input size then applies);
+    ``source`` says which file or setting decided; ``competition_size`` is the competition
+    config's ``train.image_size`` (what the user set for the data), shown when a recipe overrides it.
+    """
+
+    size: int | None
+    source: str
+    competition_size: int | None = None
+
+    @property
+    def overrides_competition(self) -> bool:
+        """Whether a recipe replaced the competition's own ``image_size`` with another."""
+        return self.source.startswith("recipe") and self.competition_size not in (None, self.size)
+
+
+def _recipe(config: Config, model: str) -> tuple[dict, Path | None]:
+    """The recipe named ``model`` (and its file), or ``{"model": model}`` for an alias or timm name."""
+    recipe_file = config.recipes_path / f"{model}.yaml"
+    if not recipe_file.is_file():
+        return {"model": model}, None
+    recipe = read_yaml(recipe_file)
+    if "model" not in recipe:
+        raise ConfigError(f"recipe {recipe_file} must name its architecture with 'model: <name>'")
+    return recipe, recipe_file
+
+
 def resolve_train_config(config: Config, model: str, overrides: dict[str, Any] | None = None) -> tuple[str, TrainConfig]:
     """The training settings for one run: competition defaults < recipe < overrides.
+
+    ``image_size`` follows ``train.image_size_from``: with ``recipe`` (the default) a recipe's
+    size replaces the competition's; with ``competition`` the competition's size (or ``ARGS``')
+    applies to every recipe. :func:`image_size_choice` says which one a run got, and why.
 
     Parameters
     ----------
@@ -525,21 +568,80 @@ def resolve_train_config(config: Config, model: str, overrides: dict[str, Any] |
     """
     safe_name(model, "MODEL", f"a recipe is named by its file in {config.recipes_path} without '.yaml'")
     base = config.train.model_dump(exclude_unset=False)
-    recipe_file = config.recipes_path / f"{model}.yaml"
-    if recipe_file.is_file():
-        recipe = read_yaml(recipe_file)
-        if "model" not in recipe:
-            raise ConfigError(f"recipe {recipe_file} must name its architecture with 'model: <name>'")
-        where = str(recipe_file)
-    else:
-        recipe = {"model": model}
-        where = f"model {model!r}"
+    recipe, recipe_file = _recipe(config, model)
+    where = str(recipe_file) if recipe_file else f"model {model!r}"
     merged = deep_merge(deep_merge(base, recipe), _checked_overrides(overrides).get("train") or {})
+    if merged.get("image_size_from") == "competition":
+        merged["image_size"] = base["image_size"]   # the competition's, with ARGS already merged into it
     try:
         train = TrainConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where, TrainConfig).replace("  - ", "  - train.")) from None
     return model, train
+
+
+def image_size_choice(config: Config, model: str, overrides: dict[str, Any] | None = None) -> ImageSizeChoice:
+    """Which input size a run of ``model`` uses and which setting decided it.
+
+    Parameters
+    ----------
+    config : Config
+    model : str
+        A recipe name, a model alias or a timm name.
+    overrides : dict, optional
+        The command line's settings (``ARGS``).
+
+    Returns
+    -------
+    ImageSizeChoice
+        ``source`` is one of: ``ARGS``, ``competition config (image_size_from: competition)``,
+        ``recipe <file>``, ``competition config``, ``model default``.
+    """
+    _, cfg = resolve_train_config(config, model, overrides)
+    recipe, recipe_file = _recipe(config, model)
+    from_args = "image_size" in (_checked_overrides(overrides).get("train") or {})
+    if from_args:
+        source = "ARGS"
+    elif cfg.image_size_from == "competition":
+        source = "competition config (image_size_from: competition)"
+    elif "image_size" in recipe and recipe_file is not None:
+        source = f"recipe {recipe_file.name}"
+    elif cfg.image_size is not None:
+        source = "competition config"
+    else:
+        source = "model default"
+    return ImageSizeChoice(cfg.image_size, source, config.train.image_size)
+
+
+def config_file_hashes(config: Config, model: str | None = None) -> dict[str, str]:
+    """SHA-256 of every config file a run reads: the competition config, the recipe, user metric modules.
+
+    Recorded in the run's ``meta.json``, so what a run was made with is known even when
+    those files are not tracked by git.
+
+    Parameters
+    ----------
+    config : Config
+    model : str, optional
+        The recipe name (no recipe file: an alias or a timm name, nothing to add).
+
+    Returns
+    -------
+    dict
+        Resolved path -> hex digest, sorted by path.
+    """
+    files = [Path(config.source)] if config.source else []
+    if model is not None:
+        files.append(config.recipes_path / f"{model}.yaml")
+    for spec in config.competition.metrics.values():
+        module = spec.function.split(":", 1)[0]
+        if module.endswith(".py"):
+            files.append(config.config_dir / module)
+    hashes = {}
+    for file in files:
+        if file.is_file():
+            hashes[str(file.resolve())] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return dict(sorted(hashes.items()))
 
 
 def config_hash(data: Any) -> str:

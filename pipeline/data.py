@@ -266,6 +266,22 @@ def load_competition(config: Config, check_image_files: bool = True) -> Competit
 _WIDE_INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+def median_short_side(paths: list[Path], sample: int = 200) -> int:
+    """Median shorter side of up to ``sample`` images spread over ``paths`` (headers only, no decoding).
+
+    Returns
+    -------
+    int
+        0 for an empty list.
+    """
+    step = max(1, len(paths) // sample)
+    sides = []
+    for path in paths[::step][:sample]:
+        with Image.open(path) as image:
+            sides.append(min(image.size))
+    return int(np.median(sides)) if sides else 0
+
+
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """Grayscale or RGBA arrays to 3-channel uint8 RGB."""
     if image.ndim == 2:

@@ -418,7 +418,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
                 cand.private_other = metric(private, cand.test_other)
 
     best_single = max(singles, key=lambda c: c.nested if metric.greater_is_better else -c.nested)
-    chosen = _choose(candidates, metric, config.ensemble.selection)
+    chosen = choose_candidate(candidates, metric, config.ensemble.selection)
     frames = {}  # every file is made, and every name checked, before the first one is written
     for cand in candidates:
         if cand.kind == "single" and cand is not best_single:
@@ -444,9 +444,8 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     log.info(format_table(rows, f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
                                 f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold; "
                                 f"'SE' is its standard error against the best, over the folds"))
-    rule = ("the simplest within one standard error of the best nested CV: means, then weights and single models, then stackers"
-            if config.ensemble.selection == "one_se" else "the best nested CV")
-    log.info(f"chosen by nested CV ({rule}): {chosen.name} -> {paths['submission']}")
+    log.info(f"chosen by nested CV ({describe_rule(config.ensemble.selection)}): {chosen.name} -> {paths['submission']}"
+             f"{tie_note(candidates, chosen)}")
     log.info(f"all submissions: {config.submissions_dir}/")
     return {"chosen": chosen.name, "rows": rows, "paths": {k: str(v) for k, v in paths.items()}}
 
@@ -458,7 +457,7 @@ def save_optuna_trials(candidates: list[Candidate], path: Path) -> None:
             io.write_json(path, {"trials": cand.fitted.trials_record()})
 
 
-def _choose(candidates: list[Candidate], metric: Metric, rule: str = "one_se") -> Candidate:
+def choose_candidate(candidates: list[Candidate], metric: Metric, rule: str = "one_se") -> Candidate:
     # the one selection rule (blend.select_method): with one_se, the simplest candidate within one standard error
     # of the best nested score; ties to the earlier candidate (singles, then the methods in the configured order).
     # Keyed by position, as names may repeat.
@@ -468,9 +467,29 @@ def _choose(candidates: list[Candidate], metric: Metric, rule: str = "one_se") -
     return candidates[blend.select_method(scored, metric, rule=rule)]
 
 
+def describe_rule(rule: str) -> str:
+    """The selection rule in words, for the line that names the chosen candidate."""
+    if rule == "one_se":
+        return ("the simplest within one standard error of the best nested CV: means, then weights and single models, "
+                "then stackers; among equally simple ones the better nested CV, a tie to the earlier listed")
+    return "the best nested CV, a tie to the earlier listed (single models first, then the methods in the configured order)"
+
+
+def tie_note(candidates: list[Candidate], chosen: Candidate) -> str:
+    """`` (tied with ...)`` naming the candidates whose nested score equals the chosen one's (6 decimals), else ''."""
+    tied = [c.name for c in candidates if c is not chosen and not np.isnan(c.nested)
+            and round(c.nested, 6) == round(chosen.nested, 6)]
+    if not tied:
+        return ""
+    return f" (tied at nested CV {chosen.nested:.6f} with {', '.join(tied)}; the rule above broke the tie)"
+
+
 def leaderboard_rows(candidates: list[Candidate], metric: Metric, chosen: Candidate, other_apply: str = "fold_mean") -> list[dict]:
-    sign = -1 if metric.greater_is_better else 1
-    ordered = sorted(candidates, key=lambda c: (sign * c.nested, c.kind == "single"))
+    """The leaderboard: the chosen candidate first (marked ``*``), then the others best first by nested CV,
+    equal scores in the order the selection rule breaks ties (the earlier listed first), NaN last."""
+    rest = [i for i, c in enumerate(candidates) if c is not chosen]
+    order = blend.rank_candidates({i: candidates[i].nested for i in rest}, metric) if rest else []
+    ordered = [chosen] + [candidates[i] for i in order]
     rows = []
     for cand in ordered:
         rows.append({

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from pipeline import io
 from pipeline.config import Config, config_hash
@@ -78,12 +77,22 @@ def _multilabel_kfold(n: int, seed: int):
     return MultilabelStratifiedKFold(n_splits=n, shuffle=True, random_state=seed)
 
 
+def _sklearn_splitter(name: str):
+    # scikit-learn (about 60 MB resident) is imported only when folds are made, never by a training process
+    def make(n: int, seed: int):
+        from sklearn import model_selection
+
+        return getattr(model_selection, name)(n_splits=n, shuffle=True, random_state=seed)
+
+    return make
+
+
 SPLITTERS = {
-    "stratified": lambda n, seed: StratifiedKFold(n_splits=n, shuffle=True, random_state=seed),
+    "stratified": _sklearn_splitter("StratifiedKFold"),
     "multilabel": _multilabel_kfold,
-    "kfold": lambda n, seed: KFold(n_splits=n, shuffle=True, random_state=seed),
-    "group": lambda n, seed: GroupKFold(n_splits=n, shuffle=True, random_state=seed),
-    "stratified_group": lambda n, seed: StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed),
+    "kfold": _sklearn_splitter("KFold"),
+    "group": _sklearn_splitter("GroupKFold"),
+    "stratified_group": _sklearn_splitter("StratifiedGroupKFold"),
 }
 
 

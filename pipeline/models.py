@@ -135,7 +135,115 @@ def load_weights_file(model: torch.nn.Module, path: str | Path, model_name: str)
     model.load_state_dict(state, strict=False)
 
 
-def create_model(name: str, num_classes: int, pretrained: bool | str = False, drop_rate: float = 0.0, **kwargs) -> torch.nn.Module:
+# -- small inputs (train.small_input) ---------------------------------------------------------
+# ImageNet architectures shrink the image 32x before their pooling (4x in the stem alone): a 32-px
+# image leaves them 1x1 pixels. For small images, the stem keeps the resolution instead. One adapter per
+# timm model class; the weights keep their shapes, so pretrained weights still load.
+
+def _first_strided_conv(module: torch.nn.Module) -> torch.nn.Conv2d | None:
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Conv2d) and tuple(layer.stride) != (1, 1):
+            return layer
+    return None
+
+
+def _unstride(module: torch.nn.Module, where: str) -> None:
+    conv = _first_strided_conv(module)
+    if conv is None:
+        raise ModelError(f"small_input: no strided convolution in {where}; this variant's stem is not one the adapter knows")
+    conv.stride = (1, 1)
+
+
+def _resnet_small_input(model: torch.nn.Module) -> None:
+    """ResNet, ResNeXt, SE-ResNet...: the stem convolution at stride 1 and no max-pool (4x less reduction)."""
+    _unstride(model.conv1, "conv1")      # a single conv or the deep stem's first
+    if isinstance(model.maxpool, torch.nn.MaxPool2d):
+        model.maxpool = torch.nn.Identity()
+    elif isinstance(model.maxpool, torch.nn.Sequential):
+        _unstride(model.maxpool, "the stem's pooling convolution")   # replace_stem_pool: a strided conv instead
+    elif not isinstance(model.maxpool, torch.nn.Identity):
+        raise ModelError(f"small_input: unknown ResNet stem pooling {type(model.maxpool).__name__}")
+
+
+def _conv_stem_small_input(model: torch.nn.Module) -> None:
+    """EfficientNet, MobileNetV2/V3: the stem convolution at stride 1 (2x less reduction)."""
+    _unstride(model.conv_stem, "conv_stem")
+
+
+def _regnet_small_input(model: torch.nn.Module) -> None:
+    """RegNet: the stem convolution at stride 1 (2x less reduction)."""
+    _unstride(model.stem, "stem")
+
+
+def _small_input_adapters() -> dict[type, tuple]:
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.mobilenetv3 import MobileNetV3
+    from timm.models.regnet import RegNet
+    from timm.models.resnet import ResNet
+
+    return {ResNet: (_resnet_small_input, 4), EfficientNet: (_conv_stem_small_input, 2),
+            MobileNetV3: (_conv_stem_small_input, 2), RegNet: (_regnet_small_input, 2)}
+
+
+def _small_input_refusals() -> dict[type, str]:
+    from timm.models.convnext import ConvNeXt
+    from timm.models.vgg import VGG
+    from timm.models.vision_transformer import VisionTransformer
+
+    return {
+        VisionTransformer: "a ViT has no stem to unstride; give it smaller patches instead: "
+                           "model_kwargs: {img_size: 32, patch_size: 4} (recipe digits_vit)",
+        ConvNeXt: "its stem is a 4x4 patchify convolution of stride 4; at stride 1 its kernels would see "
+                  "overlapping patches they were not made for: train it at 128 px or more, or pick a ResNet, "
+                  "EfficientNet, MobileNet or RegNet with small_input",
+        VGG: "its five max-pools are the network itself (no stem to change), and its classifier expects a 7x7 "
+             "map: pick a ResNet, EfficientNet, MobileNet or RegNet with small_input",
+    }
+
+
+def small_input_families() -> list[str]:
+    """The timm model classes :func:`adapt_small_input` knows."""
+    return sorted(cls.__name__ for cls in _small_input_adapters())
+
+
+def adapt_small_input(model: torch.nn.Module, model_name: str) -> int:
+    """Make ``model`` keep more resolution in its stem for small images (``train.small_input``).
+
+    ResNet-family models (ResNet, ResNeXt, SE-ResNet, ``test_resnet``) get a stride-1 stem
+    convolution and no max-pool; EfficientNet, MobileNetV2/V3 and RegNet a stride-1 stem
+    convolution. Weight shapes do not change, so pretrained weights still load.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A timm model, changed in place.
+    model_name : str
+        Its name, for the error message.
+
+    Returns
+    -------
+    int
+        How many times less the model now reduces the image (4 for ResNets, 2 for the others).
+
+    Raises
+    ------
+    ModelError
+        For an architecture without an adapter, with the reason and what to do instead.
+    """
+    for cls, (adapt, factor) in _small_input_adapters().items():
+        if isinstance(model, cls):
+            adapt(model)
+            return factor
+    for cls, reason in _small_input_refusals().items():
+        if isinstance(model, cls):
+            raise ModelError(f"small_input is not available for {model_name!r} ({cls.__name__}): {reason}")
+    raise ModelError(f"small_input is not available for {model_name!r} ({type(model).__name__}): no adapter for its "
+                     f"stem; architectures with one: {', '.join(small_input_families())} (timm classes). Without "
+                     "small_input, train it at a larger image_size")
+
+
+def create_model(name: str, num_classes: int, pretrained: bool | str = False, drop_rate: float = 0.0,
+                 small_input: bool = False, **kwargs) -> torch.nn.Module:
     """Build a timm model for ``num_classes`` outputs.
 
     Parameters
@@ -149,6 +257,8 @@ def create_model(name: str, num_classes: int, pretrained: bool | str = False, dr
         file (Kaggle's offline way). ``False``: random initialisation.
     drop_rate : float
         Dropout before the classifier.
+    small_input : bool
+        Keep more resolution in the stem for small images (:func:`adapt_small_input`).
 
     Returns
     -------
@@ -170,6 +280,8 @@ def create_model(name: str, num_classes: int, pretrained: bool | str = False, dr
                          f"{str(exc).splitlines()[0][:160]}). Offline (a Kaggle code competition), either point to a "
                          "local weights file with train.pretrained=<path to a weights file> (.safetensors or .pth), "
                          "or train from scratch with train.pretrained=false") from None
+    if small_input:
+        adapt_small_input(model, name)
     if isinstance(pretrained, str):
         load_weights_file(model, pretrained, timm_name)
     return model

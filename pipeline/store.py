@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,8 +120,9 @@ class RunLayout:
 
 # -- meta.json -------------------------------------------------------------------------------
 
-#: Version of the meta.json schema this code writes; files without one are version 1.
-META_SCHEMA_VERSION = 1
+#: Version of the meta.json schema this code writes; files without one are version 1. Version 2 added
+#: ``config_files`` and ``image_size_source`` (both optional: version-1 files still load).
+META_SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -162,6 +165,8 @@ class RunMeta:
     tta: list | None = None
     finished: str | None = None
     source: dict | None = None               # an imported run: the files it came from
+    image_size_source: str | None = None     # which setting chose the input size (config.image_size_choice)
+    config_files: dict | None = None         # path -> SHA-256 of every config file the run read
     schema_version: int = META_SCHEMA_VERSION
 
     def to_json(self) -> dict:
@@ -221,9 +226,10 @@ def write_meta(layout: RunLayout, meta: RunMeta) -> None:
 
 # settings that change how fast a run goes or how it is shown, not what it learns
 _NOT_HASHED = ("log_every", "num_workers", "tta", "compile", "ddp_backend", "cache", "cache_margin", "pin_memory",
-               "persistent_workers", "prefetch_factor")
+               "persistent_workers", "prefetch_factor", "image_size_from",    # image_size_from: image_size is hashed
+               "return_freed_memory")
 # settings hashed only when set away from their default, so runs made before they existed keep their hash
-_HASHED_WHEN_SET = {"amp_dtype": "auto", "sync_bn": False, "loss": "auto", "device_augment": []}
+_HASHED_WHEN_SET = {"amp_dtype": "auto", "sync_bn": False, "loss": "auto", "device_augment": [], "small_input": False}
 # competition keys added with the tasks: hashed only when set, so runs made before them keep their hash
 _COMPETITION_KEYS_WHEN_SET = ("target_columns", "positive_class", "target_range", "metrics")
 
@@ -300,16 +306,19 @@ def frame_probs(frame: pd.DataFrame, ids: np.ndarray, classes: list[str], source
 
 
 def library_versions() -> dict[str, str]:
-    import albumentations
-    import sklearn
-    import timm
-    import torch
+    """The versions of the libraries a run depends on, read from the installed packages' metadata (no import)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     import pipeline
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "albumentations": albumentations.__version__, "numpy": np.__version__, "pandas": pd.__version__,
-            "scikit-learn": sklearn.__version__, "pipeline": pipeline.__version__}
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "timm", "albumentations", "numpy", "pandas", "scikit-learn"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    versions["pipeline"] = pipeline.__version__
+    return versions
 
 
 def code_version() -> dict[str, str | bool]:
@@ -353,7 +362,8 @@ def load_runs(runs_dir: Path, train_ids: np.ndarray, test_ids: np.ndarray, class
             continue
         if meta.status != "finished":
             done = sorted(meta.folds_done)
-            excluded.append((run_dir.name, f"unfinished (folds done: {done or 'none'})"))
+            excluded.append((run_dir.name, f"unfinished (folds done: {done or 'none'}); finish it with make train, "
+                                           f"or delete it with make clean-run NAME={run_dir.name}"))
             continue
         if meta.folds_fingerprint != folds_fingerprint:
             excluded.append((run_dir.name, f"made on other folds (fingerprint {meta.folds_fingerprint} != {folds_fingerprint}); mixing splits leaks"))
@@ -403,6 +413,49 @@ def read_fold_tests(layout: RunLayout, meta: RunMeta, test: np.ndarray) -> np.nd
     if not np.isfinite(fold_tests).all() or not np.allclose(fold_tests.mean(axis=0), test, rtol=1e-5, atol=1e-6):
         return None
     return fold_tests
+
+
+def check_run_name(name: str, what: str = "NAME") -> str:
+    """``name`` if it can name a run folder, else an error saying what is allowed (:func:`pipeline.io.safe_name`)."""
+    return io.safe_name(name, what)
+
+
+def describe_run(run_dir: Path) -> str:
+    """A run's status in a few words, for a question or a message (unreadable runs say so)."""
+    try:
+        meta = read_meta(RunLayout(run_dir))
+    except StoreError as exc:
+        return f"unreadable: {exc}"
+    if meta is None:
+        return "no meta.json"
+    done = sorted(meta.folds_done)
+    return f"{meta.status}, folds done {done or 'none'}" + (f", CV {meta.cv:.4f}" if meta.cv is not None else "")
+
+
+def remove_run(runs_dir: Path, name: str) -> Path:
+    """Delete the run folder ``runs_dir/name`` under its lock (a run being trained is refused).
+
+    Returns
+    -------
+    Path
+        The folder that was removed.
+
+    Raises
+    ------
+    StoreError
+        If the name is not a run name, there is no such run, or a live process holds its lock.
+    """
+    run_dir = runs_dir / check_run_name(name)
+    if not run_dir.is_dir() or name.startswith(("_", ".")):
+        known = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) \
+            if runs_dir.is_dir() else []
+        raise StoreError(f"no run {run_dir}; runs: {', '.join(known) or 'none'}")
+    with RunLock(run_dir):
+        for child in run_dir.iterdir():
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    run_dir.rmdir()
+    return run_dir
 
 
 class RunLock:

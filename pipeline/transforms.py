@@ -28,7 +28,6 @@ import inspect
 import re
 from typing import Any, Callable, Sequence
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -43,14 +42,19 @@ INTERPOLATIONS = {
 }
 
 
-def build_augment_step(step: dict[str, dict[str, Any]]) -> A.BasicTransform:
-    """Instantiate one ``{Name: params}`` albumentations step.
+def build_augment_step(step: dict[str, dict[str, Any]]):
+    """Instantiate one ``{Name: params}`` albumentations step (an ``albumentations.BasicTransform``).
+
+    albumentations (about 30 MB resident) is imported here, so a run without ``augment``
+    steps never loads it.
 
     Raises
     ------
     ValueError
         For an unknown transform name or parameters albumentations rejects.
     """
+    import albumentations as A
+
     name, params = _one_step(step, "augment")
     cls = getattr(A, name, None)
     if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
@@ -87,7 +91,11 @@ class HostTransform:
         self.image_size = int(image_size)
         self.interpolation = INTERPOLATIONS[interpolation]
         steps = [build_augment_step(step) for step in augment or []]
-        self.augment = A.Compose(steps) if steps else None
+        self.augment = None
+        if steps:
+            import albumentations as A
+
+            self.augment = A.Compose(steps)
 
     def set_random_seed(self, seed: int) -> None:
         if self.augment is not None:
@@ -400,6 +408,8 @@ def build_device_augment_step(step: dict[str, dict[str, Any]]) -> Callable[[torc
     name, params = _one_step(step, "device_augment")
     cls = DEVICE_AUGMENTS.get(name)
     if cls is None:
+        import albumentations as A  # only on this error path, for the hint
+
         hint = " (an albumentations transform: put it under train.augment)" if isinstance(getattr(A, name, None), type) else ""
         raise ValueError(f"unknown device_augment step {name!r}{hint}; known steps: {', '.join(DEVICE_AUGMENTS)}")
     accepted = [p for p in inspect.signature(cls).parameters]

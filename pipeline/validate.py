@@ -172,9 +172,15 @@ def _image_findings(split: str, ids: np.ndarray, scan: pd.DataFrame, input_size:
         short = scan.loc[readable, ["width", "height"]].min(axis=1).to_numpy()
         findings.append(Finding(f"{split} image sizes", "ok", n_ok,
                                 f"shorter side {int(short.min())}..{int(short.max())} px, median {int(np.median(short))}"))
-        if input_size:
+        if not input_size:
+            findings.append(Finding(f"{split} images smaller than input", "ok", 0,
+                                    "not checked: the config lists no models: line-up (make validate ARGS=\"--image-size N\")"))
+        else:
             small = np.flatnonzero(readable)[short < input_size]
-            if len(small):
+            if not len(small):
+                findings.append(Finding(f"{split} images smaller than input", "ok", 0,
+                                        f"every shorter side reaches the models' input size {input_size} px"))
+            else:
                 findings.append(Finding(f"{split} images smaller than input", "warning", len(small),
                                         f"shorter side below the models' input size {input_size} px: they are upscaled",
                                         _examples(ids[small])))
@@ -207,6 +213,8 @@ def _duplicate_findings(train_ids, train_scan, labels, test_ids, test_scan) -> t
                                 "identical files in train and test: their labels are known", _examples(test_ids[leaked])))
         problems += [{"split": "test", "id": test_ids[i], "path": test_scan["path"].iat[i], "problem": "also in train",
                       "detail": ""} for i in leaked]
+    else:
+        findings.append(Finding("test images also in train", "ok", 0, "no test file identical to a train file (no leak)"))
     return findings, problems
 
 
@@ -215,11 +223,13 @@ def _label_findings(competition: Competition, n_splits: int) -> list[Finding]:
     if counts is None:  # a continuous target
         y = competition.y
         return [Finding("targets", "ok", len(y), f"values {y.min():.4g}..{y.max():.4g}, mean {y.mean():.4g}")]
-    what = "labels" if competition.task == "multilabel" else "classes"
+    what, each = ("labels", "label") if competition.task == "multilabel" else ("classes", "class")
     findings = [Finding("labels", "ok", len(counts),
-                        f"{len(counts)} {what}, {int(counts.min())}..{int(counts.max())} images per {what[:-1]}")]
+                        f"{len(counts)} {what}, {int(counts.min())}..{int(counts.max())} images per {each}")]
     rare = counts[counts < n_splits]
-    if len(rare):
+    if not len(rare):
+        findings.append(Finding("rare labels", "ok", 0, f"every {each} has at least {n_splits} images (folds.n_splits)"))
+    else:
         findings.append(Finding("rare labels", "warning", len(rare),
                                 f"fewer than {n_splits} images (folds.n_splits): some validation folds will not see them",
                                 [f"{name} ({count})" for name, count in list(rare.items())[:3]]))
@@ -231,7 +241,7 @@ def _listed_image_findings(split: str, pattern: str, data_dir: Path, ids: np.nda
     match = re.fullmatch(r"(.*/)?\{id\}(\.[A-Za-z0-9]+)", pattern)
     folder = data_dir / (match.group(1) or "") if match else None
     if folder is None or not folder.is_dir():
-        return []
+        return [Finding(f"{split} ids", "ok", len(ids), f"not checked: {pattern} is not one folder of <id>.<ext> files")]
     on_disk = {p.name[: -len(match.group(2))] for p in folder.iterdir() if p.name.endswith(match.group(2))}
     extra = sorted(on_disk - set(map(str, ids)))
     if not extra:

@@ -40,7 +40,7 @@ from pydantic import Field, ValidationError, field_validator
 from pipeline import io
 from pipeline.config import (Config, ConfigError, TrainConfig, StrictModel, config_hash, format_validation_error, load_config,
                              read_yaml, resolve_train_config)
-from pipeline.data import Competition, load_competition
+from pipeline.data import Competition, load_competition, median_short_side
 from pipeline.report import configure_logging, format_seconds
 from pipeline.store import RunLayout, settings_dump
 from pipeline.tasks import get_task
@@ -159,18 +159,6 @@ def screen_rows(screen: ScreenConfig, y: np.ndarray) -> int:
     return int(min(len(y), max(500, 30 * len(np.unique(y)))))
 
 
-def median_short_side(paths: list[Path], sample: int = 200) -> int:
-    """Median shorter side of a sample of the images (headers only)."""
-    from PIL import Image
-
-    step = max(1, len(paths) // sample)
-    sides = []
-    for path in paths[::step][:sample]:
-        with Image.open(path) as image:
-            sides.append(min(image.size))
-    return int(np.median(sides))
-
-
 def screen_image_size(screen: ScreenConfig, full_size: int, data_side: int) -> int:
     """The screening input size: small, but never above the architecture's full size."""
     if screen.image_size != "auto":
@@ -248,7 +236,7 @@ def make_plan(config: Config, zoo: ZooConfig, out_dir: Path | None = None) -> Sc
 # -- one architecture (in its own process) ----------------------------------------------------------
 
 def measure_cost(model_name: str, n_classes: int, screen_size: int, full_size: int, batch_size: int, steps: int,
-                 model_kwargs: dict | None = None) -> dict:
+                 model_kwargs: dict | None = None, small_input: bool = False) -> dict:
     """Parameters, GFLOPs at the full input size, and training/inference images/s at the screening size.
 
     Every architecture is timed the same way, with ``make bench``'s own measurements: a
@@ -265,7 +253,7 @@ def measure_cost(model_name: str, n_classes: int, screen_size: int, full_size: i
 
     cfg = TrainConfig()
     runtime = select_runtime(cfg, images_in_memory=True)
-    model = create_model(model_name, n_classes, False, **(model_kwargs or {}))
+    model = create_model(model_name, n_classes, False, small_input=small_input, **(model_kwargs or {}))
     params = count_parameters(model)
     model.to(runtime.device)
     if runtime.channels_last:
@@ -308,7 +296,8 @@ def screen_one(plan: ScreenPlan, name: str, extra: dict[str, Any]) -> dict:
     folds = {int(k): v for k, v in meta.folds.items()}
     _, cfg = resolve_train_config(plan.config, name, overrides)
     cost = measure_cost(cfg.model, len(plan.competition.classes), screen_size, full_size,
-                        plan.zoo.screen.timing_batch_size, plan.zoo.screen.timing_steps, cfg.model_kwargs)
+                        plan.zoo.screen.timing_batch_size, plan.zoo.screen.timing_steps, cfg.model_kwargs,
+                        cfg.small_input)
     memory, memory_kind = peak_memory_mb()
     layout = RunLayout(plan.screen_config.runs_dir / name)
     histories = {f: layout.read_fold_info(f)["history"] for f in folds}

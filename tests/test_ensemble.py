@@ -189,3 +189,26 @@ def test_optuna_budget_is_printed_and_its_study_continued(with_folds, tmp_path, 
     assert len(io.read_json(studies[0])["trials"]) == 20
     assert main(["ensemble", "--config", str(with_folds), "ensemble.methods=[optuna]"]) == 0
     assert len(io.read_json(studies[0])["trials"]) == 40  # a rerun on the same runs continues the study
+
+
+@pytest.mark.parametrize("greater", [True, False])
+def test_a_tie_is_listed_and_marked_as_it_is_chosen(greater):
+    from pipeline.ensemble import Candidate, choose_candidate, leaderboard_rows, tie_note
+    from pipeline.metrics import get_metric
+
+    metric = get_metric("accuracy" if greater else "log_loss")
+    best, worse = (0.99652, 0.99) if greater else (0.1, 0.2)
+
+    def cand(name, kind, nested):
+        return Candidate(name=name, kind=kind, cv=nested, nested=nested, test=np.zeros((1, 2)))
+
+    # the single model comes first in the candidates (the simplest), the blends tie with it
+    candidates = [cand("single-b", "single", worse), cand("single-a", "single", best + 1e-9),
+                  cand("slsqp", "weights", best), cand("hill_climb", "weights", best), cand("nan", "weights", float("nan"))]
+    chosen = choose_candidate(candidates, metric)
+    assert chosen.name == "single-a"  # a tie goes to the earlier listed: the single models come first
+    rows = leaderboard_rows(candidates, metric, chosen)
+    assert [r["submission"] for r in rows] == ["single-a *", "slsqp", "hill_climb", "single-b", "nan"]
+    assert sum(r["submission"].endswith(" *") for r in rows) == 1
+    assert "with slsqp, hill_climb; the rule above broke the tie" in tie_note(candidates, chosen)
+    assert tie_note(candidates[:1], chosen) == ""

@@ -81,3 +81,47 @@ def test_bad_weights_paths(tmp_path, pretrained, message):
         (tmp_path / pretrained).write_bytes(b"x")
     with pytest.raises(ModelError, match=message):
         create_model("test_resnet", num_classes=10, pretrained=str(tmp_path / pretrained))
+
+
+@pytest.mark.parametrize("name, kwargs, plain, small", [
+    ("test_resnet", {}, 1, 4),                                   # stride-1 stem, no max-pool: 4x less reduction
+    ("resnet18", {"channels": (8, 8, 8, 8)}, 1, 4),
+    ("resnet18", {"channels": (8, 8, 8, 8), "stem_type": "deep", "replace_stem_pool": True}, 1, 4),
+    ("test_efficientnet", {}, 1, 2),                             # stride-1 stem convolution
+])
+def test_small_input_keeps_resolution(name, kwargs, plain, small):
+    x = torch.randn(2, 3, 32, 32)
+    sides = []
+    for small_input in (False, True):
+        model = create_model(name, 3, small_input=small_input, **kwargs).eval()
+        with torch.no_grad():
+            sides.append(model.forward_features(x).shape[-1])
+            assert model(x).shape == (2, 3)
+    assert sides == [plain, small]
+
+
+def test_small_input_keeps_weight_shapes(tmp_path):
+    # pretrained weights still load: the stem changes its stride, not its weights
+    donor = timm.create_model("test_resnet", num_classes=5)
+    path = tmp_path / "w.safetensors"
+    save_file(donor.state_dict(), str(path))
+    model = create_model("test_resnet", 5, pretrained=str(path), small_input=True)
+    assert torch.equal(model.state_dict()["conv1.0.weight"], donor.state_dict()["conv1.0.weight"])
+
+
+@pytest.mark.parametrize("name, message", [
+    ("test_vit", r"not available for 'test_vit' \(VisionTransformer\): .*patch_size: 4"),
+    ("test_convnext", r"\(ConvNeXt\): its stem is a 4x4 patchify convolution"),
+    ("test_byobnet", r"\(ByobNet\): no adapter for its stem; architectures with one: EfficientNet, MobileNetV3, RegNet, ResNet"),
+])
+def test_small_input_is_refused_with_the_reason(name, message):
+    with pytest.raises(ModelError, match=message):
+        create_model(name, 3, small_input=True)
+
+
+def test_small_input_refusal_stops_training_before_any_work(small_config, tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["train", "--config", str(small_config), "--model", "digits_convnext", "small_input=true"]) == 2
+    assert "small_input is not available for 'test_convnext'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()

@@ -48,12 +48,25 @@ def test_no_module_imports_another_modules_private_names():
 def test_commands_that_never_train_start_without_torch(small_config):
     # each command may stop for want of runs or files: what matters is what it imported on the way
     code = ("import sys\nfrom pipeline.cli import main\n"
-            "for command in ['folds', 'ensemble', 'import-oof']:\n"
+            "for command in ['folds', 'ensemble', 'import-oof', 'clean-run']:\n"
             f"    main([command, '--config', {str(small_config)!r}])\n"
             f"    print('HEAVY', command, sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout
     heavy = [line for line in out.splitlines() if line.startswith("HEAVY")]
-    assert heavy == ["HEAVY folds []", "HEAVY ensemble []", "HEAVY import-oof []"], out
+    assert heavy == ["HEAVY folds []", "HEAVY ensemble []", "HEAVY import-oof []", "HEAVY clean-run []"], out
+
+
+def test_training_loads_neither_scikit_learn_nor_albumentations(small_config):
+    # about 90 MB resident that a training process does not need: scikit-learn only makes folds,
+    # albumentations only runs train.augment steps (the demo config has none)
+    from pipeline.cli import main
+
+    assert main(["folds", "--config", str(small_config)]) == 0
+    code = ("import sys\nfrom pipeline.cli import main\n"
+            f"code = main(['train', '--config', {str(small_config)!r}, '--model', 'digits_resnet', '--folds', '0'])\n"
+            "print('LOADED', code, sorted(m for m in ('sklearn', 'albumentations') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert "LOADED 0 []" in out.stdout, out.stdout + out.stderr
 
 
 def test_a_bad_tta_view_still_stops_training_before_any_work(small_config, tmp_path, capsys):

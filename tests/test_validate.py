@@ -111,6 +111,11 @@ def test_clean_competition_passes(small_config, capsys):
     table = _table(out)
     assert table["train images"] == ("ok", 60) and table["test images"] == ("ok", 20)
     assert table["train mode L"] == ("ok", 60)  # the digits are grayscale: listed, not a warning
+    # every check has its row, also those that found nothing
+    for check in ("test images also in train", "train duplicate images", "rare labels", "train images smaller than input",
+                  "test images smaller than input", "train ids", "test ids", "labels"):
+        assert table[check][0] == "ok", f"{check}: {table.get(check)} in\n{out}"
+    assert "images per class" in out and "classe " not in out
     assert "0 error(s), 0 warning(s)" in out
 
 

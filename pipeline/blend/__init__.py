@@ -76,7 +76,7 @@ from .stackers import LGBMStacker, LogRegStacker
 
 from .nested import NestedResult, nested_score
 from .objective import _LinearLoss, single_model_scores  # noqa: F401  (_LinearLoss: the tests' handle on the objective)
-from .selection import SELECTION_RULES, Scored, prune_correlated, select_method, standard_errors
+from .selection import SELECTION_RULES, Scored, prune_correlated, rank_candidates, select_method, standard_errors
 from .apply import APPLY_MODES, fold_means, predict_fold_mean, predict_per_fold, predict_test
 
 __all__ = [
@@ -102,5 +102,7 @@ __all__ = [
     "prune_correlated",
     "register_blend",
     "select_method",
+    "rank_candidates",
+    "ties_with_best",
     "single_model_scores",
 ]

@@ -184,6 +184,43 @@ def _best_index_among(scores: list[Scored], sign: float, indices: list[int]) -> 
     return max(indices, key=lambda i: (round(sign * scores[i].nested, _DECIMALS), -i))
 
 
+def rank_candidates(results: Mapping[Hashable, Any], metric: Metric | str) -> list[Hashable]:
+    """Every candidate, best nested score first, equal rounded scores in the order of ``results``, NaN last.
+
+    The order the leaderboard lists the candidates other than the chosen one in (the chosen one,
+    :func:`select_method`'s pick, is listed first): with rule ``best`` its first key is that pick.
+
+    Parameters
+    ----------
+    results : mapping
+        As for :func:`select_method` (a score, a :class:`Scored` or a nested result per key).
+    metric : Metric or str
+
+    Returns
+    -------
+    list
+        The keys of ``results``.
+
+    Raises
+    ------
+    ValueError
+        ``results`` is empty.
+    """
+    metric = _as_metric(metric)
+    if not results:
+        raise ValueError("rank_candidates needs at least one result")
+    sign = 1.0 if metric.greater_is_better else -1.0
+    keys = list(results)
+    scores = [_as_scored(results[k]).nested for k in keys]
+
+    def rank(i: int) -> tuple[bool, float, int]:
+        if math.isnan(scores[i]):
+            return False, 0.0, -i  # below every number, even an infinite loss
+        return True, round(sign * scores[i], _DECIMALS), -i
+
+    return [keys[i] for i in sorted(range(len(keys)), key=rank, reverse=True)]
+
+
 def prune_correlated(preds: np.ndarray, threshold: float = 0.995, scores: np.ndarray | None = None,
                      metric: Metric | str | None = None, *, y: np.ndarray | None = None,
                      task: str | None = None) -> tuple[np.ndarray, list[tuple[int, int, float]]]:

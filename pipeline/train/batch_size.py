@@ -131,7 +131,7 @@ def resolve_batch_size(cfg: TrainConfig, runtime: Runtime, image_size: int, n_cl
     limit = max(1, min(1024, n_train))
     if not runtime.is_cuda:
         return min(cpu_default, limit)
-    model = create_model(cfg.model, n_classes, False, cfg.drop_rate, **cfg.model_kwargs)
+    model = create_model(cfg.model, n_classes, False, cfg.drop_rate, cfg.small_input, **cfg.model_kwargs)
     rng = torch.get_rng_state(), torch.cuda.get_rng_state(runtime.device)
     try:
         return find_batch_size(step_fits(model, cfg, runtime, image_size, n_classes, head=head), limit=limit)

@@ -28,8 +28,9 @@ from pipeline.train.stage import (RunSpec, assemble_run, fold_list, open_run, op
 log = logging.getLogger(__name__)
 
 
-def train_fold_job(config_path: str, model: str, fold: int, overrides: dict[str, Any]) -> dict:
-    """One job of the grid: train ``model``'s fold ``fold`` wherever the executor runs it.
+def train_fold_job(config_path: str, model: str, fold: int, overrides: dict[str, Any], run_name: str | None = None) -> dict:
+    """One job of the grid: train fold ``fold`` of the run of ``model`` (named ``run_name``, default the recipe's)
+    wherever the executor runs it.
 
     The run was opened by the driver (its ``meta.json`` exists); this reads it, never writes it.
 
@@ -38,7 +39,7 @@ def train_fold_job(config_path: str, model: str, fold: int, overrides: dict[str,
     dict with the fold's score, training seconds and the batch size used.
     """
     config = load_config(config_path, overrides)
-    spec = prepare_run(config, model, overrides)
+    spec = prepare_run(config, model, overrides, run_name=run_name)
     layout = spec.layout
     meta = read_meta(layout)
     if meta is None:
@@ -65,9 +66,12 @@ class GridRun:
 
 
 def open_grid(config: Config, models: list[str], folds_subset: list[int] | None, force: bool,
-              overrides: dict[str, Any] | None, locks: contextlib.ExitStack) -> list[GridRun]:
+              overrides: dict[str, Any] | None, locks: contextlib.ExitStack, run_name: str | None = None) -> list[GridRun]:
     """Resolve and open every run before any job starts; the runs' locks are held by ``locks``."""
-    specs = [prepare_run(config, model, overrides) for model in models]  # every recipe checked before any work
+    if run_name and len(models) != 1:
+        raise ValueError("a run name names one run: give one model with it")
+    # every recipe checked before any work
+    specs = [prepare_run(config, model, overrides, run_name=run_name) for model in models]
     runs = []
     for spec in specs:
         fold_ids = fold_list(spec, folds_subset)
@@ -96,7 +100,8 @@ def record_outcome(run: GridRun, fold: int, outcome: JobOutcome) -> None:
 
 
 def run_train_grid(config: Config, models: list[str], executor: Executor, folds_subset: list[int] | None = None,
-                   force: bool = False, overrides: dict[str, Any] | None = None) -> list[tuple[str, RunMeta | None, str]]:
+                   force: bool = False, overrides: dict[str, Any] | None = None,
+                   run_name: str | None = None) -> list[tuple[str, RunMeta | None, str]]:
     """Train every (model, fold) as one job on ``executor``, then assemble each run whose folds all finished.
 
     Parameters
@@ -109,6 +114,8 @@ def run_train_grid(config: Config, models: list[str], executor: Executor, folds_
         Where the jobs run (:mod:`pipeline.executors`).
     folds_subset, force, overrides
         As for :func:`pipeline.train.run_train`.
+    run_name : str, optional
+        ``NAME=``: the run's name when one model is trained (default: the recipe's).
 
     Returns
     -------
@@ -118,11 +125,12 @@ def run_train_grid(config: Config, models: list[str], executor: Executor, folds_
         raise ValueError("run_train_grid needs a config loaded from a file: its jobs reload it by path")
     overrides = overrides or {}
     with contextlib.ExitStack() as locks:
-        runs = open_grid(config, models, folds_subset, force, overrides, locks)
+        runs = open_grid(config, models, folds_subset, force, overrides, locks, run_name)
         jobs, owner = [], {}
         for run in runs:
             for fold in run.fold_ids:
-                job = Job(f"{run.spec.name} fold {fold}", train_fold_job, (config.source, run.spec.name, fold, overrides))
+                job = Job(f"{run.spec.name} fold {fold}", train_fold_job,
+                          (config.source, run.spec.recipe or run.spec.name, fold, overrides, run.spec.name))
                 jobs.append(job)
                 owner[job.key] = (run, fold)
         log.info("grid: %d job(s) of %d run(s) on %s", len(jobs), len(runs), executor.describe())

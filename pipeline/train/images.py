@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.cache import ImageCache, cache_bytes, cache_key, cache_side, open_cache
-from pipeline.config import Config, TrainConfig
+from pipeline.config import Config, ImageSizeChoice, TrainConfig
 from pipeline.data import ImageStore
 from pipeline.models import create_model, data_config, default_input_size
 
@@ -36,6 +36,49 @@ def input_size(cfg: TrainConfig, n_classes: int) -> int:
             return size
     model = create_model(cfg.model, n_classes, False, **cfg.model_kwargs)
     return data_config(model).image_size
+
+
+#: Above this factor between the input size and the images' median shorter side, a run warns that it upsamples
+UPSAMPLE_WARN = 2.0
+#: ... and below its inverse, that it throws most of the pixels away
+DOWNSAMPLE_WARN = 4.0
+
+
+def image_size_report(choice: ImageSizeChoice, target: int, data_side: int) -> tuple[str, list[str]]:
+    """Say which input size a run uses and where it came from; warn when it rescales the images a lot.
+
+    Parameters
+    ----------
+    choice : ImageSizeChoice
+        From :func:`pipeline.config.image_size_choice`.
+    target : int
+        The input side the run uses (:func:`input_size`).
+    data_side : int
+        The training images' median shorter side (:func:`pipeline.data.median_short_side`); 0 if unknown.
+
+    Returns
+    -------
+    (line, warnings)
+        ``line`` is e.g. ``input 224 px (from recipe resnet18.yaml; the competition's image_size 32 is
+        overridden)``; ``warnings`` has one text per problem found.
+    """
+    notes = []
+    if choice.overrides_competition:
+        notes.append(f"the competition's image_size {choice.competition_size} is overridden; "
+                     "train.image_size_from: competition keeps it for every recipe")
+    line = f"input {target} px (from {choice.source}{'; ' + '; '.join(notes) if notes else ''})"
+    warnings = []
+    if data_side:
+        scale = target / data_side
+        if scale > UPSAMPLE_WARN:
+            warnings.append(f"input {target} px upsamples the images (median shorter side {data_side} px) {scale:.1f}x: "
+                            f"about {scale ** 2:.0f}x the compute for no new detail; for small images set "
+                            f"image_size: {data_side} (train.image_size_from: competition) with small_input: true "
+                            "(README: small images)")
+        elif scale < 1 / DOWNSAMPLE_WARN:
+            warnings.append(f"input {target} px downsamples the images (median shorter side {data_side} px) "
+                            f"{1 / scale:.1f}x: fine detail is lost; a larger image_size may score better")
+    return line, warnings
 
 
 def cache_mode(cfg: TrainConfig, cache_dir: Path, n_images: int, target: int) -> str:

@@ -28,7 +28,7 @@ from pipeline.train.dataset import FoldData, ImageDataset
 from pipeline.train.heads import Head
 from pipeline.train.model import prepare_model, seed_everything, wrap_for_training
 from pipeline.train.predict import predict_fold, predict_views
-from pipeline.train.runtime import Runtime, batch_to_device, device_transform, make_loader
+from pipeline.train.runtime import Runtime, batch_to_device, device_transform, eval_batch_size, make_loader
 from pipeline.train.steps import check_loss, global_mean, make_optimizer, train_step, warmup_cosine
 from pipeline.transforms import DeviceTransform, HostTransform
 
@@ -37,15 +37,26 @@ log = logging.getLogger(__name__)
 
 def train_one_epoch(model: torch.nn.Module, loader, criterion: Head, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, scheduler, runtime: Runtime, inputs: DeviceTransform,
-                    cfg: TrainConfig, epoch: int, bar) -> float:
-    """One pass over the training loader; returns the mean loss over every rank's steps.
+                    cfg: TrainConfig, epoch: int, bar) -> tuple[float, float]:
+    """One pass over the training loader.
 
     The loss is read back to the host every ``cfg.log_every`` steps only (and once at the end).
+    The time the loop waits for the loader's next batch is measured on the host clock, with no
+    device sync: on a GPU, a loop blocked on the loader has queued no new work, so once the
+    queued steps drain the GPU waits for data; on the CPU (no workers) it is the loader's own work.
+
+    Returns
+    -------
+    (loss, data_wait_seconds)
+        The mean loss over every rank's steps, and the seconds spent waiting for batches.
     """
     model.train()
     loss_sum = torch.zeros((), device=runtime.device)
     steps = len(loader)
+    waited = 0.0
+    asked = time.perf_counter()
     for step, (x, y) in enumerate(loader):
+        waited += time.perf_counter() - asked
         x, y = batch_to_device(x, runtime, inputs, train=True), y.to(runtime.device, non_blocking=True)
         loss_sum += train_step(model, x, y, criterion, optimizer, scaler, runtime, cfg.grad_clip, scheduler)
         if (step + 1) % cfg.log_every == 0:
@@ -53,10 +64,11 @@ def train_one_epoch(model: torch.nn.Module, loader, criterion: Head, optimizer: 
             check_loss(mean_loss, epoch, step, cfg)
             bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
             bar.update(cfg.log_every)
+        asked = time.perf_counter()
     bar.update(steps - (steps // cfg.log_every) * cfg.log_every)
     train_loss = global_mean(loss_sum, steps, runtime.dist)
     check_loss(train_loss, epoch, steps - 1, cfg)
-    return train_loss
+    return train_loss, waited
 
 
 def evaluate(model: torch.nn.Module, loader, view: Callable, runtime: Runtime, head: Head, inputs: DeviceTransform,
@@ -104,7 +116,7 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
     drop_last = per_rank > cfg.batch_size
     train_loader = make_loader(train_ds, cfg.batch_size, runtime, shuffle=True, generator=generator,
                                drop_last=drop_last, sampler=sampler)
-    valid_loader = make_loader(valid_ds, cfg.batch_size * 2, runtime)
+    valid_loader = make_loader(valid_ds, eval_batch_size(cfg.batch_size, runtime), runtime)
 
     optimizer = make_optimizer(model, cfg, runtime)
     steps_per_epoch = len(train_loader)
@@ -148,14 +160,16 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         torch.manual_seed(seed * 100 + epoch + 7919 * context.rank)
         train_tf.set_random_seed(seed * 100 + epoch + 7919 * context.rank)
         epoch_started = time.perf_counter()
-        train_loss = train_one_epoch(step_model, train_loader, data.head, optimizer, scaler, scheduler, runtime, inputs,
-                                     cfg, epoch, bar)
+        train_loss, waited = train_one_epoch(step_model, train_loader, data.head, optimizer, scaler, scheduler, runtime,
+                                             inputs, cfg, epoch, bar)
         # the loss read-back above waited for the device, so this is the epoch's real training time
-        images_per_s = images_per_epoch / max(time.perf_counter() - epoch_started, 1e-9)
+        epoch_seconds = max(time.perf_counter() - epoch_started, 1e-9)
+        images_per_s = images_per_epoch / epoch_seconds
+        data_wait = min(waited / epoch_seconds, 1.0)
         broadcast_buffers(model, context)
         score = evaluate(model, valid_loader, views[0], runtime, data.head, inputs, valid_y, metric)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "valid_score": score, "lr": scheduler.get_last_lr()[0],
-                        "train_images_per_s": images_per_s})
+                        "train_images_per_s": images_per_s, "data_wait_share": data_wait})
         if metric.is_better(score, best_score):
             best_score, best_epoch = score, epoch
             if main:
@@ -163,8 +177,9 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         bar.set_postfix(loss=f"{train_loss:.4f}", **{metric.name: f"{score:.4f}", "best": f"{best_score:.4f}"})
         if main and bar.disable:
             # a log file gets one line per epoch instead of the bar's carriage-return updates
-            log.info("  %s fold %d epoch %d/%d: loss %.4f, %s %.4f (best %.4f), %.0f images/s", run_name, fold,
-                     epoch + 1, cfg.epochs, train_loss, metric.name, score, best_score, images_per_s)
+            log.info("  %s fold %d epoch %d/%d: loss %.4f, %s %.4f (best %.4f), %.0f images/s, %.0f%% waiting for data",
+                     run_name, fold, epoch + 1, cfg.epochs, train_loss, metric.name, score, best_score, images_per_s,
+                     100 * data_wait)
         if main:
             checkpoint.save_state(state_path, {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -177,8 +192,10 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
 
     result = predict_fold(cfg, fold, data, classes, metric, runtime, layout, views, view_names, model=model)
     rates = [h["train_images_per_s"] for h in history if "train_images_per_s" in h]
+    waits = [h["data_wait_share"] for h in history if "data_wait_share" in h]
     result.update({"best_epoch": best_epoch + 1, "epochs_run": len(history), "train_seconds": train_seconds,
                    "train_images_per_s": float(np.median(rates)) if rates else None,
+                   "data_wait_share": float(np.median(waits)) if waits else None,
                    "history": history, "image_size": dcfg.image_size, "mean": dcfg.mean, "std": dcfg.std,
                    "interpolation": dcfg.interpolation, "params": count_parameters(model),
                    "batch_size": cfg.batch_size, "processes": context.world_size})

@@ -23,7 +23,7 @@ def seed_everything(seed: int) -> None:
 
 def prepare_model(cfg: TrainConfig, n_classes: int, runtime: Runtime, pretrained) -> torch.nn.Module:
     """The architecture with ``n_classes`` outputs on the runtime's device (SyncBatchNorm under DDP on GPUs)."""
-    model = create_model(cfg.model, n_classes, pretrained, cfg.drop_rate, **cfg.model_kwargs)
+    model = create_model(cfg.model, n_classes, pretrained, cfg.drop_rate, cfg.small_input, **cfg.model_kwargs)
     if cfg.sync_bn and runtime.dist.enabled:
         if runtime.is_cuda:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -22,8 +22,8 @@ from pipeline.models import data_config
 from pipeline.store import RunLayout
 from pipeline.train.dataset import FoldData, ImageDataset
 from pipeline.train.model import prepare_model
-from pipeline.train.runtime import (Runtime, autocast, batch_to_device, device_transform, free_device_memory, is_oom,
-                                    make_loader, to_device)
+from pipeline.train.runtime import (Runtime, autocast, batch_to_device, device_transform, eval_batch_size,
+                                    free_device_memory, is_oom, make_loader, to_device)
 from pipeline.transforms import DeviceTransform, HostTransform, apply_views
 
 
@@ -97,8 +97,9 @@ def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str]
     inputs = device_transform(cfg, dcfg, runtime)
     valid_idx = np.flatnonzero(data.folds == fold)
     test_rows = np.arange(len(data.test_store))
-    valid_loader = make_loader(ImageDataset(data.store, shard(valid_idx, context), eval_tf, data.y), cfg.batch_size * 2, runtime)
-    test_loader = make_loader(ImageDataset(data.test_store, shard(test_rows, context), eval_tf), cfg.batch_size * 2, runtime)
+    batch_size = eval_batch_size(cfg.batch_size, runtime)
+    valid_loader = make_loader(ImageDataset(data.store, shard(valid_idx, context), eval_tf, data.y), batch_size, runtime)
+    test_loader = make_loader(ImageDataset(data.test_store, shard(test_rows, context), eval_tf), batch_size, runtime)
 
     def summary(probs: np.ndarray) -> np.ndarray:
         # the plain view and the mean over views: all that is kept, and all that ranks exchange

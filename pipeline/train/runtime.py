@@ -112,9 +112,50 @@ def amp_dtype_for(cfg: TrainConfig, use_cuda: bool, bf16_supported: bool | None 
     return torch.bfloat16 if bf16_supported else torch.float16
 
 
+#: On the CPU, host allocations from this size up are mapped fresh and unmapped when freed (glibc ``mallopt``).
+CPU_MMAP_THRESHOLD = 128 * 1024
+_M_MMAP_THRESHOLD = -3   # glibc's mallopt parameter number
+
+
+def return_freed_memory_at_once(threshold: int = CPU_MMAP_THRESHOLD) -> bool:
+    """Make glibc hand freed large blocks (a step's activations) straight back to the system.
+
+    glibc maps blocks above a threshold fresh and unmaps them when freed, but it raises that
+    threshold (up to 32 MiB) each time such a block is freed, after which the activations of
+    a training step on the CPU come from the heap and stay with the process once freed: the
+    peak RSS of a CPU run grows by hundreds of MB that hold nothing (measured in
+    ``docs/benchmarks.md``: 400 MB for ResNet-18 at 224 px, batch 64). A fixed threshold
+    keeps the first behaviour; the price is that the kernel zeroes the pages of every fresh
+    mapping (measured 5-17% more wall time per step on a loaded 2-core machine).
+
+    Returns
+    -------
+    bool
+        Whether it was set (False off glibc, e.g. macOS or musl).
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False
+
+
 def select_runtime(cfg: TrainConfig, images_in_memory: bool, context: DistContext = SINGLE) -> Runtime:
-    """Pick the device, AMP dtype, memory format, compilation and loader settings for this machine."""
+    """Pick the device, AMP dtype, memory format, compilation and loader settings for this machine.
+
+    On the CPU, with ``train.return_freed_memory`` (the default), it also makes freed
+    activations go back to the system at once (:func:`return_freed_memory_at_once`, for the
+    rest of the process), which lowers the run's peak memory and costs some speed.
+    """
     use_cuda = use_cuda_for(cfg)
+    if not use_cuda and cfg.return_freed_memory:
+        return_freed_memory_at_once()
     device = torch.device("cuda", context.local_rank) if use_cuda and context.enabled else torch.device("cuda" if use_cuda else "cpu")
     if use_cuda:
         torch.backends.cudnn.benchmark = True
@@ -124,6 +165,16 @@ def select_runtime(cfg: TrainConfig, images_in_memory: bool, context: DistContex
         compile_mode = "default" if cfg.compile is True else cfg.compile
     return Runtime(device, amp_dtype_for(cfg, use_cuda), bool(use_cuda and cfg.channels_last), loader["num_workers"],
                    loader["pin_memory"], loader["persistent_workers"], loader["prefetch_factor"], compile_mode, context)
+
+
+def eval_batch_size(batch_size: int, runtime: Runtime) -> int:
+    """The batch size of validation and prediction loaders.
+
+    On a GPU twice the training batch (inference keeps no activations for a backward pass, and
+    larger batches keep the GPU busy); on the CPU the training batch itself: a larger one is no
+    faster per image there, and at 224 px its activations would raise the process's peak memory.
+    """
+    return batch_size * 2 if runtime.is_cuda else batch_size
 
 
 def make_loader(dataset, batch_size: int, runtime: Runtime, shuffle: bool = False, generator: torch.Generator | None = None,

@@ -18,21 +18,21 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io
-from pipeline.config import Config, ConfigError, TrainConfig, resolve_train_config
-from pipeline.data import Competition, load_competition
+from pipeline.config import Config, ConfigError, TrainConfig, config_file_hashes, image_size_choice, resolve_train_config
+from pipeline.data import Competition, load_competition, median_short_side
 from pipeline.distributed import SINGLE, DistContext, barrier, broadcast_object, init_distributed, launched_by_torchrun
 from pipeline.errors import PipelineError
 from pipeline.folds import FoldsError, read_folds, run_folds
 from pipeline.metrics import Metric, get_metric
 from pipeline.models import create_model, model_family, resolve_model_name
 from pipeline.report import format_seconds, format_table, log_to_file
-from pipeline.store import (RunLayout, RunLock, RunMeta, StoreError, code_version, library_versions, prediction_frame,
-                            read_meta, run_hash, write_meta)
+from pipeline.store import (RunLayout, RunLock, RunMeta, StoreError, check_run_name, code_version, library_versions,
+                            prediction_frame, read_meta, run_hash, write_meta)
 from pipeline.tasks import resolve_loss
 from pipeline.train.batch_size import resolve_batch_size
 from pipeline.train.dataset import FoldData
 from pipeline.train.heads import Head, make_head
-from pipeline.train.images import input_size, open_image_store
+from pipeline.train.images import image_size_report, input_size, open_image_store
 from pipeline.train.loop import train_fold
 from pipeline.train.predict import predict_fold, read_fold_predictions
 from pipeline.train.runtime import Runtime, select_runtime, use_cuda_for
@@ -72,16 +72,24 @@ class RunSpec:
     fingerprint: str
     metric: Metric
     head: Head
+    recipe: str = ""                 # the recipe, alias or timm name the run was made from
+    image_size_source: str = ""      # which setting chose the input size
 
 
 def prepare_run(config: Config, model: str, overrides: dict[str, Any] | None = None,
-                competition: Competition | None = None) -> RunSpec:
-    """Resolve the recipe, check the model name, the weights file and the data: fail before any work."""
-    name, cfg = resolve_train_config(config, model, overrides)
+                competition: Competition | None = None, run_name: str | None = None) -> RunSpec:
+    """Resolve the recipe, check the model name, the weights file and the data: fail before any work.
+
+    ``run_name`` (``NAME=``) names the run folder; by default the recipe's name does. The input
+    size and where it came from are logged, with a warning when it rescales the images a lot.
+    """
+    _, cfg = resolve_train_config(config, model, overrides)
+    name = check_run_name(run_name) if run_name else model
     resolve_model_name(cfg.model)
-    if cfg.pretrained is not False or cfg.model_kwargs:
-        # built once before any work: a mismatched weights file, a failed download or an unknown keyword stops here
-        create_model(cfg.model, 2, cfg.pretrained, **cfg.model_kwargs)
+    if cfg.pretrained is not False or cfg.model_kwargs or cfg.small_input:
+        # built once before any work: a mismatched weights file, a failed download, an unknown keyword or an
+        # architecture small_input cannot adapt stops here
+        create_model(cfg.model, 2, cfg.pretrained, small_input=cfg.small_input, **cfg.model_kwargs)
     try:
         resolve_loss(config.competition.task, cfg.loss)  # a recipe's loss fits the task: checked before the data is read
     except ValueError as exc:
@@ -89,8 +97,14 @@ def prepare_run(config: Config, model: str, overrides: dict[str, Any] | None = N
     competition = competition or load_competition(config)
     head = make_head(config.competition.task, cfg.loss, competition.targets, cfg.label_smoothing)
     folds, fingerprint = ensure_folds(config, competition)
+    choice = image_size_choice(config, model, overrides)
+    line, warnings = image_size_report(choice, input_size(cfg, len(competition.classes)),
+                                       median_short_side(competition.train_paths))
+    log.info("%s: %s%s", name, line, "" if name == model else f", recipe {model}")
+    for warning in warnings:
+        log.warning("%s: warning: %s", name, warning)
     return RunSpec(name, cfg, RunLayout(config.runs_dir / name), run_hash(cfg, config, fingerprint), competition, folds,
-                   fingerprint, get_metric(config.competition.metric), head)
+                   fingerprint, get_metric(config.competition.metric), head, model, choice.source)
 
 
 def fold_list(spec: RunSpec, folds_subset: list[int] | None) -> list[int]:
@@ -113,6 +127,7 @@ def new_meta(config: Config, spec: RunSpec) -> RunMeta:
         loss=spec.head.loss_name, folds_fingerprint=spec.fingerprint, n_folds=int(len(np.unique(spec.folds))),
         config_hash=spec.settings_hash, config=spec.cfg.model_dump(), seed=spec.cfg.seed,
         versions=library_versions(), code_version=code_version(), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        image_size_source=spec.image_size_source, config_files=config_file_hashes(config, spec.recipe),
     )
 
 
@@ -191,7 +206,8 @@ def with_batch_size(spec: RunSpec, meta: RunMeta, runtime: Runtime, target: int)
 # -- the stages --------------------------------------------------------------------------------
 
 def run_train(config: Config, model: str, folds_subset: list[int] | None = None, force: bool = False,
-              overrides: dict[str, Any] | None = None, competition: Competition | None = None) -> RunMeta:
+              overrides: dict[str, Any] | None = None, competition: Competition | None = None,
+              name: str | None = None) -> RunMeta:
     """Train (or resume) one run on the chosen folds; assemble its OOF files when every fold is done.
 
     Parameters
@@ -207,6 +223,9 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
         Parsed ``key=value`` overrides (:func:`pipeline.config.parse_overrides`); ``train`` keys apply.
     competition : Competition, optional
         The loaded competition, when the caller has it already.
+    name : str, optional
+        The run's name (``NAME=``): the same recipe trained twice under two names makes two runs
+        (a repeat, an ablation). Default: the recipe's name.
 
     Returns
     -------
@@ -219,7 +238,7 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
         If the run exists with other settings and ``force`` is not set, or another process holds it.
     """
     context = start_distributed(config, model, overrides)
-    spec = on_main(context, lambda: prepare_run(config, model, overrides, competition))  # rank 0 makes the folds
+    spec = on_main(context, lambda: prepare_run(config, model, overrides, competition, name))  # rank 0 makes the folds
     fold_ids = fold_list(spec, folds_subset)
     layout = spec.layout
     with run_lock(layout.run_dir, context):
@@ -249,9 +268,10 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
             write_meta(layout, meta)
             for state_file in (layout.state(fold), layout.previous_state(fold)):
                 state_file.unlink(missing_ok=True)  # the fold is final: its resume states are no longer needed
-            log.info("  fold %d: %s %.4f (no TTA %.4f), best epoch %d/%d, %s, %.0f images/s", fold, spec.metric.name,
-                     result["score"], result["score_plain"], result["best_epoch"], result["epochs_run"],
-                     format_seconds(result["train_seconds"]), result["train_images_per_s"] or 0.0)
+            log.info("  fold %d: %s %.4f (no TTA %.4f), best epoch %d/%d, %s, %.0f images/s, %.0f%% waiting for data",
+                     fold, spec.metric.name, result["score"], result["score_plain"], result["best_epoch"],
+                     result["epochs_run"], format_seconds(result["train_seconds"]), result["train_images_per_s"] or 0.0,
+                     100 * (result["data_wait_share"] or 0.0))
         meta = on_main(context, lambda: assemble_run(spec, meta))
     return meta
 
@@ -290,14 +310,15 @@ def open_run(spec: RunSpec, config: Config, fold_ids: list[int], force: bool) ->
 
 
 def run_predict(config: Config, model: str, overrides: dict[str, Any] | None = None,
-                competition: Competition | None = None) -> RunMeta:
+                competition: Competition | None = None, name: str | None = None) -> RunMeta:
     """Re-predict a run's validation folds and the test set from its saved checkpoints (no training).
 
     This is how a Kaggle inference notebook works: checkpoints in, predictions out,
-    with the TTA views of the current config.
+    with the TTA views of the current config. ``name`` is the run's name when it was
+    trained under ``NAME=`` (default: the recipe's name).
     """
     context = start_distributed(config, model, overrides)
-    spec = on_main(context, lambda: prepare_run(config, model, overrides, competition))
+    spec = on_main(context, lambda: prepare_run(config, model, overrides, competition, name))
     layout = spec.layout
     with run_lock(layout.run_dir, context):
         meta = on_main(context, lambda: trained_meta(spec, model))
@@ -341,7 +362,8 @@ def trained_meta(spec: RunSpec, model: str) -> RunMeta:
     what to run first."""
     meta = read_meta(spec.layout)
     if meta is None:
-        raise StoreError(f"no run {spec.layout.run_dir}; train it first with 'make train MODEL={model}'")
+        named = f" NAME={spec.name}" if spec.name != model else ""
+        raise StoreError(f"no run {spec.layout.run_dir}; train it first with 'make train MODEL={model}{named}'")
     if meta.config_hash != spec.settings_hash:
         raise StoreError(f"run {spec.layout.run_dir} was trained with other settings; predict with the same recipe and ARGS")
     for fold in meta.folds_done:
@@ -399,11 +421,12 @@ def train_leaderboard(meta: RunMeta) -> str:
         rows.append({"fold": int(fold), "best epoch": f"{info.get('best_epoch', '-')}/{info.get('epochs_run', '-')}",
                      "score": info["score"], "no TTA": info["score_plain"],
                      "train": format_seconds(info.get("train_seconds", 0.0)), "predict": format_seconds(info["predict_seconds"]),
-                     "images/s": None if info.get("train_images_per_s") is None else round(info["train_images_per_s"])})
+                     "images/s": None if info.get("train_images_per_s") is None else round(info["train_images_per_s"]),
+                     "data wait": None if info.get("data_wait_share") is None else f"{100 * info['data_wait_share']:.0f}%"})
     if meta.status == "finished":
         rows.append({"fold": "CV", "best epoch": "", "score": meta.cv, "no TTA": meta.cv_plain,
                      "train": format_seconds(meta.train_seconds), "predict": format_seconds(meta.predict_seconds),
-                     "images/s": None})
+                     "images/s": None, "data wait": None})
     title = f"{meta.name} ({meta.timm_name}, {meta.metric}) - {meta.status}"
     if meta.private_lb is not None:
         title += f", private LB {meta.private_lb:.4f}"
