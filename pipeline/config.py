@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.errors import PipelineError
-from pipeline.io import safe_name
+from pipeline.io import file_sha256, safe_name
 from pipeline.metrics import METRICS
 
 
@@ -640,7 +640,7 @@ def config_file_hashes(config: Config, model: str | None = None) -> dict[str, st
     hashes = {}
     for file in files:
         if file.is_file():
-            hashes[str(file.resolve())] = hashlib.sha256(file.read_bytes()).hexdigest()
+            hashes[str(file.resolve())] = file_sha256(file)
     return dict(sorted(hashes.items()))
 
 

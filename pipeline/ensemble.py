@@ -14,7 +14,6 @@ and the stored predictions are read: no image file is needed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +83,6 @@ def check_submission(submission: pd.DataFrame, sample: pd.DataFrame, id_column: 
         raise SubmissionError("submission has inf values")
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class SubmissionWriter:
     """Writes the ensemble's files into ``submissions/<competition>/`` without ever replacing a user's file.
 
@@ -131,7 +126,7 @@ class SubmissionWriter:
         if name not in self.manifest:
             return f"{path} exists and was not written by the pipeline"
         recorded = self.manifest[name]
-        if recorded not in (None, self.PENDING) and recorded != file_sha256(path):
+        if recorded not in (None, self.PENDING) and recorded != io.file_sha256(path):
             return f"{path} changed since the pipeline wrote it"
         return None
 
@@ -157,7 +152,7 @@ class SubmissionWriter:
         self.manifest[name] = self.PENDING
         self._save_manifest()
         path = io.write_with(self.folder / name, writer)
-        self.manifest[name] = file_sha256(path)
+        self.manifest[name] = io.file_sha256(path)
         self._save_manifest()
         self.written.append(name)
         return path

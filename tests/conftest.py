@@ -50,27 +50,32 @@ def small_competition(digits_dir, tmp_path) -> Path:
     return build_small_competition(digits_dir, tmp_path / "data", n_train=60, n_test=20)
 
 
+def shrunk_demo_config(data_dir: Path, output_dir: Path, changes: dict | None = None) -> dict:
+    """configs/digits.yaml shrunk for tests (3 folds, 1 epoch, two tiny models); ``changes`` merge in (nested dicts)."""
+    config = yaml.safe_load(DEMO_CONFIG.read_text())
+    config["competition"]["data_dir"] = str(data_dir)
+    config["competition"].pop("demo")
+    config["output_dir"] = str(output_dir)
+    config["recipes_dir"] = str(ROOT / "configs" / "recipes")
+    config["folds"]["n_splits"] = 3
+    config["train"].update(epochs=1, batch_size=16, patience=None, tta=["identity", "shift(1,0)"])
+    config["ensemble"].update(optuna_trials=20, methods=["mean", "optuna", "caruana"])
+    config["models"] = ["digits_resnet", "digits_effnet"]
+    for key, value in (changes or {}).items():
+        if isinstance(value, dict):
+            config.setdefault(key, {}).update(value)
+        else:
+            config[key] = value
+    return config
+
+
 @pytest.fixture()
 def write_config(tmp_path):
-    """Write a shrunk copy of configs/digits.yaml; ``changes`` are merged in (nested dicts)."""
+    """Write a shrunk copy of configs/digits.yaml (:func:`shrunk_demo_config`) beside the test's files."""
 
     def write(data_dir: Path, changes: dict | None = None, name: str = "comp.yaml") -> Path:
-        config = yaml.safe_load(DEMO_CONFIG.read_text())
-        config["competition"]["data_dir"] = str(data_dir)
-        config["competition"].pop("demo")
-        config["output_dir"] = str(tmp_path / "out")
-        config["recipes_dir"] = str(ROOT / "configs" / "recipes")
-        config["folds"]["n_splits"] = 3
-        config["train"].update(epochs=1, batch_size=16, patience=None, tta=["identity", "shift(1,0)"])
-        config["ensemble"].update(optuna_trials=20, methods=["mean", "optuna", "caruana"])
-        config["models"] = ["digits_resnet", "digits_effnet"]
-        for key, value in (changes or {}).items():
-            if isinstance(value, dict):
-                config.setdefault(key, {}).update(value)
-            else:
-                config[key] = value
         path = tmp_path / name
-        path.write_text(yaml.safe_dump(config))
+        path.write_text(yaml.safe_dump(shrunk_demo_config(data_dir, tmp_path / "out", changes)))
         return path
 
     return write

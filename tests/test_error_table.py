@@ -19,7 +19,7 @@ from typing import Callable
 import pandas as pd
 import pytest
 import yaml
-from conftest import DEMO_CONFIG, build_small_competition
+from conftest import build_small_competition, shrunk_demo_config
 
 from pipeline.cli import main
 
@@ -66,15 +66,10 @@ def template(tmp_path_factory, digits_dir) -> Path:
     """A competition of 60 images, its folds, one trained run and one submission folder."""
     root = tmp_path_factory.mktemp("template")
     build_small_competition(digits_dir, root / "data", n_train=60, n_test=20)
-    config = yaml.safe_load(DEMO_CONFIG.read_text())
-    config["competition"].update(data_dir="data", name="comp")
-    config["competition"].pop("demo")
-    config["output_dir"] = "@OUT@"
-    config["recipes_dir"] = str(Path(__file__).resolve().parents[1] / "configs" / "recipes")
-    config["folds"]["n_splits"] = 3
-    config["train"].update(epochs=1, batch_size=16, patience=None, tta=["identity"])
-    config["ensemble"].update(optuna_trials=5, methods=["mean", "caruana"])
-    config["models"] = ["digits_resnet"]
+    # data_dir "data" is relative to the config, so each copy of the template finds its own competition
+    config = shrunk_demo_config(Path("data"), "@OUT@", {
+        "competition": {"name": "comp"}, "train": {"tta": ["identity"]},
+        "ensemble": {"optuna_trials": 5, "methods": ["mean", "caruana"]}, "models": ["digits_resnet"]})
     (root / "comp.yaml.in").write_text(yaml.safe_dump(config))
     workspace = _materialise(root, root)
     assert main(["train", "--config", str(workspace.config), "--model", "digits_resnet"]) == 0

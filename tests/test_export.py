@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import DEMO_CONFIG, ROOT, build_small_competition
+from conftest import build_small_competition, shrunk_demo_config
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.export import compare_submissions, image_pattern
@@ -24,15 +24,9 @@ def demo(digits_dir, tmp_path_factory):
     """A tiny demo run end to end once (2 tiny models x 2 folds, 1 epoch): it ends by exporting."""
     base = tmp_path_factory.mktemp("export_demo")
     data = build_small_competition(digits_dir, base / "data", n_train=60, n_test=20)
-    config = yaml.safe_load(DEMO_CONFIG.read_text())
-    config["competition"]["data_dir"] = str(data)
-    config["competition"].pop("demo")
-    config["output_dir"] = str(base / "out")
-    config["recipes_dir"] = str(ROOT / "configs" / "recipes")
-    config["folds"]["n_splits"] = 2
-    config["train"].update(epochs=1, batch_size=16, patience=None, tta=["identity", "shift(1,0)"])
-    config["ensemble"].update(methods=["mean", "caruana", "logreg_stacker"], method_params={"logreg_stacker": {"C": 0.1}})
-    config["models"] = ["digits_resnet", "digits_effnet"]
+    config = shrunk_demo_config(data, base / "out", {
+        "folds": {"n_splits": 2},
+        "ensemble": {"methods": ["mean", "caruana", "logreg_stacker"], "method_params": {"logreg_stacker": {"C": 0.1}}}})
     path = base / "comp.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["demo", "--config", str(path)]) == 0
