@@ -175,6 +175,22 @@ class TrainConfig(StrictModel):
     augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)          # albumentations, per image on the CPU
     device_augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)   # per batch on the device (transforms.py)
     tta: list[str] = Field(default_factory=lambda: ["identity"])
+    # training recipes (README "Training recipes"); each is off by default and hashed only when set
+    ema: bool = False                                   # validate, keep and predict with an EMA of the weights
+    ema_decay: float = Field(default=0.999, gt=0, lt=1)
+    ema_warmup: bool = True                             # timm's decay warm-up: 1 - (1 + step)^(-2/3), capped at ema_decay
+    mixup_alpha: float = Field(default=0.0, ge=0)       # Beta(alpha, alpha) mixing weight; 0: no mixup
+    cutmix_alpha: float = Field(default=0.0, ge=0)      # Beta(alpha, alpha) box area; 0: no cutmix
+    mixup_prob: float = Field(default=1.0, ge=0, le=1)  # share of batches mixed
+    mixup_switch_prob: float = Field(default=0.5, ge=0, le=1)   # cutmix instead of mixup when both are on
+    mixup_mode: Literal["batch", "pair", "elem"] = "batch"      # one lambda per batch, per pair or per image
+    mixup_off_epochs: int = Field(default=0, ge=0)      # train the last N epochs on clean images
+    grad_accum_steps: int = Field(default=1, ge=1)      # an optimizer step every N batches
+
+    @property
+    def mixes(self) -> bool:
+        """Whether mixup or cutmix is on."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
     @field_validator("cache", mode="before")
     @classmethod
@@ -577,7 +593,24 @@ def resolve_train_config(config: Config, model: str, overrides: dict[str, Any] |
         train = TrainConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where, TrainConfig).replace("  - ", "  - train.")) from None
+    check_recipe_fits_task(train, config.competition.task, where)
     return model, train
+
+
+def check_recipe_fits_task(train: TrainConfig, task: str, where: str = "train") -> None:
+    """Raise :class:`ConfigError` when a training recipe cannot apply to the competition's task.
+
+    Mixup and cutmix mix two images' targets into soft labels: class probabilities
+    (multiclass, binary) or per-label probabilities (multilabel). A regression or ordinal
+    target is a value on a scale, trained with MSE/Huber or cut points, not a label
+    distribution: a blend of two values is a value neither image has, so the pair is refused.
+    """
+    if train.mixes and task in ("regression", "ordinal"):
+        raise ConfigError(
+            f"{where}: train.mixup_alpha/cutmix_alpha are for label tasks (multiclass, binary, multilabel), "
+            f"not task {task!r}: mixup mixes targets as class probabilities, and a {task} target is a value on a "
+            "scale whose loss (MSE/Huber, or ordinal cut points) does not read a mix of two values as a soft label; "
+            "set mixup_alpha: 0 and cutmix_alpha: 0")
 
 
 def image_size_choice(config: Config, model: str, overrides: dict[str, Any] | None = None) -> ImageSizeChoice:

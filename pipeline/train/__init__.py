@@ -17,6 +17,7 @@ steps          optimiser, warm-up + cosine schedule, ``train_step``, loss checks
 model          building, seeding, DDP and ``torch.compile`` wrapping
 batch_size     the largest batch that fits the GPU
 checkpoint     training state (resume) and best weights
+recipes        weight EMA (timm ``ModelEmaV3``) and mixup/cutmix (timm ``Mixup``)
 predict        TTA views in one pass, ``predict_fold``, fold prediction files
 images         the decoded-image cache or an in-memory store, the model's input size
 loop           ``train_one_epoch``, ``evaluate``, ``train_fold``

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from timm.loss import SoftTargetCrossEntropy
 
 from pipeline.tasks import Targets, get_task, resolve_loss
 
@@ -53,6 +54,17 @@ class Head(torch.nn.Module):
         return torch.nn.functional.mse_loss(logits, target)
 
     forward = loss
+
+    def soft_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss on soft targets (mixup/cutmix), already smoothed by the mixer.
+
+        A softmax head takes timm's ``SoftTargetCrossEntropy`` (cross-entropy against a label
+        distribution); a sigmoid head takes BCE on each label's mixed probability.
+        """
+        logits = logits.float()
+        if self.loss_name == "ce":
+            return SoftTargetCrossEntropy()(logits, target)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, target.reshape(logits.shape))
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -28,6 +29,7 @@ from pipeline.train.dataset import FoldData, ImageDataset
 from pipeline.train.heads import Head
 from pipeline.train.model import prepare_model, seed_everything, wrap_for_training
 from pipeline.train.predict import predict_fold, predict_views
+from pipeline.train.recipes import BatchMixer, WeightEma, make_ema, make_mixer
 from pipeline.train.runtime import Runtime, batch_to_device, device_transform, eval_batch_size, make_loader
 from pipeline.train.steps import check_loss, global_mean, make_optimizer, train_step, warmup_cosine
 from pipeline.transforms import DeviceTransform, HostTransform
@@ -37,8 +39,14 @@ log = logging.getLogger(__name__)
 
 def train_one_epoch(model: torch.nn.Module, loader, criterion: Head, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, scheduler, runtime: Runtime, inputs: DeviceTransform,
-                    cfg: TrainConfig, epoch: int, bar) -> tuple[float, float]:
+                    cfg: TrainConfig, epoch: int, bar, ema: WeightEma | None = None, mixer: BatchMixer | None = None,
+                    updates_before: int = 0) -> tuple[float, float]:
     """One pass over the training loader.
+
+    Every ``cfg.grad_accum_steps`` batches make one optimizer step (the epoch's last group may
+    be shorter; its loss is scaled by its own size). ``ema`` is updated after each optimizer
+    step (``updates_before`` steps were taken in earlier epochs); ``mixer`` mixes each batch
+    and the head's soft-target loss trains on it.
 
     The loss is read back to the host every ``cfg.log_every`` steps only (and once at the end).
     The time the loop waits for the loader's next batch is measured on the host clock, with no
@@ -53,12 +61,25 @@ def train_one_epoch(model: torch.nn.Module, loader, criterion: Head, optimizer: 
     model.train()
     loss_sum = torch.zeros((), device=runtime.device)
     steps = len(loader)
+    accum = cfg.grad_accum_steps
+    loss_fn = criterion.soft_loss if mixer is not None else criterion
     waited = 0.0
     asked = time.perf_counter()
     for step, (x, y) in enumerate(loader):
         waited += time.perf_counter() - asked
         x, y = batch_to_device(x, runtime, inputs, train=True), y.to(runtime.device, non_blocking=True)
-        loss_sum += train_step(model, x, y, criterion, optimizer, scaler, runtime, cfg.grad_clip, scheduler)
+        if mixer is not None:
+            x, y = mixer(x, y)
+        group_start = step - step % accum
+        group = min(accum, steps - group_start)
+        update = step - group_start == group - 1
+        # DDP: gradients are all-reduced once per optimizer step, not on every accumulated batch
+        sync = nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            loss_sum += train_step(model, x, y, loss_fn, optimizer, scaler, runtime, cfg.grad_clip, scheduler,
+                                   loss_scale=1.0 / group, update=update)
+        if update and ema is not None:
+            ema.update(updates_before + group_start // accum + 1)
         if (step + 1) % cfg.log_every == 0:
             mean_loss = global_mean(loss_sum, step + 1, runtime.dist)  # the only host sync of the loop
             check_loss(mean_loss, epoch, step, cfg)
@@ -119,10 +140,15 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
     valid_loader = make_loader(valid_ds, eval_batch_size(cfg.batch_size, runtime), runtime)
 
     optimizer = make_optimizer(model, cfg, runtime)
+    ema = make_ema(model, cfg)
+    mixer = make_mixer(data.head, data.head.n_outputs(len(classes)), cfg)
     steps_per_epoch = len(train_loader)
+    # the schedule counts optimizer steps: with accumulation, one per grad_accum_steps batches
+    updates_per_epoch = math.ceil(steps_per_epoch / cfg.grad_accum_steps)
     images_per_epoch = (steps_per_epoch * cfg.batch_size if drop_last else per_rank) * context.world_size
     total_steps = cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, round(cfg.warmup_epochs * steps_per_epoch)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.epochs * updates_per_epoch, round(cfg.warmup_epochs * updates_per_epoch)))
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
 
     best_path, state_path = layout.best(fold), layout.state(fold)
@@ -135,6 +161,8 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         start_epoch = state["epoch"] + 1
         history = list(state["history"])
         elapsed_before = float(state["train_seconds"])
@@ -159,21 +187,33 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
             sampler.set_epoch(epoch)
         torch.manual_seed(seed * 100 + epoch + 7919 * context.rank)
         train_tf.set_random_seed(seed * 100 + epoch + 7919 * context.rank)
+        mixing = mixer is not None and epoch < cfg.epochs - cfg.mixup_off_epochs
+        if mixing:
+            # timm's Mixup draws from numpy's global RNG; seeded here like torch's, so a resume mixes the same
+            np.random.seed((seed * 100 + epoch + 7919 * context.rank) % 2**32)
         epoch_started = time.perf_counter()
         train_loss, waited = train_one_epoch(step_model, train_loader, data.head, optimizer, scaler, scheduler, runtime,
-                                             inputs, cfg, epoch, bar)
+                                             inputs, cfg, epoch, bar, ema=ema, mixer=mixer if mixing else None,
+                                             updates_before=epoch * updates_per_epoch)
         # the loss read-back above waited for the device, so this is the epoch's real training time
         epoch_seconds = max(time.perf_counter() - epoch_started, 1e-9)
         images_per_s = images_per_epoch / epoch_seconds
         data_wait = min(waited / epoch_seconds, 1.0)
         broadcast_buffers(model, context)
         score = evaluate(model, valid_loader, views[0], runtime, data.head, inputs, valid_y, metric)
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "valid_score": score, "lr": scheduler.get_last_lr()[0],
+        scores = {"valid_score": score}
+        if ema is not None:
+            # the EMA's buffers follow each rank's own; rank 0's are the ones every rank validates and keeps
+            broadcast_buffers(ema.module, context)
+            score = evaluate(ema.module, valid_loader, views[0], runtime, data.head, inputs, valid_y, metric)
+            scores = {"valid_score": score, "valid_score_raw": scores["valid_score"], "valid_score_ema": score}
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, **scores, "lr": scheduler.get_last_lr()[0],
                         "train_images_per_s": images_per_s, "data_wait_share": data_wait})
         if metric.is_better(score, best_score):
             best_score, best_epoch = score, epoch
             if main:
-                checkpoint.save_best(best_path, model, epoch, score)
+                # with train.ema the EMA weights are the fold's model: kept here, predicted by predict_fold
+                checkpoint.save_best(best_path, model if ema is None else ema.module, epoch, score)
         bar.set_postfix(loss=f"{train_loss:.4f}", **{metric.name: f"{score:.4f}", "best": f"{best_score:.4f}"})
         if main and bar.disable:
             # a log file gets one line per epoch instead of the bar's carriage-return updates
@@ -185,7 +225,8 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best_score": float(best_score),
                 "best_epoch": int(best_epoch), "history": history,
-                "train_seconds": time.perf_counter() - started + elapsed_before})
+                "train_seconds": time.perf_counter() - started + elapsed_before,
+                **({} if ema is None else {"ema": ema.state_dict()})})
     bar.close()
     train_seconds = time.perf_counter() - started + elapsed_before
     barrier(context)  # rank 0's best checkpoint is on disk before any rank reads it

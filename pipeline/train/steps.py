@@ -44,14 +44,19 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime) -
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, runtime: Runtime, grad_clip: float | None = None,
-               scheduler=None) -> torch.Tensor:
+               scheduler=None, loss_scale: float = 1.0, update: bool = True) -> torch.Tensor:
     """One optimisation step on a batch already on the device; returns the loss, detached, without a host sync.
 
-    The same function trains the folds and is timed by ``make bench``.
+    The same function trains the folds and is timed by ``make bench``. With gradient
+    accumulation the loop passes ``loss_scale`` = 1/(batches in the group) and ``update=False``
+    for all but the group's last batch: the gradients add up and one optimizer (and scheduler)
+    step is taken on their mean.
     """
     with autocast(runtime):
         loss = criterion(model(x), y)
-    scaler.scale(loss).backward()
+    scaler.scale(loss if loss_scale == 1.0 else loss * loss_scale).backward()
+    if not update:
+        return loss.detach()
     if grad_clip:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
