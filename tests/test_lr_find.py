@@ -87,3 +87,15 @@ def test_a_bad_sweep_range_stops_before_any_work(small_config, tmp_path, capsys)
                  "--end-lr", "0.1"]) == 2
     assert "lr_find.start_lr" in capsys.readouterr().err
     assert not (tmp_path / "out" / "lr_find").exists()
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"num_steps": 2}, "lr_find.num_steps"),
+    ({"start_lr": 1.0, "end_lr": 0.5}, "must be below lr_find.end_lr"),
+    ({"stepz": 10}, "unknown key 'lr_find.stepz'"),
+])
+def test_the_config_section_is_validated_on_load(small_competition, write_config, section, message):
+    from pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(small_competition, {"lr_find": section}))
