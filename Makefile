@@ -1,5 +1,6 @@
 # kfold-ensembler: every target calls the package's CLI (python -m pipeline ...).
 # Variables: TASK=<demo task> CONFIG=<competition yaml>  MODEL=<recipe|alias|timm name>  NAME=<run name>  FOLDS=0,2  EPOCHS=n  ZOO=<zoo yaml>  TOP=k
+#            SEEDS=n (make train: a seed bag)  START_LR= END_LR= STEPS= (make lr-find)
 #            ARGS="key=value ..."  FORCE=1 (overwrite finished work)  METHOD= OUT= CHECK=1 (make export)
 
 TASK ?=
@@ -7,6 +8,11 @@ TASK ?=
 CONFIG ?= $(if $(filter-out multiclass,$(TASK)),configs/digits_$(TASK).yaml,configs/digits.yaml)
 MODEL ?=
 NAME ?=
+# SEEDS=n: make train trains the recipe with seeds seed..seed+n-1 as runs <name>-seed<k> (a seed bag)
+SEEDS ?=
+START_LR ?=
+END_LR ?=
+STEPS ?=
 FOLDS ?=
 EPOCHS ?=
 ARGS ?=
@@ -32,11 +38,11 @@ LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_n
 COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test validate folds train predict ensemble export import-oof clean-run zoo zoo-promote models bench bench-ensemble bench-ensemble-real clean-demo
+.PHONY: help install demo test validate folds train predict lr-find ensemble export import-oof clean-run zoo zoo-promote models bench bench-ensemble bench-ensemble-real clean-demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= NAME= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK="
+	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= NAME= SEEDS= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK="
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,11 +68,14 @@ validate: $(STAMP) ## check the competition folder (every image, labels, ids) be
 folds: $(STAMP) ## make the k-fold split: folds/<competition>.csv
 	$(RUN) folds $(COMMON)
 
-train: $(STAMP) ## train MODEL (or MODEL=a,b) on every fold (or FOLDS=0,2), predict OOF and test with TTA (NAME= names the run; GPUS=n: DDP; EXECUTOR=ray: a job per fold)
-	$(LAUNCH) train $(if $(MODEL),--model $(MODEL)) $(if $(NAME),--name $(NAME)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(COMMON)
+train: $(STAMP) ## train MODEL (or MODEL=a,b) on every fold (or FOLDS=0,2), predict OOF and test with TTA (NAME= names the run; SEEDS=n: a seed bag; GPUS=n: DDP; EXECUTOR=ray: a job per fold)
+	$(LAUNCH) train $(if $(MODEL),--model $(MODEL)) $(if $(NAME),--name $(NAME)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(COMMON)
 
 predict: $(STAMP) ## re-predict OOF and test for MODEL from its saved checkpoints (no training)
 	$(LAUNCH) predict $(if $(MODEL),--model $(MODEL)) $(if $(NAME),--name $(NAME)) --config $(CONFIG) $(ARGS)
+
+lr-find: $(STAMP) ## learning-rate range test for MODEL on fold 0: loss curve in lr_find/, a suggested lr (START_LR= END_LR= STEPS=)
+	$(RUN) lr-find $(if $(MODEL),--model $(MODEL)) $(if $(START_LR),--start-lr $(START_LR)) $(if $(END_LR),--end-lr $(END_LR)) $(if $(STEPS),--steps $(STEPS)) --config $(CONFIG) $(ARGS)
 
 ensemble: $(STAMP) ## blend the stored runs, score them by nested CV, write submissions/
 	$(RUN) ensemble $(COMMON)

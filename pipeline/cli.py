@@ -2,7 +2,8 @@
 
     python -m pipeline validate --config configs/digits.yaml [--image-size 224]
     python -m pipeline folds    --config configs/digits.yaml
-    python -m pipeline train    --config ... --model resnet18 [--name r18_seed2] [--folds 0,2] [--epochs 3] [--force] [key=value ...]
+    python -m pipeline train    --config ... --model resnet18 [--name r18_seed2] [--seeds 3] [--folds 0,2] [--epochs 3] [--force] [key=value ...]
+    python -m pipeline lr-find  --config ... --model resnet18 [--start-lr 1e-7] [--end-lr 10] [--steps 100] [key=value ...]
     python -m pipeline predict  --config ... --model resnet18 [--name r18_seed2] [key=value ...]
     python -m pipeline ensemble --config ...
     python -m pipeline export   --config ... [--method submission|<method>] [--out export/<competition>] [--check]
@@ -124,12 +125,54 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _load(args)
     models = _models_to_run(args, config)
     executor = _executor_name(args, config)
+    if args.seeds is not None:
+        if executor != "local":
+            raise UsageError(f"SEEDS= trains its runs one after another; it does not combine with EXECUTOR={executor} yet")
+        return _train_seed_bags(args, config, models)
     if executor != "local":
         return _train_on_executor(args, config, models, executor)
     for model in models:
         meta = run_train(config, model, _parse_folds(args.folds), force=args.force, overrides=args.settings,
                          name=args.name)
         _print_on_main(train_leaderboard(meta))
+    return 0
+
+
+def _train_seed_bags(args: argparse.Namespace, config, models: list[str]) -> int:
+    """SEEDS=n: each model trained with n seeds as n runs, then the bag's line (each seed's CV, the mean OOF's CV)."""
+    from pipeline.data import load_competition
+    from pipeline.metrics import get_metric
+    from pipeline.train import run_train, train_leaderboard
+    from pipeline.train.seeds import bag_seeds, bag_summary, seed_overrides, seed_run_names
+
+    competition = load_competition(config)
+    for model in models:
+        names = seed_run_names(args.name or model, args.seeds)
+        seeds = bag_seeds(config, model, args.settings, args.seeds)
+        metas = []
+        for name, seed in zip(names, seeds):
+            meta = run_train(config, model, _parse_folds(args.folds), force=args.force,
+                             overrides=seed_overrides(args.settings, seed), competition=competition, name=name)
+            _print_on_main(train_leaderboard(meta))
+            metas.append(meta)
+        if all(m.status == "finished" for m in metas):
+            _print_on_main(bag_summary(metas, config.runs_dir, competition, get_metric(config.competition.metric)).table())
+        else:
+            _print_on_main(f"seed bag {names[0]}..{names[-1]}: not every fold is trained; the bag is scored once they are")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from pipeline.train.lr_find import SUGGESTION_RULE, lr_find_settings, run_lr_find
+
+    config = _load(args)
+    settings = lr_find_settings(config, args.start_lr, args.end_lr, args.steps)
+    for model in _models_to_run(args, config):
+        result = run_lr_find(config, model, settings, overrides=args.settings)
+        stop = f", stopped early at lr {result.lrs[-1]:.2e} (the loss diverged)" if result.stopped_early else ""
+        print(f"{result.name}: suggested lr {result.suggestion:.2e} ({SUGGESTION_RULE}){stop}")
+        print(f"  curve: {result.plot} and {result.csv}; set it with ARGS=\"train.lr={result.suggestion:.1e}\" "
+              "or in the recipe")
     return 0
 
 
@@ -299,6 +342,7 @@ COMMANDS = {
     "validate": (cmd_validate, "check the competition folder: tables, every image, labels, ids"),
     "folds": (cmd_folds, "make the k-fold split (folds/<competition>.csv)"),
     "train": (cmd_train, "train one model on every fold, predict OOF and test with TTA"),
+    "lr-find": (cmd_lr_find, "learning-rate range test on fold 0's training rows: loss curve and a suggested lr"),
     "predict": (cmd_predict, "re-predict OOF and test from saved checkpoints"),
     "ensemble": (cmd_ensemble, "blend the stored runs and write submissions"),
     "export": (cmd_export, "the chosen ensemble as an offline inference folder (Kaggle code competitions)"),
@@ -319,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         p.add_argument("--config", default=DEFAULT_CONFIG, help=f"competition YAML (default {DEFAULT_CONFIG})")
         p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. train.lr=1e-3 folds.n_splits=3")
-        if name in ("train", "predict"):
+        if name in ("train", "predict", "lr-find"):
             p.add_argument("--model", help="recipe name, model alias or timm name (train: several as a,b)")
         if name in ("train", "predict", "clean-run"):
             p.add_argument("--name", help="the run's name (default: the recipe's); a folder in runs/<competition>/")
@@ -327,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--epochs", type=int, help="override train.epochs")
         if name == "train":
             p.add_argument("--folds", help="comma-separated subset of folds, e.g. 0,2")
+            p.add_argument("--seeds", type=int, help="a seed bag: train with seeds seed..seed+N-1 as runs <name>-seed<k>")
+        if name == "lr-find":
+            p.add_argument("--start-lr", type=float, help="the sweep's first learning rate (default lr_find.start_lr, 1e-7)")
+            p.add_argument("--end-lr", type=float, help="the sweep's last learning rate (default lr_find.end_lr, 10)")
+            p.add_argument("--steps", type=int, help="the sweep's number of steps (default lr_find.num_steps, 100)")
         if name in ("train", "zoo", "zoo-promote"):
             p.add_argument("--executor", help="where the (run, fold) or zoo jobs run: local (default) or ray")
         if name in ("zoo", "zoo-promote"):

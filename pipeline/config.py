@@ -267,6 +267,22 @@ class EnsembleConfig(StrictModel):
         return self
 
 
+class LrFindConfig(StrictModel):
+    """``make lr-find``: an exponential learning-rate sweep (:mod:`pipeline.train.lr_find`); no run is written."""
+
+    start_lr: float = Field(default=1e-7, gt=0)
+    end_lr: float = Field(default=10.0, gt=0)
+    num_steps: int = Field(default=100, ge=5)
+    diverge: float = Field(default=4.0, gt=1)       # stop once the smoothed loss exceeds diverge x its best
+    smoothing: float = Field(default=0.98, ge=0, lt=1)   # the loss's exponential moving average (fastai's beta)
+
+    @model_validator(mode="after")
+    def _range(self) -> "LrFindConfig":
+        if not self.start_lr < self.end_lr:
+            raise ValueError(f"lr_find.start_lr ({self.start_lr}) must be below lr_find.end_lr ({self.end_lr})")
+        return self
+
+
 class ExecutorConfig(StrictModel):
     """Where the grid of (run, fold) and zoo jobs runs (:mod:`pipeline.executors`); ``EXECUTOR=`` sets ``name``."""
 
@@ -329,6 +345,7 @@ class Config(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    lr_find: LrFindConfig = Field(default_factory=LrFindConfig)
     models: list[str] = Field(default_factory=list)
     recipes_dir: str = "recipes"
     output_dir: str = "."
