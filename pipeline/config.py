@@ -186,6 +186,13 @@ class TrainConfig(StrictModel):
     mixup_mode: Literal["batch", "pair", "elem"] = "batch"      # one lambda per batch, per pair or per image
     mixup_off_epochs: int = Field(default=0, ge=0)      # train the last N epochs on clean images
     grad_accum_steps: int = Field(default=1, ge=1)      # an optimizer step every N batches
+    # fine-tuning pretrained weights (README "Fine-tuning: head first, then layer-wise learning rates")
+    freeze_epochs: int = Field(default=0, ge=0)         # the first N of `epochs` train the classifier only
+    layer_decay: float | None = Field(default=None, gt=0, le=1)   # lr x decay^(depth from the head); timm's groups
+    # the fold's final model (README "Checkpoint averaging and progressive resizing")
+    average_last: int = Field(default=0, ge=0)          # average the weights of the last N epochs (SWA-style)
+    # [[from_epoch, side], ...]: smaller training images in the first epochs
+    progressive_sizes: list[Annotated[list[int], Field(min_length=2, max_length=2)]] | None = None
 
     @property
     def mixes(self) -> bool:
@@ -231,6 +238,23 @@ class TrainConfig(StrictModel):
             for view in views:
                 parse_view(view)
         return views
+
+    @model_validator(mode="after")
+    def _schedule_keys(self) -> "TrainConfig":
+        # each names the key and the fix: these are epochs within `epochs`
+        if self.freeze_epochs and self.freeze_epochs >= self.epochs:
+            raise ValueError(f"freeze_epochs ({self.freeze_epochs}) must be below epochs ({self.epochs}): the head-only "
+                             "epochs are the first of `epochs`, and at least one epoch trains the whole network")
+        if self.average_last > self.epochs:
+            raise ValueError(f"average_last ({self.average_last}) must be at most epochs ({self.epochs})")
+        if self.progressive_sizes is not None:
+            starts = [start for start, _ in self.progressive_sizes]
+            if not starts or starts != sorted(set(starts)) or starts[0] != 0 or starts[-1] >= self.epochs:
+                raise ValueError(f"progressive_sizes {self.progressive_sizes}: give [from_epoch, side] pairs with distinct "
+                                 f"from_epochs, ascending, from 0 to below epochs ({self.epochs}), e.g. [[0, 128], [5, 224]]")
+            if any(side < 8 for _, side in self.progressive_sizes):
+                raise ValueError(f"progressive_sizes {self.progressive_sizes}: every side must be at least 8 pixels")
+        return self
 
     @model_validator(mode="after")
     def _mean_std_pairs(self) -> "TrainConfig":

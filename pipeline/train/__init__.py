@@ -13,11 +13,12 @@ Rooms (each imports only the ones above it):
 heads          the task's loss and activation (the torch half of :mod:`pipeline.tasks`)
 dataset        the Dataset over an image store, ``FoldData``
 runtime        device, AMP dtype, loader settings, ``to_device``/``autocast``
+finetune       head-only epochs (frozen body) and layer-wise lr groups (timm ``param_groups_layer_decay``)
 steps          optimiser, warm-up + cosine schedule, ``train_step``, loss checks
 model          building, seeding, DDP and ``torch.compile`` wrapping
 batch_size     the largest batch that fits the GPU
 checkpoint     training state (resume) and best weights
-recipes        weight EMA (timm ``ModelEmaV3``) and mixup/cutmix (timm ``Mixup``)
+recipes        weight EMA (timm ``ModelEmaV3``), mixup/cutmix (timm ``Mixup``), weight averaging, progressive sizes
 predict        TTA views in one pass, ``predict_fold``, fold prediction files
 images         the decoded-image cache or an in-memory store, the model's input size
 loop           ``train_one_epoch``, ``evaluate``, ``train_fold``

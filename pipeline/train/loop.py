@@ -29,9 +29,11 @@ from pipeline.train.dataset import FoldData, ImageDataset
 from pipeline.train.heads import Head
 from pipeline.train.model import prepare_model, seed_everything, wrap_for_training
 from pipeline.train.predict import predict_fold, predict_views
-from pipeline.train.recipes import BatchMixer, WeightEma, make_ema, make_mixer
-from pipeline.train.runtime import Runtime, batch_to_device, device_transform, eval_batch_size, make_loader
-from pipeline.train.steps import check_loss, global_mean, make_optimizer, train_step, warmup_cosine
+from pipeline.train.finetune import body_norms_to_eval, head_only, set_body_frozen
+from pipeline.train.recipes import (BatchMixer, WeightAverage, WeightEma, averages_epoch, has_batch_norm, make_average,
+                                    make_ema, make_mixer, recompute_norm_stats, resize_batch, train_side)
+from pipeline.train.runtime import Runtime, autocast, batch_to_device, device_transform, eval_batch_size, make_loader
+from pipeline.train.steps import check_loss, fine_tune_schedule, global_mean, make_optimizer, train_step
 from pipeline.transforms import DeviceTransform, HostTransform
 
 log = logging.getLogger(__name__)
@@ -40,13 +42,16 @@ log = logging.getLogger(__name__)
 def train_one_epoch(model: torch.nn.Module, loader, criterion: Head, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, scheduler, runtime: Runtime, inputs: DeviceTransform,
                     cfg: TrainConfig, epoch: int, bar, ema: WeightEma | None = None, mixer: BatchMixer | None = None,
-                    updates_before: int = 0) -> tuple[float, float]:
+                    updates_before: int = 0, side: int | None = None,
+                    frozen: torch.nn.Module | None = None) -> tuple[float, float]:
     """One pass over the training loader.
 
     Every ``cfg.grad_accum_steps`` batches make one optimizer step (the epoch's last group may
     be shorter; its loss is scaled by its own size). ``ema`` is updated after each optimizer
     step (``updates_before`` steps were taken in earlier epochs); ``mixer`` mixes each batch
-    and the head's soft-target loss trains on it.
+    and the head's soft-target loss trains on it. ``side``: the batch is scaled on the device to
+    this height (progressive resizing). ``frozen``: the model whose body is frozen this epoch;
+    its body's norm layers stay in eval mode (``finetune.body_norms_to_eval``).
 
     The loss is read back to the host every ``cfg.log_every`` steps only (and once at the end).
     The time the loop waits for the loader's next batch is measured on the host clock, with no
@@ -59,6 +64,8 @@ def train_one_epoch(model: torch.nn.Module, loader, criterion: Head, optimizer: 
         The mean loss over every rank's steps, and the seconds spent waiting for batches.
     """
     model.train()
+    if frozen is not None:
+        body_norms_to_eval(frozen)
     loss_sum = torch.zeros((), device=runtime.device)
     steps = len(loader)
     accum = cfg.grad_accum_steps
@@ -68,6 +75,8 @@ def train_one_epoch(model: torch.nn.Module, loader, criterion: Head, optimizer: 
     for step, (x, y) in enumerate(loader):
         waited += time.perf_counter() - asked
         x, y = batch_to_device(x, runtime, inputs, train=True), y.to(runtime.device, non_blocking=True)
+        if side is not None:
+            x = resize_batch(x, side)
         if mixer is not None:
             x, y = mixer(x, y)
         group_start = step - step % accum
@@ -97,6 +106,28 @@ def evaluate(model: torch.nn.Module, loader, view: Callable, runtime: Runtime, h
     """The metric on the validation rows (plain view, gathered from every rank's shard)."""
     probs = gather_rows(predict_views(model, loader, [view], runtime, head.activate, inputs)[0], runtime.dist, len(y))
     return metric(y, probs)
+
+
+def finish_average(average: WeightAverage, train_loader, generator: torch.Generator, train_tf: HostTransform,
+                   seed: int, runtime: Runtime, inputs: DeviceTransform, score: Callable[[torch.nn.Module], float]) -> dict:
+    """Recompute the averaged weights' BatchNorm statistics on the training rows, then validate them.
+
+    The pass over the training loader (full-size images, the training augmentation, no mixing)
+    is seeded like an epoch, so a fold resumed after its last epoch recomputes the same
+    statistics. Under torchrun each rank sees its own rows; rank 0's statistics are kept.
+
+    Returns
+    -------
+    dict with the averaged epochs and the validation score.
+    """
+    if has_batch_norm(average.module):
+        generator.manual_seed(seed)
+        torch.manual_seed(seed + 7919 * runtime.dist.rank)
+        train_tf.set_random_seed(seed + 7919 * runtime.dist.rank)
+        with autocast(runtime):
+            recompute_norm_stats(average.module, (batch_to_device(x, runtime, inputs, train=True) for x, _ in train_loader))
+        broadcast_buffers(average.module, runtime.dist)
+    return {"epochs": average.count, "score": score(average.module)}
 
 
 def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, classes: list[str], metric: Metric,
@@ -142,13 +173,14 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
     optimizer = make_optimizer(model, cfg, runtime)
     ema = make_ema(model, cfg)
     mixer = make_mixer(data.head, data.head.n_outputs(len(classes)), cfg)
+    average = make_average(model, cfg)
     steps_per_epoch = len(train_loader)
     # the schedule counts optimizer steps: with accumulation, one per grad_accum_steps batches
     updates_per_epoch = math.ceil(steps_per_epoch / cfg.grad_accum_steps)
     images_per_epoch = (steps_per_epoch * cfg.batch_size if drop_last else per_rank) * context.world_size
     total_steps = cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.epochs * updates_per_epoch, round(cfg.warmup_epochs * updates_per_epoch)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fine_tune_schedule(
+        cfg.epochs * updates_per_epoch, cfg.freeze_epochs * updates_per_epoch, round(cfg.warmup_epochs * updates_per_epoch)))
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
 
     best_path, state_path = layout.best(fold), layout.state(fold)
@@ -163,6 +195,8 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         start_epoch = state["epoch"] + 1
         history = list(state["history"])
         elapsed_before = float(state["train_seconds"])
@@ -172,6 +206,10 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
             log.info("  %s fold %d: resuming after epoch %d/%d", run_name, fold, start_epoch, cfg.epochs)
     elif state is not None and main:
         log.info("  %s fold %d: the best checkpoint is missing or damaged; the fold restarts", run_name, fold)
+    # the phase is a function of the epoch: a resumed fold freezes (or not) as the uninterrupted one did
+    phase = head_only(cfg, start_epoch)
+    if phase:
+        set_body_frozen(model, True)
     step_model = wrap_for_training(model, runtime)
 
     valid_y = data.y[valid_idx]
@@ -187,6 +225,12 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
             sampler.set_epoch(epoch)
         torch.manual_seed(seed * 100 + epoch + 7919 * context.rank)
         train_tf.set_random_seed(seed * 100 + epoch + 7919 * context.rank)
+        if head_only(cfg, epoch) != phase:
+            # unfrozen: DDP and torch.compile fix the trainable parameters when they wrap, so wrap again
+            phase = head_only(cfg, epoch)
+            set_body_frozen(model, phase)
+            step_model = wrap_for_training(model, runtime)
+        side = train_side(cfg, epoch, dcfg.image_size)
         mixing = mixer is not None and epoch < cfg.epochs - cfg.mixup_off_epochs
         if mixing:
             # timm's Mixup draws from numpy's global RNG; seeded here like torch's, so a resume mixes the same
@@ -194,7 +238,11 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         epoch_started = time.perf_counter()
         train_loss, waited = train_one_epoch(step_model, train_loader, data.head, optimizer, scaler, scheduler, runtime,
                                              inputs, cfg, epoch, bar, ema=ema, mixer=mixer if mixing else None,
-                                             updates_before=epoch * updates_per_epoch)
+                                             updates_before=epoch * updates_per_epoch,
+                                             side=side if side != dcfg.image_size else None,
+                                             frozen=model if phase else None)
+        if average is not None and averages_epoch(cfg, epoch):
+            average.update()
         # the loss read-back above waited for the device, so this is the epoch's real training time
         epoch_seconds = max(time.perf_counter() - epoch_started, 1e-9)
         images_per_s = images_per_epoch / epoch_seconds
@@ -226,9 +274,20 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best_score": float(best_score),
                 "best_epoch": int(best_epoch), "history": history,
                 "train_seconds": time.perf_counter() - started + elapsed_before,
-                **({} if ema is None else {"ema": ema.state_dict()})})
+                **({} if ema is None else {"ema": ema.state_dict()}),
+                **({} if average is None else {"average": average.state_dict()})})
     bar.close()
     train_seconds = time.perf_counter() - started + elapsed_before
+    averaged = None
+    if average is not None and average.count:
+        averaged = finish_average(average, train_loader, generator, train_tf, seed * 100 + cfg.epochs, runtime, inputs,
+                                  lambda m: evaluate(m, valid_loader, views[0], runtime, data.head, inputs, valid_y, metric))
+        averaged["kept"] = bool(metric.is_better(averaged["score"], best_score))
+        if averaged["kept"]:
+            # the average replaces the best checkpoint only when it validates better (README says why)
+            best_score, best_epoch = averaged["score"], len(history) - 1
+            if main:
+                checkpoint.save_best(best_path, average.module, best_epoch, best_score)
     barrier(context)  # rank 0's best checkpoint is on disk before any rank reads it
 
     result = predict_fold(cfg, fold, data, classes, metric, runtime, layout, views, view_names, model=model)
@@ -239,7 +298,8 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
                    "data_wait_share": float(np.median(waits)) if waits else None,
                    "history": history, "image_size": dcfg.image_size, "mean": dcfg.mean, "std": dcfg.std,
                    "interpolation": dcfg.interpolation, "params": count_parameters(model),
-                   "batch_size": cfg.batch_size, "processes": context.world_size})
+                   "batch_size": cfg.batch_size, "processes": context.world_size,
+                   **({} if averaged is None else {"averaged": averaged})})
     if main:
         io.write_json(layout.fold_info(fold), result)
     return result

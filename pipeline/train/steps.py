@@ -14,6 +14,7 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.distributed import DistContext
 from pipeline.errors import PipelineError
+from pipeline.train.finetune import param_groups
 from pipeline.train.runtime import Runtime, autocast
 
 
@@ -33,13 +34,20 @@ def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.01) -> C
     return factor
 
 
+def fine_tune_schedule(total_updates: int, freeze_updates: int, warmup_updates: int) -> Callable[[int], float]:
+    """Learning-rate factor per optimizer step: a warm-up + cosine cycle over the head-only steps, then another
+    over the rest (fastai's ``fine_tune`` runs one cycle per phase). Without head-only steps: ``warmup_cosine``."""
+    if freeze_updates <= 0:
+        return warmup_cosine(total_updates, warmup_updates)
+    head = warmup_cosine(freeze_updates, min(warmup_updates, freeze_updates))
+    body = warmup_cosine(total_updates - freeze_updates, min(warmup_updates, total_updates - freeze_updates))
+    return lambda step: head(step) if step < freeze_updates else body(step - freeze_updates)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (fused on a GPU)."""
-    # no weight decay on biases and normalisation weights (1-d tensors), as timm does
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=runtime.is_cuda or None)
+    """AdamW over the trainable parameters (fused on a GPU), in ``finetune.param_groups`` (layer-wise lr with
+    ``train.layer_decay``; no weight decay on biases and normalisation weights)."""
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, fused=runtime.is_cuda or None)
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer: torch.optim.Optimizer,
