@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -89,3 +90,32 @@ def small_config(small_competition, write_config):
 @pytest.fixture()
 def loaded_small_config(small_config):
     return load_config(small_config)
+
+
+@contextlib.contextmanager
+def interrupted_after_state(n: int = 1, check=None):
+    """Inside the block, training stops with KeyboardInterrupt (Ctrl-C, a preempted machine) right after it saves
+    its ``n``-th training state; ``check(state)`` sees each state first. Yields the list of saved epochs."""
+    from pipeline.train import checkpoint
+
+    real_save, saves = checkpoint.save_state, []
+
+    def save_then_interrupt(path, state):
+        real_save(path, state)
+        saves.append(state["epoch"])
+        if check is not None:
+            check(state)
+        if len(saves) == n:
+            raise KeyboardInterrupt
+
+    checkpoint.save_state = save_then_interrupt
+    try:
+        yield saves
+    finally:
+        checkpoint.save_state = real_save
+
+
+def assert_same_fold_files(a: Path, b: Path, names=("valid.parquet", "test.parquet")) -> None:
+    """The fold folders ``a`` and ``b`` hold exactly equal prediction files."""
+    for name in names:
+        pd.testing.assert_frame_equal(pd.read_parquet(a / name), pd.read_parquet(b / name), check_exact=True)

@@ -8,10 +8,11 @@ import timm
 import torch
 from timm.models import group_parameters
 
+from conftest import assert_same_fold_files, interrupted_after_state
 from pipeline.cli import main
 from pipeline.config import ConfigError, TrainConfig
 from pipeline.report import progress_bar
-from pipeline.train import checkpoint, loop
+from pipeline.train import loop
 from pipeline.train.finetune import classifier_module, set_body_frozen
 from pipeline.train.heads import make_head
 from pipeline.train.loop import train_one_epoch
@@ -161,24 +162,15 @@ def test_fine_tune_average_and_resizing_train_and_resume_exactly(small_competiti
     assert trained[0] == 16 and trained[-1] == 32 and sorted(set(trained)) == [16, 32]
     assert trained == sorted(trained) and {side for training, side in sides if not training} == {32}
 
-    real_save = checkpoint.save_state
-    calls = []
-
-    def crash_after_first_epoch(path, state):   # the crash falls between the frozen and the unfrozen epochs
-        real_save(path, state)
-        calls.append(state["epoch"])
+    def has_average(state):   # the interruption falls between the frozen and the unfrozen epochs
         assert "average" in state
-        raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint, "save_state", crash_after_first_epoch)
-    assert main([*command, "--config", str(resumed)]) == 130
-    monkeypatch.setattr(checkpoint, "save_state", real_save)
+    with interrupted_after_state(check=has_average):
+        assert main([*command, "--config", str(resumed)]) == 130
     assert main([*command, "--config", str(resumed)]) == 0
     assert "resuming after epoch 1/3" in capsys.readouterr().out
     run = ("runs", "digits", "digits_resnet", "fold0")
-    for name in ("valid.parquet", "test.parquet"):
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path.joinpath("straight", *run, name)),
-                                      pd.read_parquet(tmp_path.joinpath("resumed", *run, name)), check_exact=True)
+    assert_same_fold_files(tmp_path.joinpath("straight", *run), tmp_path.joinpath("resumed", *run))
     info = pd.read_json(tmp_path.joinpath("straight", *run, "fold.json"), typ="series")
     assert info["averaged"]["epochs"] == 2 and isinstance(info["averaged"]["kept"], bool)
 

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import assert_same_fold_files, interrupted_after_state
 from pipeline.cli import main
 from pipeline.config import ConfigError, TrainConfig, load_config, resolve_train_config
-from pipeline.train import checkpoint
 from pipeline.train.heads import make_head
 from pipeline.train.recipes import BatchMixer, WeightEma
 from pipeline.train.runtime import Runtime
@@ -98,28 +98,21 @@ RECIPES = {"epochs": 2, "batch_size": 8, "ema": True, "ema_decay": 0.9, "mixup_a
            "mixup_mode": "pair", "grad_accum_steps": 2, "warmup_epochs": 0.5}
 
 
-def test_resume_is_exact_with_ema_mixup_and_accumulation(small_competition, write_config, tmp_path, monkeypatch, capsys):
+def test_resume_is_exact_with_ema_mixup_and_accumulation(small_competition, write_config, tmp_path, capsys):
     straight = write_config(small_competition, {"train": RECIPES, "output_dir": str(tmp_path / "straight")}, name="a.yaml")
     resumed = write_config(small_competition, {"train": RECIPES, "output_dir": str(tmp_path / "resumed")}, name="b.yaml")
     command = ["train", "--model", "digits_resnet", "--folds", "0"]
     assert main([*command, "--config", str(straight)]) == 0
 
-    real_save = checkpoint.save_state
-
-    def crash_after_first_epoch(path, state):
-        real_save(path, state)
+    def has_ema(state):
         assert "ema" in state
-        raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint, "save_state", crash_after_first_epoch)
-    assert main([*command, "--config", str(resumed)]) == 130
-    monkeypatch.undo()
+    with interrupted_after_state(check=has_ema):
+        assert main([*command, "--config", str(resumed)]) == 130
     assert main([*command, "--config", str(resumed)]) == 0
     assert "resuming after epoch 1/2" in capsys.readouterr().out
     run = ("runs", "digits", "digits_resnet", "fold0")
-    for name in ("valid.parquet", "test.parquet"):
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path.joinpath("straight", *run, name)),
-                                      pd.read_parquet(tmp_path.joinpath("resumed", *run, name)), check_exact=True)
+    assert_same_fold_files(tmp_path.joinpath("straight", *run), tmp_path.joinpath("resumed", *run))
     history = pd.read_json(tmp_path.joinpath("straight", *run, "fold.json"), typ="series")["history"]
     assert all({"valid_score_raw", "valid_score_ema"} <= set(epoch) for epoch in history)
     assert all(epoch["valid_score"] == epoch["valid_score_ema"] for epoch in history)
