@@ -164,7 +164,7 @@ class SubmissionWriter:
         """Remove the pipeline's own files of earlier runs that this run did not write (an old CV score in a
         file name), so the folder shows this run only; an edited one is kept and forgotten."""
         for name in sorted(self.previous - set(self.written)):
-            if self._problem(name) is None or self.force:
+            if self._problem(name) is None:  # ours and unchanged, or FORCE=1
                 (self.folder / name).unlink(missing_ok=True)
             del self.manifest[name]
         self._save_manifest()

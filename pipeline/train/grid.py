@@ -19,11 +19,11 @@ from pipeline.config import Config, load_config
 from pipeline.distributed import SINGLE
 from pipeline.executors import Executor, Job, JobOutcome
 from pipeline.report import format_seconds, log_to_file, progress_bar
-from pipeline.store import RunLock, RunMeta, read_meta, write_meta
+from pipeline.store import RunLock, RunMeta, read_meta
 from pipeline.train.loop import train_fold
 from pipeline.train.runtime import select_runtime
-from pipeline.train.stage import (RunSpec, assemble_run, fold_list, open_run, open_stores, prepare_run, view_list,
-                                  with_batch_size)
+from pipeline.train.stage import (RunSpec, assemble_run, fold_list, mark_fold_done, open_run, open_stores, prepare_run,
+                                  view_list, with_batch_size)
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,9 @@ def record_outcome(run: GridRun, fold: int, outcome: JobOutcome) -> None:
         log.warning("job %s: FAILED on %s after %s - %s", outcome.job.key, outcome.worker,
                     format_seconds(outcome.seconds), outcome.error)
         return
-    run.meta.folds_done = sorted(set(run.meta.folds_done) | {fold})
     if run.meta.batch_size_found is None and run.spec.cfg.batch_size == "auto":
         run.meta.batch_size_found = int(outcome.value["batch_size"])
-    write_meta(layout, run.meta)
-    for state_file in (layout.state(fold), layout.previous_state(fold)):
-        state_file.unlink(missing_ok=True)  # the fold is final: its resume states are no longer needed
+    mark_fold_done(layout, run.meta, fold)
     log.info("job %s: done on %s in %s, %s %.4f", outcome.job.key, outcome.worker, format_seconds(outcome.seconds),
              run.spec.metric.name, outcome.value["score"])
 

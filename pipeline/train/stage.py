@@ -262,18 +262,26 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
             with log_to_file(layout.fold_log(fold), enabled=context.is_main):
                 result = train_fold(spec.name, cfg, fold, data, spec.competition.classes, spec.metric, runtime,
                                     layout, views, view_names)
-            meta.folds_done = sorted(set(meta.folds_done) | {fold})
+            mark_fold_done(layout, meta, fold, write=context.is_main)
             if not context.is_main:
                 continue
-            write_meta(layout, meta)
-            for state_file in (layout.state(fold), layout.previous_state(fold)):
-                state_file.unlink(missing_ok=True)  # the fold is final: its resume states are no longer needed
             log.info("  fold %d: %s %.4f (no TTA %.4f), best epoch %d/%d, %s, %.0f images/s, %.0f%% waiting for data",
                      fold, spec.metric.name, result["score"], result["score_plain"], result["best_epoch"],
                      result["epochs_run"], format_seconds(result["train_seconds"]), result["train_images_per_s"] or 0.0,
                      100 * (result["data_wait_share"] or 0.0))
         meta = on_main(context, lambda: assemble_run(spec, meta))
     return meta
+
+
+def mark_fold_done(layout: RunLayout, meta: RunMeta, fold: int, write: bool = True) -> None:
+    """Add ``fold`` to the run's finished folds; the one writer (rank 0, or the grid's driver) also saves
+    ``meta.json`` and drops the fold's resume states, which a finished fold no longer needs."""
+    meta.folds_done = sorted(set(meta.folds_done) | {fold})
+    if not write:
+        return
+    write_meta(layout, meta)
+    for state_file in (layout.state(fold), layout.previous_state(fold)):
+        state_file.unlink(missing_ok=True)
 
 
 def open_run(spec: RunSpec, config: Config, fold_ids: list[int], force: bool) -> tuple[RunMeta, bool]:
