@@ -16,10 +16,12 @@ The loader carries uint8 pixels (four times less to copy to a GPU); the device t
 them into floats, augments, and applies the model's normalisation.
 
 Test-time views act on whole normalised batches on the device, so every view of a
-batch goes through the model in one forward pass. Views are named strings:
-``identity``, ``hflip``, ``vflip``, ``transpose``, ``shift(dx,dy)`` (pixels) and
-``zoom(s)``. Flips are not always safe (digits and text are not flip-invariant):
-choose the views per competition.
+batch goes through the model in one forward pass (one pass per output shape: see
+:func:`view_groups`). Views are named strings: ``identity``, ``hflip``, ``vflip``,
+``transpose``, ``shift(dx,dy)`` (pixels), ``zoom(s)`` (same size, centre crop or pad) and
+``resize(s)`` (the whole image at ``s`` times the side: FixRes, Touvron et al. 2019).
+Flips are not always safe (digits and text are not flip-invariant): choose the views per
+competition.
 """
 
 from __future__ import annotations
@@ -457,6 +459,22 @@ def _zoom(scale: float = 1.1) -> Callable[[torch.Tensor], torch.Tensor]:
     return view
 
 
+def _resize(scale: float = 1.15) -> Callable[[torch.Tensor], torch.Tensor]:
+    # FixRes (Touvron et al. 2019): random-crop training shows objects larger than a plain test resize does,
+    # so the whole image at a larger side matches the object sizes the model learned; the output is larger
+    if not scale > 0:
+        raise ValueError(f"resize needs a positive factor, got {scale}")
+
+    def view(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if size == (h, w):
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+
+    return view
+
+
 TTA_VIEWS: dict[str, Callable[..., Callable[[torch.Tensor], torch.Tensor]]] = {
     "identity": lambda: (lambda x: x),
     "hflip": lambda: (lambda x: x.flip(-1)),
@@ -464,6 +482,7 @@ TTA_VIEWS: dict[str, Callable[..., Callable[[torch.Tensor], torch.Tensor]]] = {
     "transpose": lambda: (lambda x: x.transpose(-1, -2)),
     "shift": _shift,
     "zoom": _zoom,
+    "resize": _resize,
 }
 
 _VIEW_PATTERN = re.compile(r"^\s*([a-z_]+)\s*(?:\(([^()]*)\))?\s*$")
@@ -479,7 +498,7 @@ def parse_view(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """
     match = _VIEW_PATTERN.match(spec)
     if not match or match.group(1) not in TTA_VIEWS:
-        raise ValueError(f"unknown TTA view {spec!r}; known views: {', '.join(TTA_VIEWS)} (e.g. 'shift(2,0)', 'zoom(1.1)')")
+        raise ValueError(f"unknown TTA view {spec!r}; known views: {', '.join(TTA_VIEWS)} (e.g. 'shift(2,0)', 'zoom(1.1)', 'resize(1.15)')")
     name, raw_args = match.groups()
     try:
         args = [float(a) for a in raw_args.split(",")] if raw_args and raw_args.strip() else []
@@ -489,5 +508,26 @@ def parse_view(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def apply_views(x: torch.Tensor, views: list[Callable[[torch.Tensor], torch.Tensor]]) -> torch.Tensor:
-    """Stack all views of a batch: ``(N, C, H, W)`` -> ``(V * N, C, H, W)``, view-major."""
+    """Stack all views of a batch: ``(N, C, H, W)`` -> ``(V * N, C, H, W)``, view-major.
+
+    The views must give one output shape (:func:`view_groups` sorts them into such groups).
+    """
     return torch.cat([view(x) for view in views], dim=0)
+
+
+def view_shapes(views: list[Callable[[torch.Tensor], torch.Tensor]], height: int, width: int) -> list[tuple[int, int]]:
+    """The ``(height, width)`` each view makes of a ``height x width`` batch (run on a one-pixel-deep zero image)."""
+    probe = torch.zeros(1, 1, height, width)
+    return [tuple(view(probe).shape[-2:]) for view in views]
+
+
+def view_groups(views: list[Callable[[torch.Tensor], torch.Tensor]], height: int, width: int) -> list[list[int]]:
+    """The indices of ``views`` grouped by output shape, in order of first appearance.
+
+    A group's views can share one forward pass (:func:`apply_views`); views of the same
+    shape as the input (every view but ``resize``) make one group, in their given order.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, shape in enumerate(view_shapes(views, height, width)):
+        groups.setdefault(shape, []).append(k)
+    return list(groups.values())

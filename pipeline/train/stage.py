@@ -34,7 +34,7 @@ from pipeline.train.dataset import FoldData
 from pipeline.train.heads import Head, make_head
 from pipeline.train.images import image_size_report, input_size, open_image_store
 from pipeline.train.loop import train_fold
-from pipeline.train.predict import predict_fold, read_fold_predictions
+from pipeline.train.predict import check_views_fit_model, predict_fold, read_fold_predictions
 from pipeline.train.runtime import Runtime, select_runtime, use_cuda_for
 from pipeline.transforms import parse_view
 
@@ -98,8 +98,9 @@ def prepare_run(config: Config, model: str, overrides: dict[str, Any] | None = N
     head = make_head(config.competition.task, cfg.loss, competition.targets, cfg.label_smoothing)
     folds, fingerprint = ensure_folds(config, competition)
     choice = image_size_choice(config, model, overrides)
-    line, warnings = image_size_report(choice, input_size(cfg, len(competition.classes)),
-                                       median_short_side(competition.train_paths))
+    size = input_size(cfg, len(competition.classes))
+    check_views_fit_model(cfg, *view_list(cfg), size)   # a resize view the model cannot take: refused before training
+    line, warnings = image_size_report(choice, size, median_short_side(competition.train_paths))
     log.info("%s: %s%s", name, line, "" if name == model else f", recipe {model}")
     for warning in warnings:
         log.warning("%s: warning: %s", name, warning)
