@@ -174,6 +174,8 @@ class TrainConfig(StrictModel):
     return_freed_memory: bool = True
     augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)          # albumentations, per image on the CPU
     device_augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)   # per batch on the device (transforms.py)
+    # a named set of device steps run before device_augment (transforms.AUGMENT_POLICIES): none, flip, light, trivial, ...
+    augment_policy: str = "none"
     tta: list[str] = Field(default_factory=lambda: ["identity"])
     # training recipes (README "Training recipes"); each is off by default and hashed only when set
     ema: bool = False                                   # validate, keep and predict with an EMA of the weights
@@ -207,9 +209,9 @@ class TrainConfig(StrictModel):
             return "disk" if value else "off"
         return value
 
-    # The transform and view names are checked against pipeline.transforms, which needs torch and
+    # The transform, policy and view names are checked against pipeline.transforms, which needs torch and
     # albumentations. Commands that never train (folds, ensemble, import-oof) load the config with
-    # training=False and skip these three checks; every training path validates its TrainConfig again
+    # training=False and skip these checks; every training path validates its TrainConfig again
     # through resolve_train_config, with them, before any work.
     @field_validator("augment")
     @classmethod
@@ -228,6 +230,15 @@ class TrainConfig(StrictModel):
 
             check_device_augment_steps(steps)
         return steps
+
+    @field_validator("augment_policy")
+    @classmethod
+    def _known_policy(cls, name: str, info: ValidationInfo) -> str:
+        if _checks_training(info):
+            from pipeline.transforms import augment_policy_steps
+
+            augment_policy_steps(name)
+        return name
 
     @field_validator("tta")
     @classmethod
