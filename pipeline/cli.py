@@ -2,9 +2,9 @@
 
     python -m pipeline validate --config configs/digits.yaml [--image-size 224]
     python -m pipeline folds    --config configs/digits.yaml
-    python -m pipeline train    --config ... --model resnet18 [--name r18_seed2] [--seeds 3] [--folds 0,2] [--epochs 3] [--force] [key=value ...]
-    python -m pipeline lr-find  --config ... --model resnet18 [--start-lr 1e-7] [--end-lr 10] [--steps 100] [key=value ...]
-    python -m pipeline predict  --config ... --model resnet18 [--name r18_seed2] [key=value ...]
+    python -m pipeline train    --config ... --model resnet18 [--preset strong] [--name r18_seed2] [--seeds 3] [--folds 0,2] [--epochs 3] [--force] [key=value ...]
+    python -m pipeline lr-find  --config ... --model resnet18 [--preset strong] [--start-lr 1e-7] [--end-lr 10] [--steps 100] [key=value ...]
+    python -m pipeline predict  --config ... --model resnet18 [--preset strong] [--name r18_seed2] [key=value ...]
     python -m pipeline ensemble --config ...
     python -m pipeline export   --config ... [--method submission|<method>] [--out export/<competition>] [--check]
     python -m pipeline zoo      --config ... [--zoo configs/zoo/default.yaml] [--top 3]
@@ -48,6 +48,8 @@ def _parse_settings(args: argparse.Namespace) -> dict:
     items = list(args.overrides or [])
     if getattr(args, "epochs", None) is not None:
         items.append(f"train.epochs={args.epochs}")
+    if getattr(args, "preset", None):
+        items.append(f"train.preset={args.preset}")
     return parse_overrides(items)
 
 
@@ -140,6 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_seed_bags(args: argparse.Namespace, config, models: list[str]) -> int:
     """SEEDS=n: each model trained with n seeds as n runs, then the bag's line (each seed's CV, the mean OOF's CV)."""
+    from pipeline.config import resolve_train_config
     from pipeline.data import load_competition
     from pipeline.metrics import get_metric
     from pipeline.train import run_train, train_leaderboard
@@ -147,7 +150,8 @@ def _train_seed_bags(args: argparse.Namespace, config, models: list[str]) -> int
 
     competition = load_competition(config)
     for model in models:
-        names = seed_run_names(args.name or model, args.seeds)
+        # NAME=, else the run's default name (the recipe's, -<preset> under a preset)
+        names = seed_run_names(args.name or resolve_train_config(config, model, args.settings)[0], args.seeds)
         seeds = bag_seeds(config, model, args.settings, args.seeds)
         metas = []
         for name, seed in zip(names, seeds):
@@ -365,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. train.lr=1e-3 folds.n_splits=3")
         if name in ("train", "predict", "lr-find"):
             p.add_argument("--model", help="recipe name, model alias or timm name (train: several as a,b)")
+            p.add_argument("--preset", help="a training preset over the recipe, e.g. strong: "
+                                            "configs/recipes/presets/<preset>/<family>.yaml; the run is <model>-<preset>")
         if name in ("train", "predict", "clean-run"):
             p.add_argument("--name", help="the run's name (default: the recipe's); a folder in runs/<competition>/")
         if name in ("train", "demo", "predict"):

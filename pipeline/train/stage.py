@@ -83,8 +83,8 @@ def prepare_run(config: Config, model: str, overrides: dict[str, Any] | None = N
     ``run_name`` (``NAME=``) names the run folder; by default the recipe's name does. The input
     size and where it came from are logged, with a warning when it rescales the images a lot.
     """
-    _, cfg = resolve_train_config(config, model, overrides)
-    name = check_run_name(run_name) if run_name else model
+    default_name, cfg = resolve_train_config(config, model, overrides)   # the recipe's name, -<preset> under a preset
+    name = check_run_name(run_name) if run_name else default_name
     resolve_model_name(cfg.model)
     if cfg.pretrained is not False or cfg.model_kwargs or cfg.small_input:
         # built once before any work: a mismatched weights file, a failed download, an unknown keyword or an
@@ -128,7 +128,7 @@ def new_meta(config: Config, spec: RunSpec) -> RunMeta:
         loss=spec.head.loss_name, folds_fingerprint=spec.fingerprint, n_folds=int(len(np.unique(spec.folds))),
         config_hash=spec.settings_hash, config=spec.cfg.model_dump(), seed=spec.cfg.seed,
         versions=library_versions(), code_version=code_version(), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        image_size_source=spec.image_size_source, config_files=config_file_hashes(config, spec.recipe),
+        image_size_source=spec.image_size_source, config_files=config_file_hashes(config, spec.recipe, spec.cfg),
     )
 
 
