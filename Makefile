@@ -38,7 +38,7 @@ LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_n
 COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test validate folds train predict lr-find ensemble export import-oof clean-run zoo zoo-promote models bench bench-ensemble bench-ensemble-real clean-demo
+.PHONY: help install demo test validate folds train predict lr-find ensemble export import-oof clean-run zoo zoo-promote models bench bench-recipes bench-ensemble bench-ensemble-real clean-demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -100,6 +100,11 @@ models: $(STAMP) ## list model aliases and recipes
 
 bench: $(STAMP) ## benchmark data loading, training and TTA for MODEL at IMAGE_SIZE (writes bench/bench.json)
 	$(PY) -m pipeline.bench --model $(or $(MODEL),test_resnet) --image-size $(or $(IMAGE_SIZE),64) --out bench/bench.json $(ARGS)
+
+# the recipe ablation needs a competition with hidden labels: the CIFAR dev set unless CONFIG= is given
+ROWS ?= configs/bench/recipes_cifar.yaml
+bench-recipes: $(STAMP) ## train each row of ROWS (one fold, a recipe each) and score it on the hidden solution (writes bench/recipes.json)
+	$(PY) -m pipeline.bench_recipes --config $(if $(filter command line environment,$(origin CONFIG)),$(CONFIG),configs/bench/cifar10_dev.yaml) --rows $(ROWS) --out bench/recipes.json $(ARGS)
 
 bench-ensemble: $(STAMP) ## benchmark every blend method on synthetic predictions (writes bench/ensemble.json)
 	$(PY) -m pipeline.bench_blend --out bench/ensemble.json
