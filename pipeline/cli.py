@@ -441,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "distill":
             p.add_argument("--alpha", type=float, help="weight of the teacher's soft targets (distill.alpha)")
             p.add_argument("--temperature", type=float, help="softening temperature T (distill.temperature)")
+        if name == "train":
             p.add_argument("--seeds", type=int, help="a seed bag: train with seeds seed..seed+N-1 as runs <name>-seed<k>")
         if name == "lr-find":
             p.add_argument("--start-lr", type=float, help="the sweep's first learning rate (default lr_find.start_lr, 1e-7)")
