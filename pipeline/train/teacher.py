@@ -384,7 +384,7 @@ def run_student(config: Config, model: str, kind: str, teacher: str = "submissio
     competition = competition or load_competition(config)
     layout = RunLayout(config.runs_dir / run_name)
     meta = None if force else read_meta(layout)
-    if meta is not None and meta.status == "finished" and not folds_subset:
+    if meta is not None and meta.status == "finished" and not folds_subset and (meta.teacher or {}).get("kind") == kind:
         # a finished student is not retrained, whatever the ensemble says now (FORCE=1 retrains it)
         log.info("%s: already finished (CV %.4f); pass FORCE=1 to retrain", run_name, meta.cv)
         return meta
