@@ -219,6 +219,13 @@ def test_pseudo_and_distill_end_to_end(small_config, tmp_path, capsys):
     stamp = best.stat().st_mtime_ns
     assert main(["pseudo", *args, "--model", "digits_resnet"]) == 0
     assert best.stat().st_mtime_ns == stamp
+    # ROUNDS=2: round 1 is done; the ensemble runs again, with it, and teaches round 2
+    assert main(["pseudo", *args, "--model", "digits_resnet", "--rounds", "2", "pseudo.max_share=0.25"]) == 0
+    assert best.stat().st_mtime_ns == stamp
+    second = read_meta(RunLayout(config.runs_dir / "digits_resnet-pl2"))
+    assert second.status == "finished" and second.teacher["kind"] == "pseudo"
+    fitted = pd.read_csv(config.submissions_dir / "leaderboard.csv")["submission"].str.rstrip(" *")
+    assert "single-digits_resnet-pl" in set(fitted)
 
     assert main(["distill", *args, "--student", "digits_resnet", "--alpha", "0.7", "--folds", "0"]) == 0
     run = config.runs_dir / "digits_resnet-distill"
