@@ -1,6 +1,7 @@
 # kfold-ensembler: every target calls the package's CLI (python -m pipeline ...).
 # Variables: TASK=<demo task> CONFIG=<competition yaml>  MODEL=<recipe|alias|timm name>  PRESET=<preset, e.g. strong>  NAME=<run name>  FOLDS=0,2  EPOCHS=n  ZOO=<zoo yaml>  TOP=k
 #            SEEDS=n (make train: a seed bag)  START_LR= END_LR= STEPS= (make lr-find)
+#            TEACHER=submission|<method>|<run> ROUNDS=n (make pseudo)  STUDENT= ALPHA= T= (make distill)
 #            ARGS="key=value ..."  FORCE=1 (overwrite finished work)  METHOD= OUT= CHECK=1 (make export)
 
 TASK ?=
@@ -28,6 +29,12 @@ GPUS ?=
 # EXECUTOR=ray runs every (model, fold) or zoo architecture as its own Ray job, one per GPU (pip install -e '.[ray]')
 EXECUTOR ?=
 IMAGE_SIZE ?=
+# make pseudo / make distill: the teacher (the blend make ensemble chose, another of its methods, or a run)
+TEACHER ?=
+ROUNDS ?=
+STUDENT ?=
+ALPHA ?=
+T ?=
 PYTHON ?= python3
 
 VENV := .venv
@@ -40,11 +47,11 @@ LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_n
 COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test validate folds train predict lr-find ensemble export import-oof clean-run zoo zoo-promote models bench bench-ensemble bench-ensemble-real clean-demo
+.PHONY: help install demo test validate folds train predict lr-find pseudo distill ensemble export import-oof clean-run zoo zoo-promote models bench bench-recipes bench-ensemble bench-ensemble-real clean-demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= PRESET= NAME= SEEDS= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK="
+	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= PRESET= NAME= SEEDS= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK= TEACHER= ROUNDS= STUDENT= ALPHA= T="
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -79,6 +86,12 @@ predict: $(STAMP) ## re-predict OOF and test for MODEL from its saved checkpoint
 lr-find: $(STAMP) ## learning-rate range test for MODEL on fold 0: loss curve in lr_find/, a suggested lr (START_LR= END_LR= STEPS=)
 	$(RUN) lr-find $(if $(MODEL),--model $(MODEL)) $(if $(PRESET),--preset $(PRESET)) $(if $(START_LR),--start-lr $(START_LR)) $(if $(END_LR),--end-lr $(END_LR)) $(if $(STEPS),--steps $(STEPS)) --config $(CONFIG) $(ARGS)
 
+pseudo: $(STAMP) ## train MODEL-pl on each fold's rows plus test rows labelled by that fold's teacher (TEACHER=submission|<method>|<run>, ROUNDS=n)
+	$(RUN) pseudo $(if $(MODEL),--model $(MODEL)) $(if $(PRESET),--preset $(PRESET)) $(if $(TEACHER),--teacher $(TEACHER)) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(NAME),--name $(NAME)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(COMMON)
+
+distill: $(STAMP) ## train STUDENT-distill on the true labels and the fold teacher's soft targets (TEACHER=, ALPHA=, T=)
+	$(RUN) distill $(if $(STUDENT),--student $(STUDENT)) $(if $(TEACHER),--teacher $(TEACHER)) $(if $(ALPHA),--alpha $(ALPHA)) $(if $(T),--temperature $(T)) $(if $(NAME),--name $(NAME)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(COMMON)
+
 ensemble: $(STAMP) ## blend the stored runs, score them by nested CV, write submissions/
 	$(RUN) ensemble $(COMMON)
 
@@ -102,6 +115,11 @@ models: $(STAMP) ## list model aliases and recipes
 
 bench: $(STAMP) ## benchmark data loading, training and TTA for MODEL at IMAGE_SIZE (writes bench/bench.json)
 	$(PY) -m pipeline.bench --model $(or $(MODEL),test_resnet) --image-size $(or $(IMAGE_SIZE),64) --out bench/bench.json $(ARGS)
+
+# the recipe ablation needs a competition with hidden labels: the CIFAR dev set unless CONFIG= is given
+ROWS ?= configs/bench/recipes_cifar.yaml
+bench-recipes: $(STAMP) ## train each row of ROWS (one fold, a recipe each) and score it on the hidden solution (writes bench/recipes.json)
+	$(PY) -m pipeline.bench_recipes --config $(if $(filter command line environment,$(origin CONFIG)),$(CONFIG),configs/bench/cifar10_dev.yaml) --rows $(ROWS) --out bench/recipes.json $(ARGS)
 
 bench-ensemble: $(STAMP) ## benchmark every blend method on synthetic predictions (writes bench/ensemble.json)
 	$(PY) -m pipeline.bench_blend --out bench/ensemble.json

@@ -5,6 +5,8 @@
     python -m pipeline train    --config ... --model resnet18 [--preset strong] [--name r18_seed2] [--seeds 3] [--folds 0,2] [--epochs 3] [--force] [key=value ...]
     python -m pipeline lr-find  --config ... --model resnet18 [--preset strong] [--start-lr 1e-7] [--end-lr 10] [--steps 100] [key=value ...]
     python -m pipeline predict  --config ... --model resnet18 [--preset strong] [--name r18_seed2] [key=value ...]
+    python -m pipeline pseudo   --config ... --model resnet18 [--teacher submission|<method>|<run>] [--rounds 1] [--name x] [--folds 0,2]
+    python -m pipeline distill  --config ... --student resnet18 [--teacher ...] [--alpha 0.5] [--temperature 2] [--name x]
     python -m pipeline ensemble --config ...
     python -m pipeline export   --config ... [--method submission|<method>] [--out export/<competition>] [--check]
     python -m pipeline zoo      --config ... [--zoo configs/zoo/default.yaml] [--top 3]
@@ -50,6 +52,9 @@ def _parse_settings(args: argparse.Namespace) -> dict:
         items.append(f"train.epochs={args.epochs}")
     if getattr(args, "preset", None):
         items.append(f"train.preset={args.preset}")
+    for flag, key in (("alpha", "distill.alpha"), ("temperature", "distill.temperature")):
+        if getattr(args, flag, None) is not None:
+            items.append(f"{key}={getattr(args, flag)}")
     return parse_overrides(items)
 
 
@@ -212,6 +217,59 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _student_commands_run_alone() -> None:
+    import os
+
+    if "RANK" in os.environ:
+        raise UsageError("make pseudo / make distill run in one process; they do not combine with GPUS=n (torchrun) yet")
+
+
+def cmd_pseudo(args: argparse.Namespace) -> int:
+    """``make pseudo MODEL=x [TEACHER=] [ROUNDS=n]``: run ``x-pl`` (round r > 1: ``x-pl<r>``), each round taught
+    by the ensemble made after the round before (the ensemble stage runs between rounds)."""
+    from pipeline.ensemble import run_ensemble
+    from pipeline.train.teacher import run_student, student_leaderboard, student_name
+
+    _student_commands_run_alone()
+    config = _load(args)
+    models = _models_to_run(args, config)
+    if len(models) != 1:
+        raise UsageError(f"make pseudo trains one student: give one MODEL (got {','.join(models)})")
+    if args.rounds < 1:
+        raise UsageError(f"ROUNDS={args.rounds}: give 1 or more rounds")
+    if args.rounds > 1 and args.folds:
+        raise UsageError("ROUNDS>1 needs every fold of each round (the next round's teacher is an ensemble of it); "
+                         "drop FOLDS=")
+    for round_ in range(1, args.rounds + 1):
+        name = student_name(models[0], "pseudo", args.name, round_)
+        if round_ > 1:
+            print(f"round {round_}: make ensemble with {student_name(models[0], 'pseudo', args.name, round_ - 1)}, "
+                  f"then {name} taught by it")
+            run_ensemble(config)
+        meta = run_student(config, models[0], "pseudo", args.teacher, name, _parse_folds(args.folds), force=args.force,
+                           overrides=args.settings)
+        print(student_leaderboard(meta))
+        if meta.status != "finished":
+            break
+    print("'make ensemble' now blends it with the other runs")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """``make distill STUDENT=y [TEACHER=] [ALPHA=] [T=]``: run ``y-distill``."""
+    from pipeline.train.teacher import run_student, student_leaderboard
+
+    _student_commands_run_alone()
+    config = _load(args)
+    if not args.model:
+        raise UsageError("name the student: make distill STUDENT=<recipe>, e.g. STUDENT=digits_resnet")
+    meta = run_student(config, args.model, "distill", args.teacher, args.name, _parse_folds(args.folds),
+                       force=args.force, overrides=args.settings)
+    print(student_leaderboard(meta))
+    print("'make ensemble' now blends it with the other runs")
+    return 0
+
+
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from pipeline.ensemble import run_ensemble
 
@@ -348,6 +406,8 @@ COMMANDS = {
     "train": (cmd_train, "train one model on every fold, predict OOF and test with TTA"),
     "lr-find": (cmd_lr_find, "learning-rate range test on fold 0's training rows: loss curve and a suggested lr"),
     "predict": (cmd_predict, "re-predict OOF and test from saved checkpoints"),
+    "pseudo": (cmd_pseudo, "train a student on its folds plus test rows labelled by each fold's teacher"),
+    "distill": (cmd_distill, "train a student on the true labels and the fold teacher's soft targets"),
     "ensemble": (cmd_ensemble, "blend the stored runs and write submissions"),
     "export": (cmd_export, "the chosen ensemble as an offline inference folder (Kaggle code competitions)"),
     "import-oof": (cmd_import_oof, "add OOF and test predictions made elsewhere to the store"),
@@ -367,16 +427,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         p.add_argument("--config", default=DEFAULT_CONFIG, help=f"competition YAML (default {DEFAULT_CONFIG})")
         p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. train.lr=1e-3 folds.n_splits=3")
-        if name in ("train", "predict", "lr-find"):
+        if name in ("train", "predict", "lr-find", "pseudo"):
             p.add_argument("--model", help="recipe name, model alias or timm name (train: several as a,b)")
             p.add_argument("--preset", help="a training preset over the recipe, e.g. strong: "
-                                            "configs/recipes/presets/<preset>/<family>.yaml; the run is <model>-<preset>")
-        if name in ("train", "predict", "clean-run"):
+                                            "configs/recipes/presets/<preset>/<family>.yaml; train, predict and lr-find name the run <model>-<preset>")
+        if name == "distill":
+            p.add_argument("--student", dest="model", help="the student's recipe name, model alias or timm name")
+        if name in ("train", "predict", "clean-run", "pseudo", "distill"):
             p.add_argument("--name", help="the run's name (default: the recipe's); a folder in runs/<competition>/")
-        if name in ("train", "demo", "predict"):
+        if name in ("train", "demo", "predict", "pseudo", "distill"):
             p.add_argument("--epochs", type=int, help="override train.epochs")
-        if name == "train":
+        if name in ("train", "pseudo", "distill"):
             p.add_argument("--folds", help="comma-separated subset of folds, e.g. 0,2")
+        if name in ("pseudo", "distill"):
+            p.add_argument("--teacher", default="submission",
+                           help="submission (the blend make ensemble chose), a method of the last ensemble, or a run")
+        if name == "pseudo":
+            p.add_argument("--rounds", type=int, default=1, help="rounds; round r is taught by the ensemble with round r-1")
+        if name == "distill":
+            p.add_argument("--alpha", type=float, help="weight of the teacher's soft targets (distill.alpha)")
+            p.add_argument("--temperature", type=float, help="softening temperature T (distill.temperature)")
+        if name == "train":
             p.add_argument("--seeds", type=int, help="a seed bag: train with seeds seed..seed+N-1 as runs <name>-seed<k>")
         if name == "lr-find":
             p.add_argument("--start-lr", type=float, help="the sweep's first learning rate (default lr_find.start_lr, 1e-7)")
@@ -398,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--method", default="submission", help="submission (the chosen one) or a method of the last ensemble")
             p.add_argument("--out", help="the folder to write (default export/<competition>)")
             p.add_argument("--check", action="store_true", help="predict our test images with the export and compare")
-        if name in ("train", "folds", "ensemble", "demo", "import-oof", "zoo", "zoo-promote", "export", "clean-run"):
+        if name in ("train", "folds", "ensemble", "demo", "import-oof", "zoo", "zoo-promote", "export", "clean-run",
+                    "pseudo", "distill"):
             p.add_argument("--force", action="store_true", help="overwrite finished work (clean-run: delete without asking)")
     return parser
 

@@ -320,6 +320,25 @@ class LrFindConfig(StrictModel):
         return self
 
 
+class PseudoConfig(StrictModel):
+    """``make pseudo`` (and ``make distill`` with ``distill.pseudo``): test rows labelled by each fold's teacher
+    (:mod:`pipeline.teach`)."""
+
+    hard_threshold: float | None = Field(default=None, gt=0, le=1)   # None: soft targets; else one-hot above it
+    weight: float = Field(default=1.0, gt=0)         # the loss weight of a pseudo row (a true row weighs 1)
+    max_share: float = Field(default=1.0, gt=0)      # pseudo rows at most this share of the fold's training rows
+
+
+class DistillConfig(StrictModel):
+    """``make distill``: (1 - alpha) x the task loss on the true labels + alpha x T^2 x KL to the teacher (Hinton)."""
+
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    temperature: float = Field(default=2.0, gt=0)
+    # fold: fold k's soft targets from the teacher's fold-k models (never saw fold k); oof: its OOF rows (leaky)
+    targets: Literal["fold", "oof"] = "fold"
+    pseudo: bool = False                             # also train on pseudo-labelled test rows (the pseudo: section)
+
+
 class ExecutorConfig(StrictModel):
     """Where the grid of (run, fold) and zoo jobs runs (:mod:`pipeline.executors`); ``EXECUTOR=`` sets ``name``."""
 
@@ -383,6 +402,8 @@ class Config(StrictModel):
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     lr_find: LrFindConfig = Field(default_factory=LrFindConfig)
+    pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     models: list[str] = Field(default_factory=list)
     recipes_dir: str = "recipes"
     output_dir: str = "."

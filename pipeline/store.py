@@ -120,8 +120,8 @@ class RunLayout:
 # -- meta.json -------------------------------------------------------------------------------
 
 #: Version of the meta.json schema this code writes; files without one are version 1. Version 2 added
-#: ``config_files`` and ``image_size_source`` (both optional: version-1 files still load).
-META_SCHEMA_VERSION = 2
+#: ``config_files`` and ``image_size_source``, version 3 ``teacher`` (all optional: older files still load).
+META_SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -166,6 +166,7 @@ class RunMeta:
     source: dict | None = None               # an imported run: the files it came from
     image_size_source: str | None = None     # which setting chose the input size (config.image_size_choice)
     config_files: dict | None = None         # path -> SHA-256 of every config file the run read
+    teacher: dict | None = None              # make pseudo / make distill: the teacher, its runs and the settings
     schema_version: int = META_SCHEMA_VERSION
 
     def to_json(self) -> dict:

@@ -210,7 +210,17 @@ def folds_not_csv(ws: Workspace) -> None:
     (ws.out / "folds" / "comp.csv").write_bytes(b'id,fold\n"unclosed,1\n')
 
 
+def teacher_on_other_folds(ws: Workspace) -> None:
+    meta = ws.run / "meta.json"
+    meta.write_text(meta.read_text().replace('"folds_fingerprint": "', '"folds_fingerprint": "x'))
+
+
+def delete_fold_test_predictions(ws: Workspace) -> None:
+    (ws.run / "fold1" / "test.parquet").unlink()
+
+
 TRAIN = ["train", "--model", "digits_resnet", "--force"]
+PSEUDO_FROM_RUN = ["pseudo", "--model", "digits_resnet", "--teacher", "digits_resnet", "--name", "student"]
 
 # (id, break, command, message): each must exit 2 with the message and change no output file
 CASES = [
@@ -242,6 +252,11 @@ CASES = [
     ("predict-missing-best", delete_best_checkpoint, ["predict", "--model", "digits_resnet"], r"digits_resnet.*fold 2.*make train MODEL=digits_resnet FOLDS=2 FORCE=1"),
     ("train-garbage-meta", _damage("meta.json", b"{\"name\": \"digi"), ["train", "--model", "digits_resnet"], r"meta\.json.*damaged.*FORCE=1"),
     ("train-garbage-oof", _damage("oof.parquet", b"PAR1 garbage"), ["train", "--model", "digits_resnet"], r"oof\.parquet.*damaged.*make predict MODEL=digits_resnet"),
+    ("pseudo-no-ensemble", nothing, ["pseudo", "--model", "digits_resnet"], r"TEACHER=submission.*make ensemble"),
+    ("pseudo-teacher-missing", nothing, ["pseudo", "--model", "digits_resnet", "--teacher", "nothere"], r"TEACHER=nothere.*make train MODEL=nothere"),
+    ("pseudo-teacher-other-folds", teacher_on_other_folds, PSEUDO_FROM_RUN, r"teacher run digits_resnet.*other folds.*make train MODEL=digits_resnet FORCE=1"),
+    ("distill-teacher-fold-missing", delete_fold_test_predictions, ["distill", "--student", "digits_resnet", "--teacher", "digits_resnet"], r"teacher run digits_resnet.*fold 1.*make predict MODEL=digits_resnet"),
+    ("pseudo-teacher-is-student", nothing, ["pseudo", "--model", "digits_resnet", "--teacher", "digits_resnet", "--name", "digits_resnet"], r"blends digits_resnet, the run this command writes"),
     ("user-png", _user_file("ensemble.png"), ["ensemble"], r"ensemble\.png exists and was not written by the pipeline"),
     ("user-leaderboard", _user_file("leaderboard.csv"), ["ensemble"], r"leaderboard\.csv exists and was not written by the pipeline"),
     ("user-replaced-submission", _user_file_after_ensemble("submission.csv"), ["ensemble"], r"submission\.csv.*changed since the pipeline wrote it"),

@@ -27,7 +27,7 @@ def _curve(shape: str, lrs: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("shape, expected", [
     ("valley", 1e-3),     # the steepest fall, not the minimum (near 1e-1)
-    ("only_up", 1e-7),    # nothing falls: the first learning rate
+    ("only_up", 10 ** -6.2),   # nothing falls: the first learning rate past the skipped first tenth (8 of 81)
     ("only_down", 10.0),  # the fall is steepest at the end of the sweep
     ("nan_tail", 1e-4),   # the non-finite tail is ignored
 ])
@@ -36,11 +36,21 @@ def test_the_suggestion_is_the_steepest_descent_before_the_minimum(shape, expect
     suggestion = suggest_lr(lrs, _curve(shape, lrs))
     assert 1e-7 <= suggestion <= 10.0
     assert suggestion == pytest.approx(expected, rel=0.3)
-    # the rule by hand: argmin of the slope in log10(lr) over the points up to the minimum
+    # the rule by hand: argmin of the slope in log10(lr) over the points from the 9th (the first tenth skipped,
+    # as fastai does) up to the minimum
     smoothed = _curve(shape, lrs)
     end = len(lrs) if np.isfinite(smoothed).all() else int(np.argmin(np.isfinite(smoothed)))
     slope = np.gradient(smoothed[:end], np.log10(lrs[:end]))
-    assert suggestion == lrs[int(np.argmin(slope[:int(np.argmin(smoothed[:end])) + 1]))]
+    lowest = 8 + int(np.argmin(smoothed[8:end]))
+    assert suggestion == lrs[8 + int(np.argmin(slope[8:lowest + 1]))]
+
+
+def test_noise_at_the_start_of_the_sweep_is_not_the_suggestion():
+    # a real CIFAR sweep's start: the debiased average of 2-3 batches falls fast by chance, then the true fall at 1e-3
+    lrs = lr_schedule(1e-7, 10.0, 81)
+    smoothed = _curve("valley", lrs)
+    smoothed[:3] += np.array([0.3, 0.15, 0.05])
+    assert suggest_lr(lrs, smoothed) == pytest.approx(1e-3, rel=0.3)
 
 
 def test_the_sweep_is_exponential_from_start_to_end():

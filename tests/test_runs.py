@@ -166,8 +166,10 @@ def test_old_meta_without_the_new_keys_still_loads():
     old = {"name": "r", "status": "finished", "classes": ["0", "1"], "folds_fingerprint": "abc", "schema_version": 1}
     meta = RunMeta.from_json(old)
     assert meta.config_files is None and meta.image_size_source is None and meta.schema_version == 1
-    with pytest.raises(StoreError, match="schema_version 3 is newer than this pipeline's \\(2\\)"):
-        RunMeta.from_json({**old, "schema_version": 3})
+    assert meta.teacher is None
+    assert RunMeta.from_json({**old, "schema_version": 2}).teacher is None     # version 3 added `teacher`
+    with pytest.raises(StoreError, match="schema_version 4 is newer than this pipeline's \\(3\\)"):
+        RunMeta.from_json({**old, "schema_version": 4})
 
 
 def test_cpu_training_returns_freed_memory_at_once():

@@ -66,6 +66,23 @@ class Head(torch.nn.Module):
             return SoftTargetCrossEntropy()(logits, target)
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, target.reshape(logits.shape))
 
+    def soft_loss_rows(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of each row against targets in the head's own form, ``(batch,)``: a label distribution
+        (softmax head; :meth:`soft_loss`'s cross-entropy), a probability per label (sigmoid head), or values on
+        the target's scale (value tasks: scaled as :meth:`loss` scales them). Pseudo-labels and distillation
+        (:mod:`pipeline.train.teacher`) weight the rows."""
+        logits = logits.float()
+        target = target.float().reshape(logits.shape)
+        if self.loss_name == "ce":
+            return torch.sum(-target * torch.nn.functional.log_softmax(logits, dim=-1), dim=-1)
+        if self.values:
+            target = self._scaled(target)
+            if self.loss_name == "huber":
+                return torch.nn.functional.smooth_l1_loss(logits, target, reduction="none").mean(dim=1)
+            if self.loss_name == "mse":
+                return torch.nn.functional.mse_loss(logits, target, reduction="none").mean(dim=1)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=1)
+
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         if self.loss_name == "ce":

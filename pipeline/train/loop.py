@@ -131,8 +131,12 @@ def finish_average(average: WeightAverage, train_loader, generator: torch.Genera
 
 
 def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, classes: list[str], metric: Metric,
-               runtime: Runtime, layout: RunLayout, views: list[Callable], view_names: list[str]) -> dict:
+               runtime: Runtime, layout: RunLayout, views: list[Callable], view_names: list[str], soft=None) -> dict:
     """Train one fold, keep its best checkpoint, predict its validation rows and the test set.
+
+    ``soft`` (:class:`pipeline.train.teacher.SoftRows`, ``make pseudo``/``make distill``): the training rows
+    carry the teacher's packed targets, pseudo-labelled test rows are added, and its loss trains; the
+    validation rows, and so the OOF, are the fold's own as always.
 
     Under torchrun every rank runs this: training rows are split by a
     DistributedSampler, validation rows are sharded and gathered (every rank computes the
@@ -156,7 +160,9 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
     train_tf = HostTransform(dcfg.image_size, dcfg.interpolation, cfg.augment)
     eval_tf = HostTransform(dcfg.image_size, dcfg.interpolation)
     inputs = device_transform(cfg, dcfg, runtime)
-    train_ds = ImageDataset(data.store, train_idx, train_tf, data.y)
+    train_ds = (ImageDataset(data.store, train_idx, train_tf, data.y) if soft is None
+                else soft.dataset(data.store, data.test_store, train_idx, train_tf))
+    criterion = data.head if soft is None else soft.loss
     valid_ds = ImageDataset(data.store, shard(valid_idx, context), eval_tf, data.y)
     generator = torch.Generator()
     sampler = None
@@ -236,7 +242,7 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
             # timm's Mixup draws from numpy's global RNG; seeded here like torch's, so a resume mixes the same
             np.random.seed((seed * 100 + epoch + 7919 * context.rank) % 2**32)
         epoch_started = time.perf_counter()
-        train_loss, waited = train_one_epoch(step_model, train_loader, data.head, optimizer, scaler, scheduler, runtime,
+        train_loss, waited = train_one_epoch(step_model, train_loader, criterion, optimizer, scaler, scheduler, runtime,
                                              inputs, cfg, epoch, bar, ema=ema, mixer=mixer if mixing else None,
                                              updates_before=epoch * updates_per_epoch,
                                              side=side if side != dcfg.image_size else None,
@@ -299,7 +305,7 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
                    "history": history, "image_size": dcfg.image_size, "mean": dcfg.mean, "std": dcfg.std,
                    "interpolation": dcfg.interpolation, "params": count_parameters(model),
                    "batch_size": cfg.batch_size, "processes": context.world_size,
-                   **({} if averaged is None else {"averaged": averaged})})
+                   **({} if averaged is None else {"averaged": averaged}), **({} if soft is None else soft.info)})
     if main:
         io.write_json(layout.fold_info(fold), result)
     return result

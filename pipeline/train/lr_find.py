@@ -32,7 +32,7 @@ from pipeline.errors import PipelineError
 log = logging.getLogger(__name__)
 
 SUGGESTION_RULE = ("steepest descent of the smoothed loss (the most negative d loss / d log10 lr) "
-                   "before the smoothed loss's minimum")
+                   "before the smoothed loss's minimum, past the sweep's first tenth")
 
 
 class LrFindError(PipelineError, ValueError):
@@ -72,12 +72,15 @@ def suggest_lr(lrs: np.ndarray, smoothed: np.ndarray) -> float:
     if finite.sum() < 2:
         raise LrFindError(f"the learning-rate sweep has {int(finite.sum())} finite loss value(s); at least 2 are needed "
                           "(raise lr_find.num_steps or lower lr_find.start_lr)")
+    # fastai skips the sweep's first tenth: there the debiased average holds only a few batches' losses, so its
+    # slope is noise (on CIFAR it picked 1e-7, the sweep's start, before this skip)
+    first = len(lrs) // 10
     # the curve up to its first non-finite value
     end = int(np.argmin(finite)) if not finite.all() else len(smoothed)
-    lrs, smoothed = lrs[:end], smoothed[:end]
-    slope = np.gradient(smoothed, np.log10(lrs))
-    lowest = int(np.argmin(smoothed))
-    return float(lrs[int(np.argmin(slope[:lowest + 1]))])
+    first = min(first, end - 2)
+    slope = np.gradient(smoothed[:end], np.log10(lrs[:end]))
+    lowest = first + int(np.argmin(smoothed[first:end]))
+    return float(lrs[first + int(np.argmin(slope[first:lowest + 1]))])
 
 
 @dataclass

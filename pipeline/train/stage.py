@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import io
-from pipeline.config import Config, ConfigError, TrainConfig, config_file_hashes, image_size_choice, resolve_train_config
+from pipeline.config import (Config, ConfigError, TrainConfig, config_file_hashes, config_hash, image_size_choice,
+                             resolve_train_config)
 from pipeline.data import Competition, load_competition, median_short_side
 from pipeline.distributed import SINGLE, DistContext, barrier, broadcast_object, init_distributed, launched_by_torchrun
 from pipeline.errors import PipelineError
@@ -208,7 +209,7 @@ def with_batch_size(spec: RunSpec, meta: RunMeta, runtime: Runtime, target: int)
 
 def run_train(config: Config, model: str, folds_subset: list[int] | None = None, force: bool = False,
               overrides: dict[str, Any] | None = None, competition: Competition | None = None,
-              name: str | None = None) -> RunMeta:
+              name: str | None = None, student=None) -> RunMeta:
     """Train (or resume) one run on the chosen folds; assemble its OOF files when every fold is done.
 
     Parameters
@@ -227,6 +228,9 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
     name : str, optional
         The run's name (``NAME=``): the same recipe trained twice under two names makes two runs
         (a repeat, an ablation). Default: the recipe's name.
+    student : pipeline.train.teacher.StudentPlan, optional
+        ``make pseudo`` / ``make distill``: the teacher's targets for each fold (hashed into the run's
+        settings, so a changed teacher retrains; recorded as ``meta.teacher``).
 
     Returns
     -------
@@ -240,12 +244,17 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
     """
     context = start_distributed(config, model, overrides)
     spec = on_main(context, lambda: prepare_run(config, model, overrides, competition, name))  # rank 0 makes the folds
+    if student is not None:
+        student.check(spec.cfg)
+        spec.settings_hash = config_hash([spec.settings_hash, student.key()])
     fold_ids = fold_list(spec, folds_subset)
     layout = spec.layout
     with run_lock(layout.run_dir, context):
         meta, finished = on_main(context, lambda: open_run(spec, config, fold_ids, force))
         if finished:
             return meta
+        if student is not None:
+            meta.teacher = student.record()
         data, target = open_stores(config, spec, context)
         runtime = select_runtime(spec.cfg, data.store.in_memory, context)
         cfg = with_batch_size(spec, meta, runtime, target)
@@ -261,8 +270,9 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
                     log.info("  fold %d: done before, skipped", fold)
                 continue
             with log_to_file(layout.fold_log(fold), enabled=context.is_main):
+                soft = None if student is None else student.fold_rows(fold, layout, spec.head, runtime, cfg)
                 result = train_fold(spec.name, cfg, fold, data, spec.competition.classes, spec.metric, runtime,
-                                    layout, views, view_names)
+                                    layout, views, view_names, soft=soft)
             mark_fold_done(layout, meta, fold, write=context.is_main)
             if not context.is_main:
                 continue
