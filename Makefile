@@ -1,5 +1,5 @@
 # kfold-ensembler: every target calls the package's CLI (python -m pipeline ...).
-# Variables: TASK=<demo task> CONFIG=<competition yaml>  MODEL=<recipe|alias|timm name>  NAME=<run name>  FOLDS=0,2  EPOCHS=n  ZOO=<zoo yaml>  TOP=k
+# Variables: TASK=<demo task> CONFIG=<competition yaml>  MODEL=<recipe|alias|timm name>  PRESET=<preset, e.g. strong>  NAME=<run name>  FOLDS=0,2  EPOCHS=n  ZOO=<zoo yaml>  TOP=k
 #            SEEDS=n (make train: a seed bag)  START_LR= END_LR= STEPS= (make lr-find)
 #            TEACHER=submission|<method>|<run> ROUNDS=n (make pseudo)  STUDENT= ALPHA= T= (make distill)
 #            ARGS="key=value ..."  FORCE=1 (overwrite finished work)  METHOD= OUT= CHECK=1 (make export)
@@ -8,6 +8,8 @@ TASK ?=
 # TASK=binary|multilabel|regression|ordinal picks that demo competition (configs/digits_<task>.yaml)
 CONFIG ?= $(if $(filter-out multiclass,$(TASK)),configs/digits_$(TASK).yaml,configs/digits.yaml)
 MODEL ?=
+# PRESET=strong: configs/recipes/presets/strong/<family>.yaml over the recipe (make train, predict, lr-find); run <model>-strong
+PRESET ?=
 NAME ?=
 # SEEDS=n: make train trains the recipe with seeds seed..seed+n-1 as runs <name>-seed<k> (a seed bag)
 SEEDS ?=
@@ -49,7 +51,7 @@ COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= NAME= SEEDS= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK= TEACHER= ROUNDS= STUDENT= ALPHA= T="
+	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= PRESET= NAME= SEEDS= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK= TEACHER= ROUNDS= STUDENT= ALPHA= T="
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,16 +78,16 @@ folds: $(STAMP) ## make the k-fold split: folds/<competition>.csv
 	$(RUN) folds $(COMMON)
 
 train: $(STAMP) ## train MODEL (or MODEL=a,b) on every fold (or FOLDS=0,2), predict OOF and test with TTA (NAME= names the run; SEEDS=n: a seed bag; GPUS=n: DDP; EXECUTOR=ray: a job per fold)
-	$(LAUNCH) train $(if $(MODEL),--model $(MODEL)) $(if $(NAME),--name $(NAME)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(COMMON)
+	$(LAUNCH) train $(if $(MODEL),--model $(MODEL)) $(if $(PRESET),--preset $(PRESET)) $(if $(NAME),--name $(NAME)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(COMMON)
 
 predict: $(STAMP) ## re-predict OOF and test for MODEL from its saved checkpoints (no training)
-	$(LAUNCH) predict $(if $(MODEL),--model $(MODEL)) $(if $(NAME),--name $(NAME)) --config $(CONFIG) $(ARGS)
+	$(LAUNCH) predict $(if $(MODEL),--model $(MODEL)) $(if $(PRESET),--preset $(PRESET)) $(if $(NAME),--name $(NAME)) --config $(CONFIG) $(ARGS)
 
 lr-find: $(STAMP) ## learning-rate range test for MODEL on fold 0: loss curve in lr_find/, a suggested lr (START_LR= END_LR= STEPS=)
-	$(RUN) lr-find $(if $(MODEL),--model $(MODEL)) $(if $(START_LR),--start-lr $(START_LR)) $(if $(END_LR),--end-lr $(END_LR)) $(if $(STEPS),--steps $(STEPS)) --config $(CONFIG) $(ARGS)
+	$(RUN) lr-find $(if $(MODEL),--model $(MODEL)) $(if $(PRESET),--preset $(PRESET)) $(if $(START_LR),--start-lr $(START_LR)) $(if $(END_LR),--end-lr $(END_LR)) $(if $(STEPS),--steps $(STEPS)) --config $(CONFIG) $(ARGS)
 
 pseudo: $(STAMP) ## train MODEL-pl on each fold's rows plus test rows labelled by that fold's teacher (TEACHER=submission|<method>|<run>, ROUNDS=n)
-	$(RUN) pseudo $(if $(MODEL),--model $(MODEL)) $(if $(TEACHER),--teacher $(TEACHER)) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(NAME),--name $(NAME)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(COMMON)
+	$(RUN) pseudo $(if $(MODEL),--model $(MODEL)) $(if $(PRESET),--preset $(PRESET)) $(if $(TEACHER),--teacher $(TEACHER)) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(NAME),--name $(NAME)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(COMMON)
 
 distill: $(STAMP) ## train STUDENT-distill on the true labels and the fold teacher's soft targets (TEACHER=, ALPHA=, T=)
 	$(RUN) distill $(if $(STUDENT),--student $(STUDENT)) $(if $(TEACHER),--teacher $(TEACHER)) $(if $(ALPHA),--alpha $(ALPHA)) $(if $(T),--temperature $(T)) $(if $(NAME),--name $(NAME)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(COMMON)

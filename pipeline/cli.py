@@ -2,9 +2,9 @@
 
     python -m pipeline validate --config configs/digits.yaml [--image-size 224]
     python -m pipeline folds    --config configs/digits.yaml
-    python -m pipeline train    --config ... --model resnet18 [--name r18_seed2] [--seeds 3] [--folds 0,2] [--epochs 3] [--force] [key=value ...]
-    python -m pipeline lr-find  --config ... --model resnet18 [--start-lr 1e-7] [--end-lr 10] [--steps 100] [key=value ...]
-    python -m pipeline predict  --config ... --model resnet18 [--name r18_seed2] [key=value ...]
+    python -m pipeline train    --config ... --model resnet18 [--preset strong] [--name r18_seed2] [--seeds 3] [--folds 0,2] [--epochs 3] [--force] [key=value ...]
+    python -m pipeline lr-find  --config ... --model resnet18 [--preset strong] [--start-lr 1e-7] [--end-lr 10] [--steps 100] [key=value ...]
+    python -m pipeline predict  --config ... --model resnet18 [--preset strong] [--name r18_seed2] [key=value ...]
     python -m pipeline pseudo   --config ... --model resnet18 [--teacher submission|<method>|<run>] [--rounds 1] [--name x] [--folds 0,2]
     python -m pipeline distill  --config ... --student resnet18 [--teacher ...] [--alpha 0.5] [--temperature 2] [--name x]
     python -m pipeline ensemble --config ...
@@ -50,6 +50,8 @@ def _parse_settings(args: argparse.Namespace) -> dict:
     items = list(args.overrides or [])
     if getattr(args, "epochs", None) is not None:
         items.append(f"train.epochs={args.epochs}")
+    if getattr(args, "preset", None):
+        items.append(f"train.preset={args.preset}")
     for flag, key in (("alpha", "distill.alpha"), ("temperature", "distill.temperature")):
         if getattr(args, flag, None) is not None:
             items.append(f"{key}={getattr(args, flag)}")
@@ -145,6 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_seed_bags(args: argparse.Namespace, config, models: list[str]) -> int:
     """SEEDS=n: each model trained with n seeds as n runs, then the bag's line (each seed's CV, the mean OOF's CV)."""
+    from pipeline.config import resolve_train_config
     from pipeline.data import load_competition
     from pipeline.metrics import get_metric
     from pipeline.train import run_train, train_leaderboard
@@ -152,7 +155,8 @@ def _train_seed_bags(args: argparse.Namespace, config, models: list[str]) -> int
 
     competition = load_competition(config)
     for model in models:
-        names = seed_run_names(args.name or model, args.seeds)
+        # NAME=, else the run's default name (the recipe's, -<preset> under a preset)
+        names = seed_run_names(args.name or resolve_train_config(config, model, args.settings)[0], args.seeds)
         seeds = bag_seeds(config, model, args.settings, args.seeds)
         metas = []
         for name, seed in zip(names, seeds):
@@ -425,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. train.lr=1e-3 folds.n_splits=3")
         if name in ("train", "predict", "lr-find", "pseudo"):
             p.add_argument("--model", help="recipe name, model alias or timm name (train: several as a,b)")
+            p.add_argument("--preset", help="a training preset over the recipe, e.g. strong: "
+                                            "configs/recipes/presets/<preset>/<family>.yaml; train, predict and lr-find name the run <model>-<preset>")
         if name == "distill":
             p.add_argument("--student", dest="model", help="the student's recipe name, model alias or timm name")
         if name in ("train", "predict", "clean-run", "pseudo", "distill"):

@@ -174,6 +174,8 @@ class TrainConfig(StrictModel):
     return_freed_memory: bool = True
     augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)          # albumentations, per image on the CPU
     device_augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)   # per batch on the device (transforms.py)
+    # a named set of device steps run before device_augment (transforms.AUGMENT_POLICIES): none, flip, light, trivial, ...
+    augment_policy: str = "none"
     tta: list[str] = Field(default_factory=lambda: ["identity"])
     # training recipes (README "Training recipes"); each is off by default and hashed only when set
     ema: bool = False                                   # validate, keep and predict with an EMA of the weights
@@ -193,6 +195,8 @@ class TrainConfig(StrictModel):
     average_last: int = Field(default=0, ge=0)          # average the weights of the last N epochs (SWA-style)
     # [[from_epoch, side], ...]: smaller training images in the first epochs
     progressive_sizes: list[Annotated[list[int], Field(min_length=2, max_length=2)]] | None = None
+    # a preset over the recipe: <recipes>/presets/<preset>/<family>.yaml (README "Training recipes"; make train PRESET=)
+    preset: str | None = None
 
     @property
     def mixes(self) -> bool:
@@ -207,9 +211,9 @@ class TrainConfig(StrictModel):
             return "disk" if value else "off"
         return value
 
-    # The transform and view names are checked against pipeline.transforms, which needs torch and
+    # The transform, policy and view names are checked against pipeline.transforms, which needs torch and
     # albumentations. Commands that never train (folds, ensemble, import-oof) load the config with
-    # training=False and skip these three checks; every training path validates its TrainConfig again
+    # training=False and skip these checks; every training path validates its TrainConfig again
     # through resolve_train_config, with them, before any work.
     @field_validator("augment")
     @classmethod
@@ -228,6 +232,15 @@ class TrainConfig(StrictModel):
 
             check_device_augment_steps(steps)
         return steps
+
+    @field_validator("augment_policy")
+    @classmethod
+    def _known_policy(cls, name: str, info: ValidationInfo) -> str:
+        if _checks_training(info):
+            from pipeline.transforms import augment_policy_steps
+
+            augment_policy_steps(name)
+        return name
 
     @field_validator("tta")
     @classmethod
@@ -589,6 +602,53 @@ def check_data_files(config: Config) -> None:
             raise ConfigError(f"competition.{key}: file {file} does not exist; fix the path in {config.source}")
 
 
+#: presets live beside the recipes: <recipes>/presets/<preset>/<family>.yaml
+PRESETS_DIR = "presets"
+# a preset holds training settings for every architecture of a family: which architecture stays the recipe's choice
+_NOT_IN_PRESETS = ("model", "model_kwargs", "preset")
+
+
+def preset_names(config: Config) -> list[str]:
+    """The presets available beside the config's recipes (folders of ``<recipes>/presets``), by name."""
+    folder = config.recipes_path / PRESETS_DIR
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def preset_file(config: Config, preset: str, model: str) -> Path:
+    """The file of ``preset`` for ``model``'s family (:func:`pipeline.models.preset_family`).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown preset (listing the available ones) or a family the preset has no file for.
+    """
+    from pipeline.models import preset_family  # timm: only when a preset is asked for
+
+    safe_name(preset, "PRESET", f"a preset is a folder of {config.recipes_path / PRESETS_DIR}")
+    available = preset_names(config)
+    if preset not in available:
+        raise ConfigError(f"unknown preset {preset!r}; available presets: {', '.join(available) or 'none'} "
+                          f"(folders of {config.recipes_path / PRESETS_DIR}); or train without PRESET=")
+    family = preset_family(model)
+    file = config.recipes_path / PRESETS_DIR / preset / f"{family}.yaml"
+    if not file.is_file():
+        covered = sorted(p.stem for p in file.parent.glob("*.yaml"))
+        raise ConfigError(f"preset {preset!r} has no file for {model}'s family {family!r}: it covers {', '.join(covered)}; "
+                          f"write {file} or train {model} without PRESET=")
+    return file
+
+
+def _preset(config: Config, preset: str, model: str) -> tuple[dict, Path]:
+    """A preset's training settings for ``model`` (and its file)."""
+    file = preset_file(config, preset, model)
+    values = read_yaml(file)
+    refused = [key for key in _NOT_IN_PRESETS if key in values]
+    if refused:
+        raise ConfigError(f"preset {file} sets {', '.join(refused)}: a preset holds training settings for a whole family; "
+                          "the architecture and its keyword arguments belong to the recipe")
+    return values, file
+
+
 def recipe_names(config: Config) -> list[str]:
     """The recipes available beside the config, by name."""
     folder = config.recipes_path
@@ -626,7 +686,11 @@ def _recipe(config: Config, model: str) -> tuple[dict, Path | None]:
 
 
 def resolve_train_config(config: Config, model: str, overrides: dict[str, Any] | None = None) -> tuple[str, TrainConfig]:
-    """The training settings for one run: competition defaults < recipe < overrides.
+    """The training settings for one run: competition defaults < recipe < preset < overrides.
+
+    ``train.preset`` (``make train PRESET=``, or set in the competition config) adds the
+    preset's file for the model's family (:func:`preset_file`) over the recipe; the run's
+    default name is then ``<model>-<preset>``.
 
     ``image_size`` follows ``train.image_size_from``: with ``recipe`` (the default) a recipe's
     size replaces the competition's; with ``competition`` the competition's size (or ``ARGS``')
@@ -643,12 +707,20 @@ def resolve_train_config(config: Config, model: str, overrides: dict[str, Any] |
     Returns
     -------
     (run_name, TrainConfig)
+        ``run_name`` is the run's default name: the recipe's, with ``-<preset>`` under a preset.
     """
     safe_name(model, "MODEL", f"a recipe is named by its file in {config.recipes_path} without '.yaml'")
     base = config.train.model_dump(exclude_unset=False)
     recipe, recipe_file = _recipe(config, model)
     where = str(recipe_file) if recipe_file else f"model {model!r}"
-    merged = deep_merge(deep_merge(base, recipe), _checked_overrides(overrides).get("train") or {})
+    from_args = _checked_overrides(overrides).get("train") or {}
+    merged = deep_merge(deep_merge(base, recipe), from_args)
+    run_name = model
+    if merged.get("preset") is not None:
+        preset = merged["preset"]
+        values, file = _preset(config, str(preset), str(merged.get("model") or model))
+        merged = deep_merge(deep_merge(deep_merge(base, recipe), values), from_args)
+        where, run_name = f"{where} with preset {file}", f"{model}-{preset}"
     if merged.get("image_size_from") == "competition":
         merged["image_size"] = base["image_size"]   # the competition's, with ARGS already merged into it
     try:
@@ -656,7 +728,7 @@ def resolve_train_config(config: Config, model: str, overrides: dict[str, Any] |
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where, TrainConfig).replace("  - ", "  - train.")) from None
     check_recipe_fits_task(train, config.competition.task, where)
-    return model, train
+    return run_name, train
 
 
 def check_recipe_fits_task(train: TrainConfig, task: str, where: str = "train") -> None:
@@ -672,7 +744,8 @@ def check_recipe_fits_task(train: TrainConfig, task: str, where: str = "train") 
             f"{where}: train.mixup_alpha/cutmix_alpha are for label tasks (multiclass, binary, multilabel), "
             f"not task {task!r}: mixup mixes targets as class probabilities, and a {task} target is a value on a "
             "scale whose loss (MSE/Huber, or ordinal cut points) does not read a mix of two values as a soft label; "
-            "set mixup_alpha: 0 and cutmix_alpha: 0")
+            "set mixup_alpha: 0 and cutmix_alpha: 0 (ARGS=\"train.mixup_alpha=0 train.cutmix_alpha=0\" overrides "
+            "a recipe or preset)")
 
 
 def image_size_choice(config: Config, model: str, overrides: dict[str, Any] | None = None) -> ImageSizeChoice:
@@ -708,8 +781,8 @@ def image_size_choice(config: Config, model: str, overrides: dict[str, Any] | No
     return ImageSizeChoice(cfg.image_size, source, config.train.image_size)
 
 
-def config_file_hashes(config: Config, model: str | None = None) -> dict[str, str]:
-    """SHA-256 of every config file a run reads: the competition config, the recipe, user metric modules.
+def config_file_hashes(config: Config, model: str | None = None, cfg: TrainConfig | None = None) -> dict[str, str]:
+    """SHA-256 of every config file a run reads: the competition config, the recipe, the preset, user metric modules.
 
     Recorded in the run's ``meta.json``, so what a run was made with is known even when
     those files are not tracked by git.
@@ -719,6 +792,8 @@ def config_file_hashes(config: Config, model: str | None = None) -> dict[str, st
     config : Config
     model : str, optional
         The recipe name (no recipe file: an alias or a timm name, nothing to add).
+    cfg : TrainConfig, optional
+        The run's resolved settings: with ``preset`` set, the preset's file is added.
 
     Returns
     -------
@@ -728,6 +803,8 @@ def config_file_hashes(config: Config, model: str | None = None) -> dict[str, st
     files = [Path(config.source)] if config.source else []
     if model is not None:
         files.append(config.recipes_path / f"{model}.yaml")
+    if cfg is not None and cfg.preset is not None and cfg.model:
+        files.append(preset_file(config, cfg.preset, cfg.model))
     for spec in config.competition.metrics.values():
         module = spec.function.split(":", 1)[0]
         if module.endswith(".py"):

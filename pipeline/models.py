@@ -81,6 +81,29 @@ def model_family(name: str) -> str:
     return timm_name.split("_")[0].rstrip("0123456789") or timm_name
 
 
+# families that share a training preset file with a close relative (config.preset_file)
+PRESET_FAMILIES: dict[str, str] = {
+    "resnext": "resnet",
+    "xception": "inception",
+}
+
+
+def preset_family(name: str) -> str:
+    """The family whose training preset suits a model (``<recipes>/presets/<preset>/<family>.yaml``).
+
+    :func:`model_family`, with :data:`PRESET_FAMILIES` applied, and timm's tiny ``test_*``
+    models read as the architecture they shrink (``test_resnet`` -> ``resnet``,
+    ``test_convnext2`` -> ``convnext``), so the CPU recipes get the same preset as the real ones.
+    """
+    timm_name = resolve_model_name(name)
+    if timm_name.startswith("test_"):
+        shrunk = timm_name.removeprefix("test_")
+        family = shrunk.split("_")[0].rstrip("0123456789") or shrunk
+    else:
+        family = model_family(name)
+    return PRESET_FAMILIES.get(family, family)
+
+
 def _classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
     names = model.pretrained_cfg.get("classifier", ())
     names = (names,) if isinstance(names, str) else tuple(names)

@@ -16,10 +16,12 @@ The loader carries uint8 pixels (four times less to copy to a GPU); the device t
 them into floats, augments, and applies the model's normalisation.
 
 Test-time views act on whole normalised batches on the device, so every view of a
-batch goes through the model in one forward pass. Views are named strings:
-``identity``, ``hflip``, ``vflip``, ``transpose``, ``shift(dx,dy)`` (pixels) and
-``zoom(s)``. Flips are not always safe (digits and text are not flip-invariant):
-choose the views per competition.
+batch goes through the model in one forward pass (one pass per output shape: see
+:func:`view_groups`). Views are named strings: ``identity``, ``hflip``, ``vflip``,
+``transpose``, ``shift(dx,dy)`` (pixels), ``zoom(s)`` (same size, centre crop or pad) and
+``resize(s)`` (the whole image at ``s`` times the side: FixRes, Touvron et al. 2019).
+Flips are not always safe (digits and text are not flip-invariant): choose the views per
+competition.
 """
 
 from __future__ import annotations
@@ -205,6 +207,52 @@ _GRID_PADDING = {cv2.BORDER_CONSTANT: "zeros", cv2.BORDER_REPLICATE: "border", c
                  cv2.BORDER_REFLECT_101: "reflection"}
 
 
+def affine_theta(scale_x: torch.Tensor, scale_y: torch.Tensor, angle: torch.Tensor, shear_x: torch.Tensor,
+                 shear_y: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Per-image ``(2, 3)`` matrices as ``F.affine_grid`` takes them (output -> input, normalised coordinates).
+
+    The forward map is in pixels about the image centre, composed as albumentations does:
+    shear @ rotate @ scale, then the shift. ``angle`` is in radians, ``shear_x``/``shear_y``
+    are shear factors (tangents), shifts are pixels; every argument is one value per image.
+    """
+    n = angle.shape[0]
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    a, b = (cos - shear_x * sin) * scale_x, (sin + shear_x * cos) * scale_y
+    c, d = (shear_y * cos - sin) * scale_x, (shear_y * sin + cos) * scale_y
+    # grid_sample wants the inverse, in coordinates normalised to [-1, 1] (x by width/2, y by height/2)
+    det = a * d - b * c
+    inv_a, inv_b, inv_c, inv_d = d / det, -b / det, -c / det, a / det
+    half_w, half_h = width / 2.0, height / 2.0
+    theta = torch.stack([inv_a, inv_b * half_h / half_w, -(inv_a * shift_x + inv_b * shift_y) / half_w,
+                         inv_c * half_w / half_h, inv_d, -(inv_c * shift_x + inv_d * shift_y) / half_h], dim=1)
+    return theta.view(n, 2, 3)
+
+
+def sampling_grid(theta: torch.Tensor, height: int, width: int, cache: dict) -> torch.Tensor:
+    """``F.affine_grid``'s result (align_corners=False) by broadcasting: a bmm with an inner size of 3 is slower.
+
+    ``cache`` keeps the pixel coordinates per (height, width, device) between batches.
+    """
+    key = (height, width, theta.device)
+    if key not in cache:
+        xs = (torch.arange(width, dtype=torch.float32, device=theta.device) * 2 + 1) / width - 1
+        ys = (torch.arange(height, dtype=torch.float32, device=theta.device) * 2 + 1) / height - 1
+        cache[key] = (xs.view(1, 1, width), ys.view(1, height, 1))
+    xs, ys = cache[key]
+    t = theta.reshape(-1, 6, 1, 1)
+    return torch.stack([t[:, 0] * xs + t[:, 1] * ys + t[:, 2], t[:, 3] * xs + t[:, 4] * ys + t[:, 5]], dim=-1)
+
+
+def warp(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, fill: float) -> torch.Tensor:
+    """``F.grid_sample`` of a batch; with zeros padding, pixels from outside the image get ``fill`` (0-1)."""
+    if padding == "zeros" and fill:
+        # sample a channel of ones alongside: where it falls below 1 the pixel came from outside the image
+        ones = torch.ones_like(x[:, :1])
+        warped = F.grid_sample(torch.cat([x, ones], dim=1), grid, mode=mode, padding_mode="zeros", align_corners=False)
+        return warped[:, :-1] + (1 - warped[:, -1:]) * fill
+    return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=False)
+
+
 class Affine:
     """Random scale, translation, rotation and shear, one matrix per image, one ``grid_sample`` per batch.
 
@@ -264,40 +312,16 @@ class Affine:
         angle = torch.deg2rad(angle)
         shear_x, shear_y = torch.tan(torch.deg2rad(-shear_x)), torch.tan(torch.deg2rad(-shear_y))
         shift_x, shift_y = percent_x * width + px_x, percent_y * height + px_y
-        # forward map in pixels about the centre, as albumentations composes it: shear @ rotate @ scale, then shift
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        a, b = (cos - shear_x * sin) * scale_x, (sin + shear_x * cos) * scale_y
-        c, d = (shear_y * cos - sin) * scale_x, (shear_y * sin + cos) * scale_y
-        # grid_sample wants the inverse, in coordinates normalised to [-1, 1] (x by width/2, y by height/2)
-        det = a * d - b * c
-        inv_a, inv_b, inv_c, inv_d = d / det, -b / det, -c / det, a / det
-        half_w, half_h = width / 2.0, height / 2.0
-        theta = torch.stack([inv_a, inv_b * half_h / half_w, -(inv_a * shift_x + inv_b * shift_y) / half_w,
-                             inv_c * half_w / half_h, inv_d, -(inv_c * shift_x + inv_d * shift_y) / half_h], dim=1)
-        return theta.view(n, 2, 3)
+        return affine_theta(scale_x, scale_y, angle, shear_x, shear_y, shift_x, shift_y, height, width)
 
     def _grid(self, theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        # F.affine_grid's result (align_corners=False) by broadcasting: a bmm with an inner size of 3 is slower
-        key = (height, width, theta.device)
-        if key not in self._pixels_on:
-            xs = (torch.arange(width, dtype=torch.float32, device=theta.device) * 2 + 1) / width - 1
-            ys = (torch.arange(height, dtype=torch.float32, device=theta.device) * 2 + 1) / height - 1
-            self._pixels_on[key] = (xs.view(1, 1, width), ys.view(1, height, 1))
-        xs, ys = self._pixels_on[key]
-        t = theta.reshape(-1, 6, 1, 1)
-        return torch.stack([t[:, 0] * xs + t[:, 1] * ys + t[:, 2], t[:, 3] * xs + t[:, 4] * ys + t[:, 5]], dim=-1)
+        return sampling_grid(theta, height, width, self._pixels_on)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n, _, height, width = x.shape
         chosen = _chosen(self.p, n, x.device)
         grid = self._grid(self.matrices(n, height, width, x.device), height, width)
-        if self.padding == "zeros" and self.fill:
-            # sample a channel of ones alongside: where it falls below 1 the pixel came from outside the image
-            ones = torch.ones_like(x[:, :1])
-            warped = F.grid_sample(torch.cat([x, ones], dim=1), grid, mode=self.mode, padding_mode="zeros", align_corners=False)
-            warped = warped[:, :-1] + (1 - warped[:, -1:]) * self.fill
-        else:
-            warped = F.grid_sample(x, grid, mode=self.mode, padding_mode=self.padding, align_corners=False)
+        warped = warp(x, grid, self.mode, self.padding, self.fill)
         # the images the step skips stay bit for bit what they were
         return torch.where(chosen.view(-1, 1, 1, 1), warped, x)
 
@@ -393,8 +417,241 @@ class CoarseDropout:
         return torch.where(hole, torch.full_like(x, self.fill), x)
 
 
+# -- TrivialAugment and RandAugment on the device ----------------------------------------------
+# An op's largest magnitude in each search space, as torchvision defines them (transforms/autoaugment.py):
+# TrivialAugment's "wide" space (Mueller & Hutter 2021) and RandAugment's (Cubuk et al. 2019). Shear is a factor
+# (the tangent), translation a fraction of the side (torchvision's 32 px are given for 224-px images; 150/331 of
+# the side for RandAugment), rotation degrees, the four blends a factor 1 +- m, posterize the bits taken away,
+# solarize 1 - threshold. Equalize (a per-image histogram) is left out.
+OpSpace = tuple[bool, float, float]   # (signed, TrivialAugment's largest magnitude, RandAugment's)
+AUGMENT_OPS: dict[str, OpSpace] = {
+    "Identity": (False, 0.0, 0.0),
+    "ShearX": (True, 0.99, 0.3),
+    "ShearY": (True, 0.99, 0.3),
+    "TranslateX": (True, 32 / 224, 150 / 331),
+    "TranslateY": (True, 32 / 224, 150 / 331),
+    "Rotate": (True, 135.0, 30.0),
+    "Brightness": (True, 0.99, 0.9),
+    "Color": (True, 0.99, 0.9),
+    "Contrast": (True, 0.99, 0.9),
+    "Sharpness": (True, 0.99, 0.9),
+    "Posterize": (False, 6.0, 4.0),
+    "Solarize": (False, 1.0, 1.0),
+    "AutoContrast": (False, 0.0, 0.0),
+}
+_GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    # torchvision's rgb_to_grayscale weights; another channel count: the plain mean
+    if x.shape[1] == 3:
+        r, g, b = x.unbind(dim=1)
+        return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+    return x.mean(dim=1, keepdim=True)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    # factor * x + (1 - factor) * other, as torchvision's _blend: a factor of exactly 1 returns x bit for bit
+    f = factor.view(-1, 1, 1, 1)
+    return (f * x + (1 - f) * other).clamp_(0, 1)
+
+
+def _blurred(x: torch.Tensor) -> torch.Tensor:
+    # torchvision's sharpness reference: a 3x3 smoothing (centre weight 5 of 13), the border pixels kept
+    kernel = torch.ones(3, 3, dtype=x.dtype, device=x.device)
+    kernel[1, 1] = 5.0
+    kernel = (kernel / kernel.sum()).expand(x.shape[1], 1, 3, 3)
+    out = x.clone()
+    out[..., 1:-1, 1:-1] = F.conv2d(x, kernel, groups=x.shape[1])
+    return out
+
+
+def _posterize(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    # on the 0-255 scale: keep the top 8 - removed bits of each value; removed 0 is the identity
+    step = torch.pow(2.0, removed.round()).view(-1, 1, 1, 1)
+    out = torch.floor((x * 255).round() / step) * step / 255
+    return torch.where(step > 1, out, x)
+
+
+def _solarize(x: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
+    # pixels above the threshold 1 - amount are inverted; amount 0 (threshold 1) touches nothing
+    return torch.where(x > (1 - amount).view(-1, 1, 1, 1), 1 - x, x)
+
+
+def _autocontrast(x: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
+    low, high = x.amin(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)
+    flat = high <= low
+    scale = torch.where(flat, torch.ones_like(high), 1 / (high - low).clamp_min(1e-12))
+    return ((x - torch.where(flat, torch.zeros_like(low), low)) * scale).clamp_(0, 1)
+
+
+# colour ops: (batch in [0, 1], signed magnitude per image) -> batch; Identity and the geometric ops are handled apart
+_COLOUR_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "Brightness": lambda x, m: _blend(x, torch.zeros_like(x), 1 + m),
+    "Color": lambda x, m: _blend(x, _gray(x), 1 + m),
+    "Contrast": lambda x, m: _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), 1 + m),
+    "Sharpness": lambda x, m: _blend(x, _blurred(x), 1 + m) if min(x.shape[-2:]) > 2 else x,
+    "Posterize": _posterize,
+    "Solarize": _solarize,
+    "AutoContrast": _autocontrast,
+}
+
+
+class _OpPolicy:
+    """One op per image per layer from :data:`AUGMENT_OPS`, on a whole ``(N, C, H, W)`` batch in [0, 1].
+
+    Each image draws its op (uniformly among ``ops``), a sign for the signed ops, and its
+    magnitude (:meth:`levels`). The geometric ops of a layer become one matrix per image
+    and one ``grid_sample`` for the batch; each colour op is a batched blend or mask
+    applied where an image drew it. Every random number comes from torch's generator on
+    the batch's device, as for the other steps, so a resumed run draws the same.
+    """
+
+    space = 1   # the column of AUGMENT_OPS's largest magnitudes this policy uses
+
+    def __init__(self, ops: list[str] | None, fill: float, p: float):
+        names = list(AUGMENT_OPS) if ops is None else ops
+        if not isinstance(names, list) or not names or any(name not in AUGMENT_OPS for name in map(str, names)):
+            raise ValueError(f"ops must be a non-empty list of op names among {', '.join(AUGMENT_OPS)}; got {ops!r}")
+        if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+            raise ValueError(f"fill must be one number (0-255, every channel), got {fill!r}")
+        self.ops = names
+        self.fill = float(fill) / 255.0
+        self.p = _probability(p)
+        self._largest = torch.tensor([AUGMENT_OPS[name][self.space] for name in names], dtype=torch.float32)
+        self._signed = torch.tensor([AUGMENT_OPS[name][0] for name in names])
+        self._geometric = torch.tensor([name in _GEOMETRIC for name in names])
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._pixels_on: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def levels(self, n: int, device: torch.device) -> torch.Tensor:
+        """Each image's magnitude as a fraction of its op's largest, ``(n,)`` in [0, 1]."""
+        raise NotImplementedError
+
+    def layers(self) -> int:
+        return 1
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # per op: largest magnitude, signed, geometric; copied to a device once
+        if device not in self._on:
+            self._on[device] = (self._largest.to(device), self._signed.to(device), self._geometric.to(device))
+        return self._on[device]
+
+    def layer(self, x: torch.Tensor) -> torch.Tensor:
+        """One op per image: ``x`` with each image changed by the op it drew."""
+        n, _, height, width = x.shape
+        device = x.device
+        largest, signed, is_geometric = self._tables(device)
+        op = torch.randint(len(self.ops), (n,), device=device)
+        sign = torch.where(signed[op] & (torch.rand(n, device=device) < 0.5), -1.0, 1.0)
+        amount = self.levels(n, device) * largest[op] * sign
+        out = x
+        if any(name in _GEOMETRIC for name in self.ops):
+            def where(name: str) -> torch.Tensor:
+                # this op's amount where the image drew it, else 0 (no change on that axis)
+                return amount * (op == self.ops.index(name)) if name in self.ops else torch.zeros_like(amount)
+
+            one = torch.ones_like(amount)
+            theta = affine_theta(one, one, torch.deg2rad(where("Rotate")), where("ShearX"), where("ShearY"),
+                                 where("TranslateX") * width, where("TranslateY") * height, height, width)
+            warped = warp(x, sampling_grid(theta, height, width, self._pixels_on), "bilinear", "zeros", self.fill)
+            moved = is_geometric[op] & (amount != 0)   # magnitude 0 leaves the image bit for bit
+            out = torch.where(moved.view(-1, 1, 1, 1), warped, out)
+        for k, name in enumerate(self.ops):
+            if name in _COLOUR_OPS:
+                out = torch.where((op == k).view(-1, 1, 1, 1), _COLOUR_OPS[name](x, amount), out)
+        return out
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        chosen = _chosen(self.p, x.shape[0], x.device)
+        out = x
+        for _ in range(self.layers()):
+            out = self.layer(out)
+        # the images the step skips stay bit for bit what they were
+        return torch.where(chosen.view(-1, 1, 1, 1), out, x)
+
+
+class TrivialAugment(_OpPolicy):
+    """TrivialAugment (Mueller & Hutter 2021) on the device: per image one op, its magnitude drawn uniformly.
+
+    As torchvision's ``TrivialAugmentWide``: the "wide" magnitudes of :data:`AUGMENT_OPS`,
+    the magnitude one of ``num_magnitude_bins`` evenly spaced levels from 0 to the op's
+    largest (1 bin: magnitude 0). ``ops`` restricts the op list (default: all of them);
+    ``fill`` (0-255) fills what a geometric op moves in; ``p`` the share of images augmented.
+    """
+
+    space = 1
+
+    def __init__(self, num_magnitude_bins: int = 31, ops: list[str] | None = None, fill: float = 0.0, p: float = 1.0):
+        if isinstance(num_magnitude_bins, bool) or not isinstance(num_magnitude_bins, int) or num_magnitude_bins < 1:
+            raise ValueError(f"num_magnitude_bins must be a whole number >= 1, got {num_magnitude_bins!r}")
+        super().__init__(ops, fill, p)
+        self.bins = num_magnitude_bins
+
+    def levels(self, n: int, device: torch.device) -> torch.Tensor:
+        return torch.randint(self.bins, (n,), device=device).float() / max(self.bins - 1, 1)
+
+
+class RandAugment(_OpPolicy):
+    """RandAugment (Cubuk et al. 2019) on the device: ``num_ops`` ops in a row per image, all at ``magnitude``.
+
+    As torchvision's ``RandAugment``: ``magnitude`` (0 to ``num_magnitude_bins - 1``, 9 of
+    31 by default) picks the fraction ``magnitude / (num_magnitude_bins - 1)`` of each op's
+    largest magnitude in :data:`AUGMENT_OPS`; each op is drawn per image and per layer.
+    ``ops``, ``fill`` and ``p`` as for :class:`TrivialAugment`.
+    """
+
+    space = 2
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31, ops: list[str] | None = None,
+                 fill: float = 0.0, p: float = 1.0):
+        for name, value, low in (("num_ops", num_ops, 1), ("num_magnitude_bins", num_magnitude_bins, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+        if isinstance(magnitude, bool) or not isinstance(magnitude, (int, float)) or not 0 <= magnitude <= num_magnitude_bins - 1:
+            raise ValueError(f"magnitude must be a number from 0 to num_magnitude_bins - 1 ({num_magnitude_bins - 1}), "
+                             f"got {magnitude!r}")
+        super().__init__(ops, fill, p)
+        self.num_ops = num_ops
+        self.level = float(magnitude) / (num_magnitude_bins - 1)
+
+    def layers(self) -> int:
+        return self.num_ops
+
+    def levels(self, n: int, device: torch.device) -> torch.Tensor:
+        return torch.full((n,), self.level, device=device)
+
+
 DEVICE_AUGMENTS: dict[str, type] = {cls.__name__: cls for cls in (Affine, HorizontalFlip, VerticalFlip,
-                                                                  RandomBrightnessContrast, CoarseDropout)}
+                                                                  RandomBrightnessContrast, CoarseDropout,
+                                                                  TrivialAugment, RandAugment)}
+
+# Named augmentation policies (train.augment_policy): device steps run before the config's own device_augment.
+# The flips suit photographs, not digits or text: the *_noflip policies leave orientation alone.
+AUGMENT_POLICIES: dict[str, list[dict[str, dict[str, Any]]]] = {
+    "none": [],
+    "flip": [{"HorizontalFlip": {"p": 0.5}}],
+    "light": [{"HorizontalFlip": {"p": 0.5}},
+              {"Affine": {"scale": [0.9, 1.1], "translate_percent": [-0.0625, 0.0625], "rotate": [-15, 15], "p": 0.5}},
+              {"RandomBrightnessContrast": {"p": 0.5}}],
+    "trivial": [{"HorizontalFlip": {"p": 0.5}}, {"TrivialAugment": {}}],
+    "trivial_noflip": [{"TrivialAugment": {}}],
+    "randaugment": [{"HorizontalFlip": {"p": 0.5}}, {"RandAugment": {"num_ops": 2, "magnitude": 9}}],
+    "randaugment_noflip": [{"RandAugment": {"num_ops": 2, "magnitude": 9}}],
+}
+
+
+def augment_policy_steps(name: str) -> list[dict[str, dict[str, Any]]]:
+    """The device steps of a named policy of :data:`AUGMENT_POLICIES` (a copy).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, listing the known ones.
+    """
+    if name not in AUGMENT_POLICIES:
+        raise ValueError(f"unknown augment_policy {name!r}; known policies: {', '.join(AUGMENT_POLICIES)}")
+    return [{step: dict(params) for step, params in entry.items()} for entry in AUGMENT_POLICIES[name]]
 
 
 def build_device_augment_step(step: dict[str, dict[str, Any]]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -457,6 +714,22 @@ def _zoom(scale: float = 1.1) -> Callable[[torch.Tensor], torch.Tensor]:
     return view
 
 
+def _resize(scale: float = 1.15) -> Callable[[torch.Tensor], torch.Tensor]:
+    # FixRes (Touvron et al. 2019): random-crop training shows objects larger than a plain test resize does,
+    # so the whole image at a larger side matches the object sizes the model learned; the output is larger
+    if not scale > 0:
+        raise ValueError(f"resize needs a positive factor, got {scale}")
+
+    def view(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if size == (h, w):
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+
+    return view
+
+
 TTA_VIEWS: dict[str, Callable[..., Callable[[torch.Tensor], torch.Tensor]]] = {
     "identity": lambda: (lambda x: x),
     "hflip": lambda: (lambda x: x.flip(-1)),
@@ -464,6 +737,7 @@ TTA_VIEWS: dict[str, Callable[..., Callable[[torch.Tensor], torch.Tensor]]] = {
     "transpose": lambda: (lambda x: x.transpose(-1, -2)),
     "shift": _shift,
     "zoom": _zoom,
+    "resize": _resize,
 }
 
 _VIEW_PATTERN = re.compile(r"^\s*([a-z_]+)\s*(?:\(([^()]*)\))?\s*$")
@@ -479,7 +753,7 @@ def parse_view(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """
     match = _VIEW_PATTERN.match(spec)
     if not match or match.group(1) not in TTA_VIEWS:
-        raise ValueError(f"unknown TTA view {spec!r}; known views: {', '.join(TTA_VIEWS)} (e.g. 'shift(2,0)', 'zoom(1.1)')")
+        raise ValueError(f"unknown TTA view {spec!r}; known views: {', '.join(TTA_VIEWS)} (e.g. 'shift(2,0)', 'zoom(1.1)', 'resize(1.15)')")
     name, raw_args = match.groups()
     try:
         args = [float(a) for a in raw_args.split(",")] if raw_args and raw_args.strip() else []
@@ -489,5 +763,26 @@ def parse_view(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def apply_views(x: torch.Tensor, views: list[Callable[[torch.Tensor], torch.Tensor]]) -> torch.Tensor:
-    """Stack all views of a batch: ``(N, C, H, W)`` -> ``(V * N, C, H, W)``, view-major."""
+    """Stack all views of a batch: ``(N, C, H, W)`` -> ``(V * N, C, H, W)``, view-major.
+
+    The views must give one output shape (:func:`view_groups` sorts them into such groups).
+    """
     return torch.cat([view(x) for view in views], dim=0)
+
+
+def view_shapes(views: list[Callable[[torch.Tensor], torch.Tensor]], height: int, width: int) -> list[tuple[int, int]]:
+    """The ``(height, width)`` each view makes of a ``height x width`` batch (run on a one-pixel-deep zero image)."""
+    probe = torch.zeros(1, 1, height, width)
+    return [tuple(view(probe).shape[-2:]) for view in views]
+
+
+def view_groups(views: list[Callable[[torch.Tensor], torch.Tensor]], height: int, width: int) -> list[list[int]]:
+    """The indices of ``views`` grouped by output shape, in order of first appearance.
+
+    A group's views can share one forward pass (:func:`apply_views`); views of the same
+    shape as the input (every view but ``resize``) make one group, in their given order.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, shape in enumerate(view_shapes(views, height, width)):
+        groups.setdefault(shape, []).append(k)
+    return list(groups.values())

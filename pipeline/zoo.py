@@ -292,7 +292,8 @@ def screen_one(plan: ScreenPlan, name: str, extra: dict[str, Any]) -> dict:
 
     started = time.perf_counter()
     overrides, screen_size, full_size = plan.overrides(name, extra)
-    meta = run_train(plan.screen_config, name, plan.folds, overrides=overrides, competition=plan.competition)
+    # named as the zoo names it (a preset would add -<preset>): the record below reads the run by this name
+    meta = run_train(plan.screen_config, name, plan.folds, overrides=overrides, competition=plan.competition, name=name)
     folds = {int(k): v for k, v in meta.folds.items()}
     _, cfg = resolve_train_config(plan.config, name, overrides)
     cost = measure_cost(cfg.model, len(plan.competition.classes), screen_size, full_size,

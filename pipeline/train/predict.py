@@ -1,4 +1,4 @@
-"""Prediction with test-time augmentation: every view of a batch in one pass, a fold's validation rows and the test set.
+"""Prediction with test-time augmentation: the views of a batch in one pass per output shape, a fold's validation rows and the test set.
 
 Fold files are keyed by row index (``fold<k>/valid.parquet``, ``valid_plain.parquet``,
 ``test.parquet``); the run's id-keyed files are assembled from them by the stage.
@@ -24,7 +24,7 @@ from pipeline.train.dataset import FoldData, ImageDataset
 from pipeline.train.model import prepare_model
 from pipeline.train.runtime import (Runtime, autocast, batch_to_device, device_transform, eval_batch_size,
                                     free_device_memory, is_oom, make_loader, to_device)
-from pipeline.transforms import DeviceTransform, HostTransform, apply_views
+from pipeline.transforms import DeviceTransform, HostTransform, apply_views, view_groups
 
 
 CPU_PIXELS_PER_PASS = 2**19
@@ -41,8 +41,9 @@ def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime
     ``activate`` turns logits into what is stored and averaged over views (the task
     head's softmax, sigmoid or value scale, :class:`pipeline.tasks.Head`); softmax when None.
 
-    On a GPU all views of a batch go through the model in one forward pass while memory
-    allows; after an out-of-memory error the views are split into fewer per pass (halving)
+    On a GPU all views of a batch that give one output shape go through the model in one
+    forward pass while memory allows (a ``resize`` view, whose output is larger, gets its
+    own); after an out-of-memory error the views are split into fewer per pass (halving)
     for the rest of the loader. On the CPU a pass holds at most :data:`CPU_PIXELS_PER_PASS`
     input pixels (larger passes spill out of the CPU caches and run slower per image).
     Results stay on the device until the end, so the loop never waits for a copy to the host.
@@ -51,6 +52,7 @@ def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime
     activate = activate or (lambda logits: logits.float().softmax(dim=1))
     outputs = []
     per_pass = None
+    groups: dict[tuple[int, int], list[list[int]]] = {}
     for x, _ in loader:
         x = to_device(x, runtime) if inputs is None else batch_to_device(x, runtime, inputs)
         n = x.shape[0]
@@ -58,26 +60,69 @@ def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime
             per_pass = len(views)
             if not runtime.is_cuda:
                 per_pass = min(per_pass, max(1, CPU_PIXELS_PER_PASS // (n * x.shape[-2] * x.shape[-1])))
+        side = (x.shape[-2], x.shape[-1])
+        if side not in groups:
+            groups[side] = view_groups(views, *side)
         while True:
             try:
-                chunks = []
-                for first in range(0, len(views), per_pass):
-                    with autocast(runtime):
-                        logits = model(apply_views(x, views[first:first + per_pass]))
-                    out = activate(logits)
-                    chunks.append(out.reshape(-1, n, out.shape[-1]))
+                by_view: list[torch.Tensor | None] = [None] * len(views)
+                for group in groups[side]:  # views of one output shape share a pass; other shapes get their own
+                    for first in range(0, len(group), per_pass):
+                        chosen = group[first:first + per_pass]
+                        with autocast(runtime):
+                            logits = model(apply_views(x, [views[k] for k in chosen]))
+                        out = activate(logits)
+                        for k, rows in zip(chosen, out.reshape(-1, n, out.shape[-1]).unbind(0)):
+                            by_view[k] = rows
                 break
             except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
                 if not is_oom(exc) or per_pass == 1:
                     raise
-                chunks = logits = None
+                by_view = logits = None
                 free_device_memory()
                 per_pass = max(1, per_pass // 2)
-        outputs.append(torch.cat(chunks, dim=0))
+        outputs.append(torch.stack(by_view, dim=0))
     if not outputs:  # no rows: a screen without a test set, or a DDP shard left empty
         width = activate(torch.zeros(1, model.num_classes)).shape[-1]
         return np.zeros((len(views), 0, width), dtype=np.float32)
     return torch.cat(outputs, dim=1).cpu().numpy()
+
+
+def check_views_fit_model(cfg: TrainConfig, views: list[Callable], view_names: list[str], size: int) -> None:
+    """Refuse TTA views whose input size the model cannot take, before any work.
+
+    A view that changes the input's shape (``resize``) needs a model that takes other
+    sizes: convolutional networks do, a timm ViT only with ``dynamic_img_size``. Asking
+    the architecture itself is the robust test: the model is built (no weights: they do
+    not change what sizes it takes) and run once on one blank image per other shape.
+    Nothing is built when every view keeps the training size.
+
+    Raises
+    ------
+    ConfigError
+        Naming the view, the sizes and the fix.
+    """
+    from pipeline.config import ConfigError
+    from pipeline.models import create_model
+    from pipeline.transforms import view_shapes
+
+    others: dict[tuple[int, int], str] = {}
+    for name, shape in zip(view_names, view_shapes(views, size, size)):
+        if shape != (size, size):
+            others.setdefault(shape, name)
+    if not others:
+        return
+    model = create_model(cfg.model, 2, False, small_input=cfg.small_input, **cfg.model_kwargs).eval()
+    for (height, width), name in others.items():
+        try:
+            with torch.inference_mode():
+                model(torch.zeros(1, 3, height, width))
+        except Exception as exc:  # noqa: BLE001 - timm raises AssertionError, RuntimeError or others for a size it cannot take
+            raise ConfigError(
+                f"TTA view {name!r} feeds {cfg.model} {height}x{width} images, but it takes only its training size "
+                f"{size}x{size} ({type(exc).__name__}: {str(exc)[:200]}); for a timm ViT set "
+                "model_kwargs: {dynamic_img_size: true} in the recipe (as configs/recipes/vit.yaml does), "
+                "or drop the view from train.tta") from None
 
 
 def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str], metric: Metric, runtime: Runtime,

@@ -14,7 +14,7 @@ import torch
 from pipeline.config import ConfigError, TrainConfig
 from pipeline.distributed import SINGLE, DistContext
 from pipeline.train.dataset import collate_rows
-from pipeline.transforms import DeviceTransform
+from pipeline.transforms import DeviceTransform, augment_policy_steps
 
 
 @dataclass(frozen=True)
@@ -203,8 +203,12 @@ def batch_to_device(x: torch.Tensor, runtime: Runtime, inputs: DeviceTransform, 
 
 
 def device_transform(cfg: TrainConfig, dcfg, runtime: Runtime) -> DeviceTransform:
-    """The per-batch device side of the input path for a model's data config (``models.data_config``)."""
-    return DeviceTransform(dcfg.mean, dcfg.std, cfg.device_augment, channels_last=runtime.channels_last)
+    """The per-batch device side of the input path for a model's data config (``models.data_config``).
+
+    The training steps are ``augment_policy``'s, then the config's own ``device_augment``.
+    """
+    steps = augment_policy_steps(cfg.augment_policy) + list(cfg.device_augment)
+    return DeviceTransform(dcfg.mean, dcfg.std, steps, channels_last=runtime.channels_last)
 
 
 def autocast(runtime: Runtime):

@@ -35,7 +35,7 @@ from pipeline.train.dataset import FoldData
 from pipeline.train.heads import Head, make_head
 from pipeline.train.images import image_size_report, input_size, open_image_store
 from pipeline.train.loop import train_fold
-from pipeline.train.predict import predict_fold, read_fold_predictions
+from pipeline.train.predict import check_views_fit_model, predict_fold, read_fold_predictions
 from pipeline.train.runtime import Runtime, select_runtime, use_cuda_for
 from pipeline.transforms import parse_view
 
@@ -84,8 +84,8 @@ def prepare_run(config: Config, model: str, overrides: dict[str, Any] | None = N
     ``run_name`` (``NAME=``) names the run folder; by default the recipe's name does. The input
     size and where it came from are logged, with a warning when it rescales the images a lot.
     """
-    _, cfg = resolve_train_config(config, model, overrides)
-    name = check_run_name(run_name) if run_name else model
+    default_name, cfg = resolve_train_config(config, model, overrides)   # the recipe's name, -<preset> under a preset
+    name = check_run_name(run_name) if run_name else default_name
     resolve_model_name(cfg.model)
     if cfg.pretrained is not False or cfg.model_kwargs or cfg.small_input:
         # built once before any work: a mismatched weights file, a failed download, an unknown keyword or an
@@ -99,8 +99,9 @@ def prepare_run(config: Config, model: str, overrides: dict[str, Any] | None = N
     head = make_head(config.competition.task, cfg.loss, competition.targets, cfg.label_smoothing)
     folds, fingerprint = ensure_folds(config, competition)
     choice = image_size_choice(config, model, overrides)
-    line, warnings = image_size_report(choice, input_size(cfg, len(competition.classes)),
-                                       median_short_side(competition.train_paths))
+    size = input_size(cfg, len(competition.classes))
+    check_views_fit_model(cfg, *view_list(cfg), size)   # a resize view the model cannot take: refused before training
+    line, warnings = image_size_report(choice, size, median_short_side(competition.train_paths))
     log.info("%s: %s%s", name, line, "" if name == model else f", recipe {model}")
     for warning in warnings:
         log.warning("%s: warning: %s", name, warning)
@@ -128,7 +129,7 @@ def new_meta(config: Config, spec: RunSpec) -> RunMeta:
         loss=spec.head.loss_name, folds_fingerprint=spec.fingerprint, n_folds=int(len(np.unique(spec.folds))),
         config_hash=spec.settings_hash, config=spec.cfg.model_dump(), seed=spec.cfg.seed,
         versions=library_versions(), code_version=code_version(), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        image_size_source=spec.image_size_source, config_files=config_file_hashes(config, spec.recipe),
+        image_size_source=spec.image_size_source, config_files=config_file_hashes(config, spec.recipe, spec.cfg),
     )
 
 
