@@ -291,6 +291,8 @@ class EnsembleConfig(StrictModel):
     apply: Literal["per_fold", "fold_mean"] = "per_fold"
     # one_se: the simplest candidate within one standard error of the best nested score; best: the best score
     selection: Literal["one_se", "best"] = "one_se"
+    # blend only these runs (e.g. one round of the student-teacher loop against another); null: every finished run
+    runs: list[str] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _known_methods(self) -> "EnsembleConfig":

@@ -343,6 +343,27 @@ def stacked_fold_tests(runs: list[StoredRun]) -> tuple[np.ndarray | None, list[s
     return np.stack(stack), lacking
 
 
+def select_runs(runs: list, excluded: list[tuple[str, str]], names: list[str]) -> list:
+    """The runs ``ensemble.runs`` names, in the store's order.
+
+    Raises
+    ------
+    StoreError
+        For a name that is not a usable run: why it was left out, or the runs there are.
+    """
+    usable = {r.name: r for r in runs}
+    reasons = dict(excluded)
+    for name in names:
+        if name in reasons:
+            raise StoreError(f"ensemble.runs names {name!r}, which cannot be blended: {reasons[name]}")
+        if name not in usable:
+            raise StoreError(f"ensemble.runs names {name!r}, which is not a run here; finished runs: {', '.join(usable)}")
+    left = [r.name for r in runs if r.name not in names]
+    if left:
+        log.info(f"left out {', '.join(left)}: not in ensemble.runs")
+    return [r for r in runs if r.name in names]
+
+
 def run_ensemble(config: Config, force: bool = False, competition: Competition | None = None) -> dict:
     """Blend every usable run, print the leaderboard, write the submissions.
 
@@ -359,6 +380,8 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
                                fingerprint, task=task)
     for name, reason in excluded:
         log.info(f"left out {name}: {reason}")
+    if config.ensemble.runs is not None:
+        runs = select_runs(runs, excluded, config.ensemble.runs)
     if not runs:
         raise StoreError(f"no finished runs in {config.runs_dir} on the current folds; train some first: make train MODEL=<name>")
 

@@ -212,3 +212,26 @@ def test_a_tie_is_listed_and_marked_as_it_is_chosen(greater):
     assert sum(r["submission"].endswith(" *") for r in rows) == 1
     assert "with slsqp, hill_climb; the rule above broke the tie" in tie_note(candidates, chosen)
     assert tie_note(candidates[:1], chosen) == ""
+
+
+def test_ensemble_runs_blends_only_the_runs_named(with_folds, tmp_path, capsys):
+    config = load_config(with_folds)
+    for name, strength, seed in (("a", 2.0, 1), ("b", 2.0, 2), ("c", 1.0, 3)):
+        assert _import(with_folds, tmp_path, name, *_synthetic(config, strength, seed)) == 0
+    capsys.readouterr()
+    assert main(["ensemble", "--config", str(with_folds), "ensemble.methods=[mean]", "ensemble.runs=[a, c]"]) == 0
+    assert "left out b: not in ensemble.runs" in capsys.readouterr().out
+    board = pd.read_csv(config.submissions_dir / "leaderboard.csv")
+    assert {s.rstrip(" *") for s in board["submission"]} == {"single-a", "single-c", "mean"}
+
+
+@pytest.mark.parametrize("runs, message", [
+    ("[a, nope]", r"ensemble.runs names 'nope', which is not a run here; finished runs: a"),
+    ("[]", r"ensemble.runs.*at least 1 item"),
+])
+def test_ensemble_runs_naming_no_usable_run_is_refused(with_folds, tmp_path, capsys, runs, message):
+    config = load_config(with_folds)
+    assert _import(with_folds, tmp_path, "a", *_synthetic(config, 2.0, 1)) == 0
+    assert main(["ensemble", "--config", str(with_folds), f"ensemble.runs={runs}"]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not config.submissions_dir.exists() or not (config.submissions_dir / "submission.csv").exists()
