@@ -2,7 +2,7 @@
 # Variables: TASK=<demo task> CONFIG=<competition yaml>  MODEL=<recipe|alias|timm name>  PRESET=<preset, e.g. strong>  NAME=<run name>  FOLDS=0,2  EPOCHS=n  ZOO=<zoo yaml>  TOP=k
 #            SEEDS=n (make train: a seed bag)  START_LR= END_LR= STEPS= (make lr-find)
 #            TEACHER=submission|<method>|<run> ROUNDS=n (make pseudo)  STUDENT= ALPHA= T= (make distill)
-#            ARGS="key=value ..."  FORCE=1 (overwrite finished work)  METHOD= OUT= CHECK=1 (make export)
+#            ARGS="key=value ..."  FORCE=1 (overwrite finished work)  METHOD= OUT= CHECK=1 (make export)  ROWS=<rows yaml> (make bench-recipes)
 
 TASK ?=
 # TASK=binary|multilabel|regression|ordinal picks that demo competition (configs/digits_<task>.yaml)
@@ -51,7 +51,7 @@ COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= PRESET= NAME= SEEDS= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK= TEACHER= ROUNDS= STUDENT= ALPHA= T="
+	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= PRESET= NAME= SEEDS= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK= TEACHER= ROUNDS= STUDENT= ALPHA= T= ROWS="
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -3,7 +3,8 @@
     python docs/scripts/cifar_transfer.py [--dev data/cifar10-dev] [--work bench/transfer] [--epochs 10]
 
 1. Splits the CIFAR-10 dev competition by class into two competitions of five classes each (A: the first
-   five class names in sorted order, B: the other five), sharing the image folders by symlink.
+   five class names in sorted order, B: the other five), copying their images (the pipeline refuses image
+   paths that leave the competition folder, symlinks included).
 2. Pretrains timm's test_resnet on A (fold 0's training rows) with the real `train` command, and saves its
    best checkpoint without the classifier as a local weights file (a backbone, as an ImageNet file would be
    for a new task: B's head starts fresh).
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +32,7 @@ LIGHT = {"lr": 0.003, "label_smoothing": 0.1, "tta": ["identity", "hflip"],
 
 
 def split_competition(dev: Path, work: Path) -> dict[str, Path]:
-    """Write competitions A and B (train.csv, sample_submission.csv, solution.csv; images by symlink)."""
+    """Write competitions A and B (train.csv, sample_submission.csv, solution.csv and their images)."""
     train = pd.read_csv(dev / "train.csv", dtype=str)
     solution = pd.read_csv(dev / "solution.csv", dtype=str)
     classes = sorted(train["label"].unique())
@@ -39,12 +41,14 @@ def split_competition(dev: Path, work: Path) -> dict[str, Path]:
     for half, keep in halves.items():
         folder = work / f"cifar-{half}"
         folder.mkdir(parents=True, exist_ok=True)
-        for split in ("train", "test"):
-            link = folder / split
-            if not link.exists():
-                link.symlink_to((dev / split).resolve(), target_is_directory=True)
-        train[train["label"].isin(keep)].to_csv(folder / "train.csv", index=False)
+        rows = train[train["label"].isin(keep)]
         hidden = solution[solution["label"].isin(keep)]
+        for split, frame in (("train", rows), ("test", hidden)):
+            (folder / split).mkdir(exist_ok=True)
+            for image_id in frame["id"]:
+                if not (folder / split / f"{image_id}.jpg").exists():
+                    shutil.copy(dev / split / f"{image_id}.jpg", folder / split)
+        rows.to_csv(folder / "train.csv", index=False)
         hidden.to_csv(folder / "solution.csv", index=False)
         hidden.assign(label=keep[0]).to_csv(folder / "sample_submission.csv", index=False)
         folders[half] = folder
