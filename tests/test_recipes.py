@@ -95,10 +95,12 @@ def test_grad_accumulation_equals_one_step_on_the_doubled_batch():
 
 
 RECIPES = {"epochs": 2, "batch_size": 8, "ema": True, "ema_decay": 0.9, "mixup_alpha": 0.4, "cutmix_alpha": 1.0,
-           "mixup_mode": "pair", "grad_accum_steps": 2, "warmup_epochs": 0.5}
+           "mixup_mode": "pair", "grad_accum_steps": 2, "warmup_epochs": 0.5,
+           # RandAugment draws ops, magnitudes and signs per image from the device's generator: resumed too
+           "augment_policy": "randaugment"}
 
 
-def test_resume_is_exact_with_ema_mixup_and_accumulation(small_competition, write_config, tmp_path, capsys):
+def test_resume_is_exact_with_ema_mixup_accumulation_and_randaugment(small_competition, write_config, tmp_path, capsys):
     straight = write_config(small_competition, {"train": RECIPES, "output_dir": str(tmp_path / "straight")}, name="a.yaml")
     resumed = write_config(small_competition, {"train": RECIPES, "output_dir": str(tmp_path / "resumed")}, name="b.yaml")
     command = ["train", "--model", "digits_resnet", "--folds", "0"]
