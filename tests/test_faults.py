@@ -41,9 +41,14 @@ def _train(config: Path, fault: str, kill_after_start: float | None = None) -> t
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     if kill_after_start is not None:
-        assert started.wait(timeout=120), f"the training never printed its start line:\n{''.join(lines)}"
-        time.sleep(kill_after_start)
-        child.kill()  # SIGKILL, from outside, at whatever the child was doing
+        # an earlier random kill can land after the run finished (while the process exits, which a loaded machine
+        # makes slow): then this run prints "already finished" and exits 0 without a start line, nothing to kill
+        deadline = time.monotonic() + 120
+        while not started.wait(timeout=0.1) and child.poll() is None:
+            assert time.monotonic() < deadline, f"the training never printed its start line:\n{''.join(lines)}"
+        if started.is_set():
+            time.sleep(kill_after_start)
+            child.kill()  # SIGKILL, from outside, at whatever the child was doing
     code = child.wait(timeout=300)
     reader.join(timeout=10)
     return code, "".join(lines)
