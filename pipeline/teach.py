@@ -150,12 +150,13 @@ class PseudoTable:
 
 
 def confidence(pred: np.ndarray, output: str) -> np.ndarray | None:
-    """How sure the teacher is of each row: the top probability (simplex), the mean over labels of
-    ``max(p, 1 - p)`` (probabilities); None for values, which carry no confidence."""
+    """How sure the teacher is of each row: the top probability (simplex), the least sure label's
+    ``max(p, 1 - p)`` (probabilities: a row is as sure as its least sure label); None for values, which carry no
+    confidence."""
     if output == "simplex":
         return pred.max(axis=1)
     if output == "probability":
-        return np.maximum(pred, 1.0 - pred).min(axis=1) if pred.shape[1] > 1 else np.maximum(pred, 1.0 - pred)[:, 0]
+        return np.maximum(pred, 1.0 - pred).min(axis=1)
     return None
 
 
