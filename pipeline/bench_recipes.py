@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline.config import ConfigError, load_config, read_yaml
 from pipeline.data import load_competition
@@ -39,6 +38,7 @@ from pipeline.io import safe_name, write_json
 from pipeline.metrics import get_metric
 from pipeline.report import format_table
 from pipeline.store import RunLayout
+from pipeline.train.predict import read_fold_predictions
 
 ROW_KEYS = {"name", "model", "preset", "folds", "set", "note"}
 
@@ -93,12 +93,11 @@ def score_row(layout: RunLayout, folds: list[int], y_hidden: np.ndarray, metric)
     The validation score is the fold's score (one fold) or the mean of the folds' scores;
     the private score is the metric of the mean of those folds' test predictions.
     """
-    infos = [json.loads((layout.fold_dir(f) / "fold.json").read_text()) for f in folds]
+    infos = [json.loads(layout.fold_info(f).read_text()) for f in folds]
     tests = []
     for fold in folds:
-        # a fold's test file is keyed by row (the sample submission's order), one column per output index
-        frame = pd.read_parquet(layout.fold_dir(fold) / "test.parquet").sort_values("row").drop(columns="row")
-        tests.append(frame[sorted(frame.columns, key=int)].to_numpy(dtype=np.float64))
+        rows, probs = read_fold_predictions(layout, fold, "test")
+        tests.append(probs[np.argsort(rows)])   # keyed by row: the sample submission's order
     test = np.mean(tests, axis=0)
     return {"score": float(np.mean([i["score"] for i in infos])),
             "score_plain": float(np.mean([i["score_plain"] for i in infos])),

@@ -186,14 +186,11 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def _train_on_executor(args: argparse.Namespace, config, models: list[str], executor_name: str) -> int:
-    import os
-
     from pipeline.executors import get_executor
     from pipeline.train import train_leaderboard
     from pipeline.train.grid import run_train_grid
 
-    if "RANK" in os.environ:
-        raise UsageError(f"EXECUTOR={executor_name} runs one job per GPU; it does not combine with GPUS=n (torchrun)")
+    _refuse_under_torchrun(f"EXECUTOR={executor_name} runs one job per GPU; it does not combine with GPUS=n (torchrun)")
     executor = get_executor(executor_name, config.executor.settings())
     results = run_train_grid(config, models, executor, _parse_folds(args.folds), force=args.force,
                              overrides=args.settings, run_name=args.name)
@@ -217,11 +214,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _student_commands_run_alone() -> None:
+def _refuse_under_torchrun(message: str) -> None:
+    """A UsageError with ``message`` in a process torchrun started (GPUS=n), for commands that run in one process."""
     import os
 
     if "RANK" in os.environ:
-        raise UsageError("make pseudo / make distill run in one process; they do not combine with GPUS=n (torchrun) yet")
+        raise UsageError(message)
+
+
+def _student_commands_run_alone() -> None:
+    _refuse_under_torchrun("make pseudo / make distill run in one process; they do not combine with GPUS=n (torchrun) yet")
 
 
 def cmd_pseudo(args: argparse.Namespace) -> int:
