@@ -147,6 +147,7 @@ class TrainConfig(StrictModel):
     epochs: int = Field(default=10, ge=1)
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 64   # "auto": the largest that fits the GPU
     lr: float = Field(default=1e-3, gt=0)
+    optimizer: str = "adamw"    # any name in timm's optimizer registry (timm.optim.list_optimizers()): sgd, lamb, ...
     weight_decay: float = Field(default=0.05, ge=0)
     warmup_epochs: float = Field(default=1.0, ge=0)
     loss: Literal["auto", "ce", "bce", "mse", "huber"] = "auto"   # auto: the task's usual loss (pipeline.tasks)
@@ -240,6 +241,27 @@ class TrainConfig(StrictModel):
             from pipeline.transforms import augment_policy_steps
 
             augment_policy_steps(name)
+        return name
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, name: str, info: ValidationInfo) -> str:
+        if _checks_training(info):
+            import difflib
+
+            from timm.optim import get_optimizer_info, list_optimizers
+
+            # timm's factory reads "lookahead_<name>" as <name> wrapped in Lookahead
+            prefix, _, base = name.lower().rpartition("_")
+            try:
+                if prefix not in ("", "lookahead"):
+                    raise ValueError(name)
+                get_optimizer_info(base)
+            except ValueError:
+                close = difflib.get_close_matches(name.lower(), list_optimizers(), n=4, cutoff=0.6)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(f"unknown optimizer {name!r}{hint} (timm.optim.list_optimizers() lists the "
+                                 "names; lookahead_<name> wraps one in Lookahead)") from None
         return name
 
     @field_validator("tta")

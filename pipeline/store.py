@@ -234,7 +234,7 @@ _HASHED_WHEN_SET = {"amp_dtype": "auto", "sync_bn": False, "loss": "auto", "devi
                     "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "mixup_mode": "batch", "mixup_off_epochs": 0,
                     "grad_accum_steps": 1, "freeze_epochs": 0, "layer_decay": None, "average_last": 0,
                     "progressive_sizes": None, "augment_policy": "none",
-                    "preset": None}
+                    "preset": None, "optimizer": "adamw"}
 # competition keys added with the tasks: hashed only when set, so runs made before them keep their hash
 _COMPETITION_KEYS_WHEN_SET = ("target_columns", "positive_class", "target_range", "metrics")
 

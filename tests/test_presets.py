@@ -63,6 +63,7 @@ def test_every_preset_file_states_its_source_holds_train_keys_only_and_is_used(p
     ("resnet18", "resnet"), ("resnext50", "resnet"), ("test_resnet", "resnet"), ("legacy_xception", "inception"),
     ("test_convnext2", "convnext"), ("test_vit3", "vit"), ("tf_efficientnetv2_s", "efficientnet"),
     ("test_efficientnet_gn", "efficientnet"), ("mobilenetv3", "mobilenet"), ("regnety_016", "regnet"),
+    ("tf_efficientnet_lite0", "efficientnet"), ("tf_mobilenetv3_large_100", "mobilenet"),   # TF-ported weights
 ])
 def test_preset_families(model, family):
     assert preset_family(model) == family
