@@ -6,7 +6,7 @@
 # centre crop at validation). Each run alone on the machine, under /usr/bin/time -v (peak RSS of the largest process).
 #   bash docs/scripts/timm_peer.sh <timm checkout: train.py and timm/>   (after make pretrained-weights)
 set -euo pipefail
-TIMM=${1:?give the folder holding timm's train.py and its timm/ package}
+TIMM=${1:?give the folder holding the train.py and timm package of a timm checkout}
 OUT=bench/peer
 mkdir -p "$OUT"
 PY=.venv/bin/python
