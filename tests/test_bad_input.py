@@ -6,8 +6,8 @@ import re
 
 import pandas as pd
 import pytest
-from safetensors.torch import save_file
 import timm
+from safetensors.torch import save_file
 
 from pipeline.cli import main
 

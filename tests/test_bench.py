@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from pipeline import bench
+from benchmarks import speed as bench
 
 
 def test_bench_writes_every_figure(tmp_path, capsys):

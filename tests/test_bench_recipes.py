@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.bench_recipes import main, read_rows
+from benchmarks.recipes import main, read_rows
 from pipeline.config import ConfigError
-from pipeline.io import UnsafeNameError
+from pipeline.core.io import UnsafeNameError
 
 
 @pytest.mark.parametrize("text, error, match", [

@@ -15,24 +15,10 @@ import numpy as np
 import pytest
 
 from pipeline import blend as B
-from pipeline.blend import (
-    BLEND_METHODS,
-    TASK_OUTPUT,
-    BlendMethod,
-    NestedResult,
-    NotApplicable,
-    applicable,
-    apply_temperature,
-    fit_temperature,
-    make_blend,
-    nested_score,
-    not_applicable_reason,
-    prune_correlated,
-    register_blend,
-    select_method,
-    single_model_scores,
-)
-from pipeline.metrics import Metric, get_metric
+from pipeline.blend import (BLEND_METHODS, TASK_OUTPUT, BlendMethod, NestedResult, NotApplicable, applicable,
+                            apply_temperature, fit_temperature, make_blend, nested_score, not_applicable_reason,
+                            prune_correlated, register_blend, select_method, single_model_scores)
+from pipeline.task.metrics import Metric, get_metric
 
 # Cheaper settings for the slow methods; everything else runs on defaults.
 FAST = {
@@ -88,7 +74,7 @@ def synth(strengths, n_rows: int, n_cols: int, seed: int = 0, noise: float = 1.0
     return _probs(z), y
 
 
-# Metrics for the new tasks are built here, not taken from the registry: pipeline.metrics is
+# Metrics for the new tasks are built here, not taken from the registry: pipeline.task.metrics is
 # being extended for those tasks separately, and these tests pin the blend's side only.
 def local_metric(name, fn, greater_is_better, needs, tasks):
     """A Metric, whether or not this version of Metric declares its tasks."""
@@ -428,7 +414,7 @@ def test_slsqp_uses_log_loss_surrogate_for_label_metrics():
 def test_fast_log_loss_objective_equals_metric(n_cols):
     preds, y = synth([0.5, 1.0, 3.0], n_rows=250, n_cols=n_cols, seed=12)
     m = get_metric("log_loss")
-    obj = B._LinearLoss(preds, y, m)
+    obj = B.LinearLoss(preds, y, m)
     assert obj.fast
     w = np.array([0.2, 0.3, 0.5])
     assert obj.weights_loss(w) == pytest.approx(m.loss(y, np.tensordot(w, preds, axes=1)), rel=1e-12)
@@ -438,14 +424,14 @@ def test_fast_log_loss_objective_equals_metric(n_cols):
     np.testing.assert_allclose(got, want, rtol=1e-12)
     np.testing.assert_allclose(obj.affine_losses(base, 0.25, np.array([2, 0])), [want[2], want[0]], rtol=1e-12)
     # float32 candidate scans (caruana, hill_climb) stay well inside their 1e-6 rounding
-    obj32 = B._LinearLoss(preds, y, m, dtype=np.float32)
+    obj32 = B.LinearLoss(preds, y, m, dtype=np.float32)
     np.testing.assert_allclose(obj32.affine_losses(base.astype(np.float32), 0.25), want, rtol=1e-6)
 
 
 def test_hill_climb_pruning_is_exact():
     # a model with a non-negative slope at a=0 never improves the blend for a > 0
     preds, y = synth([0.5, 1.0, 3.0, 2.0, 0.2], n_rows=300, n_cols=4, seed=22)
-    obj = B._LinearLoss(preds, y, get_metric("log_loss"))
+    obj = B.LinearLoss(preds, y, get_metric("log_loss"))
     base = np.tensordot([0.1, 0.1, 0.5, 0.2, 0.1], obj.stack, axes=1)
     keep = set(obj.descent_models(base).tolist())
     current = obj.loss(base)
@@ -783,7 +769,7 @@ def test_tasks_accept_their_own_shapes():
 
 def test_multilabel_fast_log_loss_equals_the_metric():
     preds, y = make_data("multilabel", [0.5, 1.0, 3.0], n_rows=250, seed=33)
-    obj = B._LinearLoss(preds, y, BCE, task="multilabel")
+    obj = B.LinearLoss(preds, y, BCE, task="multilabel")
     assert obj.fast and obj.stack.shape == (3, 250 * 4)
     w = np.array([0.2, 0.3, 0.5])
     assert obj.weights_loss(w) == pytest.approx(BCE.loss(y, np.tensordot(w, preds, axes=1)), rel=1e-12)
@@ -792,21 +778,21 @@ def test_multilabel_fast_log_loss_equals_the_metric():
     np.testing.assert_allclose(obj.affine_losses(base, 0.25), want, rtol=1e-12)
     # a "log_loss" summed over labels is another convention: scored the generic way, never mis-scaled
     summed = local_metric("log_loss", lambda t, p: _bce(t, p) * t.shape[1], False, "proba", ("multilabel",))
-    generic = B._LinearLoss(preds, y, summed, task="multilabel")
+    generic = B.LinearLoss(preds, y, summed, task="multilabel")
     assert generic.mode == "metric" and not generic.fast
     assert generic.weights_loss(w) == pytest.approx(summed.loss(y, np.tensordot(w, preds, axes=1)))
     # values are always scored by the metric itself, whatever its name
     reg, yr = make_data("regression", [1.0, 2.0], n_rows=50, seed=34)
-    assert B._LinearLoss(reg, yr, RMSE, task="regression").mode == "metric"
+    assert B.LinearLoss(reg, yr, RMSE, task="regression").mode == "metric"
     named = local_metric("log_loss", _rmse, False, "value", ("regression",))
-    assert B._LinearLoss(reg, yr, named, task="regression").mode == "metric"
+    assert B.LinearLoss(reg, yr, named, task="regression").mode == "metric"
 
 
 def test_slsqp_surrogates_per_task():
     from scipy.optimize import check_grad
 
     preds, y = make_data("regression", [0.5, 1.0, 2.0], n_rows=200, seed=35)
-    obj = B._LinearLoss(preds, y, RMSE, task="regression", force_log_loss=True)
+    obj = B.LinearLoss(preds, y, RMSE, task="regression", force_log_loss=True)
     assert obj.mode == "sq"
     # the squared error in units of the equal-weight blend's RMSE: 1 at equal weights
     assert obj.weights_loss(np.full(3, 1 / 3)) == pytest.approx(1.0)
@@ -1127,7 +1113,7 @@ def test_one_se_rule_picks_the_simplest_candidate_within_one_standard_error():
 
 
 def test_one_se_rule_reads_nested_results_and_the_registry_simplicity():
-    from pipeline.bench_blend import synthetic_oof
+    from benchmarks.blend import synthetic_oof
 
     preds, y = synthetic_oof(5, 300, 3, seed=21)
     folds = np.arange(300) % 5
@@ -1170,7 +1156,7 @@ def test_temperature_is_kept_only_when_nested_cv_says_it_helps():
 
 
 def test_optuna_default_budget_and_continuing_a_study():
-    from pipeline.bench_blend import synthetic_oof
+    from benchmarks.blend import synthetic_oof
     from pipeline.config import EnsembleConfig
 
     assert EnsembleConfig().optuna_trials == 100
@@ -1186,7 +1172,7 @@ def test_optuna_default_budget_and_continuing_a_study():
 
 
 # --------------------------------------------------------------------------- #
-# The real-data benchmark's selection variants (pipeline.bench_real) against the one rule
+# The real-data benchmark's selection variants (benchmarks.real) against the one rule
 
 _S = B.Scored
 _BEST = {0: 0.38, 1: 0.42, 2: 0.40, 3: 0.41, 4: 0.39}
@@ -1201,7 +1187,7 @@ _BEST = {0: 0.38, 1: 0.42, 2: 0.40, 3: 0.41, 4: 0.39}
     ({"single-a": _S(0.400, {f: v + (0.01 if f % 2 else -0.01) for f, v in _BEST.items()}, 2)}, {"slsqp", "single-a"}),
 ])
 def test_bench_one_se_set_is_the_rules(others, within):
-    from pipeline.bench_real import _within_one_se
+    from benchmarks.real import _within_one_se
 
     results = {"slsqp": _S(0.400, _BEST, 2), **others}
     assert set(_within_one_se(results, None)) == within
@@ -1211,8 +1197,8 @@ def test_bench_one_se_set_is_the_rules(others, within):
 
 
 def test_bench_selection_variants_score_what_they_submit():
-    from pipeline.bench_blend import synthetic_oof
-    from pipeline.bench_real import Library, _fold_scores, selection_variants
+    from benchmarks.blend import synthetic_oof
+    from benchmarks.real import Library, _fold_scores, selection_variants
 
     preds, y = synthetic_oof(4, 200, 3, seed=3)
     test_preds, y_test = synthetic_oof(4, 80, 3, seed=4)

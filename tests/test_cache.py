@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import cache as cache_module
-from pipeline.cache import ImageCache, cache_key, cache_side, open_cache
 from pipeline.config import load_config, parse_overrides, resolve_train_config
 from pipeline.data import ImageStore, load_competition
-from pipeline.train.images import open_image_store
+from pipeline.data import cache as cache_module
+from pipeline.data.cache import ImageCache, cache_key, cache_side, open_cache
+from pipeline.data.images import open_image_store
 
 
 def _images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import build_small_competition
+
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.distributed import DistContext, gather_rows, shard
-from pipeline.metrics import get_metric
 from pipeline.store import StoreError
+from pipeline.task.metrics import get_metric
+from pipeline.train.distributed import DistContext, gather_rows, shard
 from pipeline.train.stage import on_main
 
 ROOT = Path(__file__).resolve().parents[1]

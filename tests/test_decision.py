@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline.decision import (
-    DEFAULT_GRID,
-    Cutpoints,
-    Decision,
-    Thresholds,
-    decision_for,
-    nested_decision,
-)
-from pipeline.metrics import Metric, get_metric
+from pipeline.task.decision import DEFAULT_GRID, Cutpoints, Decision, Thresholds, decision_for, nested_decision
+from pipeline.task.metrics import Metric, get_metric
 
 
 def planted_binary(n=5000, cut=0.3, flip=0.1, seed=0):

@@ -185,7 +185,7 @@ def test_optuna_budget_is_printed_and_its_study_continued(with_folds, tmp_path, 
     assert "optuna budget: 20 trials per fit, 4 fits (nested CV + all rows), 2 models x 60 rows" in out.out + out.err
     studies = list((config.runs_dir / "_ensemble").glob("optuna-*.json"))
     assert len(studies) == 1
-    from pipeline import io
+    from pipeline.core import io
     assert len(io.read_json(studies[0])["trials"]) == 20
     assert main(["ensemble", "--config", str(with_folds), "ensemble.methods=[optuna]"]) == 0
     assert len(io.read_json(studies[0])["trials"]) == 40  # a rerun on the same runs continues the study
@@ -194,7 +194,7 @@ def test_optuna_budget_is_printed_and_its_study_continued(with_folds, tmp_path, 
 @pytest.mark.parametrize("greater", [True, False])
 def test_a_tie_is_listed_and_marked_as_it_is_chosen(greater):
     from pipeline.ensemble import Candidate, choose_candidate, leaderboard_rows, tie_note
-    from pipeline.metrics import get_metric
+    from pipeline.task.metrics import get_metric
 
     metric = get_metric("accuracy" if greater else "log_loss")
     best, worse = (0.99652, 0.99) if greater else (0.1, 0.2)

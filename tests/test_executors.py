@@ -18,7 +18,7 @@ import ray  # installed by the test extra: `make test` always tests the Ray exec
 import torch
 
 from pipeline.cli import main
-from pipeline.executors import EXECUTORS, ExecutorSettings, Job, get_executor
+from pipeline.core.executors import EXECUTORS, ExecutorSettings, Job, get_executor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,7 +149,7 @@ def test_a_failing_model_is_isolated_in_a_grid(executor, small_competition, writ
     config = write_config(small_competition, {"train": {"batch_size": 8}, "executor": {"max_retries": 0},
                                               "recipes_dir": str(recipes)})
     from pipeline.config import load_config
-    from pipeline.executors import get_executor as make
+    from pipeline.core.executors import get_executor as make
     from pipeline.train.grid import run_train_grid
 
     loaded = load_config(config)

@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import build_small_competition, shrunk_demo_config
+
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.ensemble.fitted import file_sha256, fitted_dir
 from pipeline.export import compare_submissions, image_pattern
-from pipeline.fitted import file_sha256, fitted_dir
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def _predict_elsewhere(folder: Path, config, where: Path) -> pd.DataFrame:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "estimated time for the whole test set" in done.stderr
     probe = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(next(folder.glob('*.whl')))!r}); "
-                            "import pipeline.export_predict as m; print(m.__file__)"],
+                            "import pipeline.export.predict as m; print(m.__file__)"],
                            cwd=where, env=env, capture_output=True, text=True, timeout=120)
     assert ".whl" in probe.stdout  # the exported code ran, not the checkout's
     return pd.read_csv(where / "submission.csv", dtype={"id": str})
@@ -149,7 +149,7 @@ def test_exported_models_predict_the_runs_stored_probabilities(demo):
     import numpy as np
 
     from pipeline.data import load_competition
-    from pipeline.export_predict import Progress, TestImages, cache_side_for, image_paths, predict_model, read_spec
+    from pipeline.export.predict import Progress, TestImages, cache_side_for, image_paths, predict_model, read_spec
     from pipeline.folds import read_folds
     from pipeline.store import load_runs
 
@@ -208,7 +208,7 @@ def test_a_stacker_with_metadata_columns_reads_them_from_the_test_table(demo, tm
     assert "check: the exported predictor reproduces logreg_stacker_cv" in capsys.readouterr().out
     spec = json.loads((out / "export.json").read_text())
     assert spec["ensemble"]["extra_features"] == ["meta"] and spec["test_csv"] == "test.csv"
-    from pipeline.export_predict import main as predict_main
+    from pipeline.export.predict import main as predict_main
 
     assert predict_main(["--images", str(data / "test"), "--sample-submission", str(data / "sample_submission.csv"),
                          "--out", str(tmp_path / "s.csv"), "--export", str(out), "--no-progress"]) == 2

@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from conftest import assert_same_fold_files, interrupted_after_state
 from timm.models import group_parameters
 
-from conftest import assert_same_fold_files, interrupted_after_state
 from pipeline.cli import main
 from pipeline.config import ConfigError, TrainConfig
-from pipeline.report import progress_bar
+from pipeline.core.report import progress_bar
 from pipeline.train import loop
 from pipeline.train.finetune import classifier_module, set_body_frozen
 from pipeline.train.heads import make_head
@@ -19,7 +19,7 @@ from pipeline.train.loop import train_one_epoch
 from pipeline.train.recipes import WeightAverage, recompute_norm_stats, resize_batch, train_side
 from pipeline.train.runtime import Runtime
 from pipeline.train.steps import fine_tune_schedule, make_optimizer, warmup_cosine
-from pipeline.transforms import DeviceTransform
+from pipeline.vision.device import DeviceTransform
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False, num_workers=0, pin_memory=False)
 

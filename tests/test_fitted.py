@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from test_blend import TASKS, fast, make_data, task_metric
 
 from pipeline.blend import BLEND_METHODS, BlendMethod, applicable, make_blend
-from pipeline.decision import Cutpoints, Thresholds, decision_from_params
-from test_blend import TASKS, fast, make_data, task_metric
+from pipeline.task.decision import Cutpoints, Thresholds, decision_from_params
 
 CASES = [(name, task) for name in BLEND_METHODS for task in TASKS if applicable(name, task)]
 
@@ -65,7 +65,7 @@ def test_stored_blends_reproduce_every_submission_file(small_config, tmp_path, c
 
     from pipeline.cli import main
     from pipeline.config import load_config
-    from pipeline.fitted import fitted_dir, load_fitted, reproduce_submission
+    from pipeline.ensemble.fitted import fitted_dir, load_fitted, reproduce_submission
 
     assert main(["folds", "--config", str(small_config)]) == 0
     config = load_config(small_config)

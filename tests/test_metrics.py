@@ -4,18 +4,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline import metrics as metrics_module
-from pipeline.metrics import (
-    BUILTIN_METRICS,
-    METRICS,
-    TASKS,
-    Metric,
-    UserMetricError,
-    check_metric_task,
-    get_metric,
-    load_user_metric,
-    metrics_for,
-)
+from pipeline.task import metrics as metrics_module
+from pipeline.task.metrics import (BUILTIN_METRICS, METRICS, TASKS, Metric, UserMetricError, check_metric_task,
+                                   get_metric, load_user_metric, metrics_for)
 
 rng = np.random.default_rng(0)
 N, C, L, K = 300, 5, 4, 5
@@ -296,6 +287,6 @@ def test_user_metrics_do_not_count_as_builtin(registry, metric_dir):
 
 def test_builtin_name_with_its_own_function_is_accepted(registry):
     accuracy = get_metric("accuracy")
-    assert load_user_metric("accuracy", "pipeline.metrics:_accuracy", True, "label", accuracy.tasks) is accuracy
+    assert load_user_metric("accuracy", "pipeline.task.scores:accuracy", True, "label", accuracy.tasks) is accuracy
     with pytest.raises(UserMetricError, match="is a built-in metric"):
-        load_user_metric("accuracy", "pipeline.metrics:_f1_micro", True, "label", accuracy.tasks)
+        load_user_metric("accuracy", "pipeline.task.scores:f1_micro", True, "label", accuracy.tasks)

@@ -7,7 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pipeline.models import MODEL_ALIASES, ModelError, create_model, data_config, resolve_model_name
+from pipeline.vision.models import MODEL_ALIASES, ModelError, create_model, data_config, resolve_model_name
 
 
 @pytest.mark.parametrize("alias", sorted(MODEL_ALIASES))

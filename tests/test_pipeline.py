@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.metrics import get_metric
+from pipeline.task.metrics import get_metric
 
 
 def _read_meta(config, run):

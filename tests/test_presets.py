@@ -9,10 +9,9 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.io import UnsafeNameError
-from pipeline.config import (ConfigError, TrainConfig, config_file_hashes, load_config, preset_file,
-                             resolve_train_config)
-from pipeline.models import preset_family
+from pipeline.config import ConfigError, TrainConfig, config_file_hashes, load_config, preset_file, resolve_train_config
+from pipeline.core.io import UnsafeNameError
+from pipeline.vision.models import preset_family
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.stem for p in (ROOT / "configs" / "recipes").glob("*.yaml"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-
 from conftest import assert_same_fold_files, interrupted_after_state
+
 from pipeline.cli import main
 from pipeline.config import ConfigError, TrainConfig, load_config, resolve_train_config
 from pipeline.train.heads import make_head

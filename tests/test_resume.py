@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-
 from conftest import assert_same_fold_files, interrupted_after_state
+
 from pipeline.cli import main
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import image_size_choice, load_config, resolve_train_config
+from pipeline.data.images import image_size_report
 from pipeline.store import RunLayout, RunMeta, StoreError, read_meta, remove_run
-from pipeline.train.images import image_size_report
 
 
 @pytest.fixture()

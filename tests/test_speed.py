@@ -10,14 +10,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from pipeline.train import TrainingError
 from pipeline.cli import main
-from pipeline.config import ConfigError, TrainConfig
-from pipeline.store import settings_dump
+from pipeline.config import ConfigError, TrainConfig, settings_dump
+from pipeline.train import TrainingError
 from pipeline.train.batch_size import find_batch_size, step_fits
 from pipeline.train.predict import predict_views
 from pipeline.train.runtime import Runtime, amp_dtype_for, loader_settings
-from pipeline.transforms import parse_view
+from pipeline.vision.views import parse_view
 
 CPU = Runtime(torch.device("cpu"), None, False, 0, False)
 

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "timm", "albumentations", "cv2")
 
 
-LIGHT_MODULES = ["pipeline.ensemble", "pipeline.store", "pipeline.folds", "pipeline.data", "pipeline.tasks",
-                 "pipeline.config", "pipeline.blend", "pipeline.decision", "pipeline.cli", "pipeline.executors"]
+LIGHT_MODULES = ["pipeline.ensemble", "pipeline.store", "pipeline.folds", "pipeline.data", "pipeline.task.tasks",
+                 "pipeline.config", "pipeline.blend", "pipeline.task.decision", "pipeline.cli", "pipeline.core.executors"]
 
 
 def test_blending_and_splitting_do_not_import_torch():

@@ -14,10 +14,10 @@ from sklearn import metrics as skm
 
 from pipeline.cli import main
 from pipeline.config import CompetitionConfig, ConfigError, load_config
-from pipeline.demo_data import DEMO_TARGETS
+from pipeline.data.demo import DEMO_TARGETS
 from pipeline.folds import FoldsError, make_folds
-from pipeline.metrics import get_metric
-from pipeline.tasks import TASKS, Targets, TaskError, get_task, resolve_loss, submission_frame
+from pipeline.task.metrics import get_metric
+from pipeline.task.tasks import TASKS, Targets, TaskError, get_task, resolve_loss, submission_frame
 from pipeline.train.heads import make_head
 
 

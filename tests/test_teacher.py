@@ -16,9 +16,9 @@ import torch
 
 from pipeline.config import DistillConfig, PseudoConfig
 from pipeline.store import RunLayout, RunMeta, StoredRun
-from pipeline.teach import Teacher, TeacherError, naive_teacher_test, pseudo_table
+from pipeline.students.teach import Teacher, TeacherError, naive_teacher_test, pseudo_table
+from pipeline.students.teacher import StudentPlan, TeacherLoss, head_targets, pack, soften, true_targets
 from pipeline.train.heads import make_head
-from pipeline.train.teacher import StudentPlan, TeacherLoss, head_targets, pack, soften, true_targets
 
 N_CLASSES = 10
 
@@ -50,7 +50,7 @@ def planted_runs(y, folds, train_image, test_image, n_runs=2, seed=0):
                                         len(y) + np.arange(len(test_image)), rng))
         fold_tests = np.stack(fold_tests)
         meta = RunMeta(name=f"m{m}", status="finished", classes=[str(c) for c in range(N_CLASSES)],
-                       folds_fingerprint="f", folds_done=list(k_all), config_hash=f"h{m}")
+                       folds_fingerprint="f", folds_done=list(k_all), json_hash=f"h{m}")
         runs.append(StoredRun(f"m{m}", oof, fold_tests.mean(axis=0), meta, fold_tests))
     return runs
 
@@ -112,7 +112,7 @@ def test_distill_targets_of_fold_k_carry_no_fold_k_labels_but_the_oof_option_doe
     def fold_models(config, run, fold, rows, runtime, competition, batch_size):
         return memorised(np.flatnonzero(folds != fold), image, y, rows, np.random.default_rng(fold))
 
-    import pipeline.train.teacher as teacher_module
+    import pipeline.students.teacher as teacher_module
 
     monkeypatch.setattr(teacher_module, "teacher_model_predictions", fold_models)
     agreement = {}

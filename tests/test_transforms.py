@@ -11,10 +11,10 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from pipeline.cli import main
-from pipeline.config import TrainConfig, load_config
-from pipeline.store import settings_dump
-from pipeline.transforms import (DEVICE_AUGMENTS, INTERPOLATIONS, Affine, CoarseDropout, DeviceTransform, HostTransform,
-                                 RandomBrightnessContrast, build_device_augment_step)
+from pipeline.config import TrainConfig, load_config, settings_dump
+from pipeline.vision.device import DEVICE_AUGMENTS, DeviceTransform, build_device_augment_step
+from pipeline.vision.host import INTERPOLATIONS, HostTransform
+from pipeline.vision.kernels import Affine, CoarseDropout, RandomBrightnessContrast
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -188,9 +188,10 @@ def test_training_reaches_the_model_through_either_augmentation_path(small_compe
 
 
 def test_a_batch_read_in_one_go_from_the_cache_is_the_batch_read_image_by_image(tmp_path):
-    from pipeline.cache import open_cache
-    from pipeline.train.dataset import ImageDataset, collate_rows
     from PIL import Image
+
+    from pipeline.data.cache import open_cache
+    from pipeline.train.dataset import ImageDataset, collate_rows
 
     paths = []
     for k in range(12):

@@ -8,10 +8,10 @@ import torch
 
 from pipeline.cli import main
 from pipeline.config import ConfigError, TrainConfig
-from pipeline.models import create_model
 from pipeline.train.predict import check_views_fit_model, predict_views
 from pipeline.train.runtime import Runtime
-from pipeline.transforms import parse_view, view_groups
+from pipeline.vision.models import create_model
+from pipeline.vision.views import parse_view, view_groups
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False, num_workers=0, pin_memory=False)
 

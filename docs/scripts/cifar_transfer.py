@@ -8,7 +8,7 @@
 2. Pretrains timm's test_resnet on A (fold 0's training rows) with the real `train` command, and saves its
    best checkpoint without the classifier as a local weights file (a backbone, as an ImageNet file would be
    for a new task: B's head starts fresh).
-3. Trains on B, fold 0, three ways through `pipeline.bench_recipes` (the same commands a user runs):
+3. Trains on B, fold 0, three ways through `benchmarks.recipes` (the same commands a user runs):
    from scratch, a plain full fine-tune of the file, and `fine_tune` (head-only epochs, then layer-wise
    learning-rate decay). Prints fold-0 and private-LB accuracy on B for each.
 """
@@ -97,7 +97,7 @@ def main() -> int:
         {"name": "fine_tune", "model": "test_resnet",
          "set": {"train.pretrained": file, "train.freeze_epochs": 2, "train.layer_decay": 0.75}},
     ]}, sort_keys=False))
-    return subprocess.run([sys.executable, "-m", "pipeline.bench_recipes", "--config", str(config_b), "--rows",
+    return subprocess.run([sys.executable, "-m", "benchmarks.recipes", "--config", str(config_b), "--rows",
                            str(rows), "--out", str(work / "transfer.json")], check=False).returncode
 
 

@@ -7,7 +7,15 @@ One process, ResNet-18 from scratch, batch 64 of random images, alternating the 
 step after each switch is not timed. Prints per-step wall and CPU (user + system) seconds, the
 medians over 6 rounds.
 """
-import ctypes, resource, statistics, sys, time, torch, timm
+import ctypes
+import resource
+import statistics
+import sys
+import time
+
+import timm
+import torch
+
 libc = ctypes.CDLL("libc.so.6")
 size = int(sys.argv[1]) if len(sys.argv) > 1 else 112
 torch.manual_seed(0)

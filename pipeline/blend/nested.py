@@ -8,11 +8,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..folds import iter_splits
-from ..metrics import Metric
+from ..core.splits import iter_splits
+from ..task.metrics import Metric
 from .base import BLEND_METHODS, BlendMethod, NotApplicable, make_blend, not_applicable_reason
 from .calibration import apply_temperature
-from .validation import _as_metric, _check_task, _validate_extra, _validate_preds, _validate_y
+from .validation import as_metric, check_task, validate_extra, validate_preds, validate_y
 
 
 @dataclass
@@ -147,13 +147,13 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
         The method does not apply to the task (see :func:`applicable`).
     """
     start = time.perf_counter()
-    metric = _as_metric(metric)
+    metric = as_metric(metric)
     params = dict(params or {})
     if isinstance(name_or_factory, str):
         method_name = name_or_factory
         factory = lambda **kw: make_blend(method_name, **kw)  # noqa: E731
         if task is not None:
-            reason = not_applicable_reason(method_name, _check_task(task))
+            reason = not_applicable_reason(method_name, check_task(task))
             if reason is not None:
                 raise NotApplicable(reason)
     else:
@@ -163,10 +163,10 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
         raise ValueError(f"calibration must be 'nested' or 'in_sample'; got {calibration!r}")
     if decision is not None and not callable(decision):
         raise TypeError(f"decision must be a zero-argument factory (e.g. a class), not an instance; got {decision!r}")
-    preds, task = _validate_preds(preds, task=task)
+    preds, task = validate_preds(preds, task=task)
     _, n_rows, n_cols = preds.shape
-    y = _validate_y(y, n_rows, n_cols, task)
-    extra = _validate_extra(extra, n_rows)
+    y = validate_y(y, n_rows, n_cols, task)
+    extra = validate_extra(extra, n_rows)
     folds = np.asarray(folds)
     if folds.shape != (n_rows,):
         raise ValueError(f"folds must have shape ({n_rows},), one fold id per OOF row; got {folds.shape}")

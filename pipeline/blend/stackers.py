@@ -6,12 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from .base import BlendMethod, _is_int, _require, register_blend
-from .objective import _logit_features, _single_scores, _to_output
+from .base import BlendMethod, is_int, register_blend, require
+from .objective import _logit_features, single_scores, to_output
 
 
 def _check_max_models(value: Any) -> None:
-    _require(value is None or (_is_int(value) and value >= 1), f"max_models must be None or an int >= 1; got {value!r}")
+    require(value is None or (is_int(value) and value >= 1), f"max_models must be None or an int >= 1; got {value!r}")
 
 
 class _Stacker(BlendMethod):
@@ -36,7 +36,7 @@ class _Stacker(BlendMethod):
 
     def _check_params(self):
         _check_max_models(self.params["max_models"])
-        _require(self.params["label_features"] in ("own", "all"),
+        require(self.params["label_features"] in ("own", "all"),
                  f"label_features must be 'own' or 'all'; got {self.params['label_features']!r}")
 
     def _make_model(self, regression: bool = False):
@@ -59,7 +59,7 @@ class _Stacker(BlendMethod):
         # the stacker reads only the best `max_models` models: fewer inputs overfit less and fit faster
         limit = self.params["max_models"]
         if limit and preds.shape[0] > limit:
-            scores = _single_scores(preds, y, metric)
+            scores = single_scores(preds, y, metric)
             best_first = np.argsort(-scores if metric.greater_is_better else scores, kind="stable")
             self.models_ = np.sort(best_first[:limit])
         else:
@@ -112,7 +112,7 @@ class _Stacker(BlendMethod):
             full[:, self.model_.classes_] = self.model_.predict_proba(self._features(preds, extra))
         if preds.shape[2] == 1:
             return np.clip(full[:, 1:2], 0.0, 1.0)
-        return _to_output(full, "simplex")
+        return to_output(full, "simplex")
 
     # -- stored state: the second-level models as JSON data (see BlendMethod.state) --
 
@@ -195,7 +195,7 @@ class LogRegStacker(_Stacker):
 
     def _check_params(self):
         super()._check_params()
-        _require(self.params["C"] > 0, f"C must be > 0; got {self.params['C']!r}")
+        require(self.params["C"] > 0, f"C must be > 0; got {self.params['C']!r}")
 
     def _make_model(self, regression: bool = False):
         from sklearn.linear_model import LogisticRegression, Ridge

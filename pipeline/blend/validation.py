@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import TASK_OUTPUT, Metric, get_metric
+from ..task.metrics import TASK_OUTPUT, Metric, get_metric
 
 # A multiclass row whose probabilities sum further than this from 1 is not a
 # probability vector (e.g. logits passed by mistake); closer rows are
@@ -18,25 +18,25 @@ from ..metrics import TASK_OUTPUT, Metric, get_metric
 _ROW_SUM_TOL = 1e-2
 
 
-def _check_task(task: Any) -> str:
+def check_task(task: Any) -> str:
     if task not in TASK_OUTPUT:
         raise ValueError(f"task must be one of {', '.join(map(repr, TASK_OUTPUT))} or None (inferred from the "
                          f"number of columns: 1 is binary, more multiclass); got {task!r}")
     return task
 
 
-def _resolve_task(task: str | None, n_cols: int) -> str:
+def resolve_task(task: str | None, n_cols: int) -> str:
     """The explicit task, or today's inference: one column is binary, more is multiclass."""
     if task is None:
         return "binary" if n_cols == 1 else "multiclass"
-    return _check_task(task)
+    return check_task(task)
 
 
-def _as_metric(metric: Metric | str) -> Metric:
+def as_metric(metric: Metric | str) -> Metric:
     return get_metric(metric) if isinstance(metric, str) else metric
 
 
-def _validate_preds(preds: Any, *, task: str | None = None, n_models: int | None = None,
+def validate_preds(preds: Any, *, task: str | None = None, n_models: int | None = None,
                     n_cols: int | None = None) -> tuple[np.ndarray, str]:
     """Check the stacked predictions for the task; return them as float64 and the resolved task.
 
@@ -60,7 +60,7 @@ def _validate_preds(preds: Any, *, task: str | None = None, n_models: int | None
     if m == 0 or r == 0 or c == 0:
         raise ValueError(f"preds must be non-empty; got shape {arr.shape}")
     explicit = task is not None
-    task = _resolve_task(task, c)
+    task = resolve_task(task, c)
     output = TASK_OUTPUT[task]
     if n_models is not None and m != n_models:
         raise ValueError(f"preds has {m} models but the blend was fitted on {n_models}; pass the same models in the same order")
@@ -122,7 +122,7 @@ def _integral(arr: np.ndarray) -> bool:
             and bool(np.all(np.isfinite(arr))) and bool(np.all(arr == np.round(arr))))
 
 
-def _validate_y(y: Any, n_rows: int, n_cols: int, task: str | None = None) -> np.ndarray:
+def validate_y(y: Any, n_rows: int, n_cols: int, task: str | None = None) -> np.ndarray:
     """Check the targets against the task and the predictions' shape.
 
     Returns
@@ -132,7 +132,7 @@ def _validate_y(y: Any, n_rows: int, n_cols: int, task: str | None = None) -> np
         ``(n_rows, n_labels)`` (multilabel) or float64 ``(n_rows,)``
         (regression).
     """
-    task = _resolve_task(task, n_cols)
+    task = resolve_task(task, n_cols)
     arr = np.asarray(y)
     if task == "multilabel":
         if arr.ndim == 1 and n_cols == 1:
@@ -183,7 +183,7 @@ def _validate_y(y: Any, n_rows: int, n_cols: int, task: str | None = None) -> np
     return arr
 
 
-def _validate_extra(extra: Any, n_rows: int, n_features: int | None = None) -> np.ndarray | None:
+def validate_extra(extra: Any, n_rows: int, n_features: int | None = None) -> np.ndarray | None:
     if extra is None:
         return None
     arr = np.asarray(extra, dtype=np.float64)

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file as save_safetensors
 
-from pipeline import io
+from pipeline.core import io
 from pipeline.store import previous_version
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Config, load_config
-from pipeline.distributed import SINGLE
-from pipeline.executors import Executor, Job, JobOutcome
-from pipeline.report import format_seconds, log_to_file, progress_bar
+from pipeline.core.executors import Executor, Job, JobOutcome
+from pipeline.core.report import format_seconds, log_to_file, progress_bar
 from pipeline.store import RunLock, RunMeta, read_meta
+from pipeline.train.distributed import SINGLE
 from pipeline.train.loop import train_fold
 from pipeline.train.runtime import select_runtime
 from pipeline.train.stage import (RunSpec, assemble_run, fold_list, mark_fold_done, open_run, open_stores, prepare_run,
@@ -108,7 +108,7 @@ def run_train_grid(config: Config, models: list[str], executor: Executor, folds_
     models : list of str
         Recipe names, aliases or timm names; each names a run.
     executor : Executor
-        Where the jobs run (:mod:`pipeline.executors`).
+        Where the jobs run (:mod:`pipeline.core.executors`).
     folds_subset, force, overrides
         As for :func:`pipeline.train.run_train`.
     run_name : str, optional

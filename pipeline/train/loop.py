@@ -17,24 +17,26 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline import io
 from pipeline.config import TrainConfig
-from pipeline.distributed import barrier, broadcast_buffers, gather_rows, shard
-from pipeline.metrics import Metric
-from pipeline.models import count_parameters, data_config
-from pipeline.report import progress_bar
+from pipeline.core import io
+from pipeline.core.seeds import epoch_seed
+from pipeline.core.report import progress_bar
 from pipeline.store import RunLayout
+from pipeline.task.metrics import Metric
 from pipeline.train import checkpoint
 from pipeline.train.dataset import FoldData, ImageDataset
+from pipeline.train.distributed import barrier, broadcast_buffers, gather_rows, shard
+from pipeline.train.finetune import body_norms_to_eval, head_only, set_body_frozen
 from pipeline.train.heads import Head
 from pipeline.train.model import prepare_model, seed_everything, wrap_for_training
 from pipeline.train.predict import predict_fold, predict_views
-from pipeline.train.finetune import body_norms_to_eval, head_only, set_body_frozen
 from pipeline.train.recipes import (BatchMixer, WeightAverage, WeightEma, averages_epoch, has_batch_norm, make_average,
                                     make_ema, make_mixer, recompute_norm_stats, resize_batch, train_side)
 from pipeline.train.runtime import Runtime, autocast, batch_to_device, device_transform, eval_batch_size, make_loader
 from pipeline.train.steps import check_loss, fine_tune_schedule, global_mean, make_optimizer, train_step
-from pipeline.transforms import DeviceTransform, HostTransform
+from pipeline.vision.models import count_parameters, data_config
+from pipeline.vision.device import DeviceTransform
+from pipeline.vision.host import HostTransform
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +111,12 @@ def evaluate(model: torch.nn.Module, loader, view: Callable, runtime: Runtime, h
 
 
 def finish_average(average: WeightAverage, train_loader, generator: torch.Generator, train_tf: HostTransform,
-                   seed: int, runtime: Runtime, inputs: DeviceTransform, score: Callable[[torch.nn.Module], float]) -> dict:
+                   seed: int, epoch: int, runtime: Runtime, inputs: DeviceTransform,
+                   score: Callable[[torch.nn.Module], float]) -> dict:
     """Recompute the averaged weights' BatchNorm statistics on the training rows, then validate them.
 
     The pass over the training loader (full-size images, the training augmentation, no mixing)
-    is seeded like an epoch, so a fold resumed after its last epoch recomputes the same
+    is seeded like epoch ``epoch`` (one past the last), so a fold resumed after its last epoch recomputes the same
     statistics. Under torchrun each rank sees its own rows; rank 0's statistics are kept.
 
     Returns
@@ -121,9 +124,9 @@ def finish_average(average: WeightAverage, train_loader, generator: torch.Genera
     dict with the averaged epochs and the validation score.
     """
     if has_batch_norm(average.module):
-        generator.manual_seed(seed)
-        torch.manual_seed(seed + 7919 * runtime.dist.rank)
-        train_tf.set_random_seed(seed + 7919 * runtime.dist.rank)
+        generator.manual_seed(epoch_seed(seed, epoch))
+        torch.manual_seed(epoch_seed(seed, epoch, runtime.dist.rank))
+        train_tf.set_random_seed(epoch_seed(seed, epoch, runtime.dist.rank))
         with autocast(runtime):
             recompute_norm_stats(average.module, (batch_to_device(x, runtime, inputs, train=True) for x, _ in train_loader))
         broadcast_buffers(average.module, runtime.dist)
@@ -134,7 +137,7 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
                runtime: Runtime, layout: RunLayout, views: list[Callable], view_names: list[str], soft=None) -> dict:
     """Train one fold, keep its best checkpoint, predict its validation rows and the test set.
 
-    ``soft`` (:class:`pipeline.train.teacher.SoftRows`, ``make pseudo``/``make distill``): the training rows
+    ``soft`` (:class:`pipeline.students.teacher.SoftRows`, ``make pseudo``/``make distill``): the training rows
     carry the teacher's packed targets, pseudo-labelled test rows are added, and its loss trains; the
     validation rows, and so the OOF, are the fold's own as always.
 
@@ -226,11 +229,11 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         if best_epoch >= 0 and cfg.patience and epoch - best_epoch > cfg.patience:
             break
         # every epoch's randomness derives from (seed, epoch[, rank]): a resumed run replays it exactly
-        generator.manual_seed(seed * 100 + epoch)
+        generator.manual_seed(epoch_seed(seed, epoch))
         if sampler is not None:
             sampler.set_epoch(epoch)
-        torch.manual_seed(seed * 100 + epoch + 7919 * context.rank)
-        train_tf.set_random_seed(seed * 100 + epoch + 7919 * context.rank)
+        torch.manual_seed(epoch_seed(seed, epoch, context.rank))
+        train_tf.set_random_seed(epoch_seed(seed, epoch, context.rank))
         if head_only(cfg, epoch) != phase:
             # unfrozen: DDP and torch.compile fix the trainable parameters when they wrap, so wrap again
             phase = head_only(cfg, epoch)
@@ -240,7 +243,7 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         mixing = mixer is not None and epoch < cfg.epochs - cfg.mixup_off_epochs
         if mixing:
             # timm's Mixup draws from numpy's global RNG; seeded here like torch's, so a resume mixes the same
-            np.random.seed((seed * 100 + epoch + 7919 * context.rank) % 2**32)
+            np.random.seed(epoch_seed(seed, epoch, context.rank))
         epoch_started = time.perf_counter()
         train_loss, waited = train_one_epoch(step_model, train_loader, criterion, optimizer, scaler, scheduler, runtime,
                                              inputs, cfg, epoch, bar, ema=ema, mixer=mixer if mixing else None,
@@ -286,7 +289,7 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
     train_seconds = time.perf_counter() - started + elapsed_before
     averaged = None
     if average is not None and average.count:
-        averaged = finish_average(average, train_loader, generator, train_tf, seed * 100 + cfg.epochs, runtime, inputs,
+        averaged = finish_average(average, train_loader, generator, train_tf, seed, cfg.epochs, runtime, inputs,
                                   lambda m: evaluate(m, valid_loader, views[0], runtime, data.head, inputs, valid_y, metric))
         averaged["kept"] = bool(metric.is_better(averaged["score"], best_score))
         if averaged["kept"]:

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import io
 from pipeline.config import Config, LrFindConfig
-from pipeline.errors import PipelineError
+from pipeline.core import io
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -182,15 +182,15 @@ def run_lr_find(config: Config, model: str, settings: LrFindConfig | None = None
     """
     import torch
 
-    from pipeline.distributed import SINGLE
-    from pipeline.models import data_config
     from pipeline.train.batch_size import resolve_batch_size
     from pipeline.train.dataset import ImageDataset
+    from pipeline.train.distributed import SINGLE
     from pipeline.train.model import prepare_model, seed_everything
     from pipeline.train.runtime import batch_to_device, device_transform, make_loader, select_runtime
     from pipeline.train.stage import open_stores, prepare_run
     from pipeline.train.steps import make_optimizer, train_step
-    from pipeline.transforms import HostTransform
+    from pipeline.vision.models import data_config
+    from pipeline.vision.host import HostTransform
 
     settings = settings or config.lr_find
     spec = prepare_run(config, model, overrides)

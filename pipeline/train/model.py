@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from pipeline.config import TrainConfig
-from pipeline.models import create_model
 from pipeline.train.runtime import Runtime
 from pipeline.train.steps import maybe_compile
+from pipeline.vision.models import create_model
 
 log = logging.getLogger(__name__)
 

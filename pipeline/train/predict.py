@@ -14,18 +14,19 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file as load_safetensors
 
-from pipeline import io
 from pipeline.config import TrainConfig
-from pipeline.distributed import gather_rows, shard
-from pipeline.metrics import Metric
-from pipeline.models import data_config
+from pipeline.core import io
 from pipeline.store import RunLayout
+from pipeline.task.metrics import Metric
 from pipeline.train.dataset import FoldData, ImageDataset
+from pipeline.train.distributed import gather_rows, shard
 from pipeline.train.model import prepare_model
 from pipeline.train.runtime import (Runtime, autocast, batch_to_device, device_transform, eval_batch_size,
                                     free_device_memory, is_oom, make_loader, to_device)
-from pipeline.transforms import DeviceTransform, HostTransform, apply_views, view_groups
-
+from pipeline.vision.models import data_config
+from pipeline.vision.device import DeviceTransform
+from pipeline.vision.host import HostTransform
+from pipeline.vision.views import apply_views, view_groups
 
 CPU_PIXELS_PER_PASS = 2**19
 
@@ -39,7 +40,7 @@ def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime
     device; without it the loader's batches are taken as model input already.
 
     ``activate`` turns logits into what is stored and averaged over views (the task
-    head's softmax, sigmoid or value scale, :class:`pipeline.tasks.Head`); softmax when None.
+    head's softmax, sigmoid or value scale, :class:`pipeline.task.tasks.Head`); softmax when None.
 
     On a GPU all views of a batch that give one output shape go through the model in one
     forward pass while memory allows (a ``resize`` view, whose output is larger, gets its
@@ -103,8 +104,8 @@ def check_views_fit_model(cfg: TrainConfig, views: list[Callable], view_names: l
         Naming the view, the sizes and the fix.
     """
     from pipeline.config import ConfigError
-    from pipeline.models import create_model
-    from pipeline.transforms import view_shapes
+    from pipeline.vision.models import create_model
+    from pipeline.vision.views import view_shapes
 
     others: dict[tuple[int, int], str] = {}
     for name, shape in zip(view_names, view_shapes(views, size, size)):

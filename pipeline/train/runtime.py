@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.config import ConfigError, TrainConfig
-from pipeline.distributed import SINGLE, DistContext
 from pipeline.train.dataset import collate_rows
-from pipeline.transforms import DeviceTransform, augment_policy_steps
+from pipeline.train.distributed import SINGLE, DistContext
+from pipeline.vision.device import DeviceTransform
+from pipeline.vision.policies import augment_policy_steps
 
 
 @dataclass(frozen=True)

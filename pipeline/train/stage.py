@@ -17,27 +17,29 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from pipeline import io
-from pipeline.config import (Config, ConfigError, TrainConfig, config_file_hashes, config_hash, image_size_choice,
+from pipeline.config import (Config, ConfigError, TrainConfig, config_file_hashes, image_size_choice,
                              resolve_train_config)
+from pipeline.core import io
+from pipeline.core.errors import PipelineError
+from pipeline.core.hashing import json_hash
+from pipeline.core.report import format_seconds, format_table, log_to_file
 from pipeline.data import Competition, load_competition, median_short_side
-from pipeline.distributed import SINGLE, DistContext, barrier, broadcast_object, init_distributed, launched_by_torchrun
-from pipeline.errors import PipelineError
+from pipeline.data.images import image_size_report, input_size, open_image_store
 from pipeline.folds import FoldsError, read_folds, run_folds
-from pipeline.metrics import Metric, get_metric
-from pipeline.models import create_model, model_family, resolve_model_name
-from pipeline.report import format_seconds, format_table, log_to_file
 from pipeline.store import (RunLayout, RunLock, RunMeta, StoreError, check_run_name, code_version, library_versions,
                             prediction_frame, read_meta, run_hash, write_meta)
-from pipeline.tasks import resolve_loss
+from pipeline.task.metrics import Metric, get_metric
+from pipeline.task.tasks import resolve_loss
 from pipeline.train.batch_size import resolve_batch_size
 from pipeline.train.dataset import FoldData
+from pipeline.train.distributed import (SINGLE, DistContext, barrier, broadcast_object, init_distributed,
+                                        launched_by_torchrun)
 from pipeline.train.heads import Head, make_head
-from pipeline.train.images import image_size_report, input_size, open_image_store
 from pipeline.train.loop import train_fold
 from pipeline.train.predict import check_views_fit_model, predict_fold, read_fold_predictions
 from pipeline.train.runtime import Runtime, select_runtime, use_cuda_for
-from pipeline.transforms import parse_view
+from pipeline.vision.models import create_model, model_family, resolve_model_name
+from pipeline.vision.views import parse_view
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +129,7 @@ def new_meta(config: Config, spec: RunSpec) -> RunMeta:
         family=model_family(spec.cfg.model), competition=config.competition.name,
         metric=config.competition.metric, task=config.competition.task, classes=spec.competition.classes,
         loss=spec.head.loss_name, folds_fingerprint=spec.fingerprint, n_folds=int(len(np.unique(spec.folds))),
-        config_hash=spec.settings_hash, config=spec.cfg.model_dump(), seed=spec.cfg.seed,
+        json_hash=spec.settings_hash, config=spec.cfg.model_dump(), seed=spec.cfg.seed,
         versions=library_versions(), code_version=code_version(), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         image_size_source=spec.image_size_source, config_files=config_file_hashes(config, spec.recipe, spec.cfg),
     )
@@ -228,7 +230,7 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
     name : str, optional
         The run's name (``NAME=``): the same recipe trained twice under two names makes two runs
         (a repeat, an ablation). Default: the recipe's name.
-    student : pipeline.train.teacher.StudentPlan, optional
+    student : pipeline.students.teacher.StudentPlan, optional
         ``make pseudo`` / ``make distill``: the teacher's targets for each fold (hashed into the run's
         settings, so a changed teacher retrains; recorded as ``meta.teacher``).
 
@@ -246,7 +248,7 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
     spec = on_main(context, lambda: prepare_run(config, model, overrides, competition, name))  # rank 0 makes the folds
     if student is not None:
         student.check(spec.cfg)
-        spec.settings_hash = config_hash([spec.settings_hash, student.key()])
+        spec.settings_hash = json_hash([spec.settings_hash, student.key()])
     fold_ids = fold_list(spec, folds_subset)
     layout = spec.layout
     with run_lock(layout.run_dir, context):
@@ -310,9 +312,9 @@ def open_run(spec: RunSpec, config: Config, fold_ids: list[int], force: bool) ->
         for child in layout.run_dir.iterdir():
             if child != layout.lock:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-    if meta is not None and meta.config_hash != spec.settings_hash:
+    if meta is not None and meta.json_hash != spec.settings_hash:
         raise StoreError(
-            f"run {layout.run_dir} exists with other settings (hash {meta.config_hash} != {spec.settings_hash}); "
+            f"run {layout.run_dir} exists with other settings (hash {meta.json_hash} != {spec.settings_hash}); "
             "pass FORCE=1 to retrain it from scratch, or change the recipe name"
         )
     if meta is not None and meta.status == "finished" and all(f in meta.folds_done for f in fold_ids):
@@ -383,7 +385,7 @@ def trained_meta(spec: RunSpec, model: str) -> RunMeta:
     if meta is None:
         named = f" NAME={spec.name}" if spec.name != model else ""
         raise StoreError(f"no run {spec.layout.run_dir}; train it first with 'make train MODEL={model}{named}'")
-    if meta.config_hash != spec.settings_hash:
+    if meta.json_hash != spec.settings_hash:
         raise StoreError(f"run {spec.layout.run_dir} was trained with other settings; predict with the same recipe and ARGS")
     for fold in meta.folds_done:
         if not spec.layout.best(fold).is_file():
