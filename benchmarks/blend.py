@@ -123,9 +123,21 @@ def _run(args: argparse.Namespace) -> dict:
         res = nested_score(name, preds, y, folds, metric, params=bench_params.get(name))
         results[name] = res
         w_std = "-" if res.weight_std is None else f"{res.weight_std:.4f}"
-        print(f"{name:16s} {res.in_sample:10.5f} {res.nested:10.5f} {res.gap:+9.5f} {w_std:>7s} {res.seconds:8.2f}", flush=True)
-        rows.append({"method": name, "params": {k: v for k, v in res.params.items()}, "in_sample": res.in_sample,
-                     "nested": res.nested, "gap": res.gap, "weight_std": res.weight_std, "seconds": res.seconds})
+        print(
+            f"{name:16s} {res.in_sample:10.5f} {res.nested:10.5f} {res.gap:+9.5f} {w_std:>7s} {res.seconds:8.2f}",
+            flush=True,
+        )
+        rows.append(
+            {
+                "method": name,
+                "params": {k: v for k, v in res.params.items()},
+                "in_sample": res.in_sample,
+                "nested": res.nested,
+                "gap": res.gap,
+                "weight_std": res.weight_std,
+                "seconds": res.seconds,
+            }
+        )
     total = time.perf_counter() - start
     # make ensemble's rule: the simplest method within one standard error of the best nested score (fixed means,
     # then weight searches, then stackers), among equals the best score, a tie to the method listed first
@@ -133,12 +145,22 @@ def _run(args: argparse.Namespace) -> dict:
     print(f"total nested_score seconds: {total:.2f}; selected by nested score: {best}")
 
     car = time_caruana(50, 10_000, 10)  # the fixed size of the speed requirement (< 1 s)
-    print(f"caruana alone on {car['models']} x {car['rows']} x {car['classes']} (log_loss): "
-          f"{car['seconds_best']:.3f}s best of {len(car['seconds_all'])}")
+    print(
+        f"caruana alone on {car['models']} x {car['rows']} x {car['classes']} (log_loss): "
+        f"{car['seconds_best']:.3f}s best of {len(car['seconds_all'])}"
+    )
 
     report = {
-        "config": {"rows": args.rows, "models": args.models, "classes": args.classes, "folds": args.folds,
-                   "seed": args.seed, "metric": "log_loss", "threads": args.threads, "bench_params": bench_params},
+        "config": {
+            "rows": args.rows,
+            "models": args.models,
+            "classes": args.classes,
+            "folds": args.folds,
+            "seed": args.seed,
+            "metric": "log_loss",
+            "threads": args.threads,
+            "bench_params": bench_params,
+        },
         "single_best": float(single.min()),
         "methods": rows,
         "total_seconds": total,

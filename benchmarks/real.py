@@ -120,9 +120,12 @@ def model_zoo(seed: int) -> dict:
         "forest": RandomForestClassifier(100, min_samples_leaf=2, n_jobs=1, random_state=seed),
         "extra_trees": ExtraTreesClassifier(100, min_samples_leaf=2, n_jobs=1, random_state=seed),
         "hist_gbm": HistGradientBoostingClassifier(max_iter=100, random_state=seed),
-        "lgbm": LGBMClassifier(n_estimators=200, learning_rate=0.05, num_leaves=31, n_jobs=1, verbose=-1, random_state=seed),
-        "lgbm_stumps": LGBMClassifier(n_estimators=300, learning_rate=0.05, num_leaves=4, n_jobs=1, verbose=-1,
-                                      random_state=seed),
+        "lgbm": LGBMClassifier(
+            n_estimators=200, learning_rate=0.05, num_leaves=31, n_jobs=1, verbose=-1, random_state=seed
+        ),
+        "lgbm_stumps": LGBMClassifier(
+            n_estimators=300, learning_rate=0.05, num_leaves=4, n_jobs=1, verbose=-1, random_state=seed
+        ),
         "mlp": scaled(MLPClassifier((64,), max_iter=300, early_stopping=True, random_state=seed)),
         "lda": LinearDiscriminantAnalysis(),
         "qda": scaled(QuadraticDiscriminantAnalysis(reg_param=0.5)),
@@ -135,11 +138,11 @@ class Library:
 
     name: str
     models: list[str]
-    oof: np.ndarray          # (n_models, n_rows, n_classes)
-    y: np.ndarray            # (n_rows,)
-    folds: np.ndarray        # (n_rows,)
-    fold_tests: np.ndarray   # (n_models, n_folds, n_test, n_classes)
-    y_test: np.ndarray       # (n_test,)
+    oof: np.ndarray  # (n_models, n_rows, n_classes)
+    y: np.ndarray  # (n_rows,)
+    folds: np.ndarray  # (n_rows,)
+    fold_tests: np.ndarray  # (n_models, n_folds, n_test, n_classes)
+    y_test: np.ndarray  # (n_test,)
 
 
 def _proba(model, x: np.ndarray, n_classes: int) -> np.ndarray:
@@ -154,8 +157,15 @@ def build_library(name: str, seed: int, cache_dir: Path) -> Library:
     path = cache_dir / f"{name}_s{seed}.npz"
     if path.is_file():
         data = np.load(path, allow_pickle=False)
-        return Library(f"{name}/s{seed}", [str(m) for m in data["models"]], data["oof"], data["y"], data["folds"],
-                       data["fold_tests"], data["y_test"])
+        return Library(
+            f"{name}/s{seed}",
+            [str(m) for m in data["models"]],
+            data["oof"],
+            data["y"],
+            data["folds"],
+            data["fold_tests"],
+            data["y_test"],
+        )
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
@@ -177,7 +187,9 @@ def build_library(name: str, seed: int, cache_dir: Path) -> Library:
                 fold_tests[m, k] = _proba(fitted, x_test, n_classes)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, models=np.array(list(zoo)), oof=oof, y=y, folds=folds, fold_tests=fold_tests, y_test=y_test)
+    np.savez_compressed(
+        tmp, models=np.array(list(zoo)), oof=oof, y=y, folds=folds, fold_tests=fold_tests, y_test=y_test
+    )
     tmp.replace(path)
     return Library(f"{name}/s{seed}", list(zoo), oof, y, folds, fold_tests, y_test)
 
@@ -197,8 +209,8 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
     after: dict[str, Scored] = {}
     tests_before: dict[str, float] = {}
     tests_after: dict[str, float] = {}
-    nested_preds: dict[str, np.ndarray] = {}   # what each candidate's nested score scored (a single's: its OOF)
-    test_preds: dict[str, np.ndarray] = {}     # its test predictions as submitted (a blend's: per fold, averaged)
+    nested_preds: dict[str, np.ndarray] = {}  # what each candidate's nested score scored (a single's: its OOF)
+    test_preds: dict[str, np.ndarray] = {}  # its test predictions as submitted (a blend's: per fold, averaged)
     single_tests = lib.fold_tests.mean(axis=1)
     for m, name in enumerate(lib.models):
         key = f"single-{name}"
@@ -220,11 +232,17 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
         old.temperature_ = res.temperature_in_sample
         fold_mean_before = metric(lib.y_test, predict_fold_mean(old, lib.fold_tests))
         nested_before = res.nested_calibrated if res.nested_calibrated is not None else res.nested
-        rows[name] = {"nested": res.nested, "nested_before": nested_before, "test_per_fold": per_fold,
-                      "test_fold_mean": fold_mean, "test_before": fold_mean_before,
-                      "temperature": fitted.temperature_, "temperature_in_sample": res.temperature_in_sample,
-                      "fold_scores": {int(f): float(v) for f, v in res.fold_scores.items()},
-                      "seconds": time.perf_counter() - start}
+        rows[name] = {
+            "nested": res.nested,
+            "nested_before": nested_before,
+            "test_per_fold": per_fold,
+            "test_fold_mean": fold_mean,
+            "test_before": fold_mean_before,
+            "temperature": fitted.temperature_,
+            "temperature_in_sample": res.temperature_in_sample,
+            "fold_scores": {int(f): float(v) for f, v in res.fold_scores.items()},
+            "seconds": time.perf_counter() - start,
+        }
         before[name] = Scored(nested_before, None, BLEND_METHODS[name].simplicity)
         after[name] = Scored(res.nested, res.fold_scores, BLEND_METHODS[name].simplicity)
         tests_before[name] = fold_mean_before
@@ -233,14 +251,28 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
     chosen_after = select_method(after, metric, rule="one_se")
     variants = selection_variants(after, nested_preds, test_preds, f"single-{lib.models[best]}", lib)
     return {
-        "library": lib.name, "rows": len(lib.y), "test_rows": len(lib.y_test), "classes": int(lib.oof.shape[2]),
-        "models": len(lib.models), "best_single": lib.models[best], "best_single_oof": float(single_oof[best]),
-        "best_single_test": float(single_test[best]), "methods": rows,
-        "singles": {name: {"oof": float(single_oof[m]), "test": float(single_test[m]),
-                           "fold_scores": after[f"single-{name}"].fold_scores} for m, name in enumerate(lib.models)},
-        "chosen_before": chosen_before, "chosen_before_test": tests_before[chosen_before],
+        "library": lib.name,
+        "rows": len(lib.y),
+        "test_rows": len(lib.y_test),
+        "classes": int(lib.oof.shape[2]),
+        "models": len(lib.models),
+        "best_single": lib.models[best],
+        "best_single_oof": float(single_oof[best]),
+        "best_single_test": float(single_test[best]),
+        "methods": rows,
+        "singles": {
+            name: {
+                "oof": float(single_oof[m]),
+                "test": float(single_test[m]),
+                "fold_scores": after[f"single-{name}"].fold_scores,
+            }
+            for m, name in enumerate(lib.models)
+        },
+        "chosen_before": chosen_before,
+        "chosen_before_test": tests_before[chosen_before],
         "chosen_before_nested": before[chosen_before].nested,
-        "chosen_after": chosen_after, "chosen_after_test": tests_after[chosen_after],
+        "chosen_after": chosen_after,
+        "chosen_after_test": tests_after[chosen_after],
         "chosen_after_nested": after[chosen_after].nested,
         "variants": variants,
     }
@@ -270,8 +302,13 @@ def _within_one_se(scored: dict[str, Scored], rows: dict[str, np.ndarray] | None
     return out
 
 
-def selection_variants(scored: dict[str, Scored], nested_preds: dict[str, np.ndarray], test_preds: dict[str, np.ndarray],
-                       best_single: str, lib: Library) -> dict[str, dict]:
+def selection_variants(
+    scored: dict[str, Scored],
+    nested_preds: dict[str, np.ndarray],
+    test_preds: dict[str, np.ndarray],
+    best_single: str,
+    lib: Library,
+) -> dict[str, dict]:
     """The choice under each selection rule tried for issue 18's first goal (docs/benchmarks.md).
 
     Every variant sees only what the stage sees (nested predictions and scores); the test
@@ -288,9 +325,11 @@ def selection_variants(scored: dict[str, Scored], nested_preds: dict[str, np.nda
 
     def mean_of(keys: list[str]) -> dict:
         keys = sorted(keys)
-        return {"chosen": "mean of " + "+".join(keys),
-                "test": metric(lib.y_test, np.mean([test_preds[k] for k in keys], axis=0)),
-                "nested": metric(lib.y, np.mean([nested_preds[k] for k in keys], axis=0))}
+        return {
+            "chosen": "mean of " + "+".join(keys),
+            "test": metric(lib.y_test, np.mean([test_preds[k] for k in keys], axis=0)),
+            "nested": metric(lib.y, np.mean([nested_preds[k] for k in keys], axis=0)),
+        }
 
     def simplest(keys: list[str]) -> str:
         low = min(scored[k].simplicity for k in keys)
@@ -299,7 +338,9 @@ def selection_variants(scored: dict[str, Scored], nested_preds: dict[str, np.nda
     one_se = select_method(scored, metric, rule="one_se")
     within = _within_one_se(scored, None)
     blends_within = [k for k in within if not k.startswith("single-")]
-    paired = np.array([scored[one_se].fold_scores[f] - scored[best_single].fold_scores[f] for f in scored[one_se].fold_scores])
+    paired = np.array(
+        [scored[one_se].fold_scores[f] - scored[best_single].fold_scores[f] for f in scored[one_se].fold_scores]
+    )
     paired_se = np.std(paired, ddof=1) / np.sqrt(len(paired)) if one_se != best_single else 0.0
 
     def shrink(threshold: float | None) -> dict:
@@ -311,8 +352,11 @@ def selection_variants(scored: dict[str, Scored], nested_preds: dict[str, np.nda
     grid = np.linspace(0.0, 1.0, 21)
     mix_losses = [metric(lib.y, (1 - g) * nested_preds[one_se] + g * nested_preds[best_single]) for g in grid]
     g = float(grid[int(np.argmin(mix_losses))])
-    mix = {"chosen": f"{one_se} + {g:.2f} x {best_single}", "nested": float(min(mix_losses)),
-           "test": metric(lib.y_test, (1 - g) * test_preds[one_se] + g * test_preds[best_single])}
+    mix = {
+        "chosen": f"{one_se} + {g:.2f} x {best_single}",
+        "nested": float(min(mix_losses)),
+        "test": metric(lib.y_test, (1 - g) * test_preds[one_se] + g * test_preds[best_single]),
+    }
     return {
         "best": one(select_method(scored, metric, rule="best")),
         "one_se (main)": one(one_se),
@@ -347,7 +391,7 @@ def summarise(results: list[dict], methods: tuple[str, ...] = METHODS) -> list[d
     entries["chosen, after"] = [r["chosen_after_test"] for r in results]
     nested_of["chosen, after"] = [r["chosen_after_nested"] for r in results]
     names = list(entries)
-    table = np.array([entries[n] for n in names])          # (entries, libraries)
+    table = np.array([entries[n] for n in names])  # (entries, libraries)
     ranks = np.apply_along_axis(lambda col: _rank(col), 0, table)
     single = np.array(entries["best single (OOF)"])
     out = []
@@ -355,9 +399,17 @@ def summarise(results: list[dict], methods: tuple[str, ...] = METHODS) -> list[d
         test = np.array(entries[name])
         gain = 100.0 * (single - test) / single
         nested = np.array(nested_of[name])
-        out.append({"entry": name, "mean_rank": float(ranks[i].mean()), "median_gain_pct": float(np.median(gain)),
-                    "beats_best_single": int((test < single - 1e-12).sum()), "libraries": len(results),
-                    "mean_test": float(test.mean()), "mean_test_minus_nested": float((test - nested).mean())})
+        out.append(
+            {
+                "entry": name,
+                "mean_rank": float(ranks[i].mean()),
+                "median_gain_pct": float(np.median(gain)),
+                "beats_best_single": int((test < single - 1e-12).sum()),
+                "libraries": len(results),
+                "mean_test": float(test.mean()),
+                "mean_test_minus_nested": float((test - nested).mean()),
+            }
+        )
     return out
 
 
@@ -375,18 +427,27 @@ def summarise_variants(results: list[dict], methods: tuple[str, ...] = METHODS) 
     others.append([r["chosen_before_test"] for r in results])
     others = np.array(others)
     single = np.array([r["best_single_test"] for r in results])
-    some_blend = np.array([min(r["methods"][m]["test_per_fold"] for m in methods) < r["best_single_test"] for r in results])
+    some_blend = np.array(
+        [min(r["methods"][m]["test_per_fold"] for m in methods) < r["best_single_test"] for r in results]
+    )
     out = []
     for variant in results[0]["variants"]:
         test = np.array([r["variants"][variant]["test"] for r in results])
         nested = np.array([r["variants"][variant]["nested"] for r in results])
         ranks = np.apply_along_axis(_rank, 0, np.vstack([others, test]))[-1]
         wins = test < single - 1e-12
-        out.append({"variant": variant, "wins_where_some_blend_wins": int((wins & some_blend).sum()),
-                    "some_blend_wins": int(some_blend.sum()), "median_gain_pct": float(np.median(100.0 * (single - test) / single)),
-                    "mean_rank": float(ranks.mean()), "mean_test": float(test.mean()),
-                    "mean_abs_test_minus_nested": float(np.abs(test - nested).mean()),
-                    "misses": [r["library"] for r, w, b in zip(results, wins, some_blend) if b and not w]})
+        out.append(
+            {
+                "variant": variant,
+                "wins_where_some_blend_wins": int((wins & some_blend).sum()),
+                "some_blend_wins": int(some_blend.sum()),
+                "median_gain_pct": float(np.median(100.0 * (single - test) / single)),
+                "mean_rank": float(ranks.mean()),
+                "mean_test": float(test.mean()),
+                "mean_abs_test_minus_nested": float(np.abs(test - nested).mean()),
+                "misses": [r["library"] for r, w, b in zip(results, wins, some_blend) if b and not w],
+            }
+        )
     return out
 
 
@@ -399,7 +460,10 @@ def _rank(col: np.ndarray) -> np.ndarray:
 def prediction_quality(results: list[dict], methods: tuple[str, ...] = METHODS) -> dict:
     """How well nested CV predicted the test score, before and after (over the blend methods of each library)."""
     out = {}
-    for label, nested_key, test_key in (("before", "nested_before", "test_before"), ("after", "nested", "test_per_fold")):
+    for label, nested_key, test_key in (
+        ("before", "nested_before", "test_before"),
+        ("after", "nested", "test_per_fold"),
+    ):
         rhos, errors, regrets = [], [], []
         for r in results:
             nested = [r["methods"][m][nested_key] for m in methods]
@@ -407,14 +471,19 @@ def prediction_quality(results: list[dict], methods: tuple[str, ...] = METHODS) 
             rhos.append(_spearman(nested, test))
             errors.append(float(np.mean(np.abs(np.array(test) - np.array(nested)))))
             regrets.append(r[f"chosen_{label}_test"] - min(min(test), r["best_single_test"]))
-        out[label] = {"spearman_nested_vs_test": float(np.nanmean(rhos)), "mean_abs_test_minus_nested": float(np.mean(errors)),
-                      "mean_regret_of_choice": float(np.mean(regrets))}
+        out[label] = {
+            "spearman_nested_vs_test": float(np.nanmean(rhos)),
+            "mean_abs_test_minus_nested": float(np.mean(errors)),
+            "mean_regret_of_choice": float(np.mean(regrets)),
+        }
     return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.real", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset of " + ", ".join(DATASETS))
+    parser.add_argument(
+        "--datasets", default=",".join(DATASETS), help="comma-separated subset of " + ", ".join(DATASETS)
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--cache", default="bench/real", help="where the OOF libraries are kept (gitignored)")
@@ -442,37 +511,83 @@ def _run(args: argparse.Namespace) -> dict:
             t2 = time.perf_counter()
             res["library_seconds"], res["ensemble_seconds"] = t1 - t0, t2 - t1
             results.append(res)
-            print(f"{lib.name:18s} {len(lib.y):5d} rows {lib.oof.shape[2]:2d} classes | best single {res['best_single']:13s} "
-                  f"test {res['best_single_test']:.4f} | before {res['chosen_before']:14s} {res['chosen_before_test']:.4f} "
-                  f"| after {res['chosen_after']:14s} {res['chosen_after_test']:.4f} | library {t1 - t0:5.1f}s "
-                  f"ensemble {t2 - t1:5.1f}s", flush=True)
+            print(
+                f"{lib.name:18s} {len(lib.y):5d} rows {lib.oof.shape[2]:2d} classes | best single "
+                f"{res['best_single']:13s} "
+                f"test {res['best_single_test']:.4f} | before {res['chosen_before']:14s} "
+                f"{res['chosen_before_test']:.4f} "
+                f"| after {res['chosen_after']:14s} {res['chosen_after_test']:.4f} | library {t1 - t0:5.1f}s "
+                f"ensemble {t2 - t1:5.1f}s",
+                flush=True,
+            )
     summary = summarise(results, methods)
     quality = prediction_quality(results, methods)
-    print(f"\n{len(results)} libraries; test log loss; gain = (best single - entry) / best single, best single chosen by OOF")
-    print(f"{'entry':34s} {'mean rank':>9s} {'median gain %':>13s} {'beats single':>12s} {'mean test':>9s} {'test - nested':>13s}")
+    print(
+        f"\n{len(results)} libraries; test log loss; gain = (best single - entry) / best single, best single chosen "
+        "by OOF"
+    )
+    print(
+        f"{'entry':34s} {'mean rank':>9s} {'median gain %':>13s} {'beats single':>12s} {'mean test':>9s} "
+        f"{'test - nested':>13s}"
+    )
     for row in summary:
-        print(f"{row['entry']:34s} {row['mean_rank']:9.2f} {row['median_gain_pct']:13.2f} "
-              f"{row['beats_best_single']:>6d} / {row['libraries']:<3d} {row['mean_test']:9.4f} {row['mean_test_minus_nested']:+13.4f}")
-    any_blend = sum(1 for r in results if min(r["methods"][m]["test_per_fold"] for m in methods) < r["best_single_test"])
-    both = sum(1 for r in results if min(r["methods"][m]["test_per_fold"] for m in methods) < r["best_single_test"]
-               and r["chosen_after_test"] < r["best_single_test"])
-    print(f"libraries where some blend (per fold) beats the best single: {any_blend}; the choice (after) beats it on {both} of them")
+        print(
+            f"{row['entry']:34s} {row['mean_rank']:9.2f} {row['median_gain_pct']:13.2f} "
+            f"{row['beats_best_single']:>6d} / {row['libraries']:<3d} {row['mean_test']:9.4f} "
+            f"{row['mean_test_minus_nested']:+13.4f}"
+        )
+    any_blend = sum(
+        1 for r in results if min(r["methods"][m]["test_per_fold"] for m in methods) < r["best_single_test"]
+    )
+    both = sum(
+        1
+        for r in results
+        if min(r["methods"][m]["test_per_fold"] for m in methods) < r["best_single_test"]
+        and r["chosen_after_test"] < r["best_single_test"]
+    )
+    print(
+        f"libraries where some blend (per fold) beats the best single: {any_blend}; the choice (after) beats it on "
+        f"{both} of them"
+    )
     for label, q in quality.items():
-        print(f"nested CV as a predictor of the test score, {label}: Spearman over methods {q['spearman_nested_vs_test']:.3f}, "
-              f"mean |test - nested| {q['mean_abs_test_minus_nested']:.4f}, mean regret of the choice {q['mean_regret_of_choice']:.4f}")
+        print(
+            f"nested CV as a predictor of the test score, {label}: Spearman over methods "
+            f"{q['spearman_nested_vs_test']:.3f}, "
+            f"mean |test - nested| {q['mean_abs_test_minus_nested']:.4f}, mean regret of the choice "
+            f"{q['mean_regret_of_choice']:.4f}"
+        )
     variants = summarise_variants(results, methods)
-    print(f"\nselection variants (docs/benchmarks.md): {'variant':38s} {'wins':>7s} {'median gain %':>13s} {'mean rank':>9s} "
-          f"{'mean test':>9s} {'|test - nested|':>15s}  misses")
+    print(
+        f"\nselection variants (docs/benchmarks.md): {'variant':38s} {'wins':>7s} {'median gain %':>13s} "
+        f"{'mean rank':>9s} "
+        f"{'mean test':>9s} {'|test - nested|':>15s}  misses"
+    )
     for row in variants:
-        print(f"{'':40s}{row['variant']:38s} {row['wins_where_some_blend_wins']:>3d}/{row['some_blend_wins']:<3d} "
-              f"{row['median_gain_pct']:13.2f} {row['mean_rank']:9.2f} {row['mean_test']:9.4f} "
-              f"{row['mean_abs_test_minus_nested']:15.4f}  {' '.join(row['misses'])}")
+        print(
+            f"{'':40s}{row['variant']:38s} {row['wins_where_some_blend_wins']:>3d}/{row['some_blend_wins']:<3d} "
+            f"{row['median_gain_pct']:13.2f} {row['mean_rank']:9.2f} {row['mean_test']:9.4f} "
+            f"{row['mean_abs_test_minus_nested']:15.4f}  {' '.join(row['misses'])}"
+        )
     total = time.perf_counter() - started
     print(f"bench-ensemble-real finished in {total:.0f}s")
-    report = {"config": {"datasets": args.datasets.split(","), "seeds": seeds, "methods": list(methods), "max_rows": MAX_ROWS,
-                         "test_share": TEST_SHARE, "folds": N_FOLDS, "threads": args.threads},
-              "libraries": results, "summary": summary, "nested_vs_test": quality, "variants": variants,
-              "any_blend_beats_single": any_blend, "choice_beats_single_there": both, "total_seconds": total}
+    report = {
+        "config": {
+            "datasets": args.datasets.split(","),
+            "seeds": seeds,
+            "methods": list(methods),
+            "max_rows": MAX_ROWS,
+            "test_share": TEST_SHARE,
+            "folds": N_FOLDS,
+            "threads": args.threads,
+        },
+        "libraries": results,
+        "summary": summary,
+        "nested_vs_test": quality,
+        "variants": variants,
+        "any_blend_beats_single": any_blend,
+        "choice_beats_single_there": both,
+        "total_seconds": total,
+    }
     if args.out:
         write_json(args.out, report)
         print(f"wrote {args.out}")

@@ -83,7 +83,9 @@ def train_command(config_path: str, row: dict) -> list[str]:
                "--name", str(row["name"]), "--folds", ",".join(str(f) for f in row["folds"])]
     if row.get("preset"):
         command += ["--preset", str(row["preset"])]
-    command += [f"{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in row["set"].items()]
+    command += [
+        f"{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in row["set"].items()
+    ]
     return command
 
 
@@ -97,13 +99,15 @@ def score_row(layout: RunLayout, folds: list[int], y_hidden: np.ndarray, metric)
     tests = []
     for fold in folds:
         rows, probs = read_fold_predictions(layout, fold, "test")
-        tests.append(probs[np.argsort(rows)])   # keyed by row: the sample submission's order
+        tests.append(probs[np.argsort(rows)])  # keyed by row: the sample submission's order
     test = np.mean(tests, axis=0)
-    return {"score": float(np.mean([i["score"] for i in infos])),
-            "score_plain": float(np.mean([i["score_plain"] for i in infos])),
-            "private": float(metric(y_hidden, test)),
-            "epochs": int(max(i["epochs_run"] for i in infos)),
-            "train_seconds": float(sum(i["train_seconds"] for i in infos))}
+    return {
+        "score": float(np.mean([i["score"] for i in infos])),
+        "score_plain": float(np.mean([i["score_plain"] for i in infos])),
+        "private": float(metric(y_hidden, test)),
+        "epochs": int(max(i["epochs_run"] for i in infos)),
+        "train_seconds": float(sum(i["train_seconds"] for i in infos)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     competition = load_competition(config, check_image_files=False)
     y_hidden = competition.solution_labels()
     if y_hidden is None:
-        raise ConfigError(f"{args.config}: the ablation scores the private leaderboard, so competition.solution must "
-                          "name the hidden labels file (e.g. solution: solution.csv)")
+        raise ConfigError(
+            f"{args.config}: the ablation scores the private leaderboard, so competition.solution must "
+            "name the hidden labels file (e.g. solution: solution.csv)"
+        )
     metric = get_metric(config.competition.metric)
     rows = read_rows(Path(args.rows))
     if args.only:
@@ -134,14 +140,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['name']}: train failed (exit {done.returncode}); see its log above", file=sys.stderr)
             continue
         scores = score_row(RunLayout(config.runs_dir / row["name"]), row["folds"], y_hidden, metric)
-        results.append({"name": row["name"], "model": row["model"], "preset": row.get("preset"),
-                        "settings": row["set"], "folds": row["folds"], "wall_seconds": round(wall, 1), **scores})
-    table = [{"row": r["name"], "preset": r["preset"] or "",
-                           "settings": " ".join(f"{k.removeprefix('train.')}={v}" for k, v in r["settings"].items()),
-                           "epochs": r["epochs"], config.competition.metric: round(r["score"], 4),
-                           "private LB": round(r["private"], 4), "train s": round(r["train_seconds"])} for r in results]
+        results.append(
+            {
+                "name": row["name"],
+                "model": row["model"],
+                "preset": row.get("preset"),
+                "settings": row["set"],
+                "folds": row["folds"],
+                "wall_seconds": round(wall, 1),
+                **scores,
+            }
+        )
+    table = [
+        {
+            "row": r["name"],
+            "preset": r["preset"] or "",
+            "settings": " ".join(f"{k.removeprefix('train.')}={v}" for k, v in r["settings"].items()),
+            "epochs": r["epochs"],
+            config.competition.metric: round(r["score"], 4),
+            "private LB": round(r["private"], 4),
+            "train s": round(r["train_seconds"]),
+        }
+        for r in results
+    ]
     if table:
-        print(format_table(table, title=f"recipes on {config.competition.name} (private LB: {config.competition.solution})"))
+        print(
+            format_table(
+                table, title=f"recipes on {config.competition.name} (private LB: {config.competition.solution})"
+            )
+        )
     write_json(Path(args.out), {"config": args.config, "rows": results})
     return 0 if len(results) == len(rows) else 1
 

@@ -191,12 +191,22 @@ def run(args: argparse.Namespace) -> dict:
         model.to(memory_format=torch.channels_last)
     views = [parse_view(v) for v in args.tta.split(";")]
     report: dict = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_description(runtime),
-        "torch": torch.__version__, "model": args.model, "timm_name": resolve_model_name(args.model),
-        "image_size": size, "batch_size": args.batch_size, "source_images": args.images, "source_size": args.source_size,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "device": device_description(runtime),
+        "torch": torch.__version__,
+        "model": args.model,
+        "timm_name": resolve_model_name(args.model),
+        "image_size": size,
+        "batch_size": args.batch_size,
+        "source_images": args.images,
+        "source_size": args.source_size,
         "amp_dtype": str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else None,
-        "channels_last": runtime.channels_last, "compile": runtime.compile_mode, "num_workers": runtime.num_workers,
-        "pin_memory": runtime.pin_memory, "tta_views": args.tta.split(";"), "repeats": args.repeats,
+        "channels_last": runtime.channels_last,
+        "compile": runtime.compile_mode,
+        "num_workers": runtime.num_workers,
+        "pin_memory": runtime.pin_memory,
+        "tta_views": args.tta.split(";"),
+        "repeats": args.repeats,
         "load_average_at_start": _load_average(),  # other work on a shared machine makes every figure noisy
     }
 
@@ -225,15 +235,20 @@ def run(args: argparse.Namespace) -> dict:
         batches = max(2, args.images // args.batch_size - 1)
 
         def loader(ds):
-            return make_loader(ds, args.batch_size, runtime, shuffle=True, generator=torch.Generator().manual_seed(0),
-                               drop_last=True)
+            return make_loader(
+                ds, args.batch_size, runtime, shuffle=True, generator=torch.Generator().manual_seed(0), drop_last=True
+            )
 
         raw_rates, cache_rates = [], []
         for _ in range(args.repeats):
             raw_rates.append(loader_rate(loader(raw_ds), batches))
             cache_rates.append(loader_rate(loader(cache_ds), batches))
-        report["data"] = {"raw_images_per_s": _median(raw_rates), "cache_images_per_s": _median(cache_rates),
-                          "raw_all": raw_rates, "cache_all": cache_rates}
+        report["data"] = {
+            "raw_images_per_s": _median(raw_rates),
+            "cache_images_per_s": _median(cache_rates),
+            "raw_all": raw_rates,
+            "cache_all": cache_rates,
+        }
         report["data"]["cache_over_raw"] = report["data"]["cache_images_per_s"] / report["data"]["raw_images_per_s"]
 
         step_model = maybe_compile(model, runtime)
@@ -245,21 +260,44 @@ def run(args: argparse.Namespace) -> dict:
         for repeat in range(args.repeats):
             # alternated, so a slow patch of a shared machine hits all three alike
             warmup = args.warmup if repeat == 0 else 1
-            step_rates.append(step_rate(step_model, optimizer, scaler, criterion, runtime, args.batch_size, size,
-                                        n_classes, args.steps, warmup))
-            e2e_rates.append(end_to_end_rate(step_model, optimizer, scaler, criterion, runtime, host_loader, host_inputs,
-                                             args.steps, warmup))
-            device_rates.append(end_to_end_rate(step_model, optimizer, scaler, criterion, runtime, device_loader,
-                                                device_inputs, args.steps, warmup))
+            step_rates.append(
+                step_rate(
+                    step_model,
+                    optimizer,
+                    scaler,
+                    criterion,
+                    runtime,
+                    args.batch_size,
+                    size,
+                    n_classes,
+                    args.steps,
+                    warmup,
+                )
+            )
+            e2e_rates.append(
+                end_to_end_rate(
+                    step_model, optimizer, scaler, criterion, runtime, host_loader, host_inputs, args.steps, warmup
+                )
+            )
+            device_rates.append(
+                end_to_end_rate(
+                    step_model, optimizer, scaler, criterion, runtime, device_loader, device_inputs, args.steps, warmup
+                )
+            )
         # paired: each end-to-end measurement against the step-alone one taken just before it
         ratios = [e / s for e, s in zip(e2e_rates, step_rates)]
         device_ratios = [e / s for e, s in zip(device_rates, step_rates)]
         report["train"] = {
-            "step_images_per_s": _median(step_rates), "step_all": step_rates,
-            "end_to_end_images_per_s": _median(e2e_rates), "end_to_end_all": e2e_rates,
-            "end_to_end_over_step": _median(ratios), "end_to_end_over_step_all": ratios,
-            "device_augment_images_per_s": _median(device_rates), "device_augment_all": device_rates,
-            "device_augment_over_step": _median(device_ratios), "device_augment_over_step_all": device_ratios,
+            "step_images_per_s": _median(step_rates),
+            "step_all": step_rates,
+            "end_to_end_images_per_s": _median(e2e_rates),
+            "end_to_end_all": e2e_rates,
+            "end_to_end_over_step": _median(ratios),
+            "end_to_end_over_step_all": ratios,
+            "device_augment_images_per_s": _median(device_rates),
+            "device_augment_all": device_rates,
+            "device_augment_over_step": _median(device_ratios),
+            "device_augment_over_step_all": device_ratios,
         }
         del host_loader, device_loader
 
@@ -273,9 +311,13 @@ def run(args: argparse.Namespace) -> dict:
     rate = lambda seconds: args.tta_images * n_views / seconds  # noqa: E731 - images per second per view
     check = predict_views(model, [(x, None)], views, runtime)
     naive = naive_tta(model, x, views, runtime, per_image=False).cpu().numpy()
-    per_pass = n_views if runtime.is_cuda else min(n_views, max(1, CPU_PIXELS_PER_PASS // (args.tta_images * size * size)))
+    per_pass = (
+        n_views if runtime.is_cuda else min(n_views, max(1, CPU_PIXELS_PER_PASS // (args.tta_images * size * size)))
+    )
     report["tta"] = {
-        "views": n_views, "images": args.tta_images, "views_per_pass": per_pass,
+        "views": n_views,
+        "images": args.tta_images,
+        "views_per_pass": per_pass,
         "batched_images_per_s_per_view": rate(_median(batched)),
         "per_view_per_image_images_per_s_per_view": rate(_median(per_image)),
         "per_view_per_batch_images_per_s_per_view": rate(_median(per_view)),
@@ -305,17 +347,62 @@ def format_report(report: dict) -> str:
     """The figures as a table (pipeline.core.report.format_table)."""
     data, train, tta, compute, memory = (report[k] for k in ("data", "train", "tta", "compute", "memory"))
     rows = [
-        ("data: decode JPEG + transform", f"{data['raw_images_per_s']:.1f}", "img/s", f"{report['source_size']}px JPEG, {report['num_workers']} workers"),
-        ("data: cache + transform", f"{data['cache_images_per_s']:.1f}", "img/s", f"cache {report['cache_side']}px, built once in {report['cache_build_seconds']:.1f}s"),
+        (
+            "data: decode JPEG + transform",
+            f"{data['raw_images_per_s']:.1f}",
+            "img/s",
+            f"{report['source_size']}px JPEG, {report['num_workers']} workers",
+        ),
+        (
+            "data: cache + transform",
+            f"{data['cache_images_per_s']:.1f}",
+            "img/s",
+            f"cache {report['cache_side']}px, built once in {report['cache_build_seconds']:.1f}s",
+        ),
         ("data: cache / decode", f"{data['cache_over_raw']:.2f}", "x", "goal on CPU: >= 5"),
         ("train: step alone", f"{train['step_images_per_s']:.1f}", "img/s", "synthetic tensors on the device"),
-        ("train: end to end, host augment", f"{train['end_to_end_images_per_s']:.1f}", "img/s", "cache -> augment per image -> loader -> device -> step"),
-        ("train: end to end / step", f"{train['end_to_end_over_step']:.3f}", "", "median of paired repeats; 1.0: the data never starves the model"),
-        ("train: end to end, device augment", f"{train['device_augment_images_per_s']:.1f}", "img/s", "cache -> loader -> device -> augment per batch -> step"),
-        ("train: device augment e2e / step", f"{train['device_augment_over_step']:.3f}", "", "train.device_augment: the same steps on the device"),
-        ("tta: batched", f"{tta['batched_images_per_s_per_view']:.1f}", "img/s/view", f"{tta['views']} views, {tta['views_per_pass']} per forward pass"),
-        ("tta: loop per view per image", f"{tta['per_view_per_image_images_per_s_per_view']:.1f}", "img/s/view", "the naive loop"),
-        ("tta: loop per view per batch", f"{tta['per_view_per_batch_images_per_s_per_view']:.1f}", "img/s/view", "one pass per view"),
+        (
+            "train: end to end, host augment",
+            f"{train['end_to_end_images_per_s']:.1f}",
+            "img/s",
+            "cache -> augment per image -> loader -> device -> step",
+        ),
+        (
+            "train: end to end / step",
+            f"{train['end_to_end_over_step']:.3f}",
+            "",
+            "median of paired repeats; 1.0: the data never starves the model",
+        ),
+        (
+            "train: end to end, device augment",
+            f"{train['device_augment_images_per_s']:.1f}",
+            "img/s",
+            "cache -> loader -> device -> augment per batch -> step",
+        ),
+        (
+            "train: device augment e2e / step",
+            f"{train['device_augment_over_step']:.3f}",
+            "",
+            "train.device_augment: the same steps on the device",
+        ),
+        (
+            "tta: batched",
+            f"{tta['batched_images_per_s_per_view']:.1f}",
+            "img/s/view",
+            f"{tta['views']} views, {tta['views_per_pass']} per forward pass",
+        ),
+        (
+            "tta: loop per view per image",
+            f"{tta['per_view_per_image_images_per_s_per_view']:.1f}",
+            "img/s/view",
+            "the naive loop",
+        ),
+        (
+            "tta: loop per view per batch",
+            f"{tta['per_view_per_batch_images_per_s_per_view']:.1f}",
+            "img/s/view",
+            "one pass per view",
+        ),
         ("tta: batched / per-image loop", f"{tta['batched_over_per_image_loop']:.2f}", "x", "goal: >= 1.5"),
         ("tta: batched / per-view loop", f"{tta['batched_over_per_view_loop']:.2f}", "x", ""),
         ("memory: peak RSS", f"{memory['peak_rss_mb']:.0f}", "MB", "the whole process"),
@@ -323,14 +410,25 @@ def format_report(report: dict) -> str:
     if memory["peak_cuda_mb"] is not None:
         rows.append(("memory: peak CUDA", f"{memory['peak_cuda_mb']:.0f}", "MB", "torch.cuda.max_memory_allocated"))
     if compute["train_tflops_achieved"] is not None:
-        rows.append(("compute: achieved", f"{compute['train_tflops_achieved']:.4f}", "TFLOP/s",
-                     f"{compute['forward_gflops_per_image']:.3f} GFLOP forward per image, x3 for training"))
+        rows.append(
+            (
+                "compute: achieved",
+                f"{compute['train_tflops_achieved']:.4f}",
+                "TFLOP/s",
+                f"{compute['forward_gflops_per_image']:.3f} GFLOP forward per image, x3 for training",
+            )
+        )
     if compute["mfu"] is not None:
-        rows.append(("compute: MFU", f"{compute['mfu']:.3f}", "", f"of the {compute['bf16_peak_tflops']:.0f} TFLOP/s bf16 peak"))
+        rows.append(
+            ("compute: MFU", f"{compute['mfu']:.3f}", "", f"of the {compute['bf16_peak_tflops']:.0f} TFLOP/s bf16 peak")
+        )
     elif report["device"].startswith("CPU"):
         rows.append(("compute: MFU", "-", "", "GPU only"))
-    title = (f"make bench: {report['model']} ({report['timm_name']}) at {report['image_size']}px, batch {report['batch_size']}, "
-             f"on {report['device']}")
+    title = (
+        f"make bench: {report['model']} ({report['timm_name']}) at {report['image_size']}px, batch "
+        f"{report['batch_size']}, "
+        f"on {report['device']}"
+    )
     return format_table([{"measure": m, "value": v, "unit": u, "note": n} for m, v, u, n in rows], title)
 
 
@@ -356,13 +454,17 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.images < 2 * args.batch_size:
-        parser.error(f"--images {args.images} must be at least twice --batch-size {args.batch_size} (full batches are timed)")
+        parser.error(
+            f"--images {args.images} must be at least twice --batch-size {args.batch_size} (full batches are timed)"
+        )
     started = time.perf_counter()
     report = run(args)
     report["command_seconds"] = time.perf_counter() - started
     print(format_report(report))
-    print(f"bench finished in {report['command_seconds']:.0f}s; load average at start {report['load_average_at_start']}, "
-          f"at end {report['load_average_at_end']} (other work on the machine makes the figures noisy)")
+    print(
+        f"bench finished in {report['command_seconds']:.0f}s; load average at start {report['load_average_at_start']}, "
+        f"at end {report['load_average_at_end']} (other work on the machine makes the figures noisy)"
+    )
     if args.out:
         write_json(args.out, report)
         print(f"wrote {args.out}")

@@ -50,8 +50,14 @@ SPLITTERS = {
 }
 
 
-def make_folds(y: np.ndarray, n_splits: int = 5, strategy: str = "stratified", seed: int = 42, groups: np.ndarray | None = None,
-               task: str = "multiclass") -> np.ndarray:
+def make_folds(
+    y: np.ndarray,
+    n_splits: int = 5,
+    strategy: str = "stratified",
+    seed: int = 42,
+    groups: np.ndarray | None = None,
+    task: str = "multiclass",
+) -> np.ndarray:
     """Assign each row to a validation fold.
 
     Parameters
@@ -143,12 +149,16 @@ def read_folds_table(path: Path) -> pd.DataFrame:
     bad = folds.isna() | (folds != folds.round())
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise FoldsError(f"{path}: fold {frame['fold'].iat[row]!r} of id {frame['id'].iat[row]!r} (row {row + 2}) "
-                         f"is not a fold number; {remake}")
+        raise FoldsError(
+            f"{path}: fold {frame['fold'].iat[row]!r} of id {frame['id'].iat[row]!r} (row {row + 2}) "
+            f"is not a fold number; {remake}"
+        )
     folds = folds.astype(np.int64)
     if folds.nunique() < 2:
-        raise FoldsError(f"{path}: every row is in fold {folds.iat[0] if len(folds) else '-'}, so no fold has rows "
-                         f"to train on; {remake}")
+        raise FoldsError(
+            f"{path}: every row is in fold {folds.iat[0] if len(folds) else '-'}, so no fold has rows "
+            f"to train on; {remake}"
+        )
     return pd.DataFrame({"id": frame["id"].astype(str), "fold": folds.to_numpy()})
 
 
@@ -200,8 +210,14 @@ def run_folds(config: Config, competition: Competition, force: bool = False) -> 
     groups = None
     if config.folds.group_column:
         groups = competition.train[config.folds.group_column].to_numpy()
-    folds = make_folds(competition.y, config.folds.n_splits, config.folds.strategy, config.folds.seed, groups,
-                       task=config.competition.task)
+    folds = make_folds(
+        competition.y,
+        config.folds.n_splits,
+        config.folds.strategy,
+        config.folds.seed,
+        groups,
+        task=config.competition.task,
+    )
     ids = competition.train_ids
     new_print = fingerprint(ids, folds)
     path: Path = config.folds_csv
@@ -220,8 +236,15 @@ def run_folds(config: Config, competition: Competition, force: bool = False) -> 
             )
         status = "replaced"
     io.write_csv(path, folds_frame(ids, folds))
-    io.write_json(path.with_suffix(".json"), {
-        "fingerprint": new_print, "n_splits": config.folds.n_splits, "strategy": config.folds.strategy,
-        "seed": config.folds.seed, "group_column": config.folds.group_column, "rows": len(ids),
-    })
+    io.write_json(
+        path.with_suffix(".json"),
+        {
+            "fingerprint": new_print,
+            "n_splits": config.folds.n_splits,
+            "strategy": config.folds.strategy,
+            "seed": config.folds.seed,
+            "group_column": config.folds.group_column,
+            "rows": len(ids),
+        },
+    )
     return folds, new_print, status

@@ -130,12 +130,13 @@ def test_every_policy_expands_to_device_steps_before_the_configs_own(policy):
 
 
 def test_an_unknown_policy_is_refused_naming_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown augment_policy 'strong'; known policies: none, flip, light, trivial"):
+    with pytest.raises(ValueError, match=r"unknown augment_policy 'strong'; known policies: none, flip, light, "
+                                         r"trivial"):
         TrainConfig(augment_policy="strong")
 
 
 def test_augment_policy_enters_a_runs_hash_only_when_set():
-    assert "augment_policy" not in settings_dump(TrainConfig(model="m"))   # runs made before the key keep their hash
+    assert "augment_policy" not in settings_dump(TrainConfig(model="m"))  # runs made before the key keep their hash
     assert settings_dump(TrainConfig(model="m", augment_policy="trivial"))["augment_policy"] == "trivial"
 
 

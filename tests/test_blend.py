@@ -305,10 +305,19 @@ def _complementary_task(task: str, seed: int = 5):
 
 # rank averages are not calibrated probabilities, so rank_mean is held to rank metrics (AUC, below), not log loss
 COMPLEMENTARY_CASES = (
-    [(name, task, metric) for name in METHODS for task in ("multiclass", "binary") for metric in ("log_loss", "accuracy")
-     if not (name == "rank_mean" and metric == "log_loss")]
-    + [(name, task, "task") for name in METHODS for task in NEW_TASKS
-       if applicable(name, task) and not (name == "rank_mean" and task == "multilabel")]
+    [
+        (name, task, metric)
+        for name in METHODS
+        for task in ("multiclass", "binary")
+        for metric in ("log_loss", "accuracy")
+        if not (name == "rank_mean" and metric == "log_loss")
+    ]
+    + [
+        (name, task, "task")
+        for name in METHODS
+        for task in NEW_TASKS
+        if applicable(name, task) and not (name == "rank_mean" and task == "multilabel")
+    ]
     + [("rank_mean", "multilabel", "auc")]
 )
 
@@ -562,8 +571,19 @@ def test_nested_score_accepts_a_factory_and_a_new_registration():
 
 
 def _result(name, nested):
-    return NestedResult(method=name, params={}, in_sample=nested, nested=nested, gap=0.0, fold_scores={},
-                        weight_std=None, weights=None, oof_pred=np.zeros((1, 1)), seconds=0.0, fitted=None)
+    return NestedResult(
+        method=name,
+        params={},
+        in_sample=nested,
+        nested=nested,
+        gap=0.0,
+        fold_scores={},
+        weight_std=None,
+        weights=None,
+        oof_pred=np.zeros((1, 1)),
+        seconds=0.0,
+        fitted=None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -618,8 +638,14 @@ def test_optuna_persistent_study_continues(tmp_path):
         make_blend("optuna", n_trials=1, storage=storage, study_name="s").fit(preds[:2], y, "log_loss")
     # nested refits keep throwaway studies in memory; only the all-rows study is stored, and a rerun continues it
     for expected in (2, 4):
-        nested_score("optuna", preds, y, np.arange(100) % 2, "log_loss",
-                     params={"n_trials": 2, "storage": storage, "study_name": "n"})
+        nested_score(
+            "optuna",
+            preds,
+            y,
+            np.arange(100) % 2,
+            "log_loss",
+            params={"n_trials": 2, "storage": storage, "study_name": "n"},
+        )
         assert set(optuna.get_all_study_names(storage)) == {"s", "n"}
         assert len(optuna.load_study(study_name="n", storage=storage).trials) == expected
 
@@ -658,7 +684,12 @@ def test_prune_correlated_keeps_the_better_duplicate():
     "name, params, exc, match",
     [
         ("nope", {}, KeyError, r"unknown blend method 'nope'.*known methods: mean, rank_mean"),
-        ("mean", {"power": 2}, ValueError, r"unknown parameter\(s\) 'power' for blend method 'mean'.*valid parameters: calibrate"),
+        (
+            "mean",
+            {"power": 2},
+            ValueError,
+            r"unknown parameter\(s\) 'power' for blend method 'mean'.*valid parameters: calibrate",
+        ),
         ("optuna", {"n_trial": 5, "sead": 1}, ValueError, r"'n_trial', 'sead'.*valid parameters: .*n_trials"),
         ("optuna", {"n_trials": 0}, ValueError, r"n_trials must be an int >= 1"),
         ("caruana", {"n_steps": 0}, ValueError, r"n_steps must be an int >= 1"),
@@ -810,7 +841,9 @@ def test_slsqp_surrogates_per_task():
         w = np.clip(method.weights_ + rng.normal(0, 0.02, 3), 0, None)
         m_best = min(m_best, RMSE(y, np.tensordot(w / w.sum(), preds, axes=1)))
     assert best <= m_best + 1e-9
-    mae = local_metric("mae", lambda t, p: np.mean(np.abs(t.reshape(-1) - p.reshape(-1))), False, "value", ("regression",))
+    mae = local_metric(
+        "mae", lambda t, p: np.mean(np.abs(t.reshape(-1) - p.reshape(-1))), False, "value", ("regression",)
+    )
     assert make_blend("slsqp").fit(preds, y, mae, task="regression").surrogate_ == "squared_error"
     ml, yml = make_data("multilabel", [0.5, 2.0], n_rows=200, seed=36)
     assert make_blend("slsqp").fit(ml, yml, AUC, task="multilabel").surrogate_ == "log_loss"
@@ -983,8 +1016,15 @@ def test_decision_never_sees_the_held_out_rows(name):
 
 def test_threshold_decision_on_binary():
     preds, y = synth([0.5, 1.5], n_rows=400, n_cols=1, seed=48)
-    f1 = local_metric("f1", lambda t, p: 2 * np.sum((p.reshape(-1) >= 0.5) & (t == 1)) /
-                      max(1, np.sum(p.reshape(-1) >= 0.5) + np.sum(t == 1)), True, "label", ("binary",))
+    f1 = local_metric(
+        "f1",
+        lambda t, p: (
+            2 * np.sum((p.reshape(-1) >= 0.5) & (t == 1)) / max(1, np.sum(p.reshape(-1) >= 0.5) + np.sum(t == 1))
+        ),
+        True,
+        "label",
+        ("binary",),
+    )
     folds = np.arange(400) % 4
     plain = nested_score("slsqp", preds, y, folds, f1)
     decided = nested_score("slsqp", preds, y, folds, f1, decision=Threshold)
@@ -1039,8 +1079,7 @@ def test_multilabel_own_label_inputs_with_extra():
 
 def test_per_fold_application_equals_the_hand_computed_blend():
     # 2 models x 2 fold models x 2 test rows, binary: the geometric mean of fold k's two models, then the mean over k
-    fold_preds = np.array([[[[0.9], [0.2]], [[0.5], [0.4]]],
-                           [[[0.6], [0.1]], [[0.7], [0.8]]]])
+    fold_preds = np.array([[[[0.9], [0.2]], [[0.5], [0.4]]], [[[0.6], [0.1]], [[0.7], [0.8]]]])
     y = np.array([1, 0, 1, 0])
     oof = np.array([[[0.8], [0.3], [0.6], [0.2]], [[0.7], [0.2], [0.9], [0.4]]])
     geo = make_blend("geometric_mean").fit(oof, y, "log_loss")
@@ -1058,8 +1097,9 @@ def test_per_fold_application_equals_the_hand_computed_blend():
     lin.temperature_ = 0.5
     expected = np.mean([apply_temperature(fold_preds[:, k].mean(axis=0), 0.5) for k in range(2)], axis=0)
     np.testing.assert_allclose(B.predict_per_fold(lin, fold_preds), expected)
-    np.testing.assert_allclose(B.predict_test(lin, fold_preds.mean(axis=1), None, "per_fold"),
-                               B.predict_fold_mean(lin, fold_preds))  # nothing per fold stored: the fold means
+    np.testing.assert_allclose(
+        B.predict_test(lin, fold_preds.mean(axis=1), None, "per_fold"), B.predict_fold_mean(lin, fold_preds)
+    )  # nothing per fold stored: the fold means
     with pytest.raises(ValueError, match="apply mode"):
         B.predict_test(lin, fold_preds.mean(axis=1), fold_preds, "mean")
 
@@ -1082,7 +1122,7 @@ def test_per_fold_application_keeps_multiclass_rows_on_the_simplex():
 
 def test_one_se_rule_picks_the_simplest_candidate_within_one_standard_error():
     S = B.Scored
-    best = S(0.400, {0: 0.38, 1: 0.42, 2: 0.40, 3: 0.41, 4: 0.39}, simplicity=2)   # slsqp-like: the best score
+    best = S(0.400, {0: 0.38, 1: 0.42, 2: 0.40, 3: 0.41, 4: 0.39}, simplicity=2)  # slsqp-like: the best score
     # the mean is 0.001 worse; its per-fold differences to the best: +0.006, -0.003, +0.004, -0.004, +0.002
     close_mean = S(0.401, {0: 0.386, 1: 0.417, 2: 0.404, 3: 0.406, 4: 0.392}, simplicity=0)
     diffs = np.array([0.006, -0.003, 0.004, -0.004, 0.002])
@@ -1103,8 +1143,12 @@ def test_one_se_rule_picks_the_simplest_candidate_within_one_standard_error():
     assert select_method({"slsqp": best, "mean": far_mean}, "log_loss") == "slsqp"
     # equally simple candidates within one SE: the better nested score; for a higher-is-better metric too
     # (a single model ranks with the weight searches: the weight vector with one weight 1)
-    acc = {"caruana": S(0.90, {0: 0.91, 1: 0.89}, 2), "optuna": S(0.91, {0: 0.93, 1: 0.89}, 2),
-           "single-a": S(0.905, {0: 0.90, 1: 0.91}, 2), "mean": S(0.90, {0: 0.92, 1: 0.88}, 0)}
+    acc = {
+        "caruana": S(0.90, {0: 0.91, 1: 0.89}, 2),
+        "optuna": S(0.91, {0: 0.93, 1: 0.89}, 2),
+        "single-a": S(0.905, {0: 0.90, 1: 0.91}, 2),
+        "mean": S(0.90, {0: 0.92, 1: 0.88}, 0),
+    }
     assert select_method(acc, "accuracy") == "optuna"  # the mean is 0.01 worse on both folds: SE 0, not within
     acc["mean"] = S(0.90, {0: 0.93, 1: 0.87}, 0)  # differences 0 and -0.02: SE 0.01, 0.01 worse: within
     assert select_method(acc, "accuracy") == "mean"
@@ -1117,8 +1161,10 @@ def test_one_se_rule_reads_nested_results_and_the_registry_simplicity():
 
     preds, y = synthetic_oof(5, 300, 3, seed=21)
     folds = np.arange(300) % 5
-    results = {name: nested_score(name, preds, y, folds, "log_loss", params=fast(name))
-               for name in ("mean", "caruana", "slsqp")}
+    results = {
+        name: nested_score(name, preds, y, folds, "log_loss", params=fast(name))
+        for name in ("mean", "caruana", "slsqp")
+    }
     chosen = select_method(results, "log_loss")
     errors = B.standard_errors(results, "log_loss")
     best = min(results, key=lambda k: results[k].nested)
@@ -1178,14 +1224,20 @@ _S = B.Scored
 _BEST = {0: 0.38, 1: 0.42, 2: 0.40, 3: 0.41, 4: 0.39}
 
 
-@pytest.mark.parametrize("others, within", [
-    # worse by 0.001 with per-fold differences of spread > 0.001: within
-    ({"mean": _S(0.401, {0: 0.386, 1: 0.417, 2: 0.404, 3: 0.406, 4: 0.392}, 0)}, {"slsqp", "mean"}),
-    # worse by exactly 0.001 on every fold: SE 0, not within
-    ({"stacker": _S(0.401, {f: v + 0.001 for f, v in _BEST.items()}, 3)}, {"slsqp"}),
-    # the same nested score as the best (a tie): within, whatever its spread
-    ({"single-a": _S(0.400, {f: v + (0.01 if f % 2 else -0.01) for f, v in _BEST.items()}, 2)}, {"slsqp", "single-a"}),
-])
+@pytest.mark.parametrize(
+    "others, within",
+    [
+        # worse by 0.001 with per-fold differences of spread > 0.001: within
+        ({"mean": _S(0.401, {0: 0.386, 1: 0.417, 2: 0.404, 3: 0.406, 4: 0.392}, 0)}, {"slsqp", "mean"}),
+        # worse by exactly 0.001 on every fold: SE 0, not within
+        ({"stacker": _S(0.401, {f: v + 0.001 for f, v in _BEST.items()}, 3)}, {"slsqp"}),
+        # the same nested score as the best (a tie): within, whatever its spread
+        (
+            {"single-a": _S(0.400, {f: v + (0.01 if f % 2 else -0.01) for f, v in _BEST.items()}, 2)},
+            {"slsqp", "single-a"},
+        ),
+    ],
+)
 def test_bench_one_se_set_is_the_rules(others, within):
     from benchmarks.real import _within_one_se
 
@@ -1204,8 +1256,9 @@ def test_bench_selection_variants_score_what_they_submit():
     test_preds, y_test = synthetic_oof(4, 80, 3, seed=4)
     folds = np.arange(200) % 5
     metric = get_metric("log_loss")
-    lib = Library("toy/s0", [f"m{i}" for i in range(4)], preds, y, folds,
-                  np.repeat(test_preds[:, None], 5, axis=1), y_test)
+    lib = Library(
+        "toy/s0", [f"m{i}" for i in range(4)], preds, y, folds, np.repeat(test_preds[:, None], 5, axis=1), y_test
+    )
     scored, nested, tests = {}, {}, {}
     for i in range(4):
         key = f"single-m{i}"

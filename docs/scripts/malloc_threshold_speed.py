@@ -34,4 +34,7 @@ for rnd in range(6):
         for _ in range(3): step()
         res[name][0].append((time.perf_counter() - w) / 3); res[name][1].append((cpu() - c) / 3)
 for name, (wall, cp) in res.items():
-    print(f"{name}: wall {statistics.median(wall):.3f} s/step, cpu {statistics.median(cp):.3f} s/step (rounds: {[round(v, 2) for v in wall]})")
+    print(
+        f"{name}: wall {statistics.median(wall):.3f} s/step, cpu {statistics.median(cp):.3f} s/step (rounds: "
+        f"{[round(v, 2) for v in wall]})"
+    )

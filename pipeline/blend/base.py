@@ -346,7 +346,8 @@ class BlendMethod:
         # calibrated=False: the blend without its temperature (nested CV scores both, see nested_score)
         if self.kind == "stacker":
             if self.n_extra_ is not None and extra is None:
-                raise ValueError(f"{self.name!r} was fitted with {self.n_extra_} extra features; pass extra of shape (n_rows, {self.n_extra_})")
+                raise ValueError(f"{self.name!r} was fitted with {self.n_extra_} extra features; pass extra of shape "
+                                 f"(n_rows, {self.n_extra_})")
             if self.n_extra_ is None and extra is not None:
                 raise ValueError(f"{self.name!r} was fitted without extra features; pass extra=None")
             extra = validate_extra(extra, preds.shape[1], self.n_extra_)
@@ -356,7 +357,6 @@ class BlendMethod:
         if calibrated and self.temperature_ != 1.0:
             out = apply_temperature(out, self.temperature_)
         return out
-
 
     # -- stored state ------------------------------------------------------ #
 
@@ -391,7 +391,9 @@ class BlendMethod:
             "n_models": int(self.n_models_),
             "n_cols": int(self.n_cols_),
             "n_extra": None if self.n_extra_ is None else int(self.n_extra_),
-            "weights": None if self.weights_ is None else [float(w) for w in np.asarray(self.weights_, dtype=np.float64)],
+            "weights": None
+            if self.weights_ is None
+            else [float(w) for w in np.asarray(self.weights_, dtype=np.float64)],
             "temperature": float(self.temperature_),
             "metric": None if self.metric_ is None else self.metric_.name,
             "fitted": _plain(self._state()),
@@ -420,8 +422,10 @@ class BlendMethod:
         if not isinstance(state, dict) or "method" not in state:
             raise ValueError(f"not a stored blend state: {str(state)[:80]!r}")
         if state.get("version", 1) > cls.STATE_VERSION:
-            raise ValueError(f"blend state version {state.get('version')} is newer than this code's ({cls.STATE_VERSION}); "
-                             "upgrade the pipeline")
+            raise ValueError(
+                f"blend state version {state.get('version')} is newer than this code's ({cls.STATE_VERSION}); "
+                "upgrade the pipeline"
+            )
         method = make_blend(state["method"], **state["params"])
         method.task_ = state["task"]
         method.output_ = TASK_OUTPUT[state["task"]]
@@ -459,6 +463,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.floating):
         return float(value)
     return value
+
 
 # Parameter checks shared by the method modules' _check_params
 def require(cond: bool, message: str) -> None:

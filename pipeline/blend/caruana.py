@@ -47,7 +47,10 @@ class CaruanaSelection(BlendMethod):
     def _check_params(self):
         p = self.params
         require(is_int(p["n_steps"]) and p["n_steps"] >= 1, f"n_steps must be an int >= 1; got {p['n_steps']!r}")
-        require(is_int(p["sorted_init"]) and p["sorted_init"] >= 0, f"sorted_init must be an int >= 0; got {p['sorted_init']!r}")
+        require(
+            is_int(p["sorted_init"]) and p["sorted_init"] >= 0,
+            f"sorted_init must be an int >= 0; got {p['sorted_init']!r}",
+        )
         require(is_int(p["n_bags"]) and p["n_bags"] >= 1, f"n_bags must be an int >= 1; got {p['n_bags']!r}")
         require(0 < p["bag_fraction"] <= 1, f"bag_fraction must be in (0, 1]; got {p['bag_fraction']!r}")
 

@@ -75,7 +75,7 @@ def logit(p: np.ndarray, eps: float) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def _logit_features(preds: np.ndarray, output: str) -> np.ndarray:
+def logit_features(preds: np.ndarray, output: str) -> np.ndarray:
     """Stacker inputs: each model's predictions in logit space, side by side.
 
     Probabilities (binary, multilabel): ``logit(p)`` per element.  Simplex

@@ -1,4 +1,6 @@
-"""Choosing among scored candidates (:func:`select_method`, the one-standard-error rule) and pruning near-duplicate models."""
+"""Choosing among scored candidates (:func:`select_method`, the one-standard-error rule) and pruning near-duplicate
+models.
+"""
 
 from __future__ import annotations
 
@@ -220,9 +222,15 @@ def rank_candidates(results: Mapping[Hashable, Any], metric: Metric | str) -> li
     return [keys[i] for i in sorted(range(len(keys)), key=rank, reverse=True)]
 
 
-def prune_correlated(preds: np.ndarray, threshold: float = 0.995, scores: np.ndarray | None = None,
-                     metric: Metric | str | None = None, *, y: np.ndarray | None = None,
-                     task: str | None = None) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+def prune_correlated(
+    preds: np.ndarray,
+    threshold: float = 0.995,
+    scores: np.ndarray | None = None,
+    metric: Metric | str | None = None,
+    *,
+    y: np.ndarray | None = None,
+    task: str | None = None,
+) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
     """Drop near-duplicate models, keeping the better of each correlated pair.
 
     Models are visited best first (by ``scores``; by index when no scores);

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .base import BlendMethod, is_int, register_blend, require
-from .objective import _logit_features, single_scores, to_output
+from .objective import logit_features, single_scores, to_output
 
 
 def _check_max_models(value: Any) -> None:
@@ -43,7 +43,7 @@ class _Stacker(BlendMethod):
         raise NotImplementedError
 
     def _features(self, preds, extra):
-        x = _logit_features(np.take(preds, self.models_, axis=0), self.output_)
+        x = logit_features(np.take(preds, self.models_, axis=0), self.output_)
         return x if extra is None else np.hstack([x, extra.astype(np.float32)])
 
     def _label_inputs(self, x: np.ndarray, label: int, n_labels: int) -> np.ndarray:
@@ -266,9 +266,21 @@ class LGBMStacker(_Stacker):
         Multilabel only; see :class:`LogRegStacker`.
     """
 
-    defaults = {"max_models": 10, "label_features": "own", "n_estimators": 200, "learning_rate": 0.05, "num_leaves": 7, "min_child_samples": 20,
-                "subsample": 0.8, "colsample_bytree": 0.5, "reg_lambda": 1.0, "max_bin": 63, "bin_sample": 20000,
-                "n_jobs": 2, "seed": 0}
+    defaults = {
+        "max_models": 10,
+        "label_features": "own",
+        "n_estimators": 200,
+        "learning_rate": 0.05,
+        "num_leaves": 7,
+        "min_child_samples": 20,
+        "subsample": 0.8,
+        "colsample_bytree": 0.5,
+        "reg_lambda": 1.0,
+        "max_bin": 63,
+        "bin_sample": 20000,
+        "n_jobs": 2,
+        "seed": 0,
+    }
 
     def _make_model(self, regression: bool = False):
         import lightgbm as lgb
@@ -276,11 +288,21 @@ class LGBMStacker(_Stacker):
         p = self.params
         cls = lgb.LGBMRegressor if regression else lgb.LGBMClassifier
         return cls(
-            n_estimators=p["n_estimators"], learning_rate=p["learning_rate"], num_leaves=p["num_leaves"],
-            min_child_samples=p["min_child_samples"], subsample=p["subsample"], subsample_freq=1,
-            colsample_bytree=p["colsample_bytree"], reg_lambda=p["reg_lambda"], max_bin=p["max_bin"],
+            n_estimators=p["n_estimators"],
+            learning_rate=p["learning_rate"],
+            num_leaves=p["num_leaves"],
+            min_child_samples=p["min_child_samples"],
+            subsample=p["subsample"],
+            subsample_freq=1,
+            colsample_bytree=p["colsample_bytree"],
+            reg_lambda=p["reg_lambda"],
+            max_bin=p["max_bin"],
             bin_construct_sample_cnt=p["bin_sample"],
-            n_jobs=p["n_jobs"], random_state=p["seed"], deterministic=True, force_row_wise=True, verbose=-1,
+            n_jobs=p["n_jobs"],
+            random_state=p["seed"],
+            deterministic=True,
+            force_row_wise=True,
+            verbose=-1,
         )
 
     def _dump_model(self, model) -> dict:

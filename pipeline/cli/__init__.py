@@ -1,4 +1,6 @@
-"""The command line the Makefile calls: ``python -m pipeline <command> ...`` (see ``main``: one function per sub-command in ``stages`` and ``training``)."""
+"""The command line the Makefile calls: ``python -m pipeline <command> ...`` (see ``main``: one function per sub-
+command in ``stages`` and ``training``).
+"""
 
 from pipeline.cli.main import main
 

@@ -1,4 +1,6 @@
-"""What every sub-command shares: the usage error, the parsing of folds and ``ARGS``, loading the config, and the refusals under torchrun."""
+"""What every sub-command shares: the usage error, the parsing of folds and ``ARGS``, loading the config, and the
+refusals under torchrun.
+"""
 
 from __future__ import annotations
 
@@ -61,9 +63,14 @@ def models_to_run(args: argparse.Namespace, config) -> list[str]:
     so it needs one model."""
     models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else config.models
     if not models:
-        raise UsageError(f"name a model: make {args.command} MODEL=resnet18 (or list models: in the competition config)")
+        raise UsageError(
+            f"name a model: make {args.command} MODEL=resnet18 (or list models: in the competition config)"
+        )
     if getattr(args, "name", None) and len(models) > 1:
-        raise UsageError(f"NAME={args.name} names one run; give one model with it: make {args.command} MODEL=<recipe> NAME={args.name}")
+        raise UsageError(
+            f"NAME={args.name} names one run; give one model with it: make {args.command} MODEL=<recipe> "
+            f"NAME={args.name}"
+        )
     return models
 
 
@@ -89,4 +96,6 @@ def refuse_under_torchrun(message: str) -> None:
 
 
 def student_commands_run_alone() -> None:
-    refuse_under_torchrun("make pseudo / make distill run in one process; they do not combine with GPUS=n (torchrun) yet")
+    refuse_under_torchrun(
+        "make pseudo / make distill run in one process; they do not combine with GPUS=n (torchrun) yet"
+    )

@@ -1,21 +1,23 @@
 """Command line: one sub-command per stage. The Makefile calls only this.
 
-    python -m pipeline validate --config configs/digits.yaml [--image-size 224]
-    python -m pipeline folds    --config configs/digits.yaml
-    python -m pipeline train    --config ... --model resnet18 [--preset strong] [--name r18_seed2] [--seeds 3] [--folds 0,2] [--epochs 3] [--force] [key=value ...]
-    python -m pipeline lr-find  --config ... --model resnet18 [--preset strong] [--start-lr 1e-7] [--end-lr 10] [--steps 100] [key=value ...]
-    python -m pipeline predict  --config ... --model resnet18 [--preset strong] [--name r18_seed2] [key=value ...]
-    python -m pipeline pseudo   --config ... --model resnet18 [--teacher submission|<method>|<run>] [--rounds 1] [--name x] [--folds 0,2]
-    python -m pipeline distill  --config ... --student resnet18 [--teacher ...] [--alpha 0.5] [--temperature 2] [--name x]
-    python -m pipeline ensemble --config ...
-    python -m pipeline export   --config ... [--method submission|<method>] [--out export/<competition>] [--check]
-    python -m pipeline zoo      --config ... [--zoo configs/zoo/default.yaml] [--top 3]
-    python -m pipeline zoo-promote --config ... --top 3
-    python -m pipeline models
-    python -m pipeline clean-run --config ... --name resnet18 [--force]
-    python -m pipeline demo     --config configs/digits.yaml
+python -m pipeline validate --config configs/digits.yaml [--image-size 224]
+python -m pipeline folds    --config configs/digits.yaml
+python -m pipeline train    --config ... --model resnet18 [--preset strong] [--name r18_seed2] [--seeds 3]
+                            [--folds 0,2] [--epochs 3] [--force] [key=value ...]
+python -m pipeline lr-find  --config ... --model resnet18 [--preset strong] [--start-lr 1e-7] [--end-lr 10]
+                            [--steps 100] [key=value ...]
+python -m pipeline predict  --config ... --model resnet18 [--preset strong] [--name r18_seed2] [key=value ...]
+python -m pipeline pseudo   --config ... --model resnet18 [--teacher submission|<method>|<run>] [--rounds 1]
+                            [--name x] [--folds 0,2]
+python -m pipeline distill  --config ... --student resnet18 [--teacher ...] [--alpha 0.5] [--temperature 2] [--name x]
+python -m pipeline ensemble --config ...
+python -m pipeline export   --config ... [--method submission|<method>] [--out export/<competition>] [--check]
+python -m pipeline zoo      --config ... [--zoo configs/zoo/default.yaml] [--top 3]
+python -m pipeline zoo-promote --config ... --top 3
+python -m pipeline models
+python -m pipeline clean-run --config ... --name resnet18 [--force]
+python -m pipeline demo     --config configs/digits.yaml
 """
-
 
 from __future__ import annotations
 
@@ -24,9 +26,19 @@ import sys
 
 from pipeline.core.errors import PipelineError
 
-from pipeline.cli.common import (DEFAULT_CONFIG, parse_settings)
-from pipeline.cli.stages import (cmd_clean_run, cmd_demo, cmd_ensemble, cmd_export, cmd_folds, cmd_import_oof, cmd_models, cmd_validate,
-                                 cmd_zoo, cmd_zoo_promote)
+from pipeline.cli.common import DEFAULT_CONFIG, parse_settings
+from pipeline.cli.stages import (
+    cmd_clean_run,
+    cmd_demo,
+    cmd_ensemble,
+    cmd_export,
+    cmd_folds,
+    cmd_import_oof,
+    cmd_models,
+    cmd_validate,
+    cmd_zoo,
+    cmd_zoo_promote,
+)
 from pipeline.cli.training import cmd_distill, cmd_lr_find, cmd_predict, cmd_pseudo, cmd_train
 
 
@@ -50,17 +62,25 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description="k-fold training and ensembling for Kaggle image competitions")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline", description="k-fold training and ensembling for Kaggle image competitions"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (func, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(func=func)
         p.add_argument("--config", default=DEFAULT_CONFIG, help=f"competition YAML (default {DEFAULT_CONFIG})")
-        p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. train.lr=1e-3 folds.n_splits=3")
+        p.add_argument(
+            "overrides", nargs="*", help="config overrides as key=value, e.g. train.lr=1e-3 folds.n_splits=3"
+        )
         if name in ("train", "predict", "lr-find", "pseudo"):
             p.add_argument("--model", help="recipe name, model alias or timm name (train: several as a,b)")
-            p.add_argument("--preset", help="a training preset over the recipe, e.g. strong: "
-                                            "configs/recipes/presets/<preset>/<family>.yaml; train, predict and lr-find name the run <model>-<preset>")
+            p.add_argument(
+                "--preset",
+                help="a training preset over the recipe, e.g. strong: "
+                "configs/recipes/presets/<preset>/<family>.yaml; train, predict and lr-find name the run "
+                "<model>-<preset>",
+            )
         if name == "distill":
             p.add_argument("--student", dest="model", help="the student's recipe name, model alias or timm name")
         if name in ("train", "predict", "clean-run", "pseudo", "distill"):
@@ -70,17 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("train", "pseudo", "distill"):
             p.add_argument("--folds", help="comma-separated subset of folds, e.g. 0,2")
         if name in ("pseudo", "distill"):
-            p.add_argument("--teacher", default="submission",
-                           help="submission (the blend make ensemble chose), a method of the last ensemble, or a run")
+            p.add_argument(
+                "--teacher",
+                default="submission",
+                help="submission (the blend make ensemble chose), a method of the last ensemble, or a run",
+            )
         if name == "pseudo":
-            p.add_argument("--rounds", type=int, default=1, help="rounds; round r is taught by the ensemble with round r-1")
+            p.add_argument(
+                "--rounds", type=int, default=1, help="rounds; round r is taught by the ensemble with round r-1"
+            )
         if name == "distill":
             p.add_argument("--alpha", type=float, help="weight of the teacher's soft targets (distill.alpha)")
             p.add_argument("--temperature", type=float, help="softening temperature T (distill.temperature)")
         if name == "train":
-            p.add_argument("--seeds", type=int, help="a seed bag: train with seeds seed..seed+N-1 as runs <name>-seed<k>")
+            p.add_argument(
+                "--seeds", type=int, help="a seed bag: train with seeds seed..seed+N-1 as runs <name>-seed<k>"
+            )
         if name == "lr-find":
-            p.add_argument("--start-lr", type=float, help="the sweep's first learning rate (default lr_find.start_lr, 1e-7)")
+            p.add_argument(
+                "--start-lr", type=float, help="the sweep's first learning rate (default lr_find.start_lr, 1e-7)"
+            )
             p.add_argument("--end-lr", type=float, help="the sweep's last learning rate (default lr_find.end_lr, 10)")
             p.add_argument("--steps", type=int, help="the sweep's number of steps (default lr_find.num_steps, 100)")
         if name in ("train", "zoo", "zoo-promote"):
@@ -88,20 +117,39 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("zoo", "zoo-promote"):
             p.add_argument("--top", type=int, help="train the best TOP screened architectures on every fold")
         if name == "zoo":
-            p.add_argument("--zoo", default="configs/zoo/default.yaml", help="zoo file: screen settings and architectures")
+            p.add_argument(
+                "--zoo", default="configs/zoo/default.yaml", help="zoo file: screen settings and architectures"
+            )
         if name == "validate":
-            p.add_argument("--image-size", type=int, help="input size to check images against (default: the model line-up's)")
+            p.add_argument(
+                "--image-size", type=int, help="input size to check images against (default: the model line-up's)"
+            )
         if name == "import-oof":
             p.add_argument("--name", help="run name for the imported predictions")
             p.add_argument("--oof", help="OOF predictions: id, fold, one column per class (.csv or .parquet)")
             p.add_argument("--test", help="test predictions: id, one column per class (.csv or .parquet)")
         if name == "export":
-            p.add_argument("--method", default="submission", help="submission (the chosen one) or a method of the last ensemble")
+            p.add_argument(
+                "--method", default="submission", help="submission (the chosen one) or a method of the last ensemble"
+            )
             p.add_argument("--out", help="the folder to write (default export/<competition>)")
             p.add_argument("--check", action="store_true", help="predict our test images with the export and compare")
-        if name in ("train", "folds", "ensemble", "demo", "import-oof", "zoo", "zoo-promote", "export", "clean-run",
-                    "pseudo", "distill"):
-            p.add_argument("--force", action="store_true", help="overwrite finished work (clean-run: delete without asking)")
+        if name in (
+            "train",
+            "folds",
+            "ensemble",
+            "demo",
+            "import-oof",
+            "zoo",
+            "zoo-promote",
+            "export",
+            "clean-run",
+            "pseudo",
+            "distill",
+        ):
+            p.add_argument(
+                "--force", action="store_true", help="overwrite finished work (clean-run: delete without asking)"
+            )
     return parser
 
 
@@ -123,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         traceback.print_exc()
-        print(f"this is a bug in kfold-ensembler, not a problem with your data: please report it with the traceback "
-              f"above, the command ({bug_report_context(argv)}) and the versions ({bug_report_versions()})",
-              file=sys.stderr)
+        print(
+            f"this is a bug in kfold-ensembler, not a problem with your data: please report it with the traceback "
+            f"above, the command ({bug_report_context(argv)}) and the versions ({bug_report_versions()})",
+            file=sys.stderr,
+        )
         return 1
 
 

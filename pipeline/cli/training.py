@@ -1,4 +1,6 @@
-"""The sub-commands that train: ``train`` (seed bags, executors), ``lr-find``, ``predict``, ``pseudo`` and ``distill``; one function each."""
+"""The sub-commands that train: ``train`` (seed bags, executors), ``lr-find``, ``predict``, ``pseudo`` and ``distill``;
+one function each.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +8,16 @@ import argparse
 import sys
 
 
-from pipeline.cli.common import (UsageError, chosen_executor, load_command_config, models_to_run,
-                                 parse_folds, print_on_main, refuse_under_torchrun, student_commands_run_alone)
+from pipeline.cli.common import (
+    UsageError,
+    chosen_executor,
+    load_command_config,
+    models_to_run,
+    parse_folds,
+    print_on_main,
+    refuse_under_torchrun,
+    student_commands_run_alone,
+)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -18,13 +28,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     executor = chosen_executor(args, config)
     if args.seeds is not None:
         if executor != "local":
-            raise UsageError(f"SEEDS= trains its runs one after another; it does not combine with EXECUTOR={executor} yet")
+            raise UsageError(
+                f"SEEDS= trains its runs one after another; it does not combine with EXECUTOR={executor} yet"
+            )
         return _train_seed_bags(args, config, models)
     if executor != "local":
         return _train_on_executor(args, config, models, executor)
     for model in models:
-        meta = run_train(config, model, parse_folds(args.folds), force=args.force, overrides=args.settings,
-                         name=args.name)
+        meta = run_train(
+            config, model, parse_folds(args.folds), force=args.force, overrides=args.settings, name=args.name
+        )
         print_on_main(train_leaderboard(meta))
     return 0
 
@@ -44,14 +57,25 @@ def _train_seed_bags(args: argparse.Namespace, config, models: list[str]) -> int
         seeds = bag_seeds(config, model, args.settings, args.seeds)
         metas = []
         for name, seed in zip(names, seeds):
-            meta = run_train(config, model, parse_folds(args.folds), force=args.force,
-                             overrides=seed_overrides(args.settings, seed), competition=competition, name=name)
+            meta = run_train(
+                config,
+                model,
+                parse_folds(args.folds),
+                force=args.force,
+                overrides=seed_overrides(args.settings, seed),
+                competition=competition,
+                name=name,
+            )
             print_on_main(train_leaderboard(meta))
             metas.append(meta)
         if all(m.status == "finished" for m in metas):
-            print_on_main(bag_summary(metas, config.runs_dir, competition, get_metric(config.competition.metric)).table())
+            print_on_main(
+                bag_summary(metas, config.runs_dir, competition, get_metric(config.competition.metric)).table()
+            )
         else:
-            print_on_main(f"seed bag {names[0]}..{names[-1]}: not every fold is trained; the bag is scored once they are")
+            print_on_main(
+                f"seed bag {names[0]}..{names[-1]}: not every fold is trained; the bag is scored once they are"
+            )
     return 0
 
 
@@ -64,8 +88,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
         result = run_lr_find(config, model, settings, overrides=args.settings)
         stop = f", stopped early at lr {result.lrs[-1]:.2e} (the loss diverged)" if result.stopped_early else ""
         print(f"{result.name}: suggested lr {result.suggestion:.2e} ({SUGGESTION_RULE}){stop}")
-        print(f"  curve: {result.plot} and {result.csv}; set it with ARGS=\"train.lr={result.suggestion:.1e}\" "
-              "or in the recipe")
+        print(
+            f'  curve: {result.plot} and {result.csv}; set it with ARGS="train.lr={result.suggestion:.1e}" '
+            "or in the recipe"
+        )
     return 0
 
 
@@ -76,8 +102,9 @@ def _train_on_executor(args: argparse.Namespace, config, models: list[str], exec
 
     refuse_under_torchrun(f"EXECUTOR={executor_name} runs one job per GPU; it does not combine with GPUS=n (torchrun)")
     executor = get_executor(executor_name, config.executor.settings())
-    results = run_train_grid(config, models, executor, parse_folds(args.folds), force=args.force,
-                             overrides=args.settings, run_name=args.name)
+    results = run_train_grid(
+        config, models, executor, parse_folds(args.folds), force=args.force, overrides=args.settings, run_name=args.name
+    )
     failed = []
     for name, meta, error in results:
         if error:
@@ -112,16 +139,27 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         raise UsageError(f"ROUNDS={args.rounds}: give 1 or more rounds")
     if args.rounds > 1 and args.folds:
-        raise UsageError("ROUNDS>1 needs every fold of each round (the next round's teacher is an ensemble of it); "
-                         "drop FOLDS=")
+        raise UsageError(
+            "ROUNDS>1 needs every fold of each round (the next round's teacher is an ensemble of it); drop FOLDS="
+        )
     for round_ in range(1, args.rounds + 1):
         name = student_name(models[0], "pseudo", args.name, round_)
         if round_ > 1:
-            print(f"round {round_}: make ensemble with {student_name(models[0], 'pseudo', args.name, round_ - 1)}, "
-                  f"then {name} taught by it")
+            print(
+                f"round {round_}: make ensemble with {student_name(models[0], 'pseudo', args.name, round_ - 1)}, "
+                f"then {name} taught by it"
+            )
             run_ensemble(config)
-        meta = run_student(config, models[0], "pseudo", args.teacher, name, parse_folds(args.folds), force=args.force,
-                           overrides=args.settings)
+        meta = run_student(
+            config,
+            models[0],
+            "pseudo",
+            args.teacher,
+            name,
+            parse_folds(args.folds),
+            force=args.force,
+            overrides=args.settings,
+        )
         print(student_leaderboard(meta))
         if meta.status != "finished":
             break
@@ -137,8 +175,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
     config = load_command_config(args)
     if not args.model:
         raise UsageError("name the student: make distill STUDENT=<recipe>, e.g. STUDENT=digits_resnet")
-    meta = run_student(config, args.model, "distill", args.teacher, args.name, parse_folds(args.folds),
-                       force=args.force, overrides=args.settings)
+    meta = run_student(
+        config,
+        args.model,
+        "distill",
+        args.teacher,
+        args.name,
+        parse_folds(args.folds),
+        force=args.force,
+        overrides=args.settings,
+    )
     print(student_leaderboard(meta))
     print("'make ensemble' now blends it with the other runs")
     return 0

@@ -30,7 +30,11 @@ def _suggest_key(item: dict, root: type[BaseModel]) -> str:
     if model is None:
         return ""
     close = difflib.get_close_matches(str(item["loc"][-1]), list(model.model_fields), n=3)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else f"; known keys: {', '.join(model.model_fields)}"
+    return (
+        f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        if close
+        else f"; known keys: {', '.join(model.model_fields)}"
+    )
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
@@ -40,5 +44,3 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
             return None
         model = field.annotation
     return model
-
-

@@ -35,15 +35,18 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc}); quote it or fix it") from None
         parts = key.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"override {item!r}: the key {key!r} has an empty part; write section.key=value, e.g. train.lr=1e-3")
+            raise ConfigError(
+                f"override {item!r}: the key {key!r} has an empty part; write section.key=value, e.g. train.lr=1e-3"
+            )
         if len(parts) == 1 and parts[0] in TrainConfig.model_fields:
             parts = ["train", parts[0]]
         node = nested
         for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} was already set to a value, "
-                                  "not a section")
+                raise ConfigError(
+                    f"override {item!r}: {'.'.join(parts[: depth + 1])} was already set to a value, not a section"
+                )
         node[parts[-1]] = value
     return nested
 
@@ -53,8 +56,10 @@ def checked_overrides(overrides: Any) -> dict[str, Any]:
     if overrides is None:
         return {}
     if not isinstance(overrides, dict):
-        raise TypeError(f"overrides must be a dict of settings (parse key=value strings once with parse_overrides); "
-                        f"got {type(overrides).__name__}")
+        raise TypeError(
+            f"overrides must be a dict of settings (parse key=value strings once with parse_overrides); "
+            f"got {type(overrides).__name__}"
+        )
     return overrides
 
 
@@ -67,5 +72,3 @@ def deep_merge(base: dict, update: dict) -> dict:
         else:
             merged[key] = value
     return merged
-
-

@@ -48,8 +48,10 @@ def preset_file(config: Config, preset: str, model: str) -> Path:
     file = config.recipes_path / PRESETS_DIR / preset / f"{family}.yaml"
     if not file.is_file():
         covered = sorted(p.stem for p in file.parent.glob("*.yaml"))
-        raise ConfigError(f"preset {preset!r} has no file for {model}'s family {family!r}: it covers {', '.join(covered)}; "
-                          f"write {file} or train {model} without PRESET=")
+        raise ConfigError(
+            f"preset {preset!r} has no file for {model}'s family {family!r}: it covers {', '.join(covered)}; "
+            f"write {file} or train {model} without PRESET="
+        )
     return file
 
 
@@ -59,8 +61,10 @@ def _preset(config: Config, preset: str, model: str) -> tuple[dict, Path]:
     values = read_yaml(file)
     refused = [key for key in _NOT_IN_PRESETS if key in values]
     if refused:
-        raise ConfigError(f"preset {file} sets {', '.join(refused)}: a preset holds training settings for a whole family; "
-                          "the architecture and its keyword arguments belong to the recipe")
+        raise ConfigError(
+            f"preset {file} sets {', '.join(refused)}: a preset holds training settings for a whole family; "
+            "the architecture and its keyword arguments belong to the recipe"
+        )
     return values, file
 
 
@@ -100,7 +104,9 @@ def _recipe(config: Config, model: str) -> tuple[dict, Path | None]:
     return recipe, recipe_file
 
 
-def resolve_train_config(config: Config, model: str, overrides: dict[str, Any] | None = None) -> tuple[str, TrainConfig]:
+def resolve_train_config(
+    config: Config, model: str, overrides: dict[str, Any] | None = None
+) -> tuple[str, TrainConfig]:
     """The training settings for one run: competition defaults < recipe < preset < overrides.
 
     ``train.preset`` (``make train PRESET=``, or set in the competition config) adds the
@@ -137,7 +143,7 @@ def resolve_train_config(config: Config, model: str, overrides: dict[str, Any] |
         merged = deep_merge(deep_merge(deep_merge(base, recipe), values), from_args)
         where, run_name = f"{where} with preset {file}", f"{model}-{preset}"
     if merged.get("image_size_from") == "competition":
-        merged["image_size"] = base["image_size"]   # the competition's, with ARGS already merged into it
+        merged["image_size"] = base["image_size"]  # the competition's, with ARGS already merged into it
     try:
         train = TrainConfig.model_validate(merged)
     except ValidationError as exc:
@@ -159,8 +165,9 @@ def check_recipe_fits_task(train: TrainConfig, task: str, where: str = "train") 
             f"{where}: train.mixup_alpha/cutmix_alpha are for label tasks (multiclass, binary, multilabel), "
             f"not task {task!r}: mixup mixes targets as class probabilities, and a {task} target is a value on a "
             "scale whose loss (MSE/Huber, or ordinal cut points) does not read a mix of two values as a soft label; "
-            "set mixup_alpha: 0 and cutmix_alpha: 0 (ARGS=\"train.mixup_alpha=0 train.cutmix_alpha=0\" overrides "
-            "a recipe or preset)")
+            'set mixup_alpha: 0 and cutmix_alpha: 0 (ARGS="train.mixup_alpha=0 train.cutmix_alpha=0" overrides '
+            "a recipe or preset)"
+        )
 
 
 def image_size_choice(config: Config, model: str, overrides: dict[str, Any] | None = None) -> ImageSizeChoice:
@@ -229,5 +236,3 @@ def config_file_hashes(config: Config, model: str | None = None, cfg: TrainConfi
         if file.is_file():
             hashes[str(file.resolve())] = file_sha256(file)
     return dict(sorted(hashes.items()))
-
-

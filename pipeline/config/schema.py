@@ -76,7 +76,9 @@ class CompetitionConfig(StrictModel):
         from pipeline.task.tasks import get_task
 
         if self.target_columns is not None and self.task != "multilabel":
-            raise ValueError(f"target_columns are for task 'multilabel' (one 0/1 column per label); task is {self.task!r}")
+            raise ValueError(
+                f"target_columns are for task 'multilabel' (one 0/1 column per label); task is {self.task!r}"
+            )
         if self.target_columns is not None and len(self.target_columns) < 2:
             raise ValueError(f"target_columns needs at least 2 label columns, got {self.target_columns}")
         if self.positive_class is not None and self.task != "binary":
@@ -106,7 +108,9 @@ class FoldsConfig(StrictModel):
     @model_validator(mode="after")
     def _group_needs_column(self) -> "FoldsConfig":
         if self.strategy in ("group", "stratified_group") and not self.group_column:
-            raise ValueError(f"strategy {self.strategy!r} needs folds.group_column (the column of train.csv that holds the group)")
+            raise ValueError(
+                f"strategy {self.strategy!r} needs folds.group_column (the column of train.csv that holds the group)"
+            )
         return self
 
 
@@ -119,16 +123,20 @@ class TrainConfig(StrictModel):
     image_size: int | None = Field(default=None, ge=8)
     # recipe: a recipe's image_size overrides the competition's; competition: the competition's image_size for every run
     image_size_from: Literal["recipe", "competition"] = Field(default="recipe", json_schema_extra=NOT_HASHED)
-    small_input: bool = Field(default=False, json_schema_extra=WHEN_SET)   # keep more resolution in the stem for small images (models.adapt_small_input)
+    small_input: bool = Field(
+        default=False, json_schema_extra=WHEN_SET
+    )  # keep more resolution in the stem for small images (models.adapt_small_input)
     mean: list[float] | None = None
     std: list[float] | None = None
     interpolation: Literal["nearest", "bilinear", "bicubic", "area", "lanczos"] | None = None
     epochs: int = Field(default=10, ge=1)
-    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 64   # "auto": the largest that fits the GPU
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 64  # "auto": the largest that fits the GPU
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.05, ge=0)
     warmup_epochs: float = Field(default=1.0, ge=0)
-    loss: Literal["auto", "ce", "bce", "mse", "huber"] = Field(default="auto", json_schema_extra=WHEN_SET)   # auto: the task's usual loss (pipeline.task.tasks)
+    loss: Literal["auto", "ce", "bce", "mse", "huber"] = Field(
+        default="auto", json_schema_extra=WHEN_SET
+    )  # auto: the task's usual loss (pipeline.task.tasks)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     drop_rate: float = Field(default=0.0, ge=0, lt=1)
     grad_clip: float | None = Field(default=None, gt=0)
@@ -136,11 +144,17 @@ class TrainConfig(StrictModel):
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
-    amp_dtype: Literal["auto", "bf16", "fp16"] = Field(default="auto", json_schema_extra=WHEN_SET)          # auto: bf16 where the GPU has it, else fp16
+    amp_dtype: Literal["auto", "bf16", "fp16"] = Field(
+        default="auto", json_schema_extra=WHEN_SET
+    )  # auto: bf16 where the GPU has it, else fp16
     channels_last: bool = True
-    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(default=False, json_schema_extra=NOT_HASHED)
-    sync_bn: bool = Field(default=False, json_schema_extra=WHEN_SET)                                        # SyncBatchNorm across GPUs under torchrun
-    ddp_backend: Literal["auto", "nccl", "gloo"] = Field(default="auto", json_schema_extra=NOT_HASHED)        # auto: nccl on GPUs, gloo on CPUs
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        default=False, json_schema_extra=NOT_HASHED
+    )
+    sync_bn: bool = Field(default=False, json_schema_extra=WHEN_SET)  # SyncBatchNorm across GPUs under torchrun
+    ddp_backend: Literal["auto", "nccl", "gloo"] = Field(
+        default="auto", json_schema_extra=NOT_HASHED
+    )  # auto: nccl on GPUs, gloo on CPUs
     # the data path: decoded-image cache and DataLoader settings ("auto": chosen from the machine)
     cache: Literal["auto", "disk", "memory", "off"] = Field(default="auto", json_schema_extra=NOT_HASHED)
     cache_margin: float = Field(json_schema_extra=NOT_HASHED, default=1.0, ge=1.0, le=2.0)
@@ -151,29 +165,54 @@ class TrainConfig(StrictModel):
     log_every: int = Field(json_schema_extra=NOT_HASHED, default=20, ge=1)
     # CPU only: freed activations go back to the system at once (lower peak RSS, slower steps; runtime.py)
     return_freed_memory: bool = Field(default=True, json_schema_extra=NOT_HASHED)
-    augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)          # albumentations, per image on the CPU
-    device_augment: list[dict[str, dict[str, Any]]] = Field(json_schema_extra=WHEN_SET, default_factory=list)   # per batch on the device (transforms.py)
-    # a named set of device steps run before device_augment (transforms.AUGMENT_POLICIES): none, flip, light, trivial, ...
+    augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)  # albumentations, per image on the CPU
+    device_augment: list[dict[str, dict[str, Any]]] = Field(
+        json_schema_extra=WHEN_SET, default_factory=list
+    )  # per batch on the device (transforms.py)
+    # a named set of device steps run before device_augment (transforms.AUGMENT_POLICIES): none, flip, light, trivial,
+    # ...
     augment_policy: str = Field(default="none", json_schema_extra=WHEN_SET)
     tta: list[str] = Field(json_schema_extra=NOT_HASHED, default_factory=lambda: ["identity"])
     # training recipes (README "Training recipes"); each is off by default and hashed only when set
-    ema: bool = Field(default=False, json_schema_extra=WHEN_SET)                                   # validate, keep and predict with an EMA of the weights
+    ema: bool = Field(
+        default=False, json_schema_extra=WHEN_SET
+    )  # validate, keep and predict with an EMA of the weights
     ema_decay: float = Field(json_schema_extra=WHEN_SET, default=0.999, gt=0, lt=1)
-    ema_warmup: bool = Field(default=True, json_schema_extra=WHEN_SET)                             # timm's decay warm-up: 1 - (1 + step)^(-2/3), capped at ema_decay
-    mixup_alpha: float = Field(json_schema_extra=WHEN_SET, default=0.0, ge=0)       # Beta(alpha, alpha) mixing weight; 0: no mixup
-    cutmix_alpha: float = Field(json_schema_extra=WHEN_SET, default=0.0, ge=0)      # Beta(alpha, alpha) box area; 0: no cutmix
+    ema_warmup: bool = Field(
+        default=True, json_schema_extra=WHEN_SET
+    )  # timm's decay warm-up: 1 - (1 + step)^(-2/3), capped at ema_decay
+    mixup_alpha: float = Field(
+        json_schema_extra=WHEN_SET, default=0.0, ge=0
+    )  # Beta(alpha, alpha) mixing weight; 0: no mixup
+    cutmix_alpha: float = Field(
+        json_schema_extra=WHEN_SET, default=0.0, ge=0
+    )  # Beta(alpha, alpha) box area; 0: no cutmix
     mixup_prob: float = Field(json_schema_extra=WHEN_SET, default=1.0, ge=0, le=1)  # share of batches mixed
-    mixup_switch_prob: float = Field(json_schema_extra=WHEN_SET, default=0.5, ge=0, le=1)   # cutmix instead of mixup when both are on
-    mixup_mode: Literal["batch", "pair", "elem"] = Field(default="batch", json_schema_extra=WHEN_SET)      # one lambda per batch, per pair or per image
-    mixup_off_epochs: int = Field(json_schema_extra=WHEN_SET, default=0, ge=0)      # train the last N epochs on clean images
-    grad_accum_steps: int = Field(json_schema_extra=WHEN_SET, default=1, ge=1)      # an optimizer step every N batches
+    mixup_switch_prob: float = Field(
+        json_schema_extra=WHEN_SET, default=0.5, ge=0, le=1
+    )  # cutmix instead of mixup when both are on
+    mixup_mode: Literal["batch", "pair", "elem"] = Field(
+        default="batch", json_schema_extra=WHEN_SET
+    )  # one lambda per batch, per pair or per image
+    mixup_off_epochs: int = Field(
+        json_schema_extra=WHEN_SET, default=0, ge=0
+    )  # train the last N epochs on clean images
+    grad_accum_steps: int = Field(json_schema_extra=WHEN_SET, default=1, ge=1)  # an optimizer step every N batches
     # fine-tuning pretrained weights (README "Fine-tuning: head first, then layer-wise learning rates")
-    freeze_epochs: int = Field(json_schema_extra=WHEN_SET, default=0, ge=0)         # the first N of `epochs` train the classifier only
-    layer_decay: float | None = Field(json_schema_extra=WHEN_SET, default=None, gt=0, le=1)   # lr x decay^(depth from the head); timm's groups
+    freeze_epochs: int = Field(
+        json_schema_extra=WHEN_SET, default=0, ge=0
+    )  # the first N of `epochs` train the classifier only
+    layer_decay: float | None = Field(
+        json_schema_extra=WHEN_SET, default=None, gt=0, le=1
+    )  # lr x decay^(depth from the head); timm's groups
     # the fold's final model (README "Checkpoint averaging and progressive resizing")
-    average_last: int = Field(json_schema_extra=WHEN_SET, default=0, ge=0)          # average the weights of the last N epochs (SWA-style)
+    average_last: int = Field(
+        json_schema_extra=WHEN_SET, default=0, ge=0
+    )  # average the weights of the last N epochs (SWA-style)
     # [[from_epoch, side], ...]: smaller training images in the first epochs
-    progressive_sizes: list[Annotated[list[int], Field(min_length=2, max_length=2)]] | None = Field(default=None, json_schema_extra=WHEN_SET)
+    progressive_sizes: list[Annotated[list[int], Field(min_length=2, max_length=2)]] | None = Field(
+        default=None, json_schema_extra=WHEN_SET
+    )
     # a preset over the recipe: <recipes>/presets/<preset>/<family>.yaml (README "Training recipes"; make train PRESET=)
     preset: str | None = Field(default=None, json_schema_extra=WHEN_SET)
 
@@ -190,13 +229,16 @@ class TrainConfig(StrictModel):
             return "disk" if value else "off"
         return value
 
-    # The transform, policy and view names are checked against pipeline.vision (host, device, policies, views), which needs torch and
+    # The transform, policy and view names are checked against pipeline.vision (host, device, policies, views), which
+    # needs torch and
     # albumentations. Commands that never train (folds, ensemble, import-oof) load the config with
     # training=False and skip these checks; every training path validates its TrainConfig again
     # through resolve_train_config, with them, before any work.
     @field_validator("augment")
     @classmethod
-    def _known_transforms(cls, steps: list[dict[str, dict[str, Any]]], info: ValidationInfo) -> list[dict[str, dict[str, Any]]]:
+    def _known_transforms(
+        cls, steps: list[dict[str, dict[str, Any]]], info: ValidationInfo
+    ) -> list[dict[str, dict[str, Any]]]:
         if _checks_training(info):
             from pipeline.vision.host import check_augment_steps
 
@@ -205,7 +247,9 @@ class TrainConfig(StrictModel):
 
     @field_validator("device_augment")
     @classmethod
-    def _known_device_steps(cls, steps: list[dict[str, dict[str, Any]]], info: ValidationInfo) -> list[dict[str, dict[str, Any]]]:
+    def _known_device_steps(
+        cls, steps: list[dict[str, dict[str, Any]]], info: ValidationInfo
+    ) -> list[dict[str, dict[str, Any]]]:
         if _checks_training(info):
             from pipeline.vision.device import check_device_augment_steps
 
@@ -235,15 +279,19 @@ class TrainConfig(StrictModel):
     def _schedule_keys(self) -> "TrainConfig":
         # each names the key and the fix: these are epochs within `epochs`
         if self.freeze_epochs and self.freeze_epochs >= self.epochs:
-            raise ValueError(f"freeze_epochs ({self.freeze_epochs}) must be below epochs ({self.epochs}): the head-only "
-                             "epochs are the first of `epochs`, and at least one epoch trains the whole network")
+            raise ValueError(
+                f"freeze_epochs ({self.freeze_epochs}) must be below epochs ({self.epochs}): the head-only "
+                "epochs are the first of `epochs`, and at least one epoch trains the whole network"
+            )
         if self.average_last > self.epochs:
             raise ValueError(f"average_last ({self.average_last}) must be at most epochs ({self.epochs})")
         if self.progressive_sizes is not None:
             starts = [start for start, _ in self.progressive_sizes]
             if not starts or starts != sorted(set(starts)) or starts[0] != 0 or starts[-1] >= self.epochs:
-                raise ValueError(f"progressive_sizes {self.progressive_sizes}: give [from_epoch, side] pairs with distinct "
-                                 f"from_epochs, ascending, from 0 to below epochs ({self.epochs}), e.g. [[0, 128], [5, 224]]")
+                raise ValueError(
+                    f"progressive_sizes {self.progressive_sizes}: give [from_epoch, side] pairs with distinct "
+                    f"from_epochs, ascending, from 0 to below epochs ({self.epochs}), e.g. [[0, 128], [5, 224]]"
+                )
             if any(side < 8 for _, side in self.progressive_sizes):
                 raise ValueError(f"progressive_sizes {self.progressive_sizes}: every side must be at least 8 pixels")
         return self
@@ -291,8 +339,8 @@ class LrFindConfig(StrictModel):
     start_lr: float = Field(default=1e-7, gt=0)
     end_lr: float = Field(default=10.0, gt=0)
     num_steps: int = Field(default=100, ge=5)
-    diverge: float = Field(default=4.0, gt=1)       # stop once the smoothed loss exceeds diverge x its best
-    smoothing: float = Field(default=0.98, ge=0, lt=1)   # the loss's exponential moving average (fastai's beta)
+    diverge: float = Field(default=4.0, gt=1)  # stop once the smoothed loss exceeds diverge x its best
+    smoothing: float = Field(default=0.98, ge=0, lt=1)  # the loss's exponential moving average (fastai's beta)
 
     @model_validator(mode="after")
     def _range(self) -> "LrFindConfig":
@@ -305,9 +353,9 @@ class PseudoConfig(StrictModel):
     """``make pseudo`` (and ``make distill`` with ``distill.pseudo``): test rows labelled by each fold's teacher
     (:mod:`pipeline.students.teach`)."""
 
-    hard_threshold: float | None = Field(default=None, gt=0, le=1)   # None: soft targets; else one-hot above it
-    weight: float = Field(default=1.0, gt=0)         # the loss weight of a pseudo row (a true row weighs 1)
-    max_share: float = Field(default=1.0, gt=0)      # pseudo rows at most this share of the fold's training rows
+    hard_threshold: float | None = Field(default=None, gt=0, le=1)  # None: soft targets; else one-hot above it
+    weight: float = Field(default=1.0, gt=0)  # the loss weight of a pseudo row (a true row weighs 1)
+    max_share: float = Field(default=1.0, gt=0)  # pseudo rows at most this share of the fold's training rows
 
 
 class DistillConfig(StrictModel):
@@ -317,7 +365,7 @@ class DistillConfig(StrictModel):
     temperature: float = Field(default=2.0, gt=0)
     # fold: fold k's soft targets from the teacher's fold-k models (never saw fold k); oof: its OOF rows (leaky)
     targets: Literal["fold", "oof"] = "fold"
-    pseudo: bool = False                             # also train on pseudo-labelled test rows (the pseudo: section)
+    pseudo: bool = False  # also train on pseudo-labelled test rows (the pseudo: section)
 
 
 class ExecutorConfig(StrictModel):
@@ -341,8 +389,9 @@ class ExecutorConfig(StrictModel):
     def settings(self):
         from pipeline.core.executors import ExecutorSettings
 
-        return ExecutorSettings(gpus_per_job=self.gpus_per_job, cpus_per_job=self.cpus_per_job,
-                                max_retries=self.max_retries)
+        return ExecutorSettings(
+            gpus_per_job=self.gpus_per_job, cpus_per_job=self.cpus_per_job, max_retries=self.max_retries
+        )
 
 
 class Config(StrictModel):
@@ -351,7 +400,10 @@ class Config(StrictModel):
     @model_validator(mode="after")
     def _features_need_test_table(self) -> "Config":
         if self.ensemble.stacker_features and not self.competition.test_csv:
-            raise ValueError("ensemble.stacker_features need competition.test_csv (the test rows' metadata: id plus the same columns)")
+            raise ValueError(
+                "ensemble.stacker_features need competition.test_csv (the test rows' metadata: id plus the same "
+                "columns)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -361,20 +413,29 @@ class Config(StrictModel):
 
         comp = self.competition
         for name, spec in comp.metrics.items():
-            load_user_metric(name, spec.function, spec.greater_is_better, spec.needs, (comp.task,),
-                             base_dir=self.config_dir)
+            load_user_metric(
+                name, spec.function, spec.greater_is_better, spec.needs, (comp.task,), base_dir=self.config_dir
+            )
         if comp.metric not in METRICS:
-            raise ValueError(f"unknown metric {comp.metric!r}; choose one of {sorted(METRICS)} "
-                             "or define it under competition.metrics")
+            raise ValueError(
+                f"unknown metric {comp.metric!r}; choose one of {sorted(METRICS)} "
+                "or define it under competition.metrics"
+            )
         check_metric_task(comp.metric, comp.task)
         resolve_loss(comp.task, self.train.loss)
         if self.folds.strategy == "multilabel" and comp.task != "multilabel":
-            raise ValueError(f"folds.strategy 'multilabel' is for task 'multilabel'; task is {comp.task!r} (use 'stratified')")
+            raise ValueError(
+                f"folds.strategy 'multilabel' is for task 'multilabel'; task is {comp.task!r} (use 'stratified')"
+            )
         if self.folds.strategy == "stratified_group" and comp.task == "multilabel":
-            raise ValueError("folds.strategy 'stratified_group' cannot stratify label sets; use 'group' or 'multilabel'")
+            raise ValueError(
+                "folds.strategy 'stratified_group' cannot stratify label sets; use 'group' or 'multilabel'"
+            )
         if self.train.image_size_from == "competition" and self.train.image_size is None:
-            raise ValueError("train.image_size_from 'competition' needs train.image_size in the competition config "
-                             "(e.g. image_size: 32); or set image_size_from: recipe")
+            raise ValueError(
+                "train.image_size_from 'competition' needs train.image_size in the competition config "
+                "(e.g. image_size: 32); or set image_size_from: recipe"
+            )
         return self
 
     competition: CompetitionConfig
@@ -427,5 +488,3 @@ class Config(StrictModel):
     @property
     def recipes_path(self) -> Path:
         return self.config_dir / self.recipes_dir
-
-

@@ -158,14 +158,17 @@ class RayExecutor(Executor):
         try:
             import ray
         except ImportError:
-            raise ExecutorError("EXECUTOR=ray needs Ray: pip install -e '.[ray]' (or pip install 'ray>=2.40')") from None
+            raise ExecutorError("EXECUTOR=ray needs Ray: pip install -e '.[ray]' (or pip install "
+                                "'ray>=2.40')") from None
         started_here = not ray.is_initialized()
         if started_here:
             try:
                 ray.init(include_dashboard=False, logging_level="ERROR", **self.settings.extra)
             except ConnectionError as exc:
-                raise ExecutorError(f"cannot join the Ray cluster at RAY_ADDRESS={os.environ.get('RAY_ADDRESS')!r} "
-                                    f"({exc}); start it with 'ray start --head', or unset RAY_ADDRESS") from None
+                raise ExecutorError(
+                    f"cannot join the Ray cluster at RAY_ADDRESS={os.environ.get('RAY_ADDRESS')!r} "
+                    f"({exc}); start it with 'ray start --head', or unset RAY_ADDRESS"
+                ) from None
         return ray, started_here
 
     def describe(self) -> str:
@@ -182,8 +185,12 @@ class RayExecutor(Executor):
         ray, started_here = self._start()
         try:
             gpus = self.gpus_for_jobs(ray.cluster_resources().get("GPU", 0.0))
-            task = ray.remote(call_job).options(num_cpus=self.settings.cpus_per_job, num_gpus=gpus,
-                                                max_retries=self.settings.max_retries, retry_exceptions=False)
+            task = ray.remote(call_job).options(
+                num_cpus=self.settings.cpus_per_job,
+                num_gpus=gpus,
+                max_retries=self.settings.max_retries,
+                retry_exceptions=False,
+            )
             pending = {task.remote(job): job for job in jobs}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)

@@ -1,4 +1,6 @@
-"""The ensemble's candidates: every blend method and every single run, fitted and scored in-sample and by nested CV over the stored folds; the stacker's metadata features and the fold models' test predictions."""
+"""The ensemble's candidates: every blend method and every single run, fitted and scored in-sample and by nested CV
+over the stored folds; the stacker's metadata features and the fold models' test predictions.
+"""
 
 from __future__ import annotations
 
@@ -37,13 +39,13 @@ class Candidate:
     weights: np.ndarray | None = None
     seconds: float = 0.0
     private: float | None = None
-    test_decided: np.ndarray | None = None   # the test predictions after the tuned decision (thresholds, cut points)
+    test_decided: np.ndarray | None = None  # the test predictions after the tuned decision (thresholds, cut points)
     decision: dict | None = None
-    fold_scores: dict | None = None          # fold -> nested score of its held-out rows (the selection rule's SE)
-    simplicity: int = 2                      # blend.BlendMethod.simplicity; a single model ranks with the weights
-    se: float | None = None                  # standard error against the best candidate (blend.standard_errors)
+    fold_scores: dict | None = None  # fold -> nested score of its held-out rows (the selection rule's SE)
+    simplicity: int = 2  # blend.BlendMethod.simplicity; a single model ranks with the weights
+    se: float | None = None  # standard error against the best candidate (blend.standard_errors)
     temperature: float = 1.0
-    test_other: np.ndarray | None = None     # the test predictions applied the other way (ensemble.apply), if they differ
+    test_other: np.ndarray | None = None  # the test predictions applied the other way (ensemble.apply), if they differ
     private_other: float | None = None
     fitted: object = None
 
@@ -54,7 +56,12 @@ def method_params(config: Config, method: str, runs: list[StoredRun], fingerprin
     user = config.ensemble.method_params.get(method, {})
     if method != "optuna":
         return {**calibrate, **user}
-    params = {**calibrate, "n_trials": config.ensemble.optuna_trials, "timeout": config.ensemble.optuna_timeout, "seed": config.ensemble.seed}
+    params = {
+        **calibrate,
+        "n_trials": config.ensemble.optuna_trials,
+        "timeout": config.ensemble.optuna_timeout,
+        "seed": config.ensemble.seed,
+    }
     # one stored study per set of runs (nested fold refits start afresh): a rerun on the same runs continues it.
     # The study runs in memory and its trials are written once afterwards (SQLite per trial was 10x slower).
     path = optuna_study_path(config, runs, fingerprint, storage_dir)
@@ -97,14 +104,28 @@ def stacker_features(config: Config, competition: Competition) -> tuple[np.ndarr
         numeric = values.loc[ids, columns].apply(pd.to_numeric, errors="coerce")
         if numeric.isna().any().any():
             bad = numeric.columns[numeric.isna().any()].tolist()
-            raise StoreError(f"ensemble.stacker_features: column(s) {bad} of {where} are not all numbers; encode them first")
+            raise StoreError(
+                f"ensemble.stacker_features: column(s) {bad} of {where} are not all numbers; encode them first"
+            )
         out.append(numeric.to_numpy(dtype=np.float64))
     return out[0], out[1]
 
 
-def blend_candidates(preds: np.ndarray, tests: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, methods: list[str], params_for, extra: np.ndarray | None = None, extra_test: np.ndarray | None = None,
-                     task: str = "multiclass", n_grades: int | None = None, fold_tests: np.ndarray | None = None,
-                     apply: str = "per_fold") -> list[Candidate]:
+def blend_candidates(
+    preds: np.ndarray,
+    tests: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    metric: Metric,
+    methods: list[str],
+    params_for,
+    extra: np.ndarray | None = None,
+    extra_test: np.ndarray | None = None,
+    task: str = "multiclass",
+    n_grades: int | None = None,
+    fold_tests: np.ndarray | None = None,
+    apply: str = "per_fold",
+) -> list[Candidate]:
     """Score each method in-sample and by nested CV; refit on all rows and predict the test set.
 
     ``extra``/``extra_test`` are per-row metadata features; only the stackers read them.
@@ -123,25 +144,38 @@ def blend_candidates(preds: np.ndarray, tests: np.ndarray, y: np.ndarray, folds:
         if reason:
             log.info(f"skipped {method}: {reason}")
             continue
-        result = blend.nested_score(method, preds, y, folds, metric, extra=extra, params=params_for(method),
-                                    task=task, decision=factory)
+        result = blend.nested_score(
+            method, preds, y, folds, metric, extra=extra, params=params_for(method), task=task, decision=factory
+        )
         test = blend.predict_test(result.fitted, tests, fold_tests, apply, extra=extra_test)
         other = None
         if fold_tests is not None:
-            other = blend.predict_test(result.fitted, tests, fold_tests, "fold_mean" if apply == "per_fold" else "per_fold",
-                                       extra=extra_test)
+            other = blend.predict_test(
+                result.fitted, tests, fold_tests, "fold_mean" if apply == "per_fold" else "per_fold", extra=extra_test
+            )
             if np.allclose(other, test, rtol=0, atol=1e-9):
                 other = None  # a linear blend without a temperature: both ways give the same predictions
         decided = result.decision.apply(test) if result.decision is not None else None
-        candidates.append(Candidate(
-            name=method, kind=blend.BLEND_METHODS[method].kind, cv=result.in_sample, nested=result.nested,
-            test=test, gap=result.gap, weight_std=result.weight_std, weights=result.weights, seconds=result.seconds,
-            test_decided=decided, decision=None if result.decision is None else result.decision.params,
-            fold_scores=dict(result.fold_scores), simplicity=blend.BLEND_METHODS[method].simplicity,
-            temperature=result.fitted.temperature_,
-            test_other=other if other is None or result.decision is None else result.decision.apply(other),
-            fitted=result.fitted,
-        ))
+        candidates.append(
+            Candidate(
+                name=method,
+                kind=blend.BLEND_METHODS[method].kind,
+                cv=result.in_sample,
+                nested=result.nested,
+                test=test,
+                gap=result.gap,
+                weight_std=result.weight_std,
+                weights=result.weights,
+                seconds=result.seconds,
+                test_decided=decided,
+                decision=None if result.decision is None else result.decision.params,
+                fold_scores=dict(result.fold_scores),
+                simplicity=blend.BLEND_METHODS[method].simplicity,
+                temperature=result.fitted.temperature_,
+                test_other=other if other is None or result.decision is None else result.decision.apply(other),
+                fitted=result.fitted,
+            )
+        )
     return candidates
 
 
@@ -152,21 +186,38 @@ def _decision_factory(task: str, metric: Metric, n_grades: int | None = None):
     return lambda: decision_for(task, metric, n_grades=n_grades)
 
 
-def single_candidate(run: StoredRun, y: np.ndarray, folds: np.ndarray, metric: Metric, task: str,
-                     n_grades: int | None = None) -> Candidate:
+def single_candidate(
+    run: StoredRun, y: np.ndarray, folds: np.ndarray, metric: Metric, task: str, n_grades: int | None = None
+) -> Candidate:
     """One stored run as a leaderboard row; a tuned decision is scored by nested CV like the blends."""
     seconds = (run.meta.train_seconds or 0.0) + (run.meta.predict_seconds or 0.0)
     factory = _decision_factory(task, metric, n_grades)
     if factory is None:
         score = metric(y, run.oof)
-        return Candidate(name=f"single-{run.name}", kind="single", cv=score, nested=score, test=run.test,
-                         cv_plain=run.meta.cv_plain, seconds=seconds, fold_scores=per_fold_scores(y, run.oof, folds, metric))
+        return Candidate(
+            name=f"single-{run.name}",
+            kind="single",
+            cv=score,
+            nested=score,
+            test=run.test,
+            cv_plain=run.meta.cv_plain,
+            seconds=seconds,
+            fold_scores=per_fold_scores(y, run.oof, folds, metric),
+        )
     decided_oof, _ = nested_decision(y, run.oof, folds, metric, factory)
     decision = factory().fit(y, run.oof, metric)
-    return Candidate(name=f"single-{run.name}", kind="single", cv=metric(y, decision.apply(run.oof)),
-                     nested=metric(y, decided_oof), test=run.test, cv_plain=run.meta.cv_plain,
-                     seconds=seconds, test_decided=decision.apply(run.test), decision=decision.params,
-                     fold_scores=per_fold_scores(y, decided_oof, folds, metric))
+    return Candidate(
+        name=f"single-{run.name}",
+        kind="single",
+        cv=metric(y, decision.apply(run.oof)),
+        nested=metric(y, decided_oof),
+        test=run.test,
+        cv_plain=run.meta.cv_plain,
+        seconds=seconds,
+        test_decided=decision.apply(run.test),
+        decision=decision.params,
+        fold_scores=per_fold_scores(y, decided_oof, folds, metric),
+    )
 
 
 def per_fold_scores(y: np.ndarray, pred: np.ndarray, folds: np.ndarray, metric: Metric) -> dict:
@@ -204,7 +255,9 @@ def select_runs(runs: list, excluded: list[tuple[str, str]], names: list[str]) -
         if name in reasons:
             raise StoreError(f"ensemble.runs names {name!r}, which cannot be blended: {reasons[name]}")
         if name not in usable:
-            raise StoreError(f"ensemble.runs names {name!r}, which is not a run here; finished runs: {', '.join(usable)}")
+            raise StoreError(
+                f"ensemble.runs names {name!r}, which is not a run here; finished runs: {', '.join(usable)}"
+            )
     left = [r.name for r in runs if r.name not in names]
     if left:
         log.info(f"left out {', '.join(left)}: not in ensemble.runs")

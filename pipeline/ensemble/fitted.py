@@ -284,8 +284,14 @@ def store_candidates(config: Config, candidates: list, chosen, runs: list, kept_
     for cand in candidates:
         used = [singles[cand.name]] if cand.kind == "single" else kept_runs
         try:
-            record = candidate_record(cand, [record_of(r) for r in used], "fold_mean" if cand.kind == "single" else apply,
-                                      files.get(cand.name), fingerprint, extra)
+            record = candidate_record(
+                cand,
+                [record_of(r) for r in used],
+                "fold_mean" if cand.kind == "single" else apply,
+                files.get(cand.name),
+                fingerprint,
+                extra,
+            )
             json.dumps(record)  # a user's method whose parameters are not JSON is reported, not fatal
         except (TypeError, ValueError, NotImplementedError) as exc:
             log.info(f"not kept for make export: {cand.name} ({type(exc).__name__}: {exc})")

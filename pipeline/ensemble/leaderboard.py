@@ -29,19 +29,25 @@ def describe_rule(rule: str) -> str:
     if rule == "one_se":
         return ("the simplest within one standard error of the best nested CV: means, then weights and single models, "
                 "then stackers; among equally simple ones the better nested CV, a tie to the earlier listed")
-    return "the best nested CV, a tie to the earlier listed (single models first, then the methods in the configured order)"
+    return ("the best nested CV, a tie to the earlier listed (single models first, then the methods in the "
+            "configured order)")
 
 
 def tie_note(candidates: list[Candidate], chosen: Candidate) -> str:
     """`` (tied with ...)`` naming the candidates whose nested score equals the chosen one's (6 decimals), else ''."""
-    tied = [c.name for c in candidates if c is not chosen and not np.isnan(c.nested)
-            and round(c.nested, 6) == round(chosen.nested, 6)]
+    tied = [
+        c.name
+        for c in candidates
+        if c is not chosen and not np.isnan(c.nested) and round(c.nested, 6) == round(chosen.nested, 6)
+    ]
     if not tied:
         return ""
     return f" (tied at nested CV {chosen.nested:.6f} with {', '.join(tied)}; the rule above broke the tie)"
 
 
-def leaderboard_rows(candidates: list[Candidate], metric: Metric, chosen: Candidate, other_apply: str = "fold_mean") -> list[dict]:
+def leaderboard_rows(
+    candidates: list[Candidate], metric: Metric, chosen: Candidate, other_apply: str = "fold_mean"
+) -> list[dict]:
     """The leaderboard: the chosen candidate first (marked ``*``), then the others best first by nested CV,
     equal scores in the order the selection rule breaks ties (the earlier listed first), NaN last."""
     rest = [i for i, c in enumerate(candidates) if c is not chosen]
@@ -49,18 +55,20 @@ def leaderboard_rows(candidates: list[Candidate], metric: Metric, chosen: Candid
     ordered = [chosen] + [candidates[i] for i in order]
     rows = []
     for cand in ordered:
-        rows.append({
-            "submission": cand.name + (" *" if cand is chosen else ""),
-            "kind": cand.kind,
-            "CV": cand.cv,
-            "CV no TTA": cand.cv_plain,
-            "nested CV": None if cand.kind == "single" and not cand.decision else cand.nested,
-            "SE": cand.se,
-            "gap": cand.gap,
-            "weight std": cand.weight_std,
-            "private LB": cand.private,
-            "time": format_seconds(cand.seconds),
-        })
+        rows.append(
+            {
+                "submission": cand.name + (" *" if cand is chosen else ""),
+                "kind": cand.kind,
+                "CV": cand.cv,
+                "CV no TTA": cand.cv_plain,
+                "nested CV": None if cand.kind == "single" and not cand.decision else cand.nested,
+                "SE": cand.se,
+                "gap": cand.gap,
+                "weight std": cand.weight_std,
+                "private LB": cand.private,
+                "time": format_seconds(cand.seconds),
+            }
+        )
         if any(c.private_other is not None for c in candidates):
             # the other application (ensemble.apply) where it gives other test predictions than the chosen one
             rows[-1][f"private LB ({other_apply})"] = cand.private_other

@@ -63,7 +63,9 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     if config.ensemble.runs is not None:
         runs = select_runs(runs, excluded, config.ensemble.runs)
     if not runs:
-        raise StoreError(f"no finished runs in {config.runs_dir} on the current folds; train some first: make train MODEL=<name>")
+        raise StoreError(
+            f"no finished runs in {config.runs_dir} on the current folds; train some first: make train MODEL=<name>"
+        )
 
     y = competition.y
     preds = np.stack([r.oof for r in runs])
@@ -71,8 +73,13 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     n_grades = len(competition.targets.labels) if task == "ordinal" else None
     singles = [single_candidate(r, y, folds, metric, task, n_grades) for r in runs]
 
-    keep, pruned = blend.prune_correlated(preds, threshold=config.ensemble.prune_correlation,
-                                          scores=np.array([s.cv for s in singles]), metric=metric, task=task)
+    keep, pruned = blend.prune_correlated(
+        preds,
+        threshold=config.ensemble.prune_correlation,
+        scores=np.array([s.cv for s in singles]),
+        metric=metric,
+        task=task,
+    )
     for dropped, kept, corr in pruned:
         log.info(f"pruned {runs[dropped].name}: OOF correlation {corr:.4f} with {runs[kept].name} (adds nothing)")
     kept_runs = [runs[i] for i in keep]
@@ -93,17 +100,36 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
         blend_apply = apply if fold_tests is not None else "fold_mean"
         if apply == "per_fold":
             if fold_tests is None:
-                log.info("per-fold application: no run has its fold models' test predictions stored; "
-                         "every blend is applied to the fold means")
+                log.info(
+                    "per-fold application: no run has its fold models' test predictions stored; "
+                    "every blend is applied to the fold means"
+                )
             elif lacking:
-                log.info(f"per-fold application: no per-fold test predictions stored for {', '.join(lacking)} "
-                         f"(an imported run has none); its fold-mean test predictions enter every fold's blend")
+                log.info(
+                    f"per-fold application: no per-fold test predictions stored for {', '.join(lacking)} "
+                    f"(an imported run has none); its fold-mean test predictions enter every fold's blend"
+                )
         if "optuna" in methods:
-            log.info(f"optuna budget: {config.ensemble.optuna_trials} trials per fit"
-                     + (f" (timeout {config.ensemble.optuna_timeout:g}s)" if config.ensemble.optuna_timeout else "")
-                     + f", {len(np.unique(folds)) + 1} fits (nested CV + all rows), {len(kept_runs)} models x {len(y)} rows")
-        candidates += blend_candidates(preds[keep], tests[keep], y, folds, metric, methods, params_for, extra, extra_test,
-                                       task=task, n_grades=n_grades, fold_tests=fold_tests, apply=apply)
+            log.info(
+                f"optuna budget: {config.ensemble.optuna_trials} trials per fit"
+                + (f" (timeout {config.ensemble.optuna_timeout:g}s)" if config.ensemble.optuna_timeout else "")
+                + f", {len(np.unique(folds)) + 1} fits (nested CV + all rows), {len(kept_runs)} models x {len(y)} rows"
+            )
+        candidates += blend_candidates(
+            preds[keep],
+            tests[keep],
+            y,
+            folds,
+            metric,
+            methods,
+            params_for,
+            extra,
+            extra_test,
+            task=task,
+            n_grades=n_grades,
+            fold_tests=fold_tests,
+            apply=apply,
+        )
         save_optuna_trials(candidates, optuna_study_path(config, kept_runs, fingerprint, storage_dir))
     else:
         log.info("only one distinct model: no blend to search (train another architecture to ensemble)")
@@ -122,12 +148,17 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
         if cand.kind == "single" and cand is not best_single:
             continue
         label = "best-single" if cand.kind == "single" else cand.name
-        frames[cand.name] = (f"{label}_cv{cand.nested:.4f}.csv",
-                             submission_frame(competition.sample_submission, competition, metric, cand.test, cand.test_decided))
-    frames["submission"] = ("submission.csv", submission_frame(competition.sample_submission, competition, metric,
-                                                               chosen.test, chosen.test_decided))
-    rows = leaderboard_rows(candidates, metric, chosen,
-                            other_apply="fold_mean" if config.ensemble.apply == "per_fold" else "per_fold")
+        frames[cand.name] = (
+            f"{label}_cv{cand.nested:.4f}.csv",
+            submission_frame(competition.sample_submission, competition, metric, cand.test, cand.test_decided),
+        )
+    frames["submission"] = (
+        "submission.csv",
+        submission_frame(competition.sample_submission, competition, metric, chosen.test, chosen.test_decided),
+    )
+    rows = leaderboard_rows(
+        candidates, metric, chosen, other_apply="fold_mean" if config.ensemble.apply == "per_fold" else "per_fold"
+    )
     frames["leaderboard"] = ("leaderboard.csv", pd.DataFrame(rows))
     writer = SubmissionWriter(config.submissions_dir, force=force)
     writer.check([name for name, _ in frames.values()] + [PLOT_NAME])
@@ -136,14 +167,29 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     save_figure(writer, PLOT_NAME, ensemble_figure(runs, preds, candidates, keep))
     writer.finish()
     # every candidate's fitted state, for `make export` and to recompute its file (pipeline.ensemble.fitted)
-    store_candidates(config, candidates, chosen, runs, kept_runs,
-                     {key: name for key, (name, _) in frames.items() if key != "leaderboard"}, fingerprint, blend_apply)
+    store_candidates(
+        config,
+        candidates,
+        chosen,
+        runs,
+        kept_runs,
+        {key: name for key, (name, _) in frames.items() if key != "leaderboard"},
+        fingerprint,
+        blend_apply,
+    )
 
-    log.info(format_table(rows, f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
-                                f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold; "
-                                f"'SE' is its standard error against the best, over the folds"))
-    log.info(f"chosen by nested CV ({describe_rule(config.ensemble.selection)}): {chosen.name} -> {paths['submission']}"
-             f"{tie_note(candidates, chosen)}")
+    log.info(
+        format_table(
+            rows,
+            f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
+            f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold; "
+            f"'SE' is its standard error against the best, over the folds",
+        )
+    )
+    log.info(
+        f"chosen by nested CV ({describe_rule(config.ensemble.selection)}): {chosen.name} -> {paths['submission']}"
+        f"{tie_note(candidates, chosen)}"
+    )
     log.info(f"all submissions: {config.submissions_dir}/")
     return {"chosen": chosen.name, "rows": rows, "paths": {k: str(v) for k, v in paths.items()}}
 
@@ -151,5 +197,9 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
 def save_optuna_trials(candidates: list[Candidate], path: Path) -> None:
     """Keep the all-rows optuna study's trials, so that a rerun on the same runs continues it."""
     for cand in candidates:
-        if cand.name == "optuna" and hasattr(cand.fitted, "trials_record") and getattr(cand.fitted, "study_", None) is not None:
+        if (
+            cand.name == "optuna"
+            and hasattr(cand.fitted, "trials_record")
+            and getattr(cand.fitted, "study_", None) is not None
+        ):
             io.write_json(path, {"trials": cand.fitted.trials_record()})

@@ -1,4 +1,6 @@
-"""Submission files: a prediction as the sample submission's format, checked, and written under a manifest so that a file the pipeline did not write is never overwritten."""
+"""Submission files: a prediction as the sample submission's format, checked, and written under a manifest so that a
+file the pipeline did not write is never overwritten.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +23,10 @@ class SubmissionError(PipelineError, ValueError):
 
 # -- submissions ----------------------------------------------------------------------------
 
-def submission_frame(sample: pd.DataFrame, competition: Competition, metric: Metric, pred: np.ndarray,
-                     decided: np.ndarray | None = None) -> pd.DataFrame:
+
+def submission_frame(
+    sample: pd.DataFrame, competition: Competition, metric: Metric, pred: np.ndarray, decided: np.ndarray | None = None
+) -> pd.DataFrame:
     """A checked submission in the sample submission's format (:func:`pipeline.task.tasks.submission_frame`).
 
     Raises
@@ -31,8 +35,16 @@ def submission_frame(sample: pd.DataFrame, competition: Competition, metric: Met
         If the sample's columns fit no format of the task, or the result differs from the sample.
     """
     try:
-        out = tasks.submission_frame(sample, competition.id_column, competition.target_column, competition.task,
-                                     competition.targets, pred, decided, metric.needs)
+        out = tasks.submission_frame(
+            sample,
+            competition.id_column,
+            competition.target_column,
+            competition.task,
+            competition.targets,
+            pred,
+            decided,
+            metric.needs,
+        )
     except tasks.TaskError as exc:
         raise SubmissionError(str(exc)) from None
     check_submission(out, sample, competition.id_column)
@@ -49,7 +61,10 @@ def check_submission(submission: pd.DataFrame, sample: pd.DataFrame, id_column: 
     """
     if list(submission.columns) != list(sample.columns):
         raise SubmissionError(f"submission columns {list(submission.columns)} != sample's {list(sample.columns)}")
-    if len(submission) != len(sample) or not (submission[id_column].astype(str).to_numpy() == sample[id_column].astype(str).to_numpy()).all():
+    if (
+        len(submission) != len(sample)
+        or not (submission[id_column].astype(str).to_numpy() == sample[id_column].astype(str).to_numpy()).all()
+    ):
         raise SubmissionError("submission ids differ from the sample submission's ids or order")
     values = submission.drop(columns=id_column)
     if values.isna().any().any():
@@ -86,8 +101,10 @@ class SubmissionWriter:
         try:
             data = io.read_json(self.manifest_path)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{self.manifest_path} is damaged ({exc}); check the folder's files by hand, then delete "
-                             "it or pass FORCE=1") from None
+            raise StoreError(
+                f"{self.manifest_path} is damaged ({exc}); check the folder's files by hand, then delete "
+                "it or pass FORCE=1"
+            ) from None
         if isinstance(data, list):  # the first format: names only, no hashes
             return {str(name): None for name in data}
         if not isinstance(data, dict):

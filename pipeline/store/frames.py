@@ -10,7 +10,9 @@ import pandas as pd
 from pipeline.store.layout import StoreError
 
 
-def prediction_frame(ids: np.ndarray, probs: np.ndarray, classes: list[str], folds: np.ndarray | None = None) -> pd.DataFrame:
+def prediction_frame(
+    ids: np.ndarray, probs: np.ndarray, classes: list[str], folds: np.ndarray | None = None
+) -> pd.DataFrame:
     """Predictions keyed by id, one named column per class."""
     frame = pd.DataFrame({"id": np.asarray(ids, dtype=str)})
     if folds is not None:
@@ -47,14 +49,18 @@ def read_table(path: Path) -> pd.DataFrame:
         try:
             return pd.read_parquet(path)
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            raise StoreError(f"{path} is not a parquet file pandas can read ({str(exc).splitlines()[0][:120]}); "
-                             "write it with DataFrame.to_parquet, or pass a .csv") from None
+            raise StoreError(
+                f"{path} is not a parquet file pandas can read ({str(exc).splitlines()[0][:120]}); "
+                "write it with DataFrame.to_parquet, or pass a .csv"
+            ) from None
     if path.suffix == ".csv":
         try:
             return pd.read_csv(path, dtype={"id": str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{path} is not a CSV file pandas can read ({str(exc).splitlines()[0][:120]}); "
-                             "write it with DataFrame.to_csv(index=False)") from None
+            raise StoreError(
+                f"{path} is not a CSV file pandas can read ({str(exc).splitlines()[0][:120]}); "
+                "write it with DataFrame.to_csv(index=False)"
+            ) from None
     raise StoreError(f"{path}: expected a .csv or .parquet file")
 
 
@@ -66,8 +72,10 @@ def numeric_columns(frame: pd.DataFrame, columns: list[str], source: str) -> Non
         bad = numbers.isna() & values.notna()
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise StoreError(f"{source}: column {column!r} holds {values.iat[row]!r} (id {frame['id'].iat[row]}), "
-                             "not a number; every prediction column must be numeric")
+            raise StoreError(
+                f"{source}: column {column!r} holds {values.iat[row]!r} (id {frame['id'].iat[row]}), "
+                "not a number; every prediction column must be numeric"
+            )
 
 
 def check_prediction_values(probs: np.ndarray, task: str, source: str, classes: list[str]) -> None:
@@ -85,7 +93,9 @@ def check_prediction_values(probs: np.ndarray, task: str, source: str, classes: 
     if output == "value" or probs.size == 0:
         return
     if probs.min() < 0 or probs.max() > 1:
-        raise StoreError(f"{source}: values outside [0, 1] (min {probs.min():.3g}, max {probs.max():.3g}); "
-                         "store probabilities, not logits")
+        raise StoreError(
+            f"{source}: values outside [0, 1] (min {probs.min():.3g}, max {probs.max():.3g}); "
+            "store probabilities, not logits"
+        )
     if output == "simplex" and len(classes) > 1 and not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
         raise StoreError(f"{source}: rows do not sum to 1 (e.g. {probs.sum(axis=1)[0]:.4f}); apply a softmax first")

@@ -13,8 +13,16 @@ from pipeline.store.layout import RunLayout, StoreError
 from pipeline.store.meta import RunMeta, write_meta
 
 
-def validate_import(oof: pd.DataFrame, test: pd.DataFrame, train_ids: np.ndarray, test_ids: np.ndarray, folds: np.ndarray, classes: list[str], source: str,
-                    task: str = "multiclass") -> tuple[np.ndarray, np.ndarray]:
+def validate_import(
+    oof: pd.DataFrame,
+    test: pd.DataFrame,
+    train_ids: np.ndarray,
+    test_ids: np.ndarray,
+    folds: np.ndarray,
+    classes: list[str],
+    source: str,
+    task: str = "multiclass",
+) -> tuple[np.ndarray, np.ndarray]:
     """Check predictions made elsewhere against this competition; return them in our row order.
 
     Parameters
@@ -45,7 +53,10 @@ def validate_import(oof: pd.DataFrame, test: pd.DataFrame, train_ids: np.ndarray
         if "id" not in frame.columns:
             raise StoreError(f"{source}: the {what} file needs an 'id' column (columns: {list(frame.columns)[:8]})")
     if "fold" not in oof.columns:
-        raise StoreError(f"{source}: the OOF file needs a 'fold' column with each row's validation fold (ours: folds/<competition>.csv)")
+        raise StoreError(
+            f"{source}: the OOF file needs a 'fold' column with each row's validation fold (ours: "
+            "folds/<competition>.csv)"
+        )
     numeric_columns(oof, ["fold"], f"{source} (OOF)")
     for frame, what in ((oof, "OOF"), (test, "test")):
         numeric_columns(frame, [str(c) for c in classes if str(c) in frame.columns], f"{source} ({what})")
@@ -58,25 +69,50 @@ def validate_import(oof: pd.DataFrame, test: pd.DataFrame, train_ids: np.ndarray
     if len(differ):
         raise StoreError(
             f"{source}: fold assignment differs from ours on {len(differ)} rows (e.g. id {train_ids[differ[0]]}: "
-            f"fold {their_folds[differ[0]]} vs {folds[differ[0]]}); retrain that model on folds/<competition>.csv - mixing splits leaks"
+            f"fold {their_folds[differ[0]]} vs {folds[differ[0]]}); retrain that model on folds/<competition>.csv - "
+            "mixing splits leaks"
         )
     for probs, what in ((oof_probs, "OOF"), (test_probs, "test")):
         check_prediction_values(probs, task, f"{source} ({what})", classes)
     return oof_probs, test_probs
 
 
-def import_run(run_dir: Path, oof_path: Path, test_path: Path, train_ids: np.ndarray, test_ids: np.ndarray, folds: np.ndarray, folds_fingerprint: str, classes: list[str], metric, y: np.ndarray, force: bool = False,
-               task: str = "multiclass") -> RunMeta:
+def import_run(
+    run_dir: Path,
+    oof_path: Path,
+    test_path: Path,
+    train_ids: np.ndarray,
+    test_ids: np.ndarray,
+    folds: np.ndarray,
+    folds_fingerprint: str,
+    classes: list[str],
+    metric,
+    y: np.ndarray,
+    force: bool = False,
+    task: str = "multiclass",
+) -> RunMeta:
     """Validate predictions from another notebook and add them to the store as a finished run."""
     layout = RunLayout(run_dir)
     if layout.meta.is_file() and not force:
         raise StoreError(f"run {run_dir} exists; choose another NAME or pass FORCE=1")
-    oof_probs, test_probs = validate_import(read_table(oof_path), read_table(test_path), train_ids, test_ids, folds, classes, str(oof_path), task)
+    oof_probs, test_probs = validate_import(
+        read_table(oof_path), read_table(test_path), train_ids, test_ids, folds, classes, str(oof_path), task
+    )
     io.write_parquet(layout.oof, prediction_frame(train_ids, oof_probs, classes, folds))
     io.write_parquet(layout.test, prediction_frame(test_ids, test_probs, classes))
-    meta = RunMeta(name=run_dir.name, status="finished", model="imported", family="imported",
-                   source={"oof": str(oof_path), "test": str(test_path)}, task=task, classes=list(classes),
-                   folds_fingerprint=folds_fingerprint, cv=metric(y, oof_probs), metric=metric.name,
-                   created=pd.Timestamp.now().isoformat(timespec="seconds"), folds_done=sorted(set(np.asarray(folds).tolist())))
+    meta = RunMeta(
+        name=run_dir.name,
+        status="finished",
+        model="imported",
+        family="imported",
+        source={"oof": str(oof_path), "test": str(test_path)},
+        task=task,
+        classes=list(classes),
+        folds_fingerprint=folds_fingerprint,
+        cv=metric(y, oof_probs),
+        metric=metric.name,
+        created=pd.Timestamp.now().isoformat(timespec="seconds"),
+        folds_done=sorted(set(np.asarray(folds).tolist())),
+    )
     write_meta(layout, meta)
     return meta

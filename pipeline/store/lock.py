@@ -30,10 +30,14 @@ class RunLock:
             except FileExistsError:
                 owner = self._owner()
                 if owner is not None and owner[0] != _HOST:
-                    raise StoreError(f"{self.path.parent} is being trained by process {owner[1]} on machine {owner[0]}; "
-                                     f"wait for it, or delete {self.path} if that job is gone") from None
+                    raise StoreError(
+                        f"{self.path.parent} is being trained by process {owner[1]} on machine {owner[0]}; "
+                        f"wait for it, or delete {self.path} if that job is gone"
+                    ) from None
                 if owner is not None and _alive(owner[1]):
-                    raise StoreError(f"{self.path.parent} is being trained by process {owner[1]}; wait for it or stop it") from None
+                    raise StoreError(
+                        f"{self.path.parent} is being trained by process {owner[1]}; wait for it or stop it"
+                    ) from None
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as handle:

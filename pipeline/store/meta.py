@@ -1,4 +1,6 @@
-"""`meta.json`, typed and versioned (:class:`RunMeta`), the run hash that says when two runs are the same run, and the code and library versions a run records."""
+"""`meta.json`, typed and versioned (:class:`RunMeta`), the run hash that says when two runs are the same run, and the
+code and library versions a run records.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ class RunMeta:
     """
 
     name: str
-    status: str                              # running | partial | finished
+    status: str  # running | partial | finished
     classes: list
     folds_fingerprint: str
     task: str = "multiclass"
@@ -48,7 +50,7 @@ class RunMeta:
     created: str | None = None
     folds_done: list = field(default_factory=list)
     batch_size_found: int | None = None
-    folds: dict | None = None                # fold id (str) -> that fold's fold.json without its history
+    folds: dict | None = None  # fold id (str) -> that fold's fold.json without its history
     cv: float | None = None
     cv_plain: float | None = None
     tta_gain: float | None = None
@@ -59,10 +61,10 @@ class RunMeta:
     image_size: int | None = None
     tta: list | None = None
     finished: str | None = None
-    source: dict | None = None               # an imported run: the files it came from
-    image_size_source: str | None = None     # which setting chose the input size (config.image_size_choice)
-    config_files: dict | None = None         # path -> SHA-256 of every config file the run read
-    teacher: dict | None = None              # make pseudo / make distill: the teacher, its runs and the settings
+    source: dict | None = None  # an imported run: the files it came from
+    image_size_source: str | None = None  # which setting chose the input size (config.image_size_choice)
+    config_files: dict | None = None  # path -> SHA-256 of every config file the run read
+    teacher: dict | None = None  # make pseudo / make distill: the teacher, its runs and the settings
     schema_version: int = META_SCHEMA_VERSION
 
     def to_json(self) -> dict:
@@ -82,14 +84,19 @@ class RunMeta:
             raise StoreError(f"{source}: expected a JSON object, got {type(data).__name__}")
         version = data.get("schema_version", 1)
         if not isinstance(version, int) or version > META_SCHEMA_VERSION:
-            raise StoreError(f"{source}: schema_version {version!r} is newer than this pipeline's "
-                             f"({META_SCHEMA_VERSION}); upgrade the pipeline")
+            raise StoreError(
+                f"{source}: schema_version {version!r} is newer than this pipeline's "
+                f"({META_SCHEMA_VERSION}); upgrade the pipeline"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise StoreError(f"{source}: unknown key(s) {unknown}; this pipeline reads {sorted(known)}")
-        required = [f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         missing = [k for k in required if k not in data]
         if missing:
             raise StoreError(f"{source}: missing key(s) {missing}")
@@ -109,8 +116,10 @@ def read_meta(layout: RunLayout) -> RunMeta | None:
     try:
         data = io.read_json(layout.meta)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{layout.meta} is damaged ({exc}); retrain the run from scratch with FORCE=1 "
-                         f"(make train MODEL={layout.run_dir.name} FORCE=1)") from None
+        raise StoreError(
+            f"{layout.meta} is damaged ({exc}); retrain the run from scratch with FORCE=1 "
+            f"(make train MODEL={layout.run_dir.name} FORCE=1)"
+        ) from None
     return RunMeta.from_json(data, str(layout.meta))
 
 
@@ -120,10 +129,16 @@ def write_meta(layout: RunLayout, meta: RunMeta) -> None:
 
 # -- when two runs are the same run ------------------------------------------------------------
 
+
 def run_hash(cfg: TrainConfig, config: Config, folds_fingerprint: str) -> str:
     """The hash that names a run's settings: a rerun with the same hash resumes, another needs FORCE=1."""
-    return json_hash({"train": settings_dump(cfg), "competition": competition_settings(config),
-                        "folds_fingerprint": folds_fingerprint})
+    return json_hash(
+        {
+            "train": settings_dump(cfg),
+            "competition": competition_settings(config),
+            "folds_fingerprint": folds_fingerprint,
+        }
+    )
 
 
 def library_versions() -> dict[str, str]:
@@ -154,7 +169,9 @@ def code_version() -> dict[str, str | bool]:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10)
         if commit.returncode == 0:
             version["git_commit"] = commit.stdout.strip()
-            status = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=source, capture_output=True, text=True, timeout=10)
+            status = subprocess.run(
+                ["git", "status", "--porcelain", "--", "."], cwd=source, capture_output=True, text=True, timeout=10
+            )
             version["git_dirty"] = bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass  # no git on this machine (a Kaggle notebook): the package version is what we have

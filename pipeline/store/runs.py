@@ -58,7 +58,13 @@ def load_runs(runs_dir: Path, train_ids: np.ndarray, test_ids: np.ndarray, class
                                            f"or delete it with make clean-run NAME={run_dir.name}"))
             continue
         if meta.folds_fingerprint != folds_fingerprint:
-            excluded.append((run_dir.name, f"made on other folds (fingerprint {meta.folds_fingerprint} != {folds_fingerprint}); mixing splits leaks"))
+            excluded.append(
+                (
+                    run_dir.name,
+                    f"made on other folds (fingerprint {meta.folds_fingerprint} != {folds_fingerprint}); mixing "
+                    "splits leaks",
+                )
+            )
             continue
         if meta.task != task:
             excluded.append((run_dir.name, f"made for task {meta.task!r}, not {task!r}"))
@@ -108,7 +114,8 @@ def read_fold_tests(layout: RunLayout, meta: RunMeta, test: np.ndarray) -> np.nd
 
 
 def check_run_name(name: str, what: str = "NAME") -> str:
-    """``name`` if it can name a run folder, else an error saying what is allowed (:func:`pipeline.core.io.safe_name`)."""
+    """``name`` if it can name a run folder, else an error saying what is allowed (:func:`pipeline.core.io.safe_name`).
+    """
     return io.safe_name(name, what)
 
 
@@ -139,8 +146,11 @@ def remove_run(runs_dir: Path, name: str) -> Path:
     """
     run_dir = runs_dir / check_run_name(name)
     if not run_dir.is_dir() or name.startswith(("_", ".")):
-        known = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) \
-            if runs_dir.is_dir() else []
+        known = (
+            sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+            if runs_dir.is_dir()
+            else []
+        )
         raise StoreError(f"no run {run_dir}; runs: {', '.join(known) or 'none'}")
     with RunLock(run_dir):
         for child in run_dir.iterdir():

@@ -12,16 +12,16 @@ alpha. :class:`TeacherLoss` is one weighted mean over the batch; with no teacher
 the head's soft-target loss (:meth:`Head.soft_loss_rows`, the path mixup trains on).
 """
 
+
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file as load_safetensors
 
 from pipeline.config import Config, ConfigError, DistillConfig, PseudoConfig, TrainConfig
@@ -36,7 +36,7 @@ from pipeline.students.teach import (PseudoTable, Teacher, TeacherError, blend_o
                                      resolve_teacher)
 from pipeline.task.metrics import get_metric
 from pipeline.task.tasks import get_task
-from pipeline.train.dataset import ImageDataset, collate_rows
+from pipeline.train.dataset import ImageDataset
 from pipeline.train.heads import Head, make_head
 from pipeline.train.model import prepare_model
 from pipeline.train.predict import predict_views
@@ -44,143 +44,12 @@ from pipeline.train.runtime import Runtime, device_transform, eval_batch_size, m
 from pipeline.vision.models import data_config
 from pipeline.vision.host import HostTransform
 
+from pipeline.students.targets import SoftRows, TeacherLoss, head_targets, pack, soften, true_targets
+
 log = logging.getLogger(__name__)
 
-#: The run a student writes by default: ``<model>-pl`` (round 2: ``<model>-pl2``) and ``<model>-distill``.
+
 SUFFIXES = {"pseudo": "pl", "distill": "distill"}
-
-
-# -- targets in the head's form -------------------------------------------------------------------
-
-def head_targets(head: Head, stored: np.ndarray) -> np.ndarray:
-    """Stored-form predictions (probabilities per column, or values) as the head's targets: a binary
-    two-logit softmax head takes ``[1 - p, p]``; every other head takes the stored columns."""
-    stored = np.asarray(stored, dtype=np.float64).reshape(len(stored), -1)
-    if head.loss_name == "ce" and head.task == "binary":
-        return np.concatenate([1.0 - stored, stored], axis=1)
-    return stored
-
-
-def true_targets(head: Head, y: np.ndarray, n_cols: int) -> np.ndarray:
-    """The true labels as the head's targets, label smoothing applied as :meth:`Head.loss` applies it."""
-    smooth = head.label_smoothing
-    if head.loss_name == "ce":
-        n_out = head.n_outputs(n_cols)
-        onehot = np.eye(n_out)[np.asarray(y, dtype=np.int64).reshape(-1)]
-        return onehot * (1 - smooth) + smooth / n_out
-    target = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
-    if not head.values and smooth:
-        target = target * (1 - smooth) + 0.5 * smooth
-    return target
-
-
-def soften(head: Head, target: np.ndarray, temperature: float) -> np.ndarray:
-    """The teacher's probabilities at temperature T, as Hinton's soft targets: ``softmax(log p / T)`` for a
-    softmax head, ``sigmoid(logit p / T)`` per label for a sigmoid head; values are left as they are."""
-    if head.values:
-        return target
-    p = np.clip(target, 1e-7, 1 - 1e-7)
-    if head.loss_name == "ce":
-        logits = np.log(p) / temperature
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-    return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature))
-
-
-def pack(hard: np.ndarray, soft: np.ndarray | None, weight: float, alpha: float) -> np.ndarray:
-    """Rows of ``[hard target | soft target | loss weight | alpha]`` (float32), what the loader carries per row."""
-    n, n_out = hard.shape
-    soft = np.zeros_like(hard) if soft is None else soft
-    return np.concatenate([hard, soft, np.full((n, 1), weight), np.full((n, 1), alpha)], axis=1).astype(np.float32)
-
-
-class TeacherLoss(torch.nn.Module):
-    """Per row ``(1 - alpha) * task loss + alpha * T^2 * KL(teacher_T || student_T)``, weighted mean over the batch.
-
-    The task loss is :meth:`Head.soft_loss_rows` against the row's hard target (a true label, or
-    a pseudo-label, soft or one-hot). The distillation term (Hinton et al. 2015) is the KL
-    divergence from the teacher's softened distribution to the student's at the same
-    temperature, times T^2 so its gradients keep their scale; for a sigmoid head it is each
-    label's binary KL, averaged; for values (regression, ordinal) the head's own loss to the
-    teacher's value, with no temperature (a value has no distribution to soften).
-    """
-
-    def __init__(self, head: Head, n_out: int, temperature: float = 1.0, distill: bool = False):
-        super().__init__()
-        self.head, self.n_out, self.temperature, self.distill = head, n_out, temperature, distill
-
-    def distill_rows(self, logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
-        if self.head.values:
-            return self.head.soft_loss_rows(logits, soft)
-        t = self.temperature
-        if self.head.loss_name == "ce":
-            return t * t * (torch.xlogy(soft, soft) - soft * F.log_softmax(logits / t, dim=-1)).sum(dim=-1)
-        cross = F.binary_cross_entropy_with_logits(logits / t, soft, reduction="none")
-        entropy = -(torch.xlogy(soft, soft) + torch.xlogy(1 - soft, 1 - soft))
-        return t * t * (cross - entropy).mean(dim=1)
-
-    def forward(self, logits: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-        logits, n = logits.float(), self.n_out
-        packed = packed.float()
-        hard, soft, weight, alpha = packed[:, :n], packed[:, n:2 * n], packed[:, 2 * n], packed[:, 2 * n + 1]
-        rows = self.head.soft_loss_rows(logits, hard)
-        if self.distill:
-            rows = (1 - alpha) * rows + alpha * self.distill_rows(logits, soft)
-        return (weight * rows).sum() / weight.sum()
-
-
-class ConcatRows(torch.utils.data.Dataset):
-    """Two or more :class:`ImageDataset` one after another (the fold's training rows, then its pseudo rows);
-    a batch is read part by part with each part's one-read path and put back in the sampler's order."""
-
-    def __init__(self, parts: list[ImageDataset]):
-        self.parts = parts
-        self.offsets = np.cumsum([0] + [len(p) for p in parts])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def _part(self, item: int) -> int:
-        return int(np.searchsorted(self.offsets, item, side="right") - 1)
-
-    def __getitem__(self, item: int):
-        k = self._part(item)
-        return self.parts[k][item - int(self.offsets[k])]
-
-    def __getitems__(self, items: list[int]):
-        items = np.asarray(items, dtype=np.int64)
-        which = np.searchsorted(self.offsets, items, side="right") - 1
-        images, labels, order = [], [], []
-        for k, part in enumerate(self.parts):
-            positions = np.flatnonzero(which == k)
-            if not len(positions):
-                continue
-            x, y = collate_rows(part.__getitems__((items[positions] - self.offsets[k]).tolist()))
-            images.append(x)
-            labels.append(y)
-            order.append(positions)
-        back = np.argsort(np.concatenate(order), kind="stable")
-        from pipeline.train.dataset import RowBatch
-
-        index = torch.from_numpy(back)
-        return RowBatch((torch.cat(images)[index], torch.cat(labels)[index]))
-
-
-@dataclass
-class SoftRows:
-    """A fold's training rows with packed targets, its pseudo rows, the loss, and what to record in ``fold.json``."""
-
-    train_packed: np.ndarray      # (n_train_images, P): rows outside the fold filled
-    pseudo_rows: np.ndarray       # test indices
-    pseudo_packed: np.ndarray     # (n_test_images, P): the pseudo rows filled
-    loss: TeacherLoss
-    info: dict = field(default_factory=dict)
-
-    def dataset(self, store, test_store, train_idx: np.ndarray, transform) -> torch.utils.data.Dataset:
-        parts = [ImageDataset(store, train_idx, transform, self.train_packed)]
-        if len(self.pseudo_rows):
-            parts.append(ImageDataset(test_store, self.pseudo_rows, transform, self.pseudo_packed))
-        return parts[0] if len(parts) == 1 else ConcatRows(parts)
 
 
 # -- the teacher's fold-k models on the student's training rows (make distill) -------------------------
@@ -195,7 +64,7 @@ def teacher_model_predictions(config: Config, run: StoredRun, fold: int, rows: n
     TeacherError
         If the checkpoint is missing (naming the command that retrains it) or the run's settings do not load.
     """
-    from pipeline.train.stage import view_list
+    from pipeline.train.spec import view_list
 
     layout = RunLayout(config.runs_dir / run.name)
     if not layout.best(fold).is_file():
@@ -204,17 +73,21 @@ def teacher_model_predictions(config: Config, run: StoredRun, fold: int, rows: n
     try:
         cfg = TrainConfig.model_validate(run.meta.config or {})
     except ValueError as exc:
-        raise TeacherError(f"teacher run {run.name}: its settings in meta.json do not load ({exc}); retrain it") from None
+        raise TeacherError(f"teacher run {run.name}: its settings in meta.json do not load ({exc}); retrain "
+                           "it") from None
     n_cols = len(competition.classes)
     head = make_head(competition.task, cfg.loss, competition.targets, cfg.label_smoothing)
     store = open_image_store(config, cfg, competition.train_paths, "train", input_size(cfg, n_cols), progress=False)
     model = prepare_model(cfg, head.n_outputs(n_cols), runtime, False)
     model.load_state_dict(load_safetensors(str(layout.best(fold)), device=str(runtime.device)))
     dcfg = data_config(model, cfg.image_size, cfg.mean, cfg.std, cfg.interpolation)
-    loader = make_loader(ImageDataset(store, rows, HostTransform(dcfg.image_size, dcfg.interpolation)),
-                         batch_size, runtime)
+    loader = make_loader(
+        ImageDataset(store, rows, HostTransform(dcfg.image_size, dcfg.interpolation)), batch_size, runtime
+    )
     views, _ = view_list(cfg)
-    return predict_views(model, loader, views, runtime, head.activate, device_transform(cfg, dcfg, runtime)).mean(axis=0)
+    return predict_views(model, loader, views, runtime, head.activate, device_transform(cfg, dcfg, runtime)).mean(
+        axis=0
+    )
 
 
 def _cached_rows(path, rows: np.ndarray, compute) -> np.ndarray:
@@ -233,6 +106,7 @@ def _cached_rows(path, rows: np.ndarray, compute) -> np.ndarray:
 
 # -- the plan of a student run ----------------------------------------------------------------------
 
+
 @dataclass
 class StudentPlan:
     """What a student run learns from: the teacher, pseudo rows (or not), distillation (or not).
@@ -241,23 +115,31 @@ class StudentPlan:
     :meth:`record` (``meta.json``'s ``teacher``) and :meth:`fold_rows` before each fold.
     """
 
-    kind: str                            # pseudo | distill
+    kind: str  # pseudo | distill
     teacher: Teacher
     competition: Competition
     folds: np.ndarray
     config: Config
-    pseudo: PseudoConfig | None = None   # None: no pseudo rows
+    pseudo: PseudoConfig | None = None  # None: no pseudo rows
     distill: DistillConfig | None = None
 
     def key(self) -> str:
-        return json_hash([self.kind, self.teacher.key(),
-                            None if self.pseudo is None else self.pseudo.model_dump(),
-                            None if self.distill is None else self.distill.model_dump()])
+        return json_hash(
+            [
+                self.kind,
+                self.teacher.key(),
+                None if self.pseudo is None else self.pseudo.model_dump(),
+                None if self.distill is None else self.distill.model_dump(),
+            ]
+        )
 
     def record(self) -> dict:
-        record: dict[str, Any] = {"kind": self.kind, **self.teacher.record(),
-                                  "rule": "fold k's targets come from the blend refit on the OOF rows outside fold k, "
-                                          "applied to the fold-k models of its runs"}
+        record: dict[str, Any] = {
+            "kind": self.kind,
+            **self.teacher.record(),
+            "rule": "fold k's targets come from the blend refit on the OOF rows outside fold k, "
+            "applied to the fold-k models of its runs",
+        }
         if self.pseudo is not None:
             record["pseudo"] = self.pseudo.model_dump()
         if self.distill is not None:
@@ -267,13 +149,24 @@ class StudentPlan:
     def check(self, cfg: TrainConfig) -> None:
         """Refuse what the student cannot combine with (before any work)."""
         if cfg.mixes:
-            raise ConfigError(f"make {self.kind} trains on packed soft targets; mixup/cutmix (train.mixup_alpha, "
-                              "train.cutmix_alpha) do not combine with it yet: set them to 0 for the student")
+            raise ConfigError(
+                f"make {self.kind} trains on packed soft targets; mixup/cutmix (train.mixup_alpha, "
+                "train.cutmix_alpha) do not combine with it yet: set them to 0 for the student"
+            )
 
     def _teacher_on(self, fold: int, inputs: np.ndarray) -> np.ndarray:
         t, comp = self.teacher, self.competition
-        return blend_outside_fold(t.method, t.params, t.oof(), comp.y, self.folds, fold, inputs,
-                                  get_metric(self.config.competition.metric), comp.task)
+        return blend_outside_fold(
+            t.method,
+            t.params,
+            t.oof(),
+            comp.y,
+            self.folds,
+            fold,
+            inputs,
+            get_metric(self.config.competition.metric),
+            comp.task,
+        )
 
     def pseudo_rows(self, fold: int, layout: RunLayout, n_train: int, seed: int) -> PseudoTable:
         """The fold's pseudo-label table, kept in ``fold<k>/pseudo.parquet`` (a resume reads it back)."""
@@ -283,16 +176,18 @@ class StudentPlan:
             frame = pd.read_parquet(path)
             return PseudoTable(frame["row"].to_numpy(), frame.drop(columns="row").to_numpy(dtype=np.float64), hard)
         pred = self._teacher_on(fold, self.teacher.fold_test(fold))
-        table = pseudo_table(pred, self.competition.task, n_train, self.pseudo.hard_threshold, self.pseudo.max_share,
-                             seed=seed + fold)
+        table = pseudo_table(
+            pred, self.competition.task, n_train, self.pseudo.hard_threshold, self.pseudo.max_share, seed=seed + fold
+        )
         frame = pd.DataFrame(table.targets, columns=[str(c) for c in self.competition.classes])
         frame.insert(0, "row", table.rows)
         path.parent.mkdir(parents=True, exist_ok=True)
         io.write_parquet(path, frame)
         return table
 
-    def train_soft_targets(self, fold: int, train_idx: np.ndarray, layout: RunLayout, runtime: Runtime,
-                           batch_size: int) -> np.ndarray:
+    def train_soft_targets(
+        self, fold: int, train_idx: np.ndarray, layout: RunLayout, runtime: Runtime, batch_size: int
+    ) -> np.ndarray:
         """The teacher's targets for the fold's training rows, in stored form, ``(len(train_idx), n_cols)``.
 
         ``distill.targets: fold`` (default): each teacher run's fold-k checkpoint on those rows (it was trained
@@ -302,11 +197,18 @@ class StudentPlan:
         if self.distill.targets == "oof":
             inputs = self.teacher.oof()[:, train_idx]
         else:
-            inputs = np.stack([
-                _cached_rows(layout.fold_dir(fold) / "teacher" / f"{run.name}.parquet", train_idx,
-                             lambda run=run: teacher_model_predictions(self.config, run, fold, train_idx, runtime,
-                                                                       self.competition, batch_size))
-                for run in self.teacher.runs])
+            inputs = np.stack(
+                [
+                    _cached_rows(
+                        layout.fold_dir(fold) / "teacher" / f"{run.name}.parquet",
+                        train_idx,
+                        lambda run=run: teacher_model_predictions(
+                            self.config, run, fold, train_idx, runtime, self.competition, batch_size
+                        ),
+                    )
+                    for run in self.teacher.runs
+                ]
+            )
         return self._teacher_on(fold, inputs)
 
     def fold_rows(self, fold: int, layout: RunLayout, head: Head, runtime: Runtime, cfg: TrainConfig) -> SoftRows:
@@ -318,11 +220,17 @@ class StudentPlan:
         info: dict[str, Any] = {}
         soft, alpha = None, 0.0
         if self.distill is not None:
-            teacher = self.train_soft_targets(fold, train_idx, layout, runtime, eval_batch_size(cfg.batch_size, runtime))
+            teacher = self.train_soft_targets(
+                fold, train_idx, layout, runtime, eval_batch_size(cfg.batch_size, runtime)
+            )
             soft = soften(head, head_targets(head, teacher), self.distill.temperature)
             alpha = self.distill.alpha
-            info["distill"] = {"targets": self.distill.targets, "alpha": alpha, "temperature": self.distill.temperature,
-                               "rows": int(len(train_idx))}
+            info["distill"] = {
+                "targets": self.distill.targets,
+                "alpha": alpha,
+                "temperature": self.distill.temperature,
+                "rows": int(len(train_idx)),
+            }
         width = 2 * n_out + 2
         train_packed = np.zeros((len(comp.train_ids), width), dtype=np.float32)
         train_packed[train_idx] = pack(true_targets(head, comp.y[train_idx], n_cols), soft, 1.0, alpha)
@@ -341,15 +249,24 @@ class StudentPlan:
 
 # -- the commands -------------------------------------------------------------------------------
 
+
 def student_name(model: str, kind: str, name: str | None = None, round_: int = 1) -> str:
     """The student run's name: ``NAME=`` or ``<model>-pl`` / ``<model>-distill``; round r > 1 appends r."""
     base = name or f"{model}-{SUFFIXES[kind]}"
     return check_run_name(base if round_ == 1 else f"{base}{round_}")
 
 
-def run_student(config: Config, model: str, kind: str, teacher: str = "submission", name: str | None = None,
-                folds_subset: list[int] | None = None, force: bool = False, overrides: dict[str, Any] | None = None,
-                competition: Competition | None = None) -> RunMeta:
+def run_student(
+    config: Config,
+    model: str,
+    kind: str,
+    teacher: str = "submission",
+    name: str | None = None,
+    folds_subset: list[int] | None = None,
+    force: bool = False,
+    overrides: dict[str, Any] | None = None,
+    competition: Competition | None = None,
+) -> RunMeta:
     """Train (or resume) a student run of ``model``: ``kind`` ``pseudo`` or ``distill``.
 
     Parameters
@@ -393,17 +310,43 @@ def run_student(config: Config, model: str, kind: str, teacher: str = "submissio
     folds, fingerprint = read_folds(config, competition)
     resolved = resolve_teacher(config, teacher, competition, fingerprint, student=run_name)
     if resolved.fallback:
-        log.warning("%s: the teacher's %s cannot be refit per fold (%s); it falls back to %s (recorded in meta.json)",
-                    run_name, resolved.name, resolved.fallback, resolved.method)
+        log.warning(
+            "%s: the teacher's %s cannot be refit per fold (%s); it falls back to %s (recorded in meta.json)",
+            run_name,
+            resolved.name,
+            resolved.fallback,
+            resolved.method,
+        )
     for left, why in resolved.left_out:
         log.warning("%s: teacher run %s left out: %s", run_name, left, why)
     use_pseudo = kind == "pseudo" or config.distill.pseudo
-    plan = StudentPlan(kind, resolved, competition, folds, config, config.pseudo if use_pseudo else None,
-                       config.distill if kind == "distill" else None)
-    log.info("%s: teacher %s (%s over %s)%s", run_name, resolved.name, resolved.method or "single model",
-             ", ".join(r.name for r in resolved.runs), "" if not resolved.fallback else f", fallback {resolved.method}")
-    return run_train(config, model, folds_subset, force=force, overrides=overrides, competition=competition,
-                     name=run_name, student=plan)
+    plan = StudentPlan(
+        kind,
+        resolved,
+        competition,
+        folds,
+        config,
+        config.pseudo if use_pseudo else None,
+        config.distill if kind == "distill" else None,
+    )
+    log.info(
+        "%s: teacher %s (%s over %s)%s",
+        run_name,
+        resolved.name,
+        resolved.method or "single model",
+        ", ".join(r.name for r in resolved.runs),
+        "" if not resolved.fallback else f", fallback {resolved.method}",
+    )
+    return run_train(
+        config,
+        model,
+        folds_subset,
+        force=force,
+        overrides=overrides,
+        competition=competition,
+        name=run_name,
+        student=plan,
+    )
 
 
 def student_leaderboard(meta: RunMeta) -> str:
@@ -413,16 +356,26 @@ def student_leaderboard(meta: RunMeta) -> str:
     for fold, info in sorted((meta.folds or {}).items(), key=lambda kv: int(kv[0])):
         pseudo = info.get("pseudo") or {}
         balance = pseudo.get("balance")
-        rows.append({"fold": int(fold), "score": info.get("score"), "no TTA": info.get("score_plain"),
-                     "pseudo rows": pseudo.get("count", 0),
-                     "pseudo balance": (" ".join(f"{v:.2f}" for v in balance.values()) if balance
-                                        else (f"mean {pseudo['mean']:.3g} std {pseudo['std']:.3g}" if "mean" in pseudo
-                                              else ""))})
+        rows.append(
+            {
+                "fold": int(fold),
+                "score": info.get("score"),
+                "no TTA": info.get("score_plain"),
+                "pseudo rows": pseudo.get("count", 0),
+                "pseudo balance": (
+                    " ".join(f"{v:.2f}" for v in balance.values())
+                    if balance
+                    else (f"mean {pseudo['mean']:.3g} std {pseudo['std']:.3g}" if "mean" in pseudo else "")
+                ),
+            }
+        )
     if meta.status == "finished":
         rows.append({"fold": "CV", "score": meta.cv, "no TTA": meta.cv_plain, "pseudo rows": "", "pseudo balance": ""})
     how = teacher.get("method") or "single model"
-    title = (f"{meta.name} ({meta.timm_name}, {meta.metric}) - {meta.status}; {teacher.get('kind', 'student')} of "
-             f"{teacher.get('name')} ({how}{', fallback: ' + teacher['fallback'] if teacher.get('fallback') else ''})")
+    title = (
+        f"{meta.name} ({meta.timm_name}, {meta.metric}) - {meta.status}; {teacher.get('kind', 'student')} of "
+        f"{teacher.get('name')} ({how}{', fallback: ' + teacher['fallback'] if teacher.get('fallback') else ''})"
+    )
     if meta.private_lb is not None:
         title += f", private LB {meta.private_lb:.4f}"
     return format_table(rows, title)

@@ -177,7 +177,8 @@ def register_metric(metric: Metric) -> Metric:
     return metric
 
 
-register_metric(Metric("accuracy", scores.accuracy, True, "label", tasks=("multiclass", "binary", "multilabel", "ordinal")))
+register_metric(Metric("accuracy", scores.accuracy, True, "label",
+                       tasks=("multiclass", "binary", "multilabel", "ordinal")))
 register_metric(Metric("log_loss", scores.log_loss, False, "proba", tasks=("multiclass", "binary", "multilabel")))
 register_metric(Metric("roc_auc", scores.roc_auc, True, "proba", tasks=("binary", "multiclass", "multilabel")))
 register_metric(Metric("f1", scores.f1_binary, True, "label", tasks=("binary",)))
@@ -252,12 +253,15 @@ def check_metric_task(metric_name: str, task: str) -> Metric:
     _check_task(task)
     metric = get_metric(metric_name)
     if task not in metric.tasks:
-        raise ValueError(f"metric {metric_name!r} does not apply to task {task!r}; "
-                         f"metrics for {task}: {', '.join(metrics_for(task))}")
+        raise ValueError(
+            f"metric {metric_name!r} does not apply to task {task!r}; "
+            f"metrics for {task}: {', '.join(metrics_for(task))}"
+        )
     return metric
 
 
 # ---------------------------------------------------------------- user metrics
+
 
 class UserMetricError(PipelineError, ValueError):
     """A user metric cannot be loaded; the message names the bad value and the fix."""
@@ -282,8 +286,10 @@ def _is_file(where: str) -> bool:
 
 def _load_file_module(path: Path, function: str):
     if not path.is_file():
-        raise UserMetricError(f"metric file {str(path)!r} (from function={function!r}) does not exist; "
-                              "give a path relative to the config's directory, or an absolute one")
+        raise UserMetricError(
+            f"metric file {str(path)!r} (from function={function!r}) does not exist; "
+            "give a path relative to the config's directory, or an absolute one"
+        )
     # one module name per file: loading a config again reuses the module instead of
     # re-running the file, like a normal import would
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
@@ -292,8 +298,9 @@ def _load_file_module(path: Path, function: str):
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise UserMetricError(f"cannot import {str(path)!r} as Python (from function={function!r}); "
-                              "point function at a .py file")
+        raise UserMetricError(
+            f"cannot import {str(path)!r} as Python (from function={function!r}); point function at a .py file"
+        )
     module = importlib.util.module_from_spec(spec)
     # registered before running so the file's own dataclasses/pickling can find it
     sys.modules[module_name] = module
@@ -301,8 +308,9 @@ def _load_file_module(path: Path, function: str):
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[module_name]
-        raise UserMetricError(f"importing metric file {str(path)!r} failed with "
-                              f"{type(exc).__name__}: {exc}; fix the file") from exc
+        raise UserMetricError(
+            f"importing metric file {str(path)!r} failed with {type(exc).__name__}: {exc}; fix the file"
+        ) from exc
     return module
 
 
@@ -310,13 +318,14 @@ def _load_package_module(where: str, function: str):
     try:
         return importlib.import_module(where)
     except Exception as exc:
-        raise UserMetricError(f"cannot import module {where!r} (from function={function!r}): "
-                              f"{type(exc).__name__}: {exc}; install it or put it on PYTHONPATH, "
-                              "or name a file as 'path/to/file.py:function'") from exc
+        raise UserMetricError(
+            f"cannot import module {where!r} (from function={function!r}): "
+            f"{type(exc).__name__}: {exc}; install it or put it on PYTHONPATH, "
+            "or name a file as 'path/to/file.py:function'"
+        ) from exc
 
 
-def load_user_metric(name: str, function: str, greater_is_better: bool, needs: str, tasks,
-                     base_dir=None) -> Metric:
+def load_user_metric(name: str, function: str, greater_is_better: bool, needs: str, tasks, base_dir=None) -> Metric:
     """Import a metric of the user's own, wrap it as a :class:`Metric` and register it.
 
     Parameters
@@ -371,23 +380,32 @@ def load_user_metric(name: str, function: str, greater_is_better: bool, needs: s
 
     existing = METRICS.get(name)
     same_settings = existing is not None and (existing.greater_is_better, existing.needs, existing.tasks) == (
-        bool(greater_is_better), needs, tasks)
+        bool(greater_is_better),
+        needs,
+        tasks,
+    )
     if same_settings and _USER_SOURCES.get(name) == source:
         return existing  # idempotent: no re-import, the same object every time
 
-    builtin_error = UserMetricError(f"metric name {name!r} is a built-in metric; give your metric another name "
-                                    f"(built-ins: {', '.join(BUILTIN_METRICS)})")
+    builtin_error = UserMetricError(
+        f"metric name {name!r} is a built-in metric; give your metric another name "
+        f"(built-ins: {', '.join(BUILTIN_METRICS)})"
+    )
     if name in BUILTIN_METRICS and _is_file(where):
         raise builtin_error  # a file's function can never be the built-in one: fail before running it
     module = _load_file_module(path, function) if _is_file(where) else _load_package_module(where, function)
     if not hasattr(module, attr):
         public = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
-        raise UserMetricError(f"{where!r} has no attribute {attr!r} (from function={function!r}); "
-                              f"callables there: {', '.join(public) or 'none'}")
+        raise UserMetricError(
+            f"{where!r} has no attribute {attr!r} (from function={function!r}); "
+            f"callables there: {', '.join(public) or 'none'}"
+        )
     fn = getattr(module, attr)
     if not callable(fn):
-        raise UserMetricError(f"{function!r} is a {type(fn).__name__}, not a function; "
-                              "point function at def metric(y_true, y_pred) -> float")
+        raise UserMetricError(
+            f"{function!r} is a {type(fn).__name__}, not a function; "
+            "point function at def metric(y_true, y_pred) -> float"
+        )
 
     if name in BUILTIN_METRICS:
         if same_settings and existing.fn is fn:

@@ -12,11 +12,11 @@ regression  value ``(n,)``                     the value                     the
 ordinal     grade index ``(n,)``               a value on the grade scale    the target column
 ==========  =================================  ============================  ===================
 
-A task reads its targets from ``train.csv`` (:meth:`Task.parse`), names the
-stratification labels for the folds (:meth:`Task.strata`), builds the network's
-head (:func:`pipeline.train.heads.make_head`: the loss and the activation that turns logits
-into the stored prediction; the only part that needs torch, so it lives with training), and writes the submission in the sample submission's format
-(:meth:`Task.submission`). Adding a task is one class and one registry entry.
+A task reads its targets from ``train.csv`` (:meth:`Task.parse`), names the stratification labels for the folds
+(:meth:`Task.strata`), builds the network's head (:func:`pipeline.train.heads.make_head`: the loss and the activation
+that turns logits into the stored prediction; the only part that needs torch, so it lives with training), and writes
+the submission in the sample submission's format (:meth:`Task.submission`). Adding a task is one class and one
+registry entry.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def _filled(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
     values = frame[column]
     empty = (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
     if empty.any():
-        raise TaskError(f"empty or NaN {what} in column {column!r} at row(s) {_rows(empty)} ({int(empty.sum())} in all)")
+        raise TaskError(
+            f"empty or NaN {what} in column {column!r} at row(s) {_rows(empty)} ({int(empty.sum())} in all)"
+        )
     return values
 
 
@@ -124,8 +126,16 @@ class Task:
         counts = np.bincount(y, minlength=len(columns)) / max(len(y), 1)
         return {"min class share": f"{counts.min():.3f}", "max class share": f"{counts.max():.3f}"}
 
-    def submission_values(self, sample: pd.DataFrame, id_column: str, target_column: str, targets: Targets,
-                          pred: np.ndarray, decided: np.ndarray, needs: str) -> dict[str, np.ndarray]:
+    def submission_values(
+        self,
+        sample: pd.DataFrame,
+        id_column: str,
+        target_column: str,
+        targets: Targets,
+        pred: np.ndarray,
+        decided: np.ndarray,
+        needs: str,
+    ) -> dict[str, np.ndarray]:
         """Column name -> values in the sample submission's format (see :func:`submission_frame`)."""
         raise NotImplementedError
 
@@ -157,11 +167,14 @@ def _format_error(sample_columns: list[str], expected: list[str], target_names: 
         if absent:
             parts.append(f"no column for class(es) {absent[:5]}")
         if parts:
-            return TaskError(f"sample submission: {'; '.join(parts)} (train.csv's classes: {target_names[:10]}); "
-                             "the sample and train.csv must name the same classes: check competition.target_column. "
-                             "Formats for this task: " + "; ".join(expected))
-    return TaskError(f"sample submission columns {sample_columns} fit none of the formats for this task: "
-                     + "; ".join(expected))
+            return TaskError(
+                f"sample submission: {'; '.join(parts)} (train.csv's classes: {target_names[:10]}); "
+                "the sample and train.csv must name the same classes: check competition.target_column. "
+                "Formats for this task: " + "; ".join(expected)
+            )
+    return TaskError(
+        f"sample submission columns {sample_columns} fit none of the formats for this task: " + "; ".join(expected)
+    )
 
 
 @register_task
@@ -188,9 +201,14 @@ class Multiclass(Task):
         if set(columns) == set(targets.columns):
             index = {c: k for k, c in enumerate(targets.columns)}
             return {c: pred[:, index[c]] for c in columns}
-        raise _format_error(list(sample.columns), [f"'{id_column}, {target_column}' (the class name)",
-                                                    f"'{id_column}' plus one probability column per class {targets.columns[:5]}"],
-                            targets.columns)
+        raise _format_error(
+            list(sample.columns),
+            [
+                f"'{id_column}, {target_column}' (the class name)",
+                f"'{id_column}' plus one probability column per class {targets.columns[:5]}",
+            ],
+            targets.columns,
+        )
 
 
 @register_task
@@ -204,18 +222,26 @@ class Binary(Task):
         if labels is None:
             labels = sorted(values.unique().tolist(), key=natural_key)
             if len(labels) > 2:
-                raise TaskError(f"task 'binary' needs two classes in {comp.target_column!r}, found {len(labels)} "
-                                f"({labels[:5]}...); use task 'multiclass'")
+                raise TaskError(
+                    f"task 'binary' needs two classes in {comp.target_column!r}, found {len(labels)} "
+                    f"({labels[:5]}...); use task 'multiclass'"
+                )
             if comp.positive_class is not None:
                 if comp.positive_class not in labels:
-                    raise TaskError(f"competition.positive_class {comp.positive_class!r} is not a value of "
-                                    f"{comp.target_column!r} (values: {labels})")
+                    raise TaskError(
+                        f"competition.positive_class {comp.positive_class!r} is not a value of "
+                        f"{comp.target_column!r} (values: {labels})"
+                    )
                 labels = [c for c in labels if c != comp.positive_class] + [comp.positive_class]
             if len(labels) == 1:
-                raise TaskError(f"column {comp.target_column!r} holds one class only ({labels[0]!r}); a binary task needs both")
+                raise TaskError(
+                    f"column {comp.target_column!r} holds one class only ({labels[0]!r}); a binary task needs both"
+                )
         unknown = ~values.isin(labels)
         if unknown.any():
-            raise TaskError(f"label(s) {sorted(values[unknown].unique())[:5]} are not among the training classes {labels}")
+            raise TaskError(
+                f"label(s) {sorted(values[unknown].unique())[:5]} are not among the training classes {labels}"
+            )
         y = (values == labels[1]).to_numpy().astype(np.int64)
         return Targets(y, [labels[1]], list(labels))
 
@@ -227,12 +253,19 @@ class Binary(Task):
         p = pred.reshape(-1)
         if columns == [target_column]:
             if needs == "label":
-                return {target_column: np.asarray(targets.labels, dtype=object)[(decided.reshape(-1) >= 0.5).astype(int)]}
+                return {
+                    target_column: np.asarray(targets.labels, dtype=object)[(decided.reshape(-1) >= 0.5).astype(int)]
+                }
             return {target_column: p}
         if set(columns) == set(targets.labels):
             return {targets.labels[0]: 1.0 - p, targets.labels[1]: p}
-        raise _format_error(list(sample.columns), [f"'{id_column}, {target_column}' (the positive probability, or the "
-                                                    f"class name for a label metric)", f"'{id_column}, {targets.labels[0]}, {targets.labels[1]}'"])
+        raise _format_error(
+            list(sample.columns),
+            [
+                f"'{id_column}, {target_column}' (the positive probability, or the class name for a label metric)",
+                f"'{id_column}, {targets.labels[0]}, {targets.labels[1]}'",
+            ],
+        )
 
 
 @register_task
@@ -253,8 +286,10 @@ class Multilabel(Task):
         if labels is None:
             labels = sorted({t for row in tokens for t in row}, key=natural_key)
             if len(labels) < 2:
-                raise TaskError(f"column {comp.target_column!r} names {len(labels)} label(s); a multilabel task needs "
-                                "space-separated labels (e.g. 'clear primary water') or competition.target_columns")
+                raise TaskError(
+                    f"column {comp.target_column!r} names {len(labels)} label(s); a multilabel task needs "
+                    "space-separated labels (e.g. 'clear primary water') or competition.target_columns"
+                )
         lookup = {c: i for i, c in enumerate(labels)}
         y = np.zeros((len(frame), len(labels)), dtype=np.int64)
         unknown = set()
@@ -280,8 +315,11 @@ class Multilabel(Task):
 
     def summary(self, y, columns):
         shares = y.mean(axis=0) if len(y) else np.zeros(len(columns))
-        return {"min label share": f"{shares.min():.3f}", "max label share": f"{shares.max():.3f}",
-                "labels per row": f"{y.sum(axis=1).mean():.2f}"}
+        return {
+            "min label share": f"{shares.min():.3f}",
+            "max label share": f"{shares.max():.3f}",
+            "labels per row": f"{y.sum(axis=1).mean():.2f}",
+        }
 
     def submission_values(self, sample, id_column, target_column, targets, pred, decided, needs):
         columns = list(sample.columns)[1:]
@@ -293,9 +331,14 @@ class Multilabel(Task):
             index = {c: k for k, c in enumerate(targets.columns)}
             values = decided.round().astype(np.int64) if needs == "label" else pred
             return {c: values[:, index[c]] for c in columns}
-        raise _format_error(list(sample.columns), [f"'{id_column}, {target_column}' (space-separated labels)",
-                                                    f"'{id_column}' plus one column per label {targets.columns[:5]}"],
-                            targets.columns)
+        raise _format_error(
+            list(sample.columns),
+            [
+                f"'{id_column}, {target_column}' (space-separated labels)",
+                f"'{id_column}' plus one column per label {targets.columns[:5]}",
+            ],
+            targets.columns,
+        )
 
 
 def _numbers(frame: pd.DataFrame, column: str, task: str) -> np.ndarray:
@@ -303,15 +346,20 @@ def _numbers(frame: pd.DataFrame, column: str, task: str) -> np.ndarray:
     numbers = pd.to_numeric(values, errors="coerce")
     bad = numbers.isna().to_numpy()
     if bad.any():
-        raise TaskError(f"task {task!r} needs numbers in {column!r}; row(s) {_rows(bad)} hold {values[bad].tolist()[:3]}")
+        raise TaskError(
+            f"task {task!r} needs numbers in {column!r}; row(s) {_rows(bad)} hold {values[bad].tolist()[:3]}"
+        )
     return numbers.to_numpy(dtype=np.float64)
 
 
 def _value_stats(y: np.ndarray, value_range: tuple[float, float]) -> dict:
     """What the value head scales by: the range (BCE) and the mean and spread (MSE, Huber)."""
     std = float(y.std()) if len(y) > 1 and y.std() > 0 else 1.0
-    return {"value_range": tuple(float(v) for v in value_range), "value_mean": float(y.mean()) if len(y) else 0.0,
-            "value_std": std}
+    return {
+        "value_range": tuple(float(v) for v in value_range),
+        "value_mean": float(y.mean()) if len(y) else 0.0,
+        "value_std": std,
+    }
 
 
 class _ValueTask(Task):
@@ -336,7 +384,9 @@ class Regression(_ValueTask):
             lo, hi = comp.target_range
             outside = (y < lo) | (y > hi)
             if outside.any():
-                raise TaskError(f"target(s) outside competition.target_range {list(comp.target_range)} at row(s) {_rows(outside)}")
+                raise TaskError(
+                    f"target(s) outside competition.target_range {list(comp.target_range)} at row(s) {_rows(outside)}"
+                )
         value_range = comp.target_range or ((y.min(), y.max()) if len(y) else (0.0, 1.0))
         stats = _value_stats(y, value_range)
         return Targets(y, [comp.target_column], [], **stats)
@@ -367,7 +417,9 @@ class Ordinal(_ValueTask):
         numbers = _numbers(frame, comp.target_column, self.name)
         if not np.all(numbers == np.round(numbers)):
             bad = numbers != np.round(numbers)
-            raise TaskError(f"task 'ordinal' needs integer grades in {comp.target_column!r}; row(s) {_rows(bad)} are not")
+            raise TaskError(
+                f"task 'ordinal' needs integer grades in {comp.target_column!r}; row(s) {_rows(bad)} are not"
+            )
         grades = numbers.astype(np.int64)
         if labels is None:
             # every grade between the lowest and the highest, seen or not: kappa's weights need the full scale
@@ -376,7 +428,10 @@ class Ordinal(_ValueTask):
         y = grades - low
         outside = (y < 0) | (y >= len(labels))
         if outside.any():
-            raise TaskError(f"grade(s) {sorted(set(grades[outside].tolist()))[:5]} are outside the training grades {labels[0]}..{labels[-1]}")
+            raise TaskError(
+                f"grade(s) {sorted(set(grades[outside].tolist()))[:5]} are outside the training grades "
+                f"{labels[0]}..{labels[-1]}"
+            )
         # a target_range is given on the grade scale: shifted to the index scale the head predicts on
         value_range = [v - low for v in comp.target_range] if comp.target_range else (0, len(labels) - 1)
         return Targets(y, [comp.target_column], list(labels), **_value_stats(y.astype(np.float64), value_range))
@@ -435,7 +490,8 @@ def submission_frame(sample: pd.DataFrame, id_column: str, target_column: str, t
     """
     decided = pred if decided is None else decided
     if list(sample.columns)[:1] != [id_column]:
-        raise TaskError(f"sample submission's first column must be the id column {id_column!r}; got {list(sample.columns)[:3]}")
+        raise TaskError(f"sample submission's first column must be the id column {id_column!r}; "
+                        f"got {list(sample.columns)[:3]}")
     values = get_task(task).submission_values(sample, id_column, target_column, targets, np.asarray(pred),
                                               np.asarray(decided), needs)
     out = pd.DataFrame({id_column: sample[id_column].to_numpy()})

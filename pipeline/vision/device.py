@@ -1,4 +1,6 @@
-"""The device half of the input path: pixels to floats, the ``device_augment`` steps (:data:`DEVICE_AUGMENTS`), the model's normalisation."""
+"""The device half of the input path: pixels to floats, the ``device_augment`` steps (:data:`DEVICE_AUGMENTS`), the
+model's normalisation.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ class DeviceTransform:
     epoch by the training loop), so nothing waits for the host.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], augment: list | None = None, channels_last: bool = False):
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], augment: list | None = None, channels_last: bool = False
+    ):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.augment = [build_device_augment_step(step) for step in augment or []]
@@ -53,9 +57,19 @@ class DeviceTransform:
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
 
-DEVICE_AUGMENTS: dict[str, type] = {cls.__name__: cls for cls in (Affine, HorizontalFlip, VerticalFlip,
-                                                                  RandomBrightnessContrast, CoarseDropout,
-                                                                  TrivialAugment, RandAugment)}
+DEVICE_AUGMENTS: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        Affine,
+        HorizontalFlip,
+        VerticalFlip,
+        RandomBrightnessContrast,
+        CoarseDropout,
+        TrivialAugment,
+        RandAugment,
+    )
+}
+
 
 def build_device_augment_step(step: dict[str, dict[str, Any]]) -> Callable[[torch.Tensor], torch.Tensor]:
     """Instantiate one ``{Name: params}`` step of :data:`DEVICE_AUGMENTS`.
@@ -70,12 +84,18 @@ def build_device_augment_step(step: dict[str, dict[str, Any]]) -> Callable[[torc
     if cls is None:
         import albumentations as A  # only on this error path, for the hint
 
-        hint = " (an albumentations transform: put it under train.augment)" if isinstance(getattr(A, name, None), type) else ""
+        hint = (
+            " (an albumentations transform: put it under train.augment)"
+            if isinstance(getattr(A, name, None), type)
+            else ""
+        )
         raise ValueError(f"unknown device_augment step {name!r}{hint}; known steps: {', '.join(DEVICE_AUGMENTS)}")
     accepted = [p for p in inspect.signature(cls).parameters]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ValueError(f"device_augment step {name} does not take {', '.join(unknown)}; it takes {', '.join(accepted)}")
+        raise ValueError(
+            f"device_augment step {name} does not take {', '.join(unknown)}; it takes {', '.join(accepted)}"
+        )
     try:
         return cls(**params)
     except ValueError as exc:

@@ -1,4 +1,7 @@
-"""Batched augmentation kernels on the device: each image of a batch with its own random parameters, one ``grid_sample`` per batch for the geometric steps. Parameters follow albumentations' names, so a step moves between ``train.augment`` and ``train.device_augment`` unchanged."""
+"""Batched augmentation kernels on the device: each image of a batch with its own random parameters, one
+``grid_sample`` per batch for the geometric steps. Parameters follow albumentations' names, so a step moves between
+``train.augment`` and ``train.device_augment`` unchanged.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import torch.nn.functional as F
 
 # -- batched augmentation on the device ----------------------------------------------------
 
+
 def param_range(value: Any, name: str, fixed_is_symmetric: bool = False) -> tuple[float, float]:
     """A number or ``[low, high]`` as a range; ``fixed_is_symmetric``: a number ``v`` means ``[-v, v]``."""
     if isinstance(value, bool) or value is None:
@@ -18,7 +22,11 @@ def param_range(value: Any, name: str, fixed_is_symmetric: bool = False) -> tupl
     if isinstance(value, (int, float)):
         value = float(value)
         return (-abs(value), abs(value)) if fixed_is_symmetric else (value, value)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
         low, high = float(value[0]), float(value[1])
         if low > high:
             raise ValueError(f"{name} must be [low, high] with low <= high, got {list(value)}")
@@ -55,12 +63,25 @@ def chosen_rows(p: float, n: int, device: torch.device) -> torch.Tensor:
 
 # cv2 flags as albumentations takes them -> grid_sample's names
 _GRID_INTERPOLATION = {cv2.INTER_NEAREST: "nearest", cv2.INTER_LINEAR: "bilinear", cv2.INTER_CUBIC: "bicubic"}
-_GRID_PADDING = {cv2.BORDER_CONSTANT: "zeros", cv2.BORDER_REPLICATE: "border", cv2.BORDER_REFLECT: "reflection",
-                 cv2.BORDER_REFLECT_101: "reflection"}
+_GRID_PADDING = {
+    cv2.BORDER_CONSTANT: "zeros",
+    cv2.BORDER_REPLICATE: "border",
+    cv2.BORDER_REFLECT: "reflection",
+    cv2.BORDER_REFLECT_101: "reflection",
+}
 
 
-def affine_theta(scale_x: torch.Tensor, scale_y: torch.Tensor, angle: torch.Tensor, shear_x: torch.Tensor,
-                 shear_y: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def affine_theta(
+    scale_x: torch.Tensor,
+    scale_y: torch.Tensor,
+    angle: torch.Tensor,
+    shear_x: torch.Tensor,
+    shear_y: torch.Tensor,
+    shift_x: torch.Tensor,
+    shift_y: torch.Tensor,
+    height: int,
+    width: int,
+) -> torch.Tensor:
     """Per-image ``(2, 3)`` matrices as ``F.affine_grid`` takes them (output -> input, normalised coordinates).
 
     The forward map is in pixels about the image centre, composed as albumentations does:
@@ -75,8 +96,17 @@ def affine_theta(scale_x: torch.Tensor, scale_y: torch.Tensor, angle: torch.Tens
     det = a * d - b * c
     inv_a, inv_b, inv_c, inv_d = d / det, -b / det, -c / det, a / det
     half_w, half_h = width / 2.0, height / 2.0
-    theta = torch.stack([inv_a, inv_b * half_h / half_w, -(inv_a * shift_x + inv_b * shift_y) / half_w,
-                         inv_c * half_w / half_h, inv_d, -(inv_c * shift_x + inv_d * shift_y) / half_h], dim=1)
+    theta = torch.stack(
+        [
+            inv_a,
+            inv_b * half_h / half_w,
+            -(inv_a * shift_x + inv_b * shift_y) / half_w,
+            inv_c * half_w / half_h,
+            inv_d,
+            -(inv_c * shift_x + inv_d * shift_y) / half_h,
+        ],
+        dim=1,
+    )
     return theta.view(n, 2, 3)
 
 
@@ -117,25 +147,41 @@ class Affine:
     not rounded to whole pixels.
     """
 
-    def __init__(self, scale: Any = 1.0, translate_percent: Any = None, translate_px: Any = None, rotate: Any = 0.0,
-                 shear: Any = 0.0, keep_ratio: bool = False, interpolation: int = cv2.INTER_LINEAR,
-                 border_mode: int = cv2.BORDER_CONSTANT, fill: float = 0.0, p: float = 0.5):
+    def __init__(
+        self,
+        scale: Any = 1.0,
+        translate_percent: Any = None,
+        translate_px: Any = None,
+        rotate: Any = 0.0,
+        shear: Any = 0.0,
+        keep_ratio: bool = False,
+        interpolation: int = cv2.INTER_LINEAR,
+        border_mode: int = cv2.BORDER_CONSTANT,
+        fill: float = 0.0,
+        p: float = 0.5,
+    ):
         if translate_percent is not None and translate_px is not None:
             raise ValueError("give translate_percent or translate_px, not both")
         self.scale = xy_ranges(scale, "scale", 1.0)
         if keep_ratio and self.scale[0] != self.scale[1]:
             raise ValueError(f"keep_ratio needs the same scale range for x and y, got {scale!r}")
         self.keep_ratio = bool(keep_ratio)
-        self.translate_percent = xy_ranges(translate_percent if translate_percent is not None else 0.0, "translate_percent", 0.0)
+        self.translate_percent = xy_ranges(
+            translate_percent if translate_percent is not None else 0.0, "translate_percent", 0.0
+        )
         self.translate_px = xy_ranges(translate_px if translate_px is not None else 0.0, "translate_px", 0.0)
         self.rotate = param_range(rotate, "rotate")
         self.shear = xy_ranges(shear, "shear", 0.0)
         if interpolation not in _GRID_INTERPOLATION:
-            raise ValueError(f"interpolation must be a cv2 flag among {sorted(_GRID_INTERPOLATION)} "
-                             f"(nearest, linear, cubic), got {interpolation!r}")
+            raise ValueError(
+                f"interpolation must be a cv2 flag among {sorted(_GRID_INTERPOLATION)} "
+                f"(nearest, linear, cubic), got {interpolation!r}"
+            )
         if border_mode not in _GRID_PADDING:
-            raise ValueError(f"border_mode must be a cv2 flag among {sorted(_GRID_PADDING)} "
-                             f"(constant, replicate, reflect, reflect_101), got {border_mode!r}")
+            raise ValueError(
+                f"border_mode must be a cv2 flag among {sorted(_GRID_PADDING)} "
+                f"(constant, replicate, reflect, reflect_101), got {border_mode!r}"
+            )
         if isinstance(fill, bool) or not isinstance(fill, (int, float)):
             raise ValueError(f"fill must be one number (0-255, every channel), got {fill!r}")
         self.mode = _GRID_INTERPOLATION[interpolation]
@@ -155,7 +201,8 @@ class Affine:
         return self._bounds_on[device]
 
     def matrices(self, n: int, height: int, width: int, device: torch.device) -> torch.Tensor:
-        """``n`` random ``(2, 3)`` matrices, as ``F.affine_grid`` takes them: output coordinates -> input coordinates."""
+        """``n`` random ``(2, 3)`` matrices, as ``F.affine_grid`` takes them: output coordinates -> input coordinates.
+        """
         low, span = self._bounds(device)
         draw = low + span * torch.rand(n, len(low), device=device)
         scale_x, scale_y, angle, shear_x, shear_y, percent_x, percent_y, px_x, px_y = draw.unbind(dim=1)
@@ -204,8 +251,13 @@ class RandomBrightnessContrast:
     with ``brightness_by_max: false``. The result is clipped to [0, 1], as uint8 pixels are.
     """
 
-    def __init__(self, brightness_limit: Any = (-0.2, 0.2), contrast_limit: Any = (-0.2, 0.2), brightness_by_max: bool = True,
-                 p: float = 0.5):
+    def __init__(
+        self,
+        brightness_limit: Any = (-0.2, 0.2),
+        contrast_limit: Any = (-0.2, 0.2),
+        brightness_by_max: bool = True,
+        p: float = 0.5,
+    ):
         self.brightness = param_range(brightness_limit, "brightness_limit", fixed_is_symmetric=True)
         self.contrast = param_range(contrast_limit, "contrast_limit", fixed_is_symmetric=True)
         self.by_max = bool(brightness_by_max)
@@ -215,7 +267,9 @@ class RandomBrightnessContrast:
         n, device = x.shape[0], x.device
         chosen = chosen_rows(self.p, n, device)
         alpha = torch.where(chosen, 1 + uniform_draw(self.contrast, n, device), torch.ones(n, device=device))
-        beta = torch.where(chosen, uniform_draw(self.brightness, n, device), torch.zeros(n, device=device)).view(-1, 1, 1, 1)
+        beta = torch.where(chosen, uniform_draw(self.brightness, n, device), torch.zeros(n, device=device)).view(
+            -1, 1, 1, 1
+        )
         if not self.by_max:
             beta = beta * x.mean(dim=(1, 2, 3), keepdim=True)
         return (x * alpha.view(-1, 1, 1, 1) + beta).clamp_(0, 1)
@@ -228,8 +282,14 @@ class CoarseDropout:
     given as integers; ``fill`` is one number (0-255).
     """
 
-    def __init__(self, num_holes_range: Any = (1, 2), hole_height_range: Any = (0.1, 0.2),
-                 hole_width_range: Any = (0.1, 0.2), fill: float = 0.0, p: float = 0.5):
+    def __init__(
+        self,
+        num_holes_range: Any = (1, 2),
+        hole_height_range: Any = (0.1, 0.2),
+        hole_width_range: Any = (0.1, 0.2),
+        fill: float = 0.0,
+        p: float = 0.5,
+    ):
         low, high = param_range(num_holes_range, "num_holes_range")
         if low < 1 or low != int(low) or high != int(high):
             raise ValueError(f"num_holes_range must be whole numbers >= 1, got {num_holes_range!r}")
@@ -257,13 +317,28 @@ class CoarseDropout:
         kept = torch.randint(self.holes[0], most + 1, (n, 1), device=device) > torch.arange(most, device=device)
         kept &= chosen_rows(self.p, n, device).view(-1, 1)
         (h_range, h_fraction), (w_range, w_fraction) = self.height, self.width
-        hole_h = (uniform_draw(h_range, n * most, device) * (height if h_fraction else 1)).round().clamp(1, height).view(n, most)
-        hole_w = (uniform_draw(w_range, n * most, device) * (width if w_fraction else 1)).round().clamp(1, width).view(n, most)
+        hole_h = (
+            (uniform_draw(h_range, n * most, device) * (height if h_fraction else 1))
+            .round()
+            .clamp(1, height)
+            .view(n, most)
+        )
+        hole_w = (
+            (uniform_draw(w_range, n * most, device) * (width if w_fraction else 1))
+            .round()
+            .clamp(1, width)
+            .view(n, most)
+        )
         top = (torch.rand(n, most, device=device) * (height - hole_h + 1)).floor()
         left = (torch.rand(n, most, device=device) * (width - hole_w + 1)).floor()
         rows = torch.arange(height, device=device).view(1, 1, height, 1)
         cols = torch.arange(width, device=device).view(1, 1, 1, width)
-        inside = ((rows >= top[..., None, None]) & (rows < (top + hole_h)[..., None, None])
-                  & (cols >= left[..., None, None]) & (cols < (left + hole_w)[..., None, None]) & kept[..., None, None])
+        inside = (
+            (rows >= top[..., None, None])
+            & (rows < (top + hole_h)[..., None, None])
+            & (cols >= left[..., None, None])
+            & (cols < (left + hole_w)[..., None, None])
+            & kept[..., None, None]
+        )
         hole = inside.any(dim=1, keepdim=True)
         return torch.where(hole, torch.full_like(x, self.fill), x)

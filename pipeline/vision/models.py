@@ -124,7 +124,9 @@ def load_weights_file(model: torch.nn.Module, path: str | Path, model_name: str)
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"pretrained weights file {path} does not exist; set train.pretrained to a file path, true (hub) or false")
+        raise ModelError(
+            f"pretrained weights file {path} does not exist; set train.pretrained to a file path, true (hub) or false"
+        )
     if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
         raise ModelError(f"pretrained weights file {path} must be .safetensors, .pth, .pt or .bin")
     try:
@@ -163,6 +165,7 @@ def load_weights_file(model: torch.nn.Module, path: str | Path, model_name: str)
 # image leaves them 1x1 pixels. For small images, the stem keeps the resolution instead. One adapter per
 # timm model class; the weights keep their shapes, so pretrained weights still load.
 
+
 def _first_strided_conv(module: torch.nn.Module) -> torch.nn.Conv2d | None:
     for layer in module.modules():
         if isinstance(layer, torch.nn.Conv2d) and tuple(layer.stride) != (1, 1):
@@ -173,17 +176,19 @@ def _first_strided_conv(module: torch.nn.Module) -> torch.nn.Conv2d | None:
 def _unstride(module: torch.nn.Module, where: str) -> None:
     conv = _first_strided_conv(module)
     if conv is None:
-        raise ModelError(f"small_input: no strided convolution in {where}; this variant's stem is not one the adapter knows")
+        raise ModelError(
+            f"small_input: no strided convolution in {where}; this variant's stem is not one the adapter knows"
+        )
     conv.stride = (1, 1)
 
 
 def _resnet_small_input(model: torch.nn.Module) -> None:
     """ResNet, ResNeXt, SE-ResNet...: the stem convolution at stride 1 and no max-pool (4x less reduction)."""
-    _unstride(model.conv1, "conv1")      # a single conv or the deep stem's first
+    _unstride(model.conv1, "conv1")  # a single conv or the deep stem's first
     if isinstance(model.maxpool, torch.nn.MaxPool2d):
         model.maxpool = torch.nn.Identity()
     elif isinstance(model.maxpool, torch.nn.Sequential):
-        _unstride(model.maxpool, "the stem's pooling convolution")   # replace_stem_pool: a strided conv instead
+        _unstride(model.maxpool, "the stem's pooling convolution")  # replace_stem_pool: a strided conv instead
     elif not isinstance(model.maxpool, torch.nn.Identity):
         raise ModelError(f"small_input: unknown ResNet stem pooling {type(model.maxpool).__name__}")
 
@@ -204,8 +209,12 @@ def _small_input_adapters() -> dict[type, tuple]:
     from timm.models.regnet import RegNet
     from timm.models.resnet import ResNet
 
-    return {ResNet: (_resnet_small_input, 4), EfficientNet: (_conv_stem_small_input, 2),
-            MobileNetV3: (_conv_stem_small_input, 2), RegNet: (_regnet_small_input, 2)}
+    return {
+        ResNet: (_resnet_small_input, 4),
+        EfficientNet: (_conv_stem_small_input, 2),
+        MobileNetV3: (_conv_stem_small_input, 2),
+        RegNet: (_regnet_small_input, 2),
+    }
 
 
 def _small_input_refusals() -> dict[type, str]:
@@ -215,12 +224,12 @@ def _small_input_refusals() -> dict[type, str]:
 
     return {
         VisionTransformer: "a ViT has no stem to unstride; give it smaller patches instead: "
-                           "model_kwargs: {img_size: 32, patch_size: 4} (recipe digits_vit)",
+        "model_kwargs: {img_size: 32, patch_size: 4} (recipe digits_vit)",
         ConvNeXt: "its stem is a 4x4 patchify convolution of stride 4; at stride 1 its kernels would see "
-                  "overlapping patches they were not made for: train it at 128 px or more, or pick a ResNet, "
-                  "EfficientNet, MobileNet or RegNet with small_input",
+        "overlapping patches they were not made for: train it at 128 px or more, or pick a ResNet, "
+        "EfficientNet, MobileNet or RegNet with small_input",
         VGG: "its five max-pools are the network itself (no stem to change), and its classifier expects a 7x7 "
-             "map: pick a ResNet, EfficientNet, MobileNet or RegNet with small_input",
+        "map: pick a ResNet, EfficientNet, MobileNet or RegNet with small_input",
     }
 
 
@@ -260,13 +269,21 @@ def adapt_small_input(model: torch.nn.Module, model_name: str) -> int:
     for cls, reason in _small_input_refusals().items():
         if isinstance(model, cls):
             raise ModelError(f"small_input is not available for {model_name!r} ({cls.__name__}): {reason}")
-    raise ModelError(f"small_input is not available for {model_name!r} ({type(model).__name__}): no adapter for its "
-                     f"stem; architectures with one: {', '.join(small_input_families())} (timm classes). Without "
-                     "small_input, train it at a larger image_size")
+    raise ModelError(
+        f"small_input is not available for {model_name!r} ({type(model).__name__}): no adapter for its "
+        f"stem; architectures with one: {', '.join(small_input_families())} (timm classes). Without "
+        "small_input, train it at a larger image_size"
+    )
 
 
-def create_model(name: str, num_classes: int, pretrained: bool | str = False, drop_rate: float = 0.0,
-                 small_input: bool = False, **kwargs) -> torch.nn.Module:
+def create_model(
+    name: str,
+    num_classes: int,
+    pretrained: bool | str = False,
+    drop_rate: float = 0.0,
+    small_input: bool = False,
+    **kwargs,
+) -> torch.nn.Module:
     """Build a timm model for ``num_classes`` outputs.
 
     Parameters
@@ -294,15 +311,19 @@ def create_model(name: str, num_classes: int, pretrained: bool | str = False, dr
     except TypeError as exc:
         if not kwargs or "argument" not in str(exc):
             raise
-        raise ModelError(f"train.model_kwargs {kwargs}: architecture {timm_name!r} does not take one of them ({exc}); "
-                         "remove the key, or check the arguments of the timm model's class") from None
+        raise ModelError(
+            f"train.model_kwargs {kwargs}: architecture {timm_name!r} does not take one of them ({exc}); "
+            "remove the key, or check the arguments of the timm model's class"
+        ) from None
     except OSError as exc:  # the hub's download errors (no network, no such file) are all OSErrors
         if not hub:
             raise
-        raise ModelError(f"could not download pretrained weights for {timm_name!r} ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:160]}). Offline (a Kaggle code competition), either point to a "
-                         "local weights file with train.pretrained=<path to a weights file> (.safetensors or .pth), "
-                         "or train from scratch with train.pretrained=false") from None
+        raise ModelError(
+            f"could not download pretrained weights for {timm_name!r} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}). Offline (a Kaggle code competition), either point to a "
+            "local weights file with train.pretrained=<path to a weights file> (.safetensors or .pth), "
+            "or train from scratch with train.pretrained=false"
+        ) from None
     if small_input:
         adapt_small_input(model, name)
     if isinstance(pretrained, str):
@@ -310,7 +331,9 @@ def create_model(name: str, num_classes: int, pretrained: bool | str = False, dr
     return model
 
 
-def data_config(model: torch.nn.Module, image_size: int | None = None, mean=None, std=None, interpolation=None) -> DataConfig:
+def data_config(
+    model: torch.nn.Module, image_size: int | None = None, mean=None, std=None, interpolation=None
+) -> DataConfig:
     """The model's input facts from its pretrained config, each overridable by the recipe."""
     resolved = timm.data.resolve_model_data_config(model)
     _, height, width = resolved["input_size"]

@@ -1,4 +1,6 @@
-"""TrivialAugment and RandAugment on the device (one op per image per layer: geometric ops in one warp, colour ops as batched blends and masks) and the named policies of ``train.augment_policy``."""
+"""TrivialAugment and RandAugment on the device (one op per image per layer: geometric ops in one warp, colour ops as
+batched blends and masks) and the named policies of ``train.augment_policy``.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pipeline.vision.kernels import affine_theta, chosen_rows, probability, samp
 # (the tangent), translation a fraction of the side (torchvision's 32 px are given for 224-px images; 150/331 of
 # the side for RandAugment), rotation degrees, the four blends a factor 1 +- m, posterize the bits taken away,
 # solarize 1 - threshold. Equalize (a per-image histogram) is left out.
-OpSpace = tuple[bool, float, float]   # (signed, TrivialAugment's largest magnitude, RandAugment's)
+OpSpace = tuple[bool, float, float]  # (signed, TrivialAugment's largest magnitude, RandAugment's)
 AUGMENT_OPS: dict[str, OpSpace] = {
     "Identity": (False, 0.0, 0.0),
     "ShearX": (True, 0.99, 0.3),
@@ -100,7 +102,7 @@ class _OpPolicy:
     the batch's device, as for the other steps, so a resumed run draws the same.
     """
 
-    space = 1   # the column of AUGMENT_OPS's largest magnitudes this policy uses
+    space = 1  # the column of AUGMENT_OPS's largest magnitudes this policy uses
 
     def __init__(self, ops: list[str] | None, fill: float, p: float):
         names = list(AUGMENT_OPS) if ops is None else ops
@@ -140,15 +142,25 @@ class _OpPolicy:
         amount = self.levels(n, device) * largest[op] * sign
         out = x
         if any(name in _GEOMETRIC for name in self.ops):
+
             def where(name: str) -> torch.Tensor:
                 # this op's amount where the image drew it, else 0 (no change on that axis)
                 return amount * (op == self.ops.index(name)) if name in self.ops else torch.zeros_like(amount)
 
             one = torch.ones_like(amount)
-            theta = affine_theta(one, one, torch.deg2rad(where("Rotate")), where("ShearX"), where("ShearY"),
-                                 where("TranslateX") * width, where("TranslateY") * height, height, width)
+            theta = affine_theta(
+                one,
+                one,
+                torch.deg2rad(where("Rotate")),
+                where("ShearX"),
+                where("ShearY"),
+                where("TranslateX") * width,
+                where("TranslateY") * height,
+                height,
+                width,
+            )
             warped = warp(x, sampling_grid(theta, height, width, self._pixels_on), "bilinear", "zeros", self.fill)
-            moved = is_geometric[op] & (amount != 0)   # magnitude 0 leaves the image bit for bit
+            moved = is_geometric[op] & (amount != 0)  # magnitude 0 leaves the image bit for bit
             out = torch.where(moved.view(-1, 1, 1, 1), warped, out)
         for k, name in enumerate(self.ops):
             if name in _COLOUR_OPS:
@@ -196,14 +208,27 @@ class RandAugment(_OpPolicy):
 
     space = 2
 
-    def __init__(self, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31, ops: list[str] | None = None,
-                 fill: float = 0.0, p: float = 1.0):
+    def __init__(
+        self,
+        num_ops: int = 2,
+        magnitude: int = 9,
+        num_magnitude_bins: int = 31,
+        ops: list[str] | None = None,
+        fill: float = 0.0,
+        p: float = 1.0,
+    ):
         for name, value, low in (("num_ops", num_ops, 1), ("num_magnitude_bins", num_magnitude_bins, 2)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-        if isinstance(magnitude, bool) or not isinstance(magnitude, (int, float)) or not 0 <= magnitude <= num_magnitude_bins - 1:
-            raise ValueError(f"magnitude must be a number from 0 to num_magnitude_bins - 1 ({num_magnitude_bins - 1}), "
-                             f"got {magnitude!r}")
+        if (
+            isinstance(magnitude, bool)
+            or not isinstance(magnitude, (int, float))
+            or not 0 <= magnitude <= num_magnitude_bins - 1
+        ):
+            raise ValueError(
+                f"magnitude must be a number from 0 to num_magnitude_bins - 1 ({num_magnitude_bins - 1}), "
+                f"got {magnitude!r}"
+            )
         super().__init__(ops, fill, p)
         self.num_ops = num_ops
         self.level = float(magnitude) / (num_magnitude_bins - 1)
@@ -220,9 +245,11 @@ class RandAugment(_OpPolicy):
 AUGMENT_POLICIES: dict[str, list[dict[str, dict[str, Any]]]] = {
     "none": [],
     "flip": [{"HorizontalFlip": {"p": 0.5}}],
-    "light": [{"HorizontalFlip": {"p": 0.5}},
-              {"Affine": {"scale": [0.9, 1.1], "translate_percent": [-0.0625, 0.0625], "rotate": [-15, 15], "p": 0.5}},
-              {"RandomBrightnessContrast": {"p": 0.5}}],
+    "light": [
+        {"HorizontalFlip": {"p": 0.5}},
+        {"Affine": {"scale": [0.9, 1.1], "translate_percent": [-0.0625, 0.0625], "rotate": [-15, 15], "p": 0.5}},
+        {"RandomBrightnessContrast": {"p": 0.5}},
+    ],
     "trivial": [{"HorizontalFlip": {"p": 0.5}}, {"TrivialAugment": {}}],
     "trivial_noflip": [{"TrivialAugment": {}}],
     "randaugment": [{"HorizontalFlip": {"p": 0.5}}, {"RandAugment": {"num_ops": 2, "magnitude": 9}}],

@@ -85,7 +85,10 @@ def parse_view(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """
     match = _VIEW_PATTERN.match(spec)
     if not match or match.group(1) not in TTA_VIEWS:
-        raise ValueError(f"unknown TTA view {spec!r}; known views: {', '.join(TTA_VIEWS)} (e.g. 'shift(2,0)', 'zoom(1.1)', 'resize(1.15)')")
+        raise ValueError(
+            f"unknown TTA view {spec!r}; known views: {', '.join(TTA_VIEWS)} (e.g. 'shift(2,0)', 'zoom(1.1)', "
+            "'resize(1.15)')"
+        )
     name, raw_args = match.groups()
     try:
         args = [float(a) for a in raw_args.split(",")] if raw_args and raw_args.strip() else []
