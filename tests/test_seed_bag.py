@@ -32,7 +32,7 @@ def test_seeds_2_trains_two_runs_and_scores_their_mean_oof(small_config, tmp_pat
     metas = [read_meta(RunLayout(config.runs_dir / f"digits_resnet-seed{k}")) for k in range(2)]
     assert [m.status for m in metas] == ["finished", "finished"]
     assert [m.seed for m in metas] == [config.train.seed, config.train.seed + 1]
-    assert metas[0].json_hash != metas[1].json_hash
+    assert metas[0].config_hash != metas[1].config_hash
     settings = [dict(m.config) for m in metas]
     assert {k for k in settings[0] if settings[0][k] != settings[1][k]} == {"seed"}
     competition = load_competition(config)

@@ -61,7 +61,7 @@ def planted_runs(y, folds, train_image, test_image, n_runs=2, seed=0):
             classes=[str(c) for c in range(N_CLASSES)],
             folds_fingerprint="f",
             folds_done=list(k_all),
-            json_hash=f"h{m}",
+            config_hash=f"h{m}",
         )
         runs.append(StoredRun(f"m{m}", oof, fold_tests.mean(axis=0), meta, fold_tests))
     return runs

@@ -75,7 +75,7 @@ def method_params(config: Config, method: str, runs: list[StoredRun], fingerprin
 
 def optuna_study_path(config: Config, runs: list[StoredRun], fingerprint: str, storage_dir: Path) -> Path:
     """Where the optuna study of this set of runs keeps its trials (one file per set of runs and metric)."""
-    key = json_hash([fingerprint, [(r.name, r.meta.json_hash) for r in runs], config.competition.metric])
+    key = json_hash([fingerprint, [(r.name, r.meta.config_hash) for r in runs], config.competition.metric])
     return storage_dir / f"optuna-{key}.json"
 
 

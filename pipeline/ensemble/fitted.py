@@ -73,7 +73,7 @@ def run_record(run, runs_dir: Path) -> dict:
         path = layout.best(fold)
         if path.is_file():
             checkpoints[str(fold)] = file_sha256(path)
-    return {"name": run.name, "json_hash": run.meta.json_hash, "checkpoints": checkpoints}
+    return {"name": run.name, "config_hash": run.meta.config_hash, "checkpoints": checkpoints}
 
 
 def candidate_record(cand, runs: list, apply: str, submission_file: str | None, fingerprint: str,
@@ -234,7 +234,7 @@ def reproduce_submission(config: Config, method: str = "submission") -> tuple[pd
     picked = []
     for stored in record["runs"]:
         run = by_name.get(stored["name"])
-        if run is None or run.meta.json_hash != stored["json_hash"]:
+        if run is None or run.meta.config_hash != stored["config_hash"]:
             raise FittedError(f"run {stored['name']} of the stored {record['name']} is gone or was retrained; "
                               "rerun 'make ensemble'")
         picked.append(run)

@@ -96,9 +96,9 @@ def _checked_runs(config: Config, record: dict) -> list:
         if meta.config is None or not stored["checkpoints"]:
             raise ExportError(f"run {stored['name']} has no checkpoints (imported predictions): an export recomputes "
                               "every model; export a method that does not use it (METHOD=<method>)")
-        if meta.json_hash != stored["json_hash"]:
+        if meta.config_hash != stored["config_hash"]:
             raise ExportError(f"run {stored['name']} was retrained since the last ensemble (settings hash "
-                              f"{meta.json_hash} != {stored['json_hash']}); rerun make ensemble")
+                              f"{meta.config_hash} != {stored['config_hash']}); rerun make ensemble")
         for fold in sorted(int(f) for f in meta.folds_done):
             path = layout.best(fold)
             expected = stored["checkpoints"].get(str(fold))
@@ -153,7 +153,7 @@ def model_entry(config: Config, stored: dict, layout, meta, competition) -> dict
         folds.append({"fold": fold, "file": f"models/{stored['name']}/fold{fold}.safetensors",
                       "tta": info.get("tta") or meta.tta, "sha256": stored["checkpoints"][str(fold)]})
     return {
-        "run": stored["name"], "json_hash": stored["json_hash"], "timm_name": meta.timm_name, "loss": meta.loss,
+        "run": stored["name"], "config_hash": stored["config_hash"], "timm_name": meta.timm_name, "loss": meta.loss,
         "n_outputs": n_outputs, "train": cfg.model_dump(),
         "data": {"image_size": dcfg.image_size, "mean": list(dcfg.mean), "std": list(dcfg.std),
                  "interpolation": dcfg.interpolation},
@@ -297,7 +297,7 @@ def run_export(config: Config, method: str = "submission", out: Path | None = No
             "version": EXPORT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "code_version": code_version(),
             "method": method, "candidate": record["name"], "chosen": record["chosen"],
             "expected_cv": {"metric": metric.name, "nested_cv": record["nested_cv"], "cv": record["cv"]},
-            "runs": {m["run"]: m["json_hash"] for m in models},
+            "runs": {m["run"]: m["config_hash"] for m in models},
             "runs_left_out": [r for r in full_runs if r not in {m["run"] for m in models}],
             "blend": None if record["blend"] is None else {"method": record["blend"]["method"],
                                                            "weights": record["blend"]["weights"],

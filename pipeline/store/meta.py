@@ -42,7 +42,7 @@ class RunMeta:
     metric: str | None = None
     loss: str | None = None
     n_folds: int | None = None
-    json_hash: str | None = None
+    config_hash: str | None = None
     config: dict | None = None
     seed: int | None = None
     versions: dict | None = None

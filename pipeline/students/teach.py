@@ -64,7 +64,7 @@ class Teacher:
     def identity(self) -> dict:
         """What decides the teacher's predictions: method, parameters, each run's name and settings hash."""
         return {"name": self.name, "method": self.method, "params": self.params, "fallback": self.fallback,
-                "runs": [[r.name, r.meta.json_hash] for r in self.runs]}
+                "runs": [[r.name, r.meta.config_hash] for r in self.runs]}
 
     def key(self) -> str:
         """A hash of :meth:`identity`: part of the student run's settings hash (a changed teacher retrains)."""
@@ -311,8 +311,8 @@ def resolve_teacher(config: Config, teacher: str, competition, fingerprint: str,
         got = _checked_run(name, by_name, excluded, config, n_folds)
         (left_out if isinstance(got, tuple) else picked).append(got)
     if record is not None:
-        hashes = {r["name"]: r["json_hash"] for r in record["runs"]}
-        changed = [r.name for r in picked if hashes.get(r.name) != r.meta.json_hash]
+        hashes = {r["name"]: r["config_hash"] for r in record["runs"]}
+        changed = [r.name for r in picked if hashes.get(r.name) != r.meta.config_hash]
         if changed:
             raise TeacherError(f"teacher run(s) {changed} were retrained since the ensemble was fitted: run "
                                "'make ensemble' first")

@@ -136,7 +136,7 @@ def new_meta(config: Config, spec: RunSpec) -> RunMeta:
         loss=spec.head.loss_name,
         folds_fingerprint=spec.fingerprint,
         n_folds=int(len(np.unique(spec.folds))),
-        json_hash=spec.settings_hash,
+        config_hash=spec.settings_hash,
         config=spec.cfg.model_dump(),
         seed=spec.cfg.seed,
         versions=library_versions(),

@@ -257,9 +257,9 @@ def open_run(spec: RunSpec, config: Config, fold_ids: list[int], force: bool) ->
         for child in layout.run_dir.iterdir():
             if child != layout.lock:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-    if meta is not None and meta.json_hash != spec.settings_hash:
+    if meta is not None and meta.config_hash != spec.settings_hash:
         raise StoreError(
-            f"run {layout.run_dir} exists with other settings (hash {meta.json_hash} != {spec.settings_hash}); "
+            f"run {layout.run_dir} exists with other settings (hash {meta.config_hash} != {spec.settings_hash}); "
             "pass FORCE=1 to retrain it from scratch, or change the recipe name"
         )
     if meta is not None and meta.status == "finished" and all(f in meta.folds_done for f in fold_ids):
@@ -344,7 +344,7 @@ def trained_meta(spec: RunSpec, model: str) -> RunMeta:
     if meta is None:
         named = f" NAME={spec.name}" if spec.name != model else ""
         raise StoreError(f"no run {spec.layout.run_dir}; train it first with 'make train MODEL={model}{named}'")
-    if meta.json_hash != spec.settings_hash:
+    if meta.config_hash != spec.settings_hash:
         raise StoreError(
             f"run {spec.layout.run_dir} was trained with other settings; predict with the same recipe and ARGS"
         )
