@@ -122,7 +122,7 @@ def test_torchrun_two_processes_train_and_predict_every_row_once(odd_competition
 
 
 def test_a_lock_held_from_another_machine_is_never_taken_over(tmp_path):
-    from pipeline.store import _HOST, RunLock
+    from pipeline.store.lock import _HOST, RunLock
 
     lock = tmp_path / "run" / ".lock"
     lock.parent.mkdir()
