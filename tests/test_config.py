@@ -23,6 +23,11 @@ from pipeline.config import ConfigError, load_config, parse_overrides, resolve_t
         ({"folds": {"n_splits": 1}}, r"folds.n_splits: Input should be greater than or equal to 2"),
         ({"train": {"tta": ["identity", "rotate(90)"]}}, r"unknown TTA view 'rotate\(90\)'"),
         ({"train": {"augment": [{"Blurr": {}}]}}, r"unknown albumentations transform 'Blurr'"),
+        (
+            {"train": {"optimizer": "adamx"}},
+            r"unknown optimizer 'adamx'; did you mean adam.*timm.optim.list_optimizers",
+        ),
+        ({"train": {"optimizer": "slow_adamw"}}, r"unknown optimizer 'slow_adamw'"),
         ({"train": {"augment": [{"Affine": {"rotate": "lots"}}]}}, r"bad parameters for Affine"),
         ({"ensemble": {"methods": ["mean", "carauna"]}}, r"unknown blend method 'carauna'"),
         ({"ensemble": {"method_params": {"caruana": {"n_step": 50}}}}, r"n_step"),

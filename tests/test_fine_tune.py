@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import timm
+import timm.optim
 import torch
 from conftest import assert_same_fold_files, interrupted_after_state
 from timm.models import group_parameters
@@ -86,13 +87,43 @@ def test_layer_decay_groups_get_lr_times_decay_to_the_depth_from_the_head(name):
     )
 
 
-def test_without_layer_decay_the_optimizer_groups_are_the_old_ones():
+def test_without_layer_decay_biases_and_norms_get_no_weight_decay():
     model = timm.create_model("test_resnet", num_classes=3)
     groups = make_optimizer(model, TrainConfig(lr=2e-3), CPU).param_groups
-    assert [(len(g["params"]), g["lr"], g["weight_decay"]) for g in groups] == [
-        (sum(p.ndim > 1 for p in model.parameters()), 2e-3, 0.05),
-        (sum(p.ndim <= 1 for p in model.parameters()), 2e-3, 0.0),
-    ]
+    assert sorted((len(g["params"]), g["lr"], g["weight_decay"]) for g in groups) == sorted(
+        [
+            (sum(p.ndim > 1 for p in model.parameters()), 2e-3, 0.05),
+            (sum(p.ndim <= 1 for p in model.parameters()), 2e-3, 0.0),
+        ]
+    )
+
+
+def test_without_layer_decay_the_models_no_weight_decay_tensors_get_none():
+    # a ViT's position embeddings and class token are 2-d and 3-d: only the model's own list spares them
+    model = timm.create_model("test_vit", num_classes=3)
+    decay_of = {
+        id(p): g["weight_decay"] for g in make_optimizer(model, TrainConfig(), CPU).param_groups for p in g["params"]
+    }
+    params = dict(model.named_parameters())
+    assert {"pos_embed", "cls_token"} <= set(model.no_weight_decay()) & set(params)
+    assert decay_of[id(params["pos_embed"])] == 0.0 and decay_of[id(params["cls_token"])] == 0.0
+    assert decay_of[id(params["blocks.0.attn.qkv.weight"])] == 0.05
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("adamw", torch.optim.AdamW),
+        ("sgd", torch.optim.SGD),
+        ("lamb", timm.optim.Lamb),
+        ("lookahead_adamw", timm.optim.Lookahead),
+    ],
+)
+def test_a_recipe_names_any_optimizer_timm_has(name, cls):
+    model = timm.create_model("test_resnet", num_classes=3)
+    optimizer = make_optimizer(model, TrainConfig(lr=3e-3, optimizer=name), CPU)
+    assert isinstance(optimizer, cls)
+    assert {g["lr"] for g in optimizer.param_groups} == {3e-3}
 
 
 def test_fine_tune_schedule_runs_one_cycle_per_phase():

@@ -64,16 +64,95 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
         create_model("test_resnet", num_classes=10, pretrained=str(path))
 
 
-class _RunsCode:
+class _WritesMarker:
+    """A pickle whose loading would create a file: proof, if the file appears, that code from it ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (print, ("this would run arbitrary code",))
+        return (open, (self.marker, "w"))
 
 
-def test_pickle_that_runs_code_is_refused(tmp_path):
+@pytest.mark.parametrize("layout", ["bare", "state_dict", "state_dict_ema"])
+def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, layout):
+    marker = tmp_path / "code_ran"
+    payload = {"conv1.0.weight": _WritesMarker(marker)}
     path = tmp_path / "evil.pth"
     with open(path, "wb") as handle:
-        pickle.dump({"state_dict": _RunsCode()}, handle)
-    with pytest.raises(ModelError, match="cannot read weights file.*weights_only|cannot read weights file"):
+        pickle.dump(payload if layout == "bare" else {layout: payload}, handle)
+    with pytest.raises(ModelError, match=r"cannot read weights file .*evil\.pth.*weights_only"):
+        create_model("test_resnet", num_classes=10, pretrained=str(path))
+    assert not marker.exists(), "loading the weights file ran code from it"
+
+
+def _save(state, path):
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+
+
+def test_a_vit_file_loads_at_another_image_size(tmp_path):
+    # timm's checkpoint filter resamples the position embeddings, as it does for hub weights
+    torch.manual_seed(0)
+    source = timm.create_model("test_vit", num_classes=1000)
+    path = tmp_path / "vit.safetensors"
+    _save(source.state_dict(), path)
+    model = create_model("test_vit", num_classes=4, pretrained=str(path), img_size=64)
+    assert model.pos_embed.shape[1] < source.pos_embed.shape[1]       # fewer patches at 64 px than at 160 px
+    assert torch.equal(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
+
+
+def test_a_file_loads_with_other_input_channels(tmp_path):
+    torch.manual_seed(0)
+    source = timm.create_model("test_resnet", num_classes=1000)
+    path = tmp_path / "rgb.safetensors"
+    _save(source.state_dict(), path)
+    model = create_model("test_resnet", num_classes=3, pretrained=str(path), in_chans=1)
+    stem = model.state_dict()["conv1.0.weight"]
+    # timm's adapt_input_conv: one channel gets the sum of the three RGB kernels
+    assert torch.allclose(stem[:, 0], source.state_dict()["conv1.0.weight"].sum(dim=1))
+
+
+def test_ema_weights_are_preferred_and_the_head_kept_when_it_fits(tmp_path):
+    torch.manual_seed(0)
+    plain, ema = timm.create_model("test_resnet", num_classes=6), timm.create_model("test_resnet", num_classes=6)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"state_dict": plain.state_dict(), "state_dict_ema": ema.state_dict()}, path)
+    model = create_model("test_resnet", num_classes=6, pretrained=str(path))
+    assert torch.equal(model.state_dict()["conv1.0.weight"], ema.state_dict()["conv1.0.weight"])
+    assert torch.equal(model.get_classifier().weight, ema.get_classifier().weight)   # same head size: kept
+
+
+def test_a_headless_backbone_file_loads(tmp_path):
+    torch.manual_seed(0)
+    source = timm.create_model("test_resnet", num_classes=0)
+    path = tmp_path / "backbone.safetensors"
+    _save(source.state_dict(), path)
+    model = create_model("test_resnet", num_classes=5, pretrained=str(path))
+    assert torch.equal(model.state_dict()["conv1.0.weight"], source.state_dict()["conv1.0.weight"])
+    assert model.get_classifier().out_features == 5
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("drop", r"1 missing \(e\.g\. conv1\.0\.weight\)"),
+    ("extra", r"1 unexpected \(e\.g\. extra\.weight\)"),
+    ("reshape", r"1 wrong shape \(e\.g\. layer1\.0\.conv1\.weight\)"),
+])
+def test_a_file_missing_or_adding_tensors_is_named_not_silently_random(tmp_path, damage, message):
+    # a different class count must not turn the load lenient for the body
+    state = timm.create_model("test_resnet", num_classes=1000).state_dict()
+    if damage == "drop":
+        del state["conv1.0.weight"]
+    elif damage == "extra":
+        state["extra.weight"] = torch.zeros(2)
+    else:
+        state["layer1.0.conv1.weight"] = torch.zeros(1, 1, 1, 1)
+    path = tmp_path / "damaged.safetensors"
+    _save(state, path)
+    with pytest.raises(ModelError, match=r"does not match architecture 'test_resnet': " + message):
         create_model("test_resnet", num_classes=10, pretrained=str(path))
 
 

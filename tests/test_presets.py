@@ -75,6 +75,8 @@ def test_every_preset_file_states_its_source_holds_train_keys_only_and_is_used(p
         ("test_efficientnet_gn", "efficientnet"),
         ("mobilenetv3", "mobilenet"),
         ("regnety_016", "regnet"),
+        ("tf_efficientnet_lite0", "efficientnet"),
+        ("tf_mobilenetv3_large_100", "mobilenet"),  # TF-ported weights
     ],
 )
 def test_preset_families(model, family):

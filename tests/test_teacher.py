@@ -16,8 +16,8 @@ import torch
 
 from pipeline.config import DistillConfig, PseudoConfig
 from pipeline.store import RunLayout, RunMeta, StoredRun
-from pipeline.students.teach import Teacher, TeacherError, naive_teacher_test, pseudo_table
 from pipeline.students.targets import TeacherLoss, head_targets, pack, soften, true_targets
+from pipeline.students.teach import Teacher, TeacherError, naive_teacher_test, pseudo_table
 from pipeline.students.teacher import StudentPlan
 from pipeline.train.heads import make_head
 

@@ -8,7 +8,6 @@ import argparse
 
 from pipeline.core.errors import PipelineError
 
-
 DEFAULT_CONFIG = "configs/digits.yaml"
 # commands that read no image and train nothing: they import no torch, timm, albumentations or OpenCV
 LIGHT_COMMANDS = ("folds", "ensemble", "import-oof", "clean-run")

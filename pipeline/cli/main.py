@@ -24,23 +24,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.core.errors import PipelineError
-
 from pipeline.cli.common import DEFAULT_CONFIG, parse_settings
-from pipeline.cli.stages import (
-    cmd_clean_run,
-    cmd_demo,
-    cmd_ensemble,
-    cmd_export,
-    cmd_folds,
-    cmd_import_oof,
-    cmd_models,
-    cmd_validate,
-    cmd_zoo,
-    cmd_zoo_promote,
-)
+from pipeline.cli.stages import (cmd_clean_run, cmd_demo, cmd_ensemble, cmd_export, cmd_folds, cmd_import_oof,
+                                 cmd_models, cmd_validate, cmd_zoo, cmd_zoo_promote)
 from pipeline.cli.training import cmd_distill, cmd_lr_find, cmd_predict, cmd_pseudo, cmd_train
-
+from pipeline.core.errors import PipelineError
 
 COMMANDS = {
     "validate": (cmd_validate, "check the competition folder: tables, every image, labels, ids"),

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from pipeline.cli.common import UsageError, load_command_config
 
 

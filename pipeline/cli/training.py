@@ -7,17 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-from pipeline.cli.common import (
-    UsageError,
-    chosen_executor,
-    load_command_config,
-    models_to_run,
-    parse_folds,
-    print_on_main,
-    refuse_under_torchrun,
-    student_commands_run_alone,
-)
+from pipeline.cli.common import (UsageError, chosen_executor, load_command_config, models_to_run, parse_folds,
+                                 print_on_main, refuse_under_torchrun, student_commands_run_alone)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

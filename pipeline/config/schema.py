@@ -132,6 +132,7 @@ class TrainConfig(StrictModel):
     epochs: int = Field(default=10, ge=1)
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 64  # "auto": the largest that fits the GPU
     lr: float = Field(default=1e-3, gt=0)
+    optimizer: str = Field(default="adamw", json_schema_extra=WHEN_SET)   # timm.optim.list_optimizers(): sgd, lamb
     weight_decay: float = Field(default=0.05, ge=0)
     warmup_epochs: float = Field(default=1.0, ge=0)
     loss: Literal["auto", "ce", "bce", "mse", "huber"] = Field(
@@ -263,6 +264,15 @@ class TrainConfig(StrictModel):
             from pipeline.vision.policies import augment_policy_steps
 
             augment_policy_steps(name)
+        return name
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, name: str, info: ValidationInfo) -> str:
+        if _checks_training(info):
+            from pipeline.config.optimizers import check_optimizer  # timm: only when a command trains
+
+            check_optimizer(name)
         return name
 
     @field_validator("tta")

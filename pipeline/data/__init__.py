@@ -5,8 +5,8 @@ decoded-image cache), ``validate`` (``make validate``) and ``demo`` (the demo co
 name, so reading a competition loads neither OpenCV nor torch.
 """
 
-from pipeline.data.competition import (DataError, Competition, TOO_MANY_PIXELS, check_images, load_competition,
-                                       median_short_side, to_rgb_uint8, image_to_rgb, decode_image, ImageStore)
+from pipeline.data.competition import (TOO_MANY_PIXELS, Competition, DataError, ImageStore, check_images, decode_image,
+                                       image_to_rgb, load_competition, median_short_side, to_rgb_uint8)
 
 __all__ = ["DataError", "Competition", "TOO_MANY_PIXELS", "check_images", "load_competition", "median_short_side",
            "to_rgb_uint8", "image_to_rgb", "decode_image", "ImageStore"]

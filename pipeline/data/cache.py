@@ -41,8 +41,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core import io
-from pipeline.data import DataError, decode_image
 from pipeline.core.report import progress_bar
+from pipeline.data import DataError, decode_image
 
 CACHE_VERSION = 1
 DEFAULT_MARGIN = 1.0
@@ -243,8 +243,11 @@ def build_cache(paths: list[Path], cache_dir: Path, target: int, margin: float =
     cache_dir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(cache_dir).free
     if needed > free:
-        raise CacheError(f"the {name} image cache needs {needed / 2**30:.1f} GiB in {cache_dir} but {free / 2**30:.1f} GiB are free; "
-                         "free some space, set output_dir to a larger disk, or set train.cache=memory (or off)")
+        raise CacheError(
+            f"the {name} image cache needs {needed / 2**30:.1f} GiB in {cache_dir} but {free / 2**30:.1f} GiB are "
+            "free; "
+            "free some space, set output_dir to a larger disk, or set train.cache=memory (or off)"
+        )
     data_path, header_path = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
     for stale in cache_dir.glob(f".{key}.u8.*.tmp"):
         stale.unlink(missing_ok=True)  # a build that was killed: we hold the key's lock, nobody else writes these
@@ -258,10 +261,21 @@ def build_cache(paths: list[Path], cache_dir: Path, target: int, margin: float =
         os.replace(tmp, data_path)
     finally:
         tmp.unlink(missing_ok=True)
-    header = {"version": CACHE_VERSION, "key": key, "name": name, "n": len(sources), "side": side, "dtype": "uint8",
-              "layout": "NHWC", "target": int(target), "margin": float(margin), "bytes": needed,
-              "build_seconds": round(time.perf_counter() - started, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "sources": sources}
+    header = {
+        "version": CACHE_VERSION,
+        "key": key,
+        "name": name,
+        "n": len(sources),
+        "side": side,
+        "dtype": "uint8",
+        "layout": "NHWC",
+        "target": int(target),
+        "margin": float(margin),
+        "bytes": needed,
+        "build_seconds": round(time.perf_counter() - started, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "sources": sources,
+    }
     io.write_json(header_path, header)  # last: only now is the cache visible to readers
     _remove_stale(cache_dir, header)
     return data_path, header
@@ -276,7 +290,11 @@ def _remove_stale(cache_dir: Path, header: dict) -> None:
             info = io.read_json(other)
         except (OSError, ValueError):
             continue
-        if (info.get("name"), info.get("target"), info.get("margin")) == (header["name"], header["target"], header["margin"]):
+        if (info.get("name"), info.get("target"), info.get("margin")) == (
+            header["name"],
+            header["target"],
+            header["margin"],
+        ):
             other.unlink(missing_ok=True)  # the header first: a reader never sees a header without its data
             other.with_suffix(".u8").unlink(missing_ok=True)
             (cache_dir / f".{other.stem}.lock").unlink(missing_ok=True)
@@ -290,14 +308,27 @@ def _fill(path: Path, sources: list[str], side: int, name: str, workers: int, pr
         array[row] = resize_for_cache(decode_image(Path(sources[row])), side)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in progress_bar(pool.map(load, range(len(sources))), total=len(sources), desc=f"cache {name} {side}px",
-                              leave=False, mininterval=1.0, enabled=progress):
+        for _ in progress_bar(
+            pool.map(load, range(len(sources))),
+            total=len(sources),
+            desc=f"cache {name} {side}px",
+            leave=False,
+            mininterval=1.0,
+            enabled=progress,
+        ):
             pass
     array.flush()
 
 
-def open_cache(paths: list[Path], cache_dir: Path, target: int, margin: float = DEFAULT_MARGIN, name: str = "images",
-               workers: int | None = None, progress: bool = True) -> ImageCache:
+def open_cache(
+    paths: list[Path],
+    cache_dir: Path,
+    target: int,
+    margin: float = DEFAULT_MARGIN,
+    name: str = "images",
+    workers: int | None = None,
+    progress: bool = True,
+) -> ImageCache:
     """The cache of these images at this size: read if it exists and is complete, built once otherwise.
 
     Parameters

@@ -104,7 +104,9 @@ def _id_problems(frame: pd.DataFrame, id_column: str, path: Path) -> list[str]:
         problems.append(f"{path}: empty id in row(s) {rows} (row 1 is the header)")
     dup = ids[ids.duplicated(keep=False) & ids.notna()]
     if len(dup):
-        problems.append(f"{path}: {dup.nunique()} duplicate ids {sorted(dup.unique().tolist())[:5]}; each id must appear once")
+        problems.append(
+            f"{path}: {dup.nunique()} duplicate ids {sorted(dup.unique().tolist())[:5]}; each id must appear once"
+        )
     return problems
 
 
@@ -118,8 +120,9 @@ def _submission_format_problems(sample: pd.DataFrame, path: Path, comp, targets:
 
     zeros = np.zeros((len(sample), len(targets.columns)))
     try:
-        submission_frame(sample, comp.id_column, comp.target_column, comp.task, targets, zeros,
-                         needs=get_metric(comp.metric).needs)
+        submission_frame(
+            sample, comp.id_column, comp.target_column, comp.task, targets, zeros, needs=get_metric(comp.metric).needs
+        )
     except TaskError as exc:
         return [f"{path}: {exc}"]
     return []
@@ -127,7 +130,11 @@ def _submission_format_problems(sample: pd.DataFrame, path: Path, comp, targets:
 
 def _raise_if(problems: list[str]) -> None:
     if problems:
-        head = problems[0] if len(problems) == 1 else f"{len(problems)} problems in the competition data:\n  - " + "\n  - ".join(problems)
+        head = (
+            problems[0]
+            if len(problems) == 1
+            else f"{len(problems)} problems in the competition data:\n  - " + "\n  - ".join(problems)
+        )
         raise DataError(head, problems)
 
 
@@ -144,8 +151,10 @@ def _image_paths(data_dir: Path, pattern: str, ids: np.ndarray) -> list[Path]:
 
 
 # PIL refuses to decode an image whose header claims over twice Image.MAX_IMAGE_PIXELS (a "decompression bomb")
-TOO_MANY_PIXELS = (f"too many pixels (header over {2 * Image.MAX_IMAGE_PIXELS:,} pixels: a decompression bomb, "
-                   "or an image to shrink before training)")
+TOO_MANY_PIXELS = (
+    f"too many pixels (header over {2 * Image.MAX_IMAGE_PIXELS:,} pixels: a decompression bomb, "
+    "or an image to shrink before training)"
+)
 
 
 def check_images(paths: list[Path], what: str, show: int = 5) -> None:
@@ -194,8 +203,12 @@ def load_competition(config: Config, check_image_files: bool = True) -> Competit
     sample = _read_csv(sub_path, "sample submission")
     # every table problem is collected first, so one run of `make validate` shows them all
     problems = _missing_columns(train, [comp.id_column], train_path, "competition.id_column")
-    problems += _missing_columns(train, comp.target_names, train_path,
-                                 "competition.target_columns" if comp.target_columns else "competition.target_column")
+    problems += _missing_columns(
+        train,
+        comp.target_names,
+        train_path,
+        "competition.target_columns" if comp.target_columns else "competition.target_column",
+    )
     if config.folds.group_column:
         problems += _missing_columns(train, [config.folds.group_column], train_path, "folds.group_column")
     problems += _missing_columns(sample, [comp.id_column], sub_path, "competition.id_column")
@@ -227,7 +240,10 @@ def load_competition(config: Config, check_image_files: bool = True) -> Competit
         if comp.id_column in test_table.columns and comp.id_column in sample.columns:
             extra = set(test_table[comp.id_column]) ^ set(sample[comp.id_column])
             if extra:
-                problems.append(f"{test_path}: ids differ from {sub_path.name} ({len(extra)} id(s) in one but not the other, e.g. {sorted(extra)[:3]})")
+                problems.append(
+                    f"{test_path}: ids differ from {sub_path.name} ({len(extra)} id(s) in one but not the other, e.g. "
+                    f"{sorted(extra)[:3]})"
+                )
     _raise_if(problems)
 
     solution_y = None
@@ -325,14 +341,18 @@ def decode_image(path: Path) -> np.ndarray:
 class ImageStore:
     """Images by index: decoded once and held in memory when they fit, else decoded on access."""
 
-    def __init__(self, paths: list[Path], preload: bool | str = "auto", memory_budget_bytes: int = 2 << 30, desc: str = "images"):
+    def __init__(
+        self, paths: list[Path], preload: bool | str = "auto", memory_budget_bytes: int = 2 << 30, desc: str = "images"
+    ):
         self.paths = list(paths)
         self._images: list[np.ndarray] | None = None
         if preload == "auto" and self.paths:
             first = decode_image(self.paths[0])
             preload = first.nbytes * len(self.paths) <= memory_budget_bytes
         if preload:
-            self._images = [decode_image(p) for p in progress_bar(self.paths, desc=f"decode {desc}", leave=False, mininterval=1.0)]
+            self._images = [
+                decode_image(p) for p in progress_bar(self.paths, desc=f"decode {desc}", leave=False, mininterval=1.0)
+            ]
 
     def __len__(self) -> int:
         return len(self.paths)

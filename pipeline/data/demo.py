@@ -54,8 +54,13 @@ DEMO_TARGETS = {
 }
 
 
-def build_digits_competition(data_dir: str | Path, test_size: float = 0.2, seed: int = 0, image_size: int = DEMO_IMAGE_SIZE,
-                             task: str = "multiclass") -> Path:
+def build_digits_competition(
+    data_dir: str | Path,
+    test_size: float = 0.2,
+    seed: int = 0,
+    image_size: int = DEMO_IMAGE_SIZE,
+    task: str = "multiclass",
+) -> Path:
     """Write the digits competition to ``data_dir`` unless it is already complete.
 
     Parameters
@@ -84,13 +89,17 @@ def build_digits_competition(data_dir: str | Path, test_size: float = 0.2, seed:
     images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
     labels = digits.target.astype(int)
     ids = np.array([f"digit_{i:04d}" for i in range(len(labels))])
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_size, stratify=labels, random_state=seed)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=test_size, stratify=labels, random_state=seed
+    )
     for split, indices in (("train", train_idx), ("test", test_idx)):
         folder = data_dir / split
         folder.mkdir(parents=True, exist_ok=True)
         for i in indices:
             big = cv2.resize(images[i], (image_size, image_size), interpolation=cv2.INTER_CUBIC)
-            io.write_with(folder / f"{ids[i]}.png", lambda tmp, img=big: Image.fromarray(img, mode="L").save(tmp, format="PNG"))
+            io.write_with(
+                folder / f"{ids[i]}.png", lambda tmp, img=big: Image.fromarray(img, mode="L").save(tmp, format="PNG")
+            )
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     column, target, placeholder = DEMO_TARGETS[task]
     values = np.array([target(d) for d in labels], dtype=object)
@@ -103,5 +112,6 @@ def build_digits_competition(data_dir: str | Path, test_size: float = 0.2, seed:
 
 DEMO_BUILDERS = {"digits": build_digits_competition} | {
     f"digits_{task}": (lambda data_dir, task=task: build_digits_competition(data_dir, task=task))
-    for task in DEMO_TARGETS if task != "multiclass"
+    for task in DEMO_TARGETS
+    if task != "multiclass"
 }

@@ -10,9 +10,9 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.data.cache import ImageCache, cache_bytes, cache_key, cache_side, open_cache
 from pipeline.config import Config, ImageSizeChoice, TrainConfig
 from pipeline.data import ImageStore
+from pipeline.data.cache import ImageCache, cache_bytes, cache_key, cache_side, open_cache
 from pipeline.vision.models import create_model, data_config, default_input_size
 
 _STORES: dict[tuple, ImageStore | ImageCache] = {}
@@ -71,13 +71,17 @@ def image_size_report(choice: ImageSizeChoice, target: int, data_side: int) -> t
     if data_side:
         scale = target / data_side
         if scale > UPSAMPLE_WARN:
-            warnings.append(f"input {target} px upsamples the images (median shorter side {data_side} px) {scale:.1f}x: "
-                            f"about {scale ** 2:.0f}x the compute for no new detail; for small images set "
-                            f"image_size: {data_side} (train.image_size_from: competition) with small_input: true "
-                            "(README: small images)")
+            warnings.append(
+                f"input {target} px upsamples the images (median shorter side {data_side} px) {scale:.1f}x: "
+                f"about {scale**2:.0f}x the compute for no new detail; for small images set "
+                f"image_size: {data_side} (train.image_size_from: competition) with small_input: true "
+                "(README: small images)"
+            )
         elif scale < 1 / DOWNSAMPLE_WARN:
-            warnings.append(f"input {target} px downsamples the images (median shorter side {data_side} px) "
-                            f"{1 / scale:.1f}x: fine detail is lost; a larger image_size may score better")
+            warnings.append(
+                f"input {target} px downsamples the images (median shorter side {data_side} px) "
+                f"{1 / scale:.1f}x: fine detail is lost; a larger image_size may score better"
+            )
     return line, warnings
 
 
@@ -96,8 +100,9 @@ def cache_mode(cfg: TrainConfig, cache_dir: Path, n_images: int, target: int) ->
     return "disk" if needed * 1.1 < free and os.access(folder, os.W_OK) else "memory"
 
 
-def open_image_store(config: Config, cfg: TrainConfig, paths: list[Path], name: str, target: int,
-                     progress: bool = True) -> ImageStore | ImageCache:
+def open_image_store(
+    config: Config, cfg: TrainConfig, paths: list[Path], name: str, target: int, progress: bool = True
+) -> ImageStore | ImageCache:
     """The images a run reads, as ``train.cache`` says.
 
     ``disk`` (``auto`` where it fits): the decoded-image cache in ``<output_dir>/cache/``,

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.core import io
 from pipeline.config import Config, resolve_train_config
-from pipeline.data import TOO_MANY_PIXELS, Competition, DataError, load_competition
+from pipeline.core import io
 from pipeline.core.report import progress_bar
+from pipeline.data import TOO_MANY_PIXELS, Competition, DataError, load_competition
 from pipeline.task.tasks import get_task
 
 # what the pipeline does with each non-RGB mode (see data.image_to_rgb)
@@ -144,18 +144,29 @@ def _examples(ids) -> list[str]:
     return [str(i) for i in list(ids)[:3]]
 
 
-def _image_findings(split: str, ids: np.ndarray, scan: pd.DataFrame, input_size: int | None) -> tuple[list[Finding], list[dict]]:
+def _image_findings(split: str, ids: np.ndarray, scan: pd.DataFrame,
+                    input_size: int | None) -> tuple[list[Finding], list[dict]]:
     findings, problems = [], []
-    for status, severity, detail in (("missing", "error", "file does not exist"),
-                                     ("empty", "error", "zero-byte file"),
-                                     ("corrupt", "error", "not an image PIL can read"),
-                                     ("truncated", "error", "header reads, pixels do not (cut-off file)"),
-                                     ("too large", "error", TOO_MANY_PIXELS)):
+    for status, severity, detail in (
+        ("missing", "error", "file does not exist"),
+        ("empty", "error", "zero-byte file"),
+        ("corrupt", "error", "not an image PIL can read"),
+        ("truncated", "error", "header reads, pixels do not (cut-off file)"),
+        ("too large", "error", TOO_MANY_PIXELS),
+    ):
         bad = np.flatnonzero(scan["status"].to_numpy() == status)
         if len(bad):
             findings.append(Finding(f"{split} images {status}", severity, len(bad), detail, _examples(ids[bad])))
-            problems += [{"split": split, "id": ids[i], "path": scan["path"].iat[i], "problem": status,
-                          "detail": scan["error"].iat[i]} for i in bad]
+            problems += [
+                {
+                    "split": split,
+                    "id": ids[i],
+                    "path": scan["path"].iat[i],
+                    "problem": status,
+                    "detail": scan["error"].iat[i],
+                }
+                for i in bad
+            ]
     readable = scan["status"].to_numpy() == "ok"
     n_ok = int(readable.sum())
     if n_ok == len(scan):
@@ -170,22 +181,54 @@ def _image_findings(split: str, ids: np.ndarray, scan: pd.DataFrame, input_size:
         findings.append(Finding(f"{split} mode {mode}", severity, int(count), handling, _examples(ids[rows])))
     if n_ok:
         short = scan.loc[readable, ["width", "height"]].min(axis=1).to_numpy()
-        findings.append(Finding(f"{split} image sizes", "ok", n_ok,
-                                f"shorter side {int(short.min())}..{int(short.max())} px, median {int(np.median(short))}"))
+        findings.append(
+            Finding(
+                f"{split} image sizes",
+                "ok",
+                n_ok,
+                f"shorter side {int(short.min())}..{int(short.max())} px, median {int(np.median(short))}",
+            )
+        )
         if not input_size:
-            findings.append(Finding(f"{split} images smaller than input", "ok", 0,
-                                    "not checked: the config lists no models: line-up (make validate ARGS=\"--image-size N\")"))
+            findings.append(
+                Finding(
+                    f"{split} images smaller than input",
+                    "ok",
+                    0,
+                    'not checked: the config lists no models: line-up (make validate ARGS="--image-size N")',
+                )
+            )
         else:
             small = np.flatnonzero(readable)[short < input_size]
             if not len(small):
-                findings.append(Finding(f"{split} images smaller than input", "ok", 0,
-                                        f"every shorter side reaches the models' input size {input_size} px"))
+                findings.append(
+                    Finding(
+                        f"{split} images smaller than input",
+                        "ok",
+                        0,
+                        f"every shorter side reaches the models' input size {input_size} px",
+                    )
+                )
             else:
-                findings.append(Finding(f"{split} images smaller than input", "warning", len(small),
-                                        f"shorter side below the models' input size {input_size} px: they are upscaled",
-                                        _examples(ids[small])))
-                problems += [{"split": split, "id": ids[i], "path": scan["path"].iat[i], "problem": "smaller than input",
-                              "detail": f"{scan['width'].iat[i]}x{scan['height'].iat[i]}"} for i in small]
+                findings.append(
+                    Finding(
+                        f"{split} images smaller than input",
+                        "warning",
+                        len(small),
+                        f"shorter side below the models' input size {input_size} px: they are upscaled",
+                        _examples(ids[small]),
+                    )
+                )
+                problems += [
+                    {
+                        "split": split,
+                        "id": ids[i],
+                        "path": scan["path"].iat[i],
+                        "problem": "smaller than input",
+                        "detail": f"{scan['width'].iat[i]}x{scan['height'].iat[i]}",
+                    }
+                    for i in small
+                ]
     return findings, problems
 
 
@@ -198,23 +241,57 @@ def _duplicate_findings(train_ids, train_scan, labels, test_ids, test_scan) -> t
     if dup_groups:
         conflicting = [g for g in dup_groups if len({str(labels[i]) for i in g}) > 1]  # str: multilabel rows too
         n_rows = sum(len(g) for g in dup_groups)
-        findings.append(Finding("train duplicate images", "warning", n_rows,
-                                f"{len(dup_groups)} identical files under different ids, {len(conflicting)} with different labels; "
-                                "put each group in one fold (folds.strategy=group) or drop copies",
-                                [" = ".join(str(train_ids[i]) for i in g[:2]) for g in dup_groups[:3]]))
-        problems += [{"split": "train", "id": train_ids[i], "path": train_scan["path"].iat[i], "problem": "duplicate image",
-                      "detail": f"same file as {train_ids[g[0]] if i != g[0] else train_ids[g[1]]}"} for g in dup_groups for i in g]
+        findings.append(
+            Finding(
+                "train duplicate images",
+                "warning",
+                n_rows,
+                f"{len(dup_groups)} identical files under different ids, {len(conflicting)} with different labels; "
+                "put each group in one fold (folds.strategy=group) or drop copies",
+                [" = ".join(str(train_ids[i]) for i in g[:2]) for g in dup_groups[:3]],
+            )
+        )
+        problems += [
+            {
+                "split": "train",
+                "id": train_ids[i],
+                "path": train_scan["path"].iat[i],
+                "problem": "duplicate image",
+                "detail": f"same file as {train_ids[g[0]] if i != g[0] else train_ids[g[1]]}",
+            }
+            for g in dup_groups
+            for i in g
+        ]
     else:
         findings.append(Finding("train duplicate images", "ok", 0, "no identical files under different ids"))
     train_hashes = set(train_hash[has_hash])
-    leaked = np.flatnonzero(np.isin(test_scan["md5"].to_numpy(), list(train_hashes)) & (test_scan["md5"].to_numpy() != ""))
+    leaked = np.flatnonzero(
+        np.isin(test_scan["md5"].to_numpy(), list(train_hashes)) & (test_scan["md5"].to_numpy() != "")
+    )
     if len(leaked):
-        findings.append(Finding("test images also in train", "warning", len(leaked),
-                                "identical files in train and test: their labels are known", _examples(test_ids[leaked])))
-        problems += [{"split": "test", "id": test_ids[i], "path": test_scan["path"].iat[i], "problem": "also in train",
-                      "detail": ""} for i in leaked]
+        findings.append(
+            Finding(
+                "test images also in train",
+                "warning",
+                len(leaked),
+                "identical files in train and test: their labels are known",
+                _examples(test_ids[leaked]),
+            )
+        )
+        problems += [
+            {
+                "split": "test",
+                "id": test_ids[i],
+                "path": test_scan["path"].iat[i],
+                "problem": "also in train",
+                "detail": "",
+            }
+            for i in leaked
+        ]
     else:
-        findings.append(Finding("test images also in train", "ok", 0, "no test file identical to a train file (no leak)"))
+        findings.append(
+            Finding("test images also in train", "ok", 0, "no test file identical to a train file (no leak)")
+        )
     return findings, problems
 
 
@@ -224,15 +301,29 @@ def _label_findings(competition: Competition, n_splits: int) -> list[Finding]:
         y = competition.y
         return [Finding("targets", "ok", len(y), f"values {y.min():.4g}..{y.max():.4g}, mean {y.mean():.4g}")]
     what, each = ("labels", "label") if competition.task == "multilabel" else ("classes", "class")
-    findings = [Finding("labels", "ok", len(counts),
-                        f"{len(counts)} {what}, {int(counts.min())}..{int(counts.max())} images per {each}")]
+    findings = [
+        Finding(
+            "labels",
+            "ok",
+            len(counts),
+            f"{len(counts)} {what}, {int(counts.min())}..{int(counts.max())} images per {each}",
+        )
+    ]
     rare = counts[counts < n_splits]
     if not len(rare):
-        findings.append(Finding("rare labels", "ok", 0, f"every {each} has at least {n_splits} images (folds.n_splits)"))
+        findings.append(
+            Finding("rare labels", "ok", 0, f"every {each} has at least {n_splits} images (folds.n_splits)")
+        )
     else:
-        findings.append(Finding("rare labels", "warning", len(rare),
-                                f"fewer than {n_splits} images (folds.n_splits): some validation folds will not see them",
-                                [f"{name} ({count})" for name, count in list(rare.items())[:3]]))
+        findings.append(
+            Finding(
+                "rare labels",
+                "warning",
+                len(rare),
+                f"fewer than {n_splits} images (folds.n_splits): some validation folds will not see them",
+                [f"{name} ({count})" for name, count in list(rare.items())[:3]],
+            )
+        )
     return findings
 
 
@@ -241,7 +332,9 @@ def _listed_image_findings(split: str, pattern: str, data_dir: Path, ids: np.nda
     match = re.fullmatch(r"(.*/)?\{id\}(\.[A-Za-z0-9]+)", pattern)
     folder = data_dir / (match.group(1) or "") if match else None
     if folder is None or not folder.is_dir():
-        return [Finding(f"{split} ids", "ok", len(ids), f"not checked: {pattern} is not one folder of <id>.<ext> files")]
+        return [
+            Finding(f"{split} ids", "ok", len(ids), f"not checked: {pattern} is not one folder of <id>.<ext> files")
+        ]
     on_disk = {p.name[: -len(match.group(2))] for p in folder.iterdir() if p.name.endswith(match.group(2))}
     extra = sorted(on_disk - set(map(str, ids)))
     if not extra:
@@ -249,7 +342,8 @@ def _listed_image_findings(split: str, pattern: str, data_dir: Path, ids: np.nda
     severity = "warning"
     detail = f"image files in {folder.name}/ not listed in {listed_in}: they are ignored"
     if split == "test":
-        detail = f"image files in {folder.name}/ not in {listed_in}: they will not be predicted (is this the right sample submission?)"
+        detail = (f"image files in {folder.name}/ not in {listed_in}: they will not be predicted "
+                  "(is this the right sample submission?)")
     return [Finding(f"{split} ids", severity, len(extra), detail, extra[:3])]
 
 
@@ -277,22 +371,35 @@ def validate_competition(config: Config, input_size: int | None = None, workers:
         return ValidationReport(findings, pd.DataFrame(columns=["split", "id", "path", "problem", "detail"]))
     comp = config.competition
     input_size = input_size or required_input_size(config)
-    findings = [Finding("tables", "ok", len(competition.train),
-                        f"{len(competition.train)} train rows, {len(competition.test_ids)} test rows; ids unique, labels present")]
+    findings = [
+        Finding(
+            "tables",
+            "ok",
+            len(competition.train),
+            f"{len(competition.train)} train rows, {len(competition.test_ids)} test rows; ids unique, labels present",
+        )
+    ]
     problems: list[dict] = []
     scans = {}
-    for split, ids, paths in (("train", competition.train_ids, competition.train_paths),
-                              ("test", competition.test_ids, competition.test_paths)):
+    for split, ids, paths in (
+        ("train", competition.train_ids, competition.train_paths),
+        ("test", competition.test_ids, competition.test_paths),
+    ):
         scans[split] = scan_images(paths, split, workers)
         split_findings, split_problems = _image_findings(split, ids, scans[split], input_size)
         findings += split_findings
         problems += split_problems
-    dup_findings, dup_problems = _duplicate_findings(competition.train_ids, scans["train"], competition.y,
-                                                     competition.test_ids, scans["test"])
+    dup_findings, dup_problems = _duplicate_findings(
+        competition.train_ids, scans["train"], competition.y, competition.test_ids, scans["test"]
+    )
     findings += dup_findings + _label_findings(competition, config.folds.n_splits)
     problems += dup_problems
-    findings += _listed_image_findings("train", comp.train_images, config.data_dir, competition.train_ids, comp.train_csv)
-    findings += _listed_image_findings("test", comp.test_images, config.data_dir, competition.test_ids, comp.sample_submission)
+    findings += _listed_image_findings(
+        "train", comp.train_images, config.data_dir, competition.train_ids, comp.train_csv
+    )
+    findings += _listed_image_findings(
+        "test", comp.test_images, config.data_dir, competition.test_ids, comp.sample_submission
+    )
     return ValidationReport(findings, pd.DataFrame(problems, columns=["split", "id", "path", "problem", "detail"]))
 
 

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core import io
 from pipeline.config import Config
+from pipeline.core import io
 from pipeline.core.errors import PipelineError
-from pipeline.ensemble.fitted import FittedError, load_fitted, reduce_record
 from pipeline.core.io import file_sha256
+from pipeline.ensemble.fitted import FittedError, load_fitted, reduce_record
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,12 @@ EXPORT_VERSION = 1
 
 PREDICT_PY = '''"""Predict the test set with the exported ensemble (kfold-ensembler), offline.
 
-    python predict.py --images /kaggle/input/<competition>/test --sample-submission /kaggle/input/<competition>/sample_submission.csv --out submission.csv
+    python predict.py --images /kaggle/input/<competition>/test \\
+        --sample-submission /kaggle/input/<competition>/sample_submission.csv --out submission.csv
 
 Needs torch, timm, numpy, pandas, Pillow, OpenCV, albumentations, safetensors, pydantic, PyYAML and tqdm (all in
-Kaggle's images); scikit-learn / LightGBM only for a stacker blend. The package itself comes with this folder as a wheel.
+Kaggle's images); scikit-learn / LightGBM only for a stacker blend. The package itself comes with this folder as a
+wheel.
 """
 import sys
 from pathlib import Path
@@ -91,29 +93,41 @@ def _checked_runs(config: Config, record: dict) -> list:
         except StoreError as exc:
             raise ExportError(f"run {stored['name']}: {exc}") from None
         if meta is None or meta.status != "finished":
-            raise ExportError(f"run {stored['name']} of {record['name']} is missing or unfinished ({layout.meta}); "
-                              "retrain it (make train MODEL=...) and rerun make ensemble")
+            raise ExportError(
+                f"run {stored['name']} of {record['name']} is missing or unfinished ({layout.meta}); "
+                "retrain it (make train MODEL=...) and rerun make ensemble"
+            )
         if meta.config is None or not stored["checkpoints"]:
-            raise ExportError(f"run {stored['name']} has no checkpoints (imported predictions): an export recomputes "
-                              "every model; export a method that does not use it (METHOD=<method>)")
+            raise ExportError(
+                f"run {stored['name']} has no checkpoints (imported predictions): an export recomputes "
+                "every model; export a method that does not use it (METHOD=<method>)"
+            )
         if meta.config_hash != stored["config_hash"]:
-            raise ExportError(f"run {stored['name']} was retrained since the last ensemble (settings hash "
-                              f"{meta.config_hash} != {stored['config_hash']}); rerun make ensemble")
+            raise ExportError(
+                f"run {stored['name']} was retrained since the last ensemble (settings hash "
+                f"{meta.config_hash} != {stored['config_hash']}); rerun make ensemble"
+            )
         for fold in sorted(int(f) for f in meta.folds_done):
             path = layout.best(fold)
             expected = stored["checkpoints"].get(str(fold))
             if not path.is_file():
-                raise ExportError(f"checkpoint {path} is missing; retrain the fold (make train MODEL={stored['name']} "
-                                  f"FOLDS={fold} FORCE=1) and rerun make ensemble")
+                raise ExportError(
+                    f"checkpoint {path} is missing; retrain the fold (make train MODEL={stored['name']} "
+                    f"FOLDS={fold} FORCE=1) and rerun make ensemble"
+                )
             actual = file_sha256(path)
             if expected is None or actual != expected:
-                raise ExportError(f"checkpoint {path} does not match its run: its sha256 differs from the one the "
-                                  "ensemble recorded; rerun make predict / make ensemble for this run")
+                raise ExportError(
+                    f"checkpoint {path} does not match its run: its sha256 differs from the one the "
+                    "ensemble recorded; rerun make predict / make ensemble for this run"
+                )
             trained = (meta.folds or {}).get(str(fold), {}).get("checkpoint_sha256")
             if trained is not None and trained != actual:  # runs made before this was recorded have none
-                raise ExportError(f"checkpoint {path} does not match its run: the run's predictions were made with "
-                                  f"another file (sha256 {trained[:12]}... in meta.json); rerun make predict "
-                                  f"MODEL={stored['name']} and make ensemble")
+                raise ExportError(
+                    f"checkpoint {path} does not match its run: the run's predictions were made with "
+                    f"another file (sha256 {trained[:12]}... in meta.json); rerun make predict "
+                    f"MODEL={stored['name']} and make ensemble"
+                )
         out.append((stored, layout, meta))
     return out
 
@@ -134,11 +148,12 @@ def replace_problem(out: Path) -> str | None:
 
 
 def model_entry(config: Config, stored: dict, layout, meta, competition) -> dict:
-    """What the predictor needs to rebuild one run's fold models and their inputs (see :mod:`pipeline.export.predict`)."""
+    """What the predictor needs to rebuild one run's fold models and their inputs (see :mod:`pipeline.export.predict`).
+    """
     from pipeline.config import TrainConfig
-    from pipeline.vision.models import create_model, data_config
-    from pipeline.train.heads import Head
     from pipeline.data.images import input_size
+    from pipeline.train.heads import Head
+    from pipeline.vision.models import create_model, data_config
 
     train = {**meta.config, "pretrained": False, "device": "auto"}  # weights come from the export: nothing downloaded
     cfg = TrainConfig.model_validate(train)
@@ -150,17 +165,34 @@ def model_entry(config: Config, stored: dict, layout, meta, competition) -> dict
     folds = []
     for fold in sorted(int(f) for f in meta.folds_done):
         info = (meta.folds or {}).get(str(fold), {})
-        folds.append({"fold": fold, "file": f"models/{stored['name']}/fold{fold}.safetensors",
-                      "tta": info.get("tta") or meta.tta, "sha256": stored["checkpoints"][str(fold)]})
+        folds.append(
+            {
+                "fold": fold,
+                "file": f"models/{stored['name']}/fold{fold}.safetensors",
+                "tta": info.get("tta") or meta.tta,
+                "sha256": stored["checkpoints"][str(fold)],
+            }
+        )
     return {
-        "run": stored["name"], "config_hash": stored["config_hash"], "timm_name": meta.timm_name, "loss": meta.loss,
-        "n_outputs": n_outputs, "train": cfg.model_dump(),
-        "data": {"image_size": dcfg.image_size, "mean": list(dcfg.mean), "std": list(dcfg.std),
-                 "interpolation": dcfg.interpolation},
+        "run": stored["name"],
+        "config_hash": stored["config_hash"],
+        "timm_name": meta.timm_name,
+        "loss": meta.loss,
+        "n_outputs": n_outputs,
+        "train": cfg.model_dump(),
+        "data": {
+            "image_size": dcfg.image_size,
+            "mean": list(dcfg.mean),
+            "std": list(dcfg.std),
+            "interpolation": dcfg.interpolation,
+        },
         # the run's test store: its decoded-image cache (train.cache disk, or auto where it had room) resized once
         # to the cache side before the input resize; read directly otherwise
-        "resize": {"mode": "cache" if cfg.cache in ("disk", "auto") else "direct",
-                   "target": input_size(cfg, len(competition.classes)), "margin": cfg.cache_margin},
+        "resize": {
+            "mode": "cache" if cfg.cache in ("disk", "auto") else "direct",
+            "target": input_size(cfg, len(competition.classes)),
+            "margin": cfg.cache_margin,
+        },
         "batch_size": int(batch) * 2,  # the batch predict_fold used for the test set
         "folds": folds,
     }
@@ -169,8 +201,18 @@ def model_entry(config: Config, stored: dict, layout, meta, competition) -> dict
 #: What the exported predictor imports, as distribution names (OpenCV comes with albumentations). Each is in Kaggle's
 #: images, so ``pip install --no-index <folder>/*.whl`` resolves offline; training's own needs (optuna, Ray, the
 #: multilabel splitter, ...) are not declared: the export never trains.
-PREDICT_REQUIRES = ("torch", "timm", "numpy", "pandas", "pillow", "safetensors", "albumentations", "pydantic", "pyyaml",
-                    "tqdm")
+PREDICT_REQUIRES = (
+    "torch",
+    "timm",
+    "numpy",
+    "pandas",
+    "pillow",
+    "safetensors",
+    "albumentations",
+    "pydantic",
+    "pyyaml",
+    "tqdm",
+)
 
 
 def build_wheel(target: Path) -> Path:
@@ -194,13 +236,20 @@ def build_wheel(target: Path) -> Path:
     package = Path(pipeline.__file__).resolve().parent
     dist = f"kfold_ensembler-{pipeline.__version__}"
     info = f"{dist}.dist-info"
-    files = {f"pipeline/{p.relative_to(package).as_posix()}": p.read_bytes()
-             for p in sorted(package.rglob("*.py")) if "__pycache__" not in p.parts}
+    files = {
+        f"pipeline/{p.relative_to(package).as_posix()}": p.read_bytes()
+        for p in sorted(package.rglob("*.py"))
+        if "__pycache__" not in p.parts
+    }
     requires = "".join(f"Requires-Dist: {name}\n" for name in PREDICT_REQUIRES)
-    files[f"{info}/METADATA"] = (f"Metadata-Version: 2.1\nName: kfold-ensembler\nVersion: {pipeline.__version__}\n"
-                                 f"Summary: the offline predictor of an exported kfold-ensembler ensemble\n"
-                                 f"Requires-Python: >=3.10\n{requires}").encode()
-    files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: kfold-ensembler export\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{info}/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: kfold-ensembler\nVersion: {pipeline.__version__}\n"
+        f"Summary: the offline predictor of an exported kfold-ensembler ensemble\n"
+        f"Requires-Python: >=3.10\n{requires}"
+    ).encode()
+    files[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: kfold-ensembler export\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
     files[f"{info}/top_level.txt"] = b"pipeline\n"
 
     def digest(data: bytes) -> str:
@@ -218,8 +267,9 @@ def build_wheel(target: Path) -> Path:
     return path
 
 
-def run_export(config: Config, method: str = "submission", out: Path | None = None, force: bool = False,
-               check: bool = False) -> dict:
+def run_export(
+    config: Config, method: str = "submission", out: Path | None = None, force: bool = False, check: bool = False
+) -> dict:
     """Write the export folder of a stored candidate.
 
     Parameters
@@ -245,8 +295,8 @@ def run_export(config: Config, method: str = "submission", out: Path | None = No
         Before anything is written.
     """
     from pipeline.data import load_competition
-    from pipeline.task.metrics import get_metric
     from pipeline.store import code_version
+    from pipeline.task.metrics import get_metric
 
     out = Path(out) if out else config.out / "export" / config.competition.name
     problem = None if force else replace_problem(out)
@@ -277,15 +327,25 @@ def run_export(config: Config, method: str = "submission", out: Path | None = No
             models.append(entry)
         targets = competition.targets
         spec = {
-            "version": EXPORT_VERSION, "competition": config.competition.name, "task": competition.task,
-            "classes": [str(c) for c in competition.classes], "id_column": competition.id_column,
-            "target_column": competition.target_column, "metric": metric.name, "metric_needs": metric.needs,
+            "version": EXPORT_VERSION,
+            "competition": config.competition.name,
+            "task": competition.task,
+            "classes": [str(c) for c in competition.classes],
+            "id_column": competition.id_column,
+            "target_column": competition.target_column,
+            "metric": metric.name,
+            "metric_needs": metric.needs,
             "submission_columns": list(competition.sample_submission.columns),
             "image_pattern": image_pattern(config.competition.test_images),
-            "targets": {"columns": list(targets.columns), "labels": list(targets.labels),
-                        "value_range": list(targets.value_range) if targets.value_range else None,
-                        "value_mean": float(targets.value_mean), "value_std": float(targets.value_std)},
-            "ensemble": record, "models": models,
+            "targets": {
+                "columns": list(targets.columns),
+                "labels": list(targets.labels),
+                "value_range": list(targets.value_range) if targets.value_range else None,
+                "value_mean": float(targets.value_mean),
+                "value_std": float(targets.value_std),
+            },
+            "ensemble": record,
+            "models": models,
             # a stacker fitted with metadata columns reads them from the competition's test table (--test-csv)
             "test_csv": Path(config.competition.test_csv).name if record.get("extra_features") else None,
         }
@@ -294,16 +354,27 @@ def run_export(config: Config, method: str = "submission", out: Path | None = No
         wheel = build_wheel(tmp)
         files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
-            "version": EXPORT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "code_version": code_version(),
-            "method": method, "candidate": record["name"], "chosen": record["chosen"],
+            "version": EXPORT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "code_version": code_version(),
+            "method": method,
+            "candidate": record["name"],
+            "chosen": record["chosen"],
             "expected_cv": {"metric": metric.name, "nested_cv": record["nested_cv"], "cv": record["cv"]},
             "runs": {m["run"]: m["config_hash"] for m in models},
             "runs_left_out": [r for r in full_runs if r not in {m["run"] for m in models}],
-            "blend": None if record["blend"] is None else {"method": record["blend"]["method"],
-                                                           "weights": record["blend"]["weights"],
-                                                           "temperature": record["blend"]["temperature"]},
-            "apply": record["apply"], "decision": record["decision"], "submission_file": record["submission_file"],
-            "wheel": wheel.name, "files": files,
+            "blend": None
+            if record["blend"] is None
+            else {
+                "method": record["blend"]["method"],
+                "weights": record["blend"]["weights"],
+                "temperature": record["blend"]["temperature"],
+            },
+            "apply": record["apply"],
+            "decision": record["decision"],
+            "submission_file": record["submission_file"],
+            "wheel": wheel.name,
+            "files": files,
         }
         io.write_json(tmp / "manifest.json", manifest)
         tmp.chmod(0o755)  # mkdtemp's folder is the owner's only; the export is shared (uploaded as a dataset)
@@ -314,9 +385,11 @@ def run_export(config: Config, method: str = "submission", out: Path | None = No
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    log.info(f"exported {record['name']} ({len(models)} model(s), "
-             f"{sum(len(m['folds']) for m in models)} checkpoints, {size / 2**20:.1f} MiB) to {out} "
-             f"in {time.perf_counter() - started:.1f}s")
+    log.info(
+        f"exported {record['name']} ({len(models)} model(s), "
+        f"{sum(len(m['folds']) for m in models)} checkpoints, {size / 2**20:.1f} MiB) to {out} "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
     result = {"out": str(out), "bytes": size, "files": sorted(files) + ["manifest.json"], "candidate": record["name"]}
     if check:
         result["check"] = check_export(config, out, method, record)
@@ -343,8 +416,11 @@ def compare_submissions(got, expected, id_column: str, atol: float = 1e-6) -> st
         return f"columns or rows differ: {list(got.columns)} x {len(got)} vs {list(expected.columns)} x {len(expected)}"
     for column in got.columns:
         a, b = got[column].astype(str).to_numpy(), expected[column].astype(str).to_numpy()
-        numeric = column != id_column and pd.api.types.is_numeric_dtype(got[column]) \
+        numeric = (
+            column != id_column
+            and pd.api.types.is_numeric_dtype(got[column])
             and pd.api.types.is_numeric_dtype(expected[column])
+        )
         if not numeric:
             if not (a == b).all():
                 row = int(np.flatnonzero(a != b)[0])
@@ -372,16 +448,23 @@ def check_export(config: Config, out: Path, method: str, record: dict) -> dict:
     while "{" in str(test_dir):
         test_dir = test_dir.parent
     started = time.perf_counter()
-    got = predict_folder(out, test_dir, config.data_dir / config.competition.sample_submission, device="auto",
-                         pattern=image_pattern(config.competition.test_images), progress=False,
-                         test_csv=config.data_dir / config.competition.test_csv if config.competition.test_csv else None)
+    got = predict_folder(
+        out,
+        test_dir,
+        config.data_dir / config.competition.sample_submission,
+        device="auto",
+        pattern=image_pattern(config.competition.test_images),
+        progress=False,
+        test_csv=config.data_dir / config.competition.test_csv if config.competition.test_csv else None,
+    )
     seconds = time.perf_counter() - started
     name = "submission.csv" if method == "submission" else record["submission_file"]
     expected = pd.read_csv(config.submissions_dir / name, dtype={config.competition.id_column: str})
     got = pd.read_csv(StringIO(got.to_csv(index=False)), dtype={config.competition.id_column: str})
     problem = compare_submissions(got, expected, config.competition.id_column)
     if problem:
-        raise ExportError(f"check: the exported predictor's submission differs from {config.submissions_dir / name}: "
-                          f"{problem}")
+        raise ExportError(
+            f"check: the exported predictor's submission differs from {config.submissions_dir / name}: {problem}"
+        )
     log.info(f"check: the exported predictor reproduces {name} ({len(got)} rows, {seconds:.1f}s)")
     return {"file": name, "rows": len(got), "seconds": seconds}

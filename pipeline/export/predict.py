@@ -83,7 +83,9 @@ def metadata_features(test_csv: Path, id_column: str, columns: list[str], ids) -
         raise ExportPredictError(f"{test_csv} has no row for id(s) {absent[:5]}")
     numeric = values.loc[ids, columns].apply(pd.to_numeric, errors="coerce")
     if numeric.isna().any().any():
-        raise ExportPredictError(f"column(s) {numeric.columns[numeric.isna().any()].tolist()} of {test_csv} are not all numbers")
+        raise ExportPredictError(
+            f"column(s) {numeric.columns[numeric.isna().any()].tolist()} of {test_csv} are not all numbers"
+        )
     return numeric.to_numpy(dtype=np.float64)
 
 
@@ -99,8 +101,10 @@ def image_paths(images: Path, pattern: str, ids: np.ndarray) -> list[Path]:
     paths = [root / pattern.format(id=i) for i in ids]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise ExportPredictError(f"{len(missing)} of {len(paths)} test images are missing, e.g. {missing[:3]}; "
-                                 f"check --images (a folder) and --pattern (now {pattern!r})")
+        raise ExportPredictError(
+            f"{len(missing)} of {len(paths)} test images are missing, e.g. {missing[:3]}; "
+            f"check --images (a folder) and --pattern (now {pattern!r})"
+        )
     return paths
 
 
@@ -120,8 +124,8 @@ class TestImages:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        from pipeline.data.cache import resize_for_cache
         from pipeline.data import decode_image
+        from pipeline.data.cache import resize_for_cache
 
         image = decode_image(self.paths[index])
         return image if self.side is None else resize_for_cache(image, self.side)
@@ -131,7 +135,7 @@ def cache_side_for(paths: list[Path], resize: dict) -> int | None:
     """The side the run's image cache would have had for these images, or None when it read files directly."""
     if resize.get("mode") != "cache":
         return None
-    from pipeline.data.cache import largest_side, cache_side
+    from pipeline.data.cache import cache_side, largest_side
 
     return cache_side(resize["target"], resize["margin"], largest_side([str(p) for p in paths]))
 
@@ -147,8 +151,9 @@ class Progress:
     def __init__(self, total_batches: int, n_images: int, enabled: bool = True, estimate_after: int = 3):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total_batches, desc="predict", unit="batch", disable=not enabled, mininterval=2.0,
-                        file=sys.stderr)
+        self.bar = tqdm(
+            total=total_batches, desc="predict", unit="batch", disable=not enabled, mininterval=2.0, file=sys.stderr
+        )
         self.total, self.n_images, self.estimate_after = total_batches, n_images, estimate_after
         self.done, self.started, self.first_done = 0, time.perf_counter(), None
         self.estimate: float | None = None
@@ -171,10 +176,18 @@ class Progress:
         if self.done in checkpoints and self.done < self.total:
             per_batch = (now - self.first_done) / (self.done - 1)
             self.estimate = (self.first_done - self.started) + per_batch * (self.total - 1)
-            when = "after the first batches" if self.done == 1 + self.estimate_after else f"at {self.done}/{self.total} batches"
-            print(f"estimated time for the whole test set ({self.n_images} images, {self.total} batches over every "
-                  f"model, fold and TTA; {when}): {self.estimate:.0f}s "
-                  f"({self.estimate / max(self.n_images, 1) * 1000:.1f}s per 1,000 images)", file=sys.stderr, flush=True)
+            when = (
+                "after the first batches"
+                if self.done == 1 + self.estimate_after
+                else f"at {self.done}/{self.total} batches"
+            )
+            print(
+                f"estimated time for the whole test set ({self.n_images} images, {self.total} batches over every "
+                f"model, fold and TTA; {when}): {self.estimate:.0f}s "
+                f"({self.estimate / max(self.n_images, 1) * 1000:.1f}s per 1,000 images)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         self.bar.close()
@@ -189,18 +202,35 @@ def _runtime(device: str, cfg, workers: int | None):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ExportPredictError("--device cuda: no CUDA device is visible; turn the notebook's GPU on or pass --device cpu")
+        raise ExportPredictError(
+            "--device cuda: no CUDA device is visible; turn the notebook's GPU on or pass --device cpu"
+        )
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     if workers is None:
         workers = 4 if cuda else 0
     # as the run's own test predictions were made: its autocast and memory format on a GPU, plain float32 on the CPU
-    return Runtime(dev, amp_dtype_for(cfg, cuda), bool(cuda and cfg.channels_last), workers, cuda,
-                   persistent_workers=False, prefetch_factor=2 if workers else None)
+    return Runtime(
+        dev,
+        amp_dtype_for(cfg, cuda),
+        bool(cuda and cfg.channels_last),
+        workers,
+        cuda,
+        persistent_workers=False,
+        prefetch_factor=2 if workers else None,
+    )
 
 
-def predict_model(folder: Path, model: dict, spec: dict, store: TestImages, device: str, batch_size: int | None,
-                  progress: Progress, workers: int | None = None) -> np.ndarray:
+def predict_model(
+    folder: Path,
+    model: dict,
+    spec: dict,
+    store: TestImages,
+    device: str,
+    batch_size: int | None,
+    progress: Progress,
+    workers: int | None = None,
+) -> np.ndarray:
     """One exported run's test predictions per fold model: ``(n_folds, n_rows, n_cols)``, float64.
 
     As ``make train`` stores them: each fold's mean over TTA views (float32), read as float64.
@@ -208,13 +238,13 @@ def predict_model(folder: Path, model: dict, spec: dict, store: TestImages, devi
     from safetensors.torch import load_file as load_safetensors
 
     from pipeline.config import TrainConfig
-    from pipeline.vision.models import DataConfig
     from pipeline.train.dataset import ImageDataset
     from pipeline.train.heads import Head
     from pipeline.train.model import prepare_model
     from pipeline.train.predict import predict_views
     from pipeline.train.runtime import device_transform, make_loader
     from pipeline.vision.host import HostTransform
+    from pipeline.vision.models import DataConfig
     from pipeline.vision.views import parse_view
 
     cfg = TrainConfig.model_validate(model["train"])
@@ -238,9 +268,17 @@ def predict_model(folder: Path, model: dict, spec: dict, store: TestImages, devi
     return np.stack(out)
 
 
-def predict_folder(folder: Path, images: Path, sample_submission: Path, device: str = "auto",
-                   batch_size: int | None = None, pattern: str | None = None, progress: bool = True,
-                   workers: int | None = None, test_csv: Path | None = None) -> pd.DataFrame:
+def predict_folder(
+    folder: Path,
+    images: Path,
+    sample_submission: Path,
+    device: str = "auto",
+    batch_size: int | None = None,
+    pattern: str | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+    test_csv: Path | None = None,
+) -> pd.DataFrame:
     """The exported ensemble's submission for a test set.
 
     Parameters
@@ -277,11 +315,15 @@ def predict_folder(folder: Path, images: Path, sample_submission: Path, device: 
     sample = pd.read_csv(sample_submission, dtype=str, keep_default_na=True)
     id_column = spec["id_column"]
     if list(sample.columns) != spec["submission_columns"]:
-        raise ExportPredictError(f"{sample_submission} has columns {list(sample.columns)}; the export was made for "
-                                 f"{spec['submission_columns']}")
+        raise ExportPredictError(
+            f"{sample_submission} has columns {list(sample.columns)}; the export was made for "
+            f"{spec['submission_columns']}"
+        )
     if spec["ensemble"].get("extra_features") and test_csv is None:
-        raise ExportPredictError(f"this ensemble's stacker reads the metadata column(s) {spec['ensemble']['extra_features']} "
-                                 f"of the test table: pass --test-csv <the competition's {spec.get('test_csv') or 'test.csv'}>")
+        raise ExportPredictError(
+            f"this ensemble's stacker reads the metadata column(s) {spec['ensemble']['extra_features']} "
+            f"of the test table: pass --test-csv <the competition's {spec.get('test_csv') or 'test.csv'}>"
+        )
     paths = image_paths(images, pattern or spec["image_pattern"], sample[id_column].to_numpy())
     rows_per_batch = [batch_size or m["batch_size"] for m in spec["models"]]
     total = sum(len(m["folds"]) * -(-len(paths) // b) for m, b in zip(spec["models"], rows_per_batch))
@@ -304,29 +346,50 @@ def predict_folder(folder: Path, images: Path, sample_submission: Path, device: 
     if spec["ensemble"].get("extra_features"):
         extra_test = metadata_features(test_csv, id_column, spec["ensemble"]["extra_features"], sample[id_column])
     pred, decided = blend_test(spec["ensemble"], tests, fold_tests, extra_test)
-    return submission_frame(sample, id_column, spec["target_column"], spec["task"], spec_targets(spec), pred, decided,
-                            spec["metric_needs"])
+    return submission_frame(
+        sample, id_column, spec["target_column"], spec["task"], spec_targets(spec), pred, decided, spec["metric_needs"]
+    )
 
 
 def main(argv: list[str] | None = None, folder: Path | None = None) -> int:
     """``predict.py``'s command line; ``folder`` is the export folder (predict.py's own)."""
-    parser = argparse.ArgumentParser(description="Predict the test set with an exported kfold-ensembler ensemble, offline.")
+    parser = argparse.ArgumentParser(
+        description="Predict the test set with an exported kfold-ensembler ensemble, offline."
+    )
     parser.add_argument("--images", required=True, help="folder of the test images")
     parser.add_argument("--sample-submission", required=True, help="the competition's sample_submission.csv")
-    parser.add_argument("--out", default="submission.csv", help="where to write the submission (default submission.csv)")
+    parser.add_argument(
+        "--out", default="submission.csv", help="where to write the submission (default submission.csv)"
+    )
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: the run's)")
-    parser.add_argument("--test-csv", help="the competition's test table, when the blend reads metadata columns from it")
-    parser.add_argument("--workers", type=int, help="loader processes decoding images (default 4 on a GPU, 0 on the CPU)")
+    parser.add_argument(
+        "--test-csv", help="the competition's test table, when the blend reads metadata columns from it"
+    )
+    parser.add_argument(
+        "--workers", type=int, help="loader processes decoding images (default 4 on a GPU, 0 on the CPU)"
+    )
     parser.add_argument("--pattern", help="an image's file name under --images, with {id} (default: the export's)")
-    parser.add_argument("--export", default=str(folder) if folder else None, help="the export folder (default: predict.py's)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (the time estimate is still printed)")
+    parser.add_argument(
+        "--export", default=str(folder) if folder else None, help="the export folder (default: predict.py's)"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (the time estimate is still printed)"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        frame = predict_folder(Path(args.export), Path(args.images), Path(args.sample_submission), args.device,
-                               args.batch_size, args.pattern, progress=not args.no_progress,
-                               workers=args.workers, test_csv=Path(args.test_csv) if args.test_csv else None)
+        frame = predict_folder(
+            Path(args.export),
+            Path(args.images),
+            Path(args.sample_submission),
+            args.device,
+            args.batch_size,
+            args.pattern,
+            progress=not args.no_progress,
+            workers=args.workers,
+            test_csv=Path(args.test_csv) if args.test_csv else None,
+        )
     except ExportPredictError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

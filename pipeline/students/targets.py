@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from pipeline.train.dataset import ImageDataset, collate_rows
 from pipeline.train.heads import Head
 
-
 # -- targets in the head's form -------------------------------------------------------------------
 
 def head_targets(head: Head, stored: np.ndarray) -> np.ndarray:

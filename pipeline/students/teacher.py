@@ -16,7 +16,6 @@ the head's soft-target loss (:meth:`Head.soft_loss_rows`, the path mixup trains 
 from __future__ import annotations
 
 import logging
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from pipeline.data import Competition, load_competition
 from pipeline.data.images import input_size, open_image_store
 from pipeline.folds import read_folds
 from pipeline.store import RunLayout, RunMeta, StoredRun, check_run_name, read_meta
+from pipeline.students.targets import SoftRows, TeacherLoss, head_targets, pack, soften, true_targets
 from pipeline.students.teach import (PseudoTable, Teacher, TeacherError, blend_outside_fold, pseudo_table,
                                      resolve_teacher)
 from pipeline.task.metrics import get_metric
@@ -41,10 +41,8 @@ from pipeline.train.heads import Head, make_head
 from pipeline.train.model import prepare_model
 from pipeline.train.predict import predict_views
 from pipeline.train.runtime import Runtime, device_transform, eval_batch_size, make_loader
-from pipeline.vision.models import data_config
 from pipeline.vision.host import HostTransform
-
-from pipeline.students.targets import SoftRows, TeacherLoss, head_targets, pack, soften, true_targets
+from pipeline.vision.models import data_config
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,7 @@ checked against scikit-learn in the tests; :mod:`pipeline.task.metrics` register
 
 from __future__ import annotations
 
-
 import numpy as np
-
 
 _EPS = 1e-15
 

@@ -1,5 +1,5 @@
 """Fine-tuning pretrained weights the fastai way: the classifier alone first, then the whole network with
-layer-wise learning rates (timm's ``param_groups_layer_decay``).
+layer-wise learning rates (timm's ``param_groups_layer_decay``, through ``steps.make_optimizer``).
 
 The phase is a function of the epoch (``epoch < train.freeze_epochs``: head only), and the
 learning-rate schedule a function of the optimizer step, so a resumed fold replays exactly.
@@ -9,7 +9,6 @@ The config keys are in :class:`pipeline.config.TrainConfig`; the README's "Fine-
 from __future__ import annotations
 
 import torch
-from timm.optim import param_groups_layer_decay
 
 from pipeline.config import ConfigError, TrainConfig
 
@@ -57,23 +56,3 @@ def body_norms_to_eval(model: torch.nn.Module) -> None:
     for module in model.modules():
         if module not in head and isinstance(module, torch.nn.modules.batchnorm._NormBase):
             module.eval()
-
-
-def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
-    """The optimizer's parameter groups: no weight decay on 1-d tensors (biases, norms), as timm does.
-
-    With ``train.layer_decay`` the groups are timm's ``param_groups_layer_decay``: each layer's
-    learning rate is ``lr * layer_decay ** (layer_max - layer_id)`` (the classifier at ``lr``,
-    the stem lowest), ``lr_scale`` kept in the group; the model's ``no_weight_decay()`` names
-    (e.g. position embeddings) get no decay either.
-    """
-    if cfg.layer_decay is None:
-        decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-        return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
-    groups = param_groups_layer_decay(model, weight_decay=cfg.weight_decay, no_weight_decay_list=skip,
-                                      layer_decay=cfg.layer_decay)
-    for group in groups:
-        group["lr"] = cfg.lr * group["lr_scale"]
-    return groups

@@ -19,8 +19,8 @@ import torch
 
 from pipeline.config import TrainConfig
 from pipeline.core import io
-from pipeline.core.seeds import epoch_seed
 from pipeline.core.report import progress_bar
+from pipeline.core.seeds import epoch_seed
 from pipeline.store import RunLayout
 from pipeline.task.metrics import Metric
 from pipeline.train import checkpoint
@@ -34,9 +34,9 @@ from pipeline.train.recipes import (BatchMixer, WeightAverage, WeightEma, averag
                                     make_ema, make_mixer, recompute_norm_stats, resize_batch, train_side)
 from pipeline.train.runtime import Runtime, autocast, batch_to_device, device_transform, eval_batch_size, make_loader
 from pipeline.train.steps import check_loss, fine_tune_schedule, global_mean, make_optimizer, train_step
-from pipeline.vision.models import count_parameters, data_config
 from pipeline.vision.device import DeviceTransform
 from pipeline.vision.host import HostTransform
+from pipeline.vision.models import count_parameters, data_config
 
 log = logging.getLogger(__name__)
 

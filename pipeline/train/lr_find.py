@@ -201,8 +201,8 @@ def run_lr_find(
     from pipeline.train.spec import prepare_run
     from pipeline.train.stage import open_stores
     from pipeline.train.steps import make_optimizer, train_step
-    from pipeline.vision.models import data_config
     from pipeline.vision.host import HostTransform
+    from pipeline.vision.models import data_config
 
     settings = settings or config.lr_find
     spec = prepare_run(config, model, overrides)

@@ -24,9 +24,9 @@ from pipeline.train.distributed import gather_rows, shard
 from pipeline.train.model import prepare_model
 from pipeline.train.runtime import (Runtime, autocast, batch_to_device, device_transform, eval_batch_size,
                                     free_device_memory, is_oom, make_loader, to_device)
-from pipeline.vision.models import data_config
 from pipeline.vision.device import DeviceTransform
 from pipeline.vision.host import HostTransform
+from pipeline.vision.models import data_config
 from pipeline.vision.views import apply_views, view_groups
 
 CPU_PIXELS_PER_PASS = 2**19

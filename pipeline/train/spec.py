@@ -5,7 +5,6 @@ to train, a new ``meta.json``.
 from __future__ import annotations
 
 import logging
-
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -17,8 +16,7 @@ from pipeline.config import (Config, ConfigError, TrainConfig, config_file_hashe
 from pipeline.data import Competition, load_competition, median_short_side
 from pipeline.data.images import image_size_report, input_size
 from pipeline.folds import FoldsError, read_folds, run_folds
-from pipeline.store import (RunLayout, RunMeta, check_run_name, code_version, library_versions,
-                            run_hash)
+from pipeline.store import RunLayout, RunMeta, check_run_name, code_version, library_versions, run_hash
 from pipeline.task.metrics import Metric, get_metric
 from pipeline.task.tasks import resolve_loss
 from pipeline.train.heads import Head, make_head

@@ -7,9 +7,8 @@ reads and writes the store and hands its results (or its error) to the other ran
 
 from __future__ import annotations
 
-import logging
-
 import contextlib
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -18,14 +17,14 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from pipeline.config import (Config, TrainConfig, resolve_train_config)
+from pipeline.config import Config, TrainConfig, resolve_train_config
 from pipeline.core import io
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import json_hash
 from pipeline.core.report import format_seconds, format_table, log_to_file
 from pipeline.data import Competition
 from pipeline.data.images import input_size, open_image_store
-from pipeline.store import (RunLayout, RunLock, RunMeta, StoreError, prediction_frame, read_meta, write_meta)
+from pipeline.store import RunLayout, RunLock, RunMeta, StoreError, prediction_frame, read_meta, write_meta
 from pipeline.train.batch_size import resolve_batch_size
 from pipeline.train.dataset import FoldData
 from pipeline.train.distributed import (SINGLE, DistContext, barrier, broadcast_object, init_distributed,
@@ -33,7 +32,6 @@ from pipeline.train.distributed import (SINGLE, DistContext, barrier, broadcast_
 from pipeline.train.loop import train_fold
 from pipeline.train.predict import predict_fold, read_fold_predictions
 from pipeline.train.runtime import Runtime, select_runtime, use_cuda_for
-
 from pipeline.train.spec import RunSpec, fold_list, new_meta, prepare_run, view_list
 
 log = logging.getLogger(__name__)

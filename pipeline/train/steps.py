@@ -14,7 +14,6 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.core.errors import PipelineError
 from pipeline.train.distributed import DistContext
-from pipeline.train.finetune import param_groups
 from pipeline.train.runtime import Runtime, autocast
 
 
@@ -44,10 +43,34 @@ def fine_tune_schedule(total_updates: int, freeze_updates: int, warmup_updates: 
     return lambda step: head(step) if step < freeze_updates else body(step - freeze_updates)
 
 
+# torch's own optimizers that have a fused CUDA kernel (one launch for every parameter)
+_FUSED_ON_CUDA = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (fused on a GPU), in ``finetune.param_groups`` (layer-wise lr with
-    ``train.layer_decay``; no weight decay on biases and normalisation weights)."""
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, fused=runtime.is_cuda or None)
+    """``train.optimizer`` (any name timm's registry has, AdamW by default) built by timm's factory.
+
+    One path with or without ``train.layer_decay``, as timm's ``train.py`` builds it
+    (``create_optimizer_v2``): no weight decay on biases, normalisation weights and the tensors
+    the model lists in ``no_weight_decay()`` (a ViT's position embeddings and class token); with
+    ``layer_decay``, timm's layer-wise groups, each group's ``lr`` set to ``lr * lr_scale`` here
+    because our schedule (``LambdaLR``) scales each group's own initial lr. torch's Adam, AdamW
+    and SGD run fused on a GPU.
+    """
+    from timm.optim import create_optimizer_v2, get_optimizer_class
+
+    kwargs = {}
+    if runtime.is_cuda:
+        try:
+            if get_optimizer_class(cfg.optimizer, bind_defaults=False) in _FUSED_ON_CUDA:
+                kwargs["fused"] = True
+        except ValueError:   # a composite name (lookahead_adamw): timm builds it, unfused
+            pass
+    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    layer_decay=cfg.layer_decay, **kwargs)
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
+    return optimizer
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer: torch.optim.Optimizer,

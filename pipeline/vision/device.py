@@ -9,9 +9,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from pipeline.vision.host import one_step
 from pipeline.vision.kernels import Affine, CoarseDropout, HorizontalFlip, RandomBrightnessContrast, VerticalFlip
 from pipeline.vision.policies import RandAugment, TrivialAugment
-from pipeline.vision.host import one_step
 
 
 class DeviceTransform:

@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import torch
 
-
 INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
     "bilinear": cv2.INTER_LINEAR,

@@ -11,7 +11,6 @@ import cv2
 import torch
 import torch.nn.functional as F
 
-
 # -- batched augmentation on the device ----------------------------------------------------
 
 

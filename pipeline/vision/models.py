@@ -8,6 +8,7 @@ from constants here.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,10 @@ MODEL_ALIASES: dict[str, tuple[str, str]] = {
     "regnet": ("regnety_016", "regnet"),
     "vit": ("vit_small_patch16_224", "vit"),
 }
+
+
+# the weights files train.pretrained may name (a pickle of any other kind is never opened)
+WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 class ModelError(PipelineError, ValueError):
@@ -78,7 +83,10 @@ def model_family(name: str) -> str:
     for _, (alias_target, family) in MODEL_ALIASES.items():
         if alias_target == timm_name:
             return family
-    return timm_name.split("_")[0].rstrip("0123456789") or timm_name
+    # tf_<arch>: the same architecture with weights ported from TensorFlow (tf_efficientnet_lite0 is an efficientnet)
+    # and a version or size suffix is not a family: mobilenetv3 and convnextv2 are mobilenet and convnext
+    base = timm_name.removeprefix("tf_")
+    return re.sub(r"v?\d+$", "", base.split("_")[0]) or base
 
 
 # families that share a training preset file with a close relative (config.preset_file)
@@ -104,30 +112,34 @@ def preset_family(name: str) -> str:
     return PRESET_FAMILIES.get(family, family)
 
 
-def _classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
-    names = model.pretrained_cfg.get("classifier", ())
-    names = (names,) if isinstance(names, str) else tuple(names)
-    return tuple(f"{n}." for n in names)
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a local weights file without running code from it.
 
+    Only safe formats are read: safetensors, or ``torch.load(weights_only=True)``, which
+    refuses pickles that would run code. A checkpoint dict gives its EMA weights first
+    (``state_dict_ema``, ``model_ema``), then ``state_dict`` or ``model`` (timm's
+    ``load_state_dict``); a ``module.`` prefix (DataParallel) is dropped.
 
-def load_weights_file(model: torch.nn.Module, path: str | Path, model_name: str) -> None:
-    """Load a local ``.safetensors``/``.pth`` file into ``model``, re-initialising the classifier.
+    Parameters
+    ----------
+    path : str or Path
+        A ``.safetensors``, ``.pth``, ``.pt`` or ``.bin`` file.
 
-    Only safe formats are read: safetensors, or ``torch.load(weights_only=True)``,
-    which refuses pickles that would run code. The classifier is kept from the
-    file only when its shape matches; every other tensor must match exactly.
+    Returns
+    -------
+    dict
+        Tensor name -> tensor.
 
     Raises
     ------
     ModelError
-        If the file is missing, of an unknown type, or does not fit the architecture.
+        If the file is missing, of an unknown type, unreadable, or not a dict of tensors.
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelError(
-            f"pretrained weights file {path} does not exist; set train.pretrained to a file path, true (hub) or false"
-        )
-    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise ModelError(f"pretrained weights file {path} does not exist; set train.pretrained to a file path, true "
+                         "(hub) or false")
+    if path.suffix not in WEIGHTS_SUFFIXES:
         raise ModelError(f"pretrained weights file {path} must be .safetensors, .pth, .pt or .bin")
     try:
         state = load_state_dict(str(path), use_ema=True, weights_only=True)
@@ -137,27 +149,74 @@ def load_weights_file(model: torch.nn.Module, path: str | Path, model_name: str)
             "(loadable with torch.load(weights_only=True)) are accepted; convert others with "
             "safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
         ) from None
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    own = model.state_dict()
-    classifier = _classifier_prefixes(model)
-    dropped = []
-    for key in list(state):
-        if key.startswith(classifier) and (key not in own or own[key].shape != state[key].shape):
-            dropped.append(key)
-            del state[key]
-    missing = [k for k in own if k not in state and not k.startswith(classifier)]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in state if k in own and own[k].shape != state[k].shape]
-    if missing or unexpected or mismatched:
-        details = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if keys:
-                details.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(
-            f"weights file {path} does not match architecture {model_name!r}: {'; '.join(details)}. "
-            "Use weights saved from the same timm architecture."
+            f"weights file {path} holds no state dict of tensors; save one with "
+            "safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
         )
-    model.load_state_dict(state, strict=False)
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _file_head_classes(state: dict[str, torch.Tensor], timm_name: str) -> int:
+    """How many outputs the file's classifier has (0 for a headless backbone file)."""
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    names = (cfg.classifier if cfg is not None else None) or ()
+    names = (names,) if isinstance(names, str) else tuple(names)
+    for name in names:
+        weight = state.get(f"{name}.weight")
+        if weight is not None and weight.ndim >= 1:
+            return int(weight.shape[0])
+    return 0
+
+
+def _load_error(path: Path, timm_name: str, exc: RuntimeError) -> ModelError:
+    # torch's message lists the keys: "Missing key(s) in state_dict: ...", "Unexpected key(s) ...", "size mismatch ..."
+    text = str(exc)
+    details = []
+    for label, pattern in (
+        ("missing", r"Missing key\(s\) in state_dict: ([^\n]*)"),
+        ("unexpected", r"Unexpected key\(s\) in state_dict: ([^\n]*)"),
+        ("wrong shape", r"size mismatch for ([^:]+):"),
+    ):
+        keys = [k.strip(' ".') for hit in re.findall(pattern, text) for k in hit.split(",")]
+        if keys:
+            details.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+    summary = "; ".join(details) or text.splitlines()[0][:200].rstrip(".")
+    return ModelError(
+        f"weights file {path} does not match architecture {timm_name!r}: {summary}. "
+        "Use weights saved from the same timm architecture, or convert them "
+        "(docs/scripts/convert_weights.py maps another naming to a timm architecture)"
+    )
+
+
+def _create_from_file(timm_name: str, path: str | Path, num_classes: int, **kwargs) -> torch.nn.Module:
+    """Build ``timm_name`` with the weights of a local file, through timm's own pretrained loading.
+
+    timm's path (``pretrained_cfg_overlay=dict(file=...)``) runs what it runs for hub weights:
+    the architecture's checkpoint filter (a ViT's position embeddings resampled to another
+    ``img_size``, its patch embedding to another ``patch_size``) and the input convolution
+    adapted to other ``in_chans``. The model is first built with the file's own head size, so
+    the load is strict (a missing or unexpected tensor is an error, not a silently random
+    layer); then the classifier is re-initialised for ``num_classes`` if that differs.
+    """
+    path = Path(path)
+    state = read_weights_file(path)  # checks the file is safe to read and finds its head size
+    head = _file_head_classes(state, timm_name)
+    overlay = {"file": str(path), "num_classes": head}
+    try:
+        model = timm.create_model(
+            timm_name,
+            pretrained=True,
+            num_classes=head,
+            pretrained_cfg_overlay=overlay,
+            pretrained_strict=True,
+            **kwargs,
+        )
+    except RuntimeError as exc:  # load_state_dict(strict=True): missing, unexpected or mis-shaped tensors
+        raise _load_error(path, timm_name, exc) from None
+    if head != num_classes:
+        model.reset_classifier(num_classes)
+    return model
 
 
 # -- small inputs (train.small_input) ---------------------------------------------------------
@@ -307,7 +366,10 @@ def create_model(
     timm_name = resolve_model_name(name)
     hub = pretrained is True
     try:
-        model = timm.create_model(timm_name, pretrained=hub, num_classes=num_classes, drop_rate=drop_rate, **kwargs)
+        if isinstance(pretrained, (str, Path)):
+            model = _create_from_file(timm_name, pretrained, num_classes, drop_rate=drop_rate, **kwargs)
+        else:
+            model = timm.create_model(timm_name, pretrained=hub, num_classes=num_classes, drop_rate=drop_rate, **kwargs)
     except TypeError as exc:
         if not kwargs or "argument" not in str(exc):
             raise
@@ -326,8 +388,6 @@ def create_model(
         ) from None
     if small_input:
         adapt_small_input(model, name)
-    if isinstance(pretrained, str):
-        load_weights_file(model, pretrained, timm_name)
     return model
 
 

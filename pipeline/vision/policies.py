@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from pipeline.vision.kernels import affine_theta, chosen_rows, probability, sampling_grid, warp
 
-
 # -- TrivialAugment and RandAugment on the device ----------------------------------------------
 # An op's largest magnitude in each search space, as torchvision defines them (transforms/autoaugment.py):
 # TrivialAugment's "wide" space (Mueller & Hutter 2021) and RandAugment's (Cubuk et al. 2019). Shear is a factor

@@ -15,7 +15,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-
 # -- test-time views -----------------------------------------------------------------
 
 def _shift(dx: float = 0, dy: float = 0) -> Callable[[torch.Tensor], torch.Tensor]:

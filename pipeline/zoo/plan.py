@@ -1,48 +1,38 @@
-"""The zoo file and the screen's plan: which architectures, on which rows, at which size, under which folder. The coordinator and every worker derive the plan the same way."""
+"""The zoo file and the screen's plan: which architectures, on which rows, at which size, under which folder. The
+coordinator and every worker derive the plan the same way.
+"""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import logging
-import math
-import os
-import resource
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field, ValidationError, field_validator
 
-from pipeline.core import io
-from pipeline.config import (Config, ConfigError, TrainConfig, StrictModel, format_validation_error, load_config,
-                             read_yaml, resolve_train_config)
+from pipeline.config import (Config, ConfigError, StrictModel, TrainConfig, format_validation_error, read_yaml,
+                             resolve_train_config, settings_dump)
 from pipeline.core.hashing import json_hash
 from pipeline.data import Competition, load_competition, median_short_side
-from pipeline.core.report import configure_logging, format_seconds
-from pipeline.config import settings_dump
-from pipeline.store import RunLayout
 from pipeline.task.tasks import get_task
-
 
 DEFAULT_ZOO = "configs/zoo/default.yaml"
 
 
 # -- the zoo file ------------------------------------------------------------------------------
 
+
 class ScreenConfig(StrictModel):
     """How small and fast the screen is; ``auto`` values scale with the dataset."""
 
-    rows: int | Literal["auto"] = "auto"           # stratified subset of train rows; auto: min(all, max(500, 30 per class))
-    image_size: int | Literal["auto"] = "auto"     # auto: the images' median shorter side, clamped to 64..128, never above the recipe's
+    rows: int | Literal["auto"] = "auto"  # stratified subset of train rows; auto: min(all, max(500, 30 per class))
+    image_size: int | Literal["auto"] = (
+        "auto"  # auto: the images' median shorter side, clamped to 64..128, never above the recipe's
+    )
     epochs: int = Field(default=3, ge=1)
-    folds: int = Field(default=1, ge=1)            # screen on the first k folds of the subset's split
+    folds: int = Field(default=1, ge=1)  # screen on the first k folds of the subset's split
     seed: int = 0
     timing_batch_size: int = Field(default=32, ge=1)
     timing_steps: int = Field(default=5, ge=1)
@@ -111,6 +101,7 @@ def load_zoo(path: str | Path, config: Config) -> ZooConfig:
 
 # -- the screening data ------------------------------------------------------------------------
 
+
 def stratified_subset(y: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:
     """Row indices of a class-stratified subset of about ``rows`` rows (every class kept), sorted.
 
@@ -172,8 +163,8 @@ def subset_competition(competition: Competition, rows: np.ndarray) -> Competitio
 class ScreenPlan:
     """Everything both the coordinator and each worker derive the same way."""
 
-    config: Config            # the real competition
-    screen_config: Config     # the ".zoo" competition that stores the screening runs
+    config: Config  # the real competition
+    screen_config: Config  # the ".zoo" competition that stores the screening runs
     zoo: ZooConfig
     competition: Competition  # the screening subset
     folds: list[int]
@@ -186,15 +177,26 @@ class ScreenPlan:
 
         _, cfg = resolve_train_config(self.config, name)
         full = input_size(cfg, len(self.competition.classes))
-        settings = {"image_size": screen_image_size(self.zoo.screen, full, self.data_side),
-                    "epochs": self.zoo.screen.epochs, "patience": None, "tta": ["identity"], **extra}
+        settings = {
+            "image_size": screen_image_size(self.zoo.screen, full, self.data_side),
+            "epochs": self.zoo.screen.epochs,
+            "patience": None,
+            "tta": ["identity"],
+            **extra,
+        }
         return {"train": settings}, int(settings["image_size"]), int(full)
 
     def settings_hash(self, name: str, extra: dict[str, Any]) -> str:
         overrides, _, _ = self.overrides(name, extra)
         _, cfg = resolve_train_config(self.config, name, overrides)
-        return json_hash({"train": settings_dump(cfg), "screen": self.zoo.screen.model_dump(), "folds": self.folds,
-                            "rows": self.competition.train_ids.tolist()})
+        return json_hash(
+            {
+                "train": settings_dump(cfg),
+                "screen": self.zoo.screen.model_dump(),
+                "folds": self.folds,
+                "rows": self.competition.train_ids.tolist(),
+            }
+        )
 
 
 def make_plan(config: Config, zoo: ZooConfig, out_dir: Path | None = None) -> ScreenPlan:
@@ -211,8 +213,15 @@ def make_plan(config: Config, zoo: ZooConfig, out_dir: Path | None = None) -> Sc
     if zoo.screen.folds > n_folds:
         raise ConfigError(f"screen.folds={zoo.screen.folds} but the split has {n_folds} folds; lower screen.folds")
     out_dir = out_dir or config.out / "zoo" / config.competition.name
-    return ScreenPlan(config, screen_config, zoo, subset, list(range(zoo.screen.folds)),
-                      median_short_side(subset.train_paths), out_dir)
+    return ScreenPlan(
+        config,
+        screen_config,
+        zoo,
+        subset,
+        list(range(zoo.screen.folds)),
+        median_short_side(subset.train_paths),
+        out_dir,
+    )
 
 
 # -- one architecture (in its own process) ----------------------------------------------------------

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core import io
 from pipeline.config import TrainConfig
+from pipeline.core import io
 from pipeline.core.report import format_seconds, format_table
 from pipeline.store import RunLayout
 from pipeline.task.tasks import get_task
@@ -49,13 +49,20 @@ def format_leaderboard(board: pd.DataFrame, metric_name: str) -> str:
     rows = []
     for r in board.to_dict("records"):
         ok = r["status"] == "ok"
-        rows.append({"architecture": r["architecture"], f"CV ({metric_name})": f"{r['cv']:.4f}" if ok else "-",
-                     "params (M)": f"{r['params_m']:.1f}" if ok else "-", "GFLOPs": f"{r['gflops']:.2f}" if ok else "-",
-                     "size screen/full": r["image_size"] or "-",
-                     "train img/s": f"{r['train_ips']:.0f}" if ok else "-", "infer img/s": f"{r['infer_ips']:.0f}" if ok else "-",
-                     "peak MB": f"{r['peak_memory_mb']:.0f}" if ok else "-",
-                     "wall": format_seconds(r["wall_seconds"]) if ok else "-",
-                     "status": "ok" if ok else f"failed: {r['error'][:60]}"})
+        rows.append(
+            {
+                "architecture": r["architecture"],
+                f"CV ({metric_name})": f"{r['cv']:.4f}" if ok else "-",
+                "params (M)": f"{r['params_m']:.1f}" if ok else "-",
+                "GFLOPs": f"{r['gflops']:.2f}" if ok else "-",
+                "size screen/full": r["image_size"] or "-",
+                "train img/s": f"{r['train_ips']:.0f}" if ok else "-",
+                "infer img/s": f"{r['infer_ips']:.0f}" if ok else "-",
+                "peak MB": f"{r['peak_memory_mb']:.0f}" if ok else "-",
+                "wall": format_seconds(r["wall_seconds"]) if ok else "-",
+                "status": "ok" if ok else f"failed: {r['error'][:60]}",
+            }
+        )
     return format_table(rows, "zoo leaderboard (screening CV on a subset; throughput at the screening size)")
 
 
@@ -90,7 +97,12 @@ def oof_residual_correlation(plan: ScreenPlan, names: list[str]) -> pd.DataFrame
 
 
 def _oof_probs(plan: ScreenPlan, name: str) -> tuple[np.ndarray, np.ndarray]:
-    frame = pd.concat([pd.read_parquet(RunLayout(plan.screen_config.runs_dir / name).fold_predictions(f, "valid")) for f in plan.folds])
+    frame = pd.concat(
+        [
+            pd.read_parquet(RunLayout(plan.screen_config.runs_dir / name).fold_predictions(f, "valid"))
+            for f in plan.folds
+        ]
+    )
     frame = frame.sort_values("row")
     return frame["row"].to_numpy(), frame.drop(columns="row").to_numpy(dtype=np.float64)
 
@@ -108,9 +120,14 @@ def shortlist(plan: ScreenPlan, board: pd.DataFrame) -> list[dict]:
     tolerance = plan.zoo.screen.accuracy_tolerance
     close = ok[np.abs(ok["cv"] - best["cv"]) <= tolerance]
     fastest = close.sort_values("infer_ips", ascending=False).iloc[0]
-    picks.append({"pick": "best accuracy per cost", "architectures": fastest["architecture"],
-                  "why": f"CV {fastest['cv']:.4f} (within {tolerance} of the best) at {fastest['infer_ips']:.0f} img/s, "
-                         f"{fastest['infer_ips'] / best['infer_ips']:.1f}x the best one's speed"})
+    picks.append(
+        {
+            "pick": "best accuracy per cost",
+            "architectures": fastest["architecture"],
+            "why": f"CV {fastest['cv']:.4f} (within {tolerance} of the best) at {fastest['infer_ips']:.0f} img/s, "
+            f"{fastest['infer_ips'] / best['infer_ips']:.1f}x the best one's speed",
+        }
+    )
     names = ok["architecture"].tolist()
     if len(names) >= 2:
         probs = {n: _oof_probs(plan, n) for n in names}
@@ -119,13 +136,18 @@ def shortlist(plan: ScreenPlan, board: pd.DataFrame) -> list[dict]:
         corr = oof_residual_correlation(plan, names)
         scored = []
         for i, a in enumerate(names):
-            for b in names[i + 1:]:
+            for b in names[i + 1 :]:
                 blend = (probs[a][1] + probs[b][1]) / 2
                 scored.append((metric(y, blend), -corr.loc[a, b] if metric.greater_is_better else corr.loc[a, b], a, b))
         scored.sort(reverse=metric.greater_is_better)
         score, _, a, b = scored[0]
-        picks.append({"pick": "most complementary pair", "architectures": f"{a} + {b}",
-                      "why": f"their average scores {score:.4f} on the screened rows; error correlation {corr.loc[a, b]:.2f}"})
+        picks.append(
+            {
+                "pick": "most complementary pair",
+                "architectures": f"{a} + {b}",
+                "why": f"their average scores {score:.4f} on the screened rows; error correlation {corr.loc[a, b]:.2f}",
+            }
+        )
     return picks
 
 
@@ -143,8 +165,10 @@ def _figures(plan: ScreenPlan, board: pd.DataFrame, records: list[dict]) -> dict
     if ok.empty:
         return figures
     front_mask = pareto_front(ok["cv"], ok["infer_ips"], metric.greater_is_better)
-    for key, column, label, log in (("pareto_throughput", "infer_ips", "inference images/s (screening size)", True),
-                                    ("pareto_params", "params_m", "parameters (millions)", True)):
+    for key, column, label, log in (
+        ("pareto_throughput", "infer_ips", "inference images/s (screening size)", True),
+        ("pareto_params", "params_m", "parameters (millions)", True),
+    ):
         fig, ax = plt.subplots(figsize=(7, 5))
         ax.scatter(ok[column], ok["cv"], c=np.where(front_mask, "tab:red", "tab:blue"), zorder=3)
         for _, r in ok.iterrows():
@@ -163,7 +187,11 @@ def _figures(plan: ScreenPlan, board: pd.DataFrame, records: list[dict]) -> dict
     for r in records:
         if r["status"] != "ok":
             continue
-        history = r["history"][str(r["folds"][0])] if str(r["folds"][0]) in r["history"] else next(iter(r["history"].values()))
+        history = (
+            r["history"][str(r["folds"][0])]
+            if str(r["folds"][0]) in r["history"]
+            else next(iter(r["history"].values()))
+        )
         ax.plot([h["epoch"] for h in history], [h["valid_score"] for h in history], marker="o", label=r["name"])
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {metric.name} (fold {plan.folds[0]})")
@@ -202,28 +230,49 @@ def write_report(plan: ScreenPlan, board: pd.DataFrame, records: list[dict]) -> 
     picks = shortlist(plan, board)
     figures = _figures(plan, board, records)
     out = {"csv": io.write_csv(plan.out_dir / "leaderboard.csv", board)}
-    md = [f"# Zoo screen: {plan.config.competition.name}", "",
-          f"{len(plan.competition.y)} training rows, fold(s) {plan.folds}, {plan.zoo.screen.epochs} epochs; "
-          f"throughput measured on {_device_name()} at the screening size.", "", "```", text, "```", "",
-          "## Shortlist", ""] + [f"- **{p['pick']}**: {p['architectures']} ({p['why']})" for p in picks] + [""]
+    md = (
+        [
+            f"# Zoo screen: {plan.config.competition.name}",
+            "",
+            f"{len(plan.competition.y)} training rows, fold(s) {plan.folds}, {plan.zoo.screen.epochs} epochs; "
+            f"throughput measured on {_device_name()} at the screening size.",
+            "",
+            "```",
+            text,
+            "```",
+            "",
+            "## Shortlist",
+            "",
+        ]
+        + [f"- **{p['pick']}**: {p['architectures']} ({p['why']})" for p in picks]
+        + [""]
+    )
     md += [f"![{key}]({path.name})" for key, path in figures.items()]
     out["md"] = io.write_text(plan.out_dir / "leaderboard.md", "\n".join(md) + "\n")
     images = "".join(
         f'<figure><img alt="{key}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
-        f"<figcaption>{html.escape(key.replace('_', ' '))}</figcaption></figure>" for key, path in figures.items())
-    picks_html = "".join(f"<li><b>{html.escape(p['pick'])}</b>: {html.escape(p['architectures'])} ({html.escape(p['why'])})</li>" for p in picks)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>zoo: {html.escape(plan.config.competition.name)}</title>"
-            "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}pre{background:#f6f6f6;padding:1em;overflow:auto}"
-            "figure{display:inline-block;margin:0.5em}img{max-width:520px}</style></head><body>"
-            f"<h1>Zoo screen: {html.escape(plan.config.competition.name)}</h1><pre>{html.escape(text)}</pre>"
-            f"<h2>Shortlist</h2><ul>{picks_html}</ul><h2>Figures</h2>{images}</body></html>")
+        f"<figcaption>{html.escape(key.replace('_', ' '))}</figcaption></figure>"
+        for key, path in figures.items()
+    )
+    picks_html = "".join(
+        f"<li><b>{html.escape(p['pick'])}</b>: {html.escape(p['architectures'])} ({html.escape(p['why'])})</li>"
+        for p in picks
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>zoo: "
+        f"{html.escape(plan.config.competition.name)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}pre{background:#f6f6f6;padding:1em;overflow:auto}"
+        "figure{display:inline-block;margin:0.5em}img{max-width:520px}</style></head><body>"
+        f"<h1>Zoo screen: {html.escape(plan.config.competition.name)}</h1><pre>{html.escape(text)}</pre>"
+        f"<h2>Shortlist</h2><ul>{picks_html}</ul><h2>Figures</h2>{images}</body></html>"
+    )
     out["html"] = io.write_text(plan.out_dir / "report.html", page)
     out.update(figures)
     return out
 
 
 def _device_name() -> str:
-    from pipeline.train.timing import device_description
     from pipeline.train.runtime import select_runtime
+    from pipeline.train.timing import device_description
 
     return device_description(select_runtime(TrainConfig(), images_in_memory=True))

@@ -21,7 +21,6 @@ The screening runs themselves live in the store under the competition name
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -30,26 +29,18 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, ValidationError, field_validator
 
+from pipeline.config import Config, ConfigError, TrainConfig, load_config, resolve_train_config
 from pipeline.core import io
-from pipeline.config import (Config, ConfigError, TrainConfig, StrictModel, format_validation_error, load_config,
-                             read_yaml, resolve_train_config)
-from pipeline.core.hashing import json_hash
-from pipeline.data import Competition, load_competition, median_short_side
 from pipeline.core.report import configure_logging, format_seconds
-from pipeline.config import settings_dump
 from pipeline.store import RunLayout
-from pipeline.task.tasks import get_task
-
-from pipeline.zoo.plan import DEFAULT_ZOO, ScreenPlan, ZooConfig, load_zoo, make_plan, subset_competition, zoo_config
-from pipeline.zoo.report import format_leaderboard, leaderboard, write_report
+from pipeline.zoo.plan import DEFAULT_ZOO, ScreenPlan, load_zoo, make_plan
+from pipeline.zoo.report import leaderboard, write_report
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +56,10 @@ def measure_cost(model_name: str, n_classes: int, screen_size: int, full_size: i
     """
     import torch
 
-    from pipeline.train.timing import forward_flops, step_rate, synchronize
-    from pipeline.vision.models import count_parameters, create_model
     from pipeline.train.runtime import autocast, select_runtime, to_device
     from pipeline.train.steps import make_optimizer
+    from pipeline.train.timing import forward_flops, step_rate, synchronize
+    from pipeline.vision.models import count_parameters, create_model
 
     cfg = TrainConfig()
     runtime = select_runtime(cfg, images_in_memory=True)
@@ -106,8 +97,8 @@ def peak_memory_mb() -> tuple[float, str]:
 
 def screen_one(plan: ScreenPlan, name: str, extra: dict[str, Any]) -> dict:
     """Train one architecture on the screening folds and time it; return its ``screen.json`` record."""
-    from pipeline.vision.models import model_family, resolve_model_name
     from pipeline.train import run_train
+    from pipeline.vision.models import model_family, resolve_model_name
 
     started = time.perf_counter()
     overrides, screen_size, full_size = plan.overrides(name, extra)
@@ -143,8 +134,15 @@ def _worker(args: argparse.Namespace) -> int:
         record = screen_one(plan, args.name, extra)
     except Exception as exc:  # noqa: BLE001 - any failure of one architecture is recorded; the screen goes on
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        io.write_json(record_path, {"name": args.name, "status": "failed", "error": f"{type(exc).__name__}: {message}"[:300],
-                                    "settings_hash": plan.settings_hash(args.name, extra)})
+        io.write_json(
+            record_path,
+            {
+                "name": args.name,
+                "status": "failed",
+                "error": f"{type(exc).__name__}: {message}"[:300],
+                "settings_hash": plan.settings_hash(args.name, extra),
+            },
+        )
         raise
     io.write_json(record_path, record)
     return 0
@@ -152,17 +150,31 @@ def _worker(args: argparse.Namespace) -> int:
 
 # -- the screen ---------------------------------------------------------------------------------------
 
+
 def run_screen_process(config_path: Path, zoo_path: Path, name: str, overrides: dict[str, Any], log_path: Path) -> int:
     """Screen one architecture in a child process (its crash, even out of memory, is isolated); its exit code.
 
     The zoo's job: wherever the executor runs it, the child writes ``screen.json`` and ``screen.log``.
     """
     # the coordinator's overrides travel as JSON: parsed once at the command line, never re-parsed from strings
-    command = [sys.executable, "-m", "pipeline.zoo", "--config", str(config_path), "--zoo", str(zoo_path), "--name", name,
-               "--overrides-json", json.dumps(overrides)]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.zoo",
+        "--config",
+        str(config_path),
+        "--zoo",
+        str(zoo_path),
+        "--name",
+        name,
+        "--overrides-json",
+        json.dumps(overrides),
+    ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")).returncode
+        return subprocess.run(
+            command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
+        ).returncode
 
 
 def _exit_reason(code: int, log_path: Path) -> str:
@@ -170,12 +182,20 @@ def _exit_reason(code: int, log_path: Path) -> str:
         reason = f"killed by signal {-code}" + (" (out of memory?)" if code == -9 else "")
     else:
         reason = f"exit code {code}"
-    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()] if log_path.is_file() else []
+    lines = (
+        [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+        if log_path.is_file()
+        else []
+    )
     return f"{reason}: {lines[-1][:200]}" if lines else reason
 
 
-def run_zoo(config_path: str | Path, zoo_path: str | Path = DEFAULT_ZOO,
-            overrides: dict[str, Any] | None = None, executor: str | None = None) -> tuple[pd.DataFrame, int]:
+def run_zoo(
+    config_path: str | Path,
+    zoo_path: str | Path = DEFAULT_ZOO,
+    overrides: dict[str, Any] | None = None,
+    executor: str | None = None,
+) -> tuple[pd.DataFrame, int]:
     """Screen every architecture of a zoo file, skipping those already screened with the same settings.
 
     Parameters
@@ -197,9 +217,11 @@ def run_zoo(config_path: str | Path, zoo_path: str | Path = DEFAULT_ZOO,
     plan = make_plan(config, zoo)
     entries = zoo.entries()
     runner = get_executor(executor or config.executor.name, config.executor.settings())
-    log.info(f"zoo: {len(entries)} architectures on {len(plan.competition.y)} of the training rows, "
-             f"{zoo.screen.epochs} epochs, fold(s) {plan.folds} of {config.folds.n_splits}, on {runner.describe()}; "
-             f"logs in {plan.out_dir}/<name>/screen.log")
+    log.info(
+        f"zoo: {len(entries)} architectures on {len(plan.competition.y)} of the training rows, "
+        f"{zoo.screen.epochs} epochs, fold(s) {plan.folds} of {config.folds.n_splits}, on {runner.describe()}; "
+        f"logs in {plan.out_dir}/<name>/screen.log"
+    )
     records: dict[str, dict] = {}
     jobs = []
     for name, extra in entries:
@@ -210,8 +232,13 @@ def run_zoo(config_path: str | Path, zoo_path: str | Path = DEFAULT_ZOO,
             records[name] = old
             continue
         record_path.unlink(missing_ok=True)
-        jobs.append(Job(name, run_screen_process, (Path(config_path), Path(zoo_path), name, overrides or {},
-                                                    plan.out_dir / name / "screen.log")))
+        jobs.append(
+            Job(
+                name,
+                run_screen_process,
+                (Path(config_path), Path(zoo_path), name, overrides or {}, plan.out_dir / name / "screen.log"),
+            )
+        )
     started = time.perf_counter()
     for k, outcome in enumerate(runner.run(jobs), start=1):
         name = outcome.job.key
@@ -227,8 +254,10 @@ def run_zoo(config_path: str | Path, zoo_path: str | Path = DEFAULT_ZOO,
         left = (time.perf_counter() - started) / k * (len(jobs) - k)
         eta = f", about {format_seconds(left)} left" if k < len(jobs) else ""
         if record["status"] == "ok":
-            log.info(f"[{k}/{len(jobs)}] {name}: CV {record['cv']:.4f}, {record['infer_ips']:.0f} img/s inference, "
-                     f"{format_seconds(outcome.seconds)} on {outcome.worker}{eta}")
+            log.info(
+                f"[{k}/{len(jobs)}] {name}: CV {record['cv']:.4f}, {record['infer_ips']:.0f} img/s inference, "
+                f"{format_seconds(outcome.seconds)} on {outcome.worker}{eta}"
+            )
         else:
             log.warning(f"[{k}/{len(jobs)}] {name}: FAILED - {record['error']}{eta}")
     ordered = [records[name] for name, _ in entries]
@@ -249,7 +278,10 @@ def promote(config: Config, board: pd.DataFrame, top: int, force: bool = False, 
     if ok.empty:
         raise ConfigError("no architecture was screened successfully; nothing to promote")
     chosen = ok["architecture"].tolist()[:top]
-    log.info(f"promoting the top {len(chosen)}: {', '.join(chosen)} (every fold, full size); 'make ensemble' then blends them")
+    log.info(
+        f"promoting the top {len(chosen)}: {', '.join(chosen)} (every fold, full size); 'make ensemble' then blends "
+        "them"
+    )
     name = executor or config.executor.name
     if name == "local":
         return [run_train(config, arch, force=force) for arch in chosen]
@@ -269,11 +301,18 @@ def read_leaderboard(config: Config) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     """The per-architecture worker: ``python -m pipeline.zoo --config C --zoo Z --name N``."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.zoo", description="screen one architecture (called by 'make zoo')")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.zoo", description="screen one architecture (called by 'make zoo')"
+    )
     parser.add_argument("--config", required=True)
     parser.add_argument("--zoo", required=True)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--overrides-json", type=json.loads, default={}, dest="overrides",
-                        help="the coordinator's config overrides, as a JSON object")
+    parser.add_argument(
+        "--overrides-json",
+        type=json.loads,
+        default={},
+        dest="overrides",
+        help="the coordinator's config overrides, as a JSON object",
+    )
     configure_logging()
     return _worker(parser.parse_args(argv))
