@@ -22,7 +22,7 @@ for row in rows.itertuples():
     if not os.path.lexists(f"{folder}/{row.id}.jpg"):
         os.symlink(os.path.abspath(f"{root}/train/{row.id}.jpg"), f"{folder}/{row.id}.jpg")
 PYEOF
-/usr/bin/time -v $PY -m pipeline.bench_recipes --config configs/bench/cifar10_dev.yaml \
+/usr/bin/time -v $PY -m benchmarks.recipes --config configs/bench/cifar10_dev.yaml \
     --rows configs/bench/pretrained_cifar.yaml --only lite0_96_strong --out "$OUT/ours.json" > "$OUT/ours.log" 2>&1
 PYTHONPATH="$TIMM" /usr/bin/time -v $PY "$TIMM/train.py" "$OUT/imagefolder" --device cpu --no-prefetcher -j 2 \
     --model tf_efficientnet_lite0 --pretrained --pretrained-path weights/tf_efficientnet_lite0.safetensors \
