@@ -127,7 +127,9 @@ def return_freed_memory_at_once(threshold: int = CPU_MMAP_THRESHOLD) -> bool:
     peak RSS of a CPU run grows by hundreds of MB that hold nothing (measured in
     ``docs/benchmarks.md``: 400 MB for ResNet-18 at 224 px, batch 64). A fixed threshold
     keeps the first behaviour; the price is that the kernel zeroes the pages of every fresh
-    mapping (measured 5-17% more wall time per step on a loaded 2-core machine).
+    mapping: 5-17% more wall time per step for ResNet-18 at 112-224 px, 74% for
+    tf_efficientnet_lite0 at 96 px (37.6 against 65.4 images/s), whose many small-channel
+    activations are all above the threshold. Hence off by default: ``train.return_freed_memory``.
 
     Returns
     -------
@@ -150,7 +152,7 @@ def return_freed_memory_at_once(threshold: int = CPU_MMAP_THRESHOLD) -> bool:
 def select_runtime(cfg: TrainConfig, images_in_memory: bool, context: DistContext = SINGLE) -> Runtime:
     """Pick the device, AMP dtype, memory format, compilation and loader settings for this machine.
 
-    On the CPU, with ``train.return_freed_memory`` (the default), it also makes freed
+    On the CPU, with ``train.return_freed_memory`` (off by default), it also makes freed
     activations go back to the system at once (:func:`return_freed_memory_at_once`, for the
     rest of the process), which lowers the run's peak memory and costs some speed.
     """
