@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import ConfigError, load_config, read_yaml
+from pipeline.core.errors import PipelineError
 from pipeline.core.io import safe_name, write_json
 from pipeline.core.report import format_table
 from pipeline.data import load_competition
@@ -56,6 +57,8 @@ def read_rows(path: Path) -> list[dict]:
     list of dict
         One per row, with ``folds`` filled in.
     """
+    if not path.is_file():
+        raise ConfigError(f"ROWS={path} does not exist; pass a rows file such as configs/bench/recipes_cifar.yaml")
     data = read_yaml(path)
     rows = data.get("rows") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not rows:
@@ -111,6 +114,16 @@ def score_row(layout: RunLayout, folds: list[int], y_hidden: np.ndarray, metric)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``make bench-recipes``: the pipeline's own errors end it as the CLI's do, ``error: ...`` and exit code 2."""
+    try:
+        return run(argv)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse the arguments, check the config and every row before training, train and score each row."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="a competition config whose competition.solution exists")
     parser.add_argument("--rows", required=True, help="the rows file (YAML)")
@@ -118,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/recipes.json")
     args = parser.parse_args(argv)
 
+    rows = read_rows(Path(args.rows))  # first: a bad rows file is reported before the competition is read
     config = load_config(args.config)
     competition = load_competition(config, check_image_files=False)
     y_hidden = competition.solution_labels()
@@ -127,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
             "name the hidden labels file (e.g. solution: solution.csv)"
         )
     metric = get_metric(config.competition.metric)
-    rows = read_rows(Path(args.rows))
     if args.only:
         wanted = set(args.only.split(","))
         rows = [r for r in rows if r["name"] in wanted]

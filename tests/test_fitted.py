@@ -102,12 +102,12 @@ def test_stored_blends_reproduce_every_submission_file(small_config, tmp_path, c
     checked = 0
     for name in ["submission", *index["candidates"]]:
         record = load_fitted(config, name)
-        if name != "submission" and record["submission_file"] is None:
+        if name != "submission" and record.submission_file is None:
             continue  # a single model that was not the best: no file of its own
         frame, path = reproduce_submission(config, name)
         # the same text, byte for byte: the same numbers through the same writer
         assert frame.to_csv(index=False) == path.read_text(), name
         checked += 1
     assert checked >= 6
-    assert load_fitted(config, "lgbm_stacker")["apply"] == "per_fold"
-    assert load_fitted(config, "geometric_mean")["blend"]["method"] == "geometric_mean"
+    assert load_fitted(config, "lgbm_stacker").apply == "per_fold"
+    assert load_fitted(config, "geometric_mean").blend.method == "geometric_mean"

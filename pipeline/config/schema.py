@@ -30,8 +30,8 @@ def _checks_training(info: ValidationInfo) -> bool:
 
 
 class StrictModel(BaseModel):
-    # strict: YAML already carries types, so "3" for an int is a mistake worth reporting.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    # strict: YAML carries types ("3" for an int is a mistake); no key means anything at inf or nan (YAML's .inf)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
 
 class UserMetricConfig(StrictModel):
@@ -356,7 +356,7 @@ class LrFindConfig(StrictModel):
     @model_validator(mode="after")
     def _range(self) -> "LrFindConfig":
         if not self.start_lr < self.end_lr:
-            raise ValueError(f"lr_find.start_lr ({self.start_lr}) must be below lr_find.end_lr ({self.end_lr})")
+            raise ValueError(f"start_lr ({self.start_lr}) must be below lr_find.end_lr ({self.end_lr})")
         return self
 
 
@@ -373,7 +373,7 @@ class DistillConfig(StrictModel):
     """``make distill``: (1 - alpha) x the task loss on the true labels + alpha x T^2 x KL to the teacher (Hinton)."""
 
     alpha: float = Field(default=0.5, ge=0, le=1)
-    temperature: float = Field(default=2.0, gt=0)
+    temperature: float = Field(default=2.0, gt=0, le=100)  # Hinton: 1-20; far above, T^2 overflows to a nan loss
     # fold: fold k's soft targets from the teacher's fold-k models (never saw fold k); oof: its OOF rows (leaky)
     targets: Literal["fold", "oof"] = "fold"
     pseudo: bool = False  # also train on pseudo-labelled test rows (the pseudo: section)

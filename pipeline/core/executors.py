@@ -179,12 +179,43 @@ class RayExecutor(Executor):
             return self.settings.gpus_per_job
         return 1.0 if cluster_gpus else 0.0
 
+    def check_fits(self, resources: dict, cpus: float, gpus: float) -> None:
+        """Refuse a job that no machine of the cluster can hold: Ray would wait for it forever.
+
+        Parameters
+        ----------
+        resources : dict
+            ``ray.cluster_resources()`` (``CPU``, ``GPU``, ...).
+        cpus, gpus : float
+            What each job asks for.
+
+        Raises
+        ------
+        ExecutorError
+            Saying what the cluster has and which setting to lower.
+        """
+        have_cpus, have_gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+        problems = []
+        if cpus > have_cpus:
+            problems.append(f"{cpus:g} CPU(s) per job (executor.cpus_per_job)")
+        if gpus > have_gpus:
+            problems.append(f"{gpus:g} GPU(s) per job (executor.gpus_per_job)")
+        if problems:
+            raise ExecutorError(
+                f"EXECUTOR=ray: the cluster has {have_cpus:g} CPU(s) and {have_gpus:g} GPU(s) in all, so no job "
+                f"asking for {' and '.join(problems)} could ever start; lower the setting "
+                "(ARGS=\"executor.cpus_per_job=1\") or add machines to the cluster"
+            )
+
     def run(self, jobs: list[Job]) -> Iterator[JobOutcome]:
         if not jobs:
             return
         ray, started_here = self._start()
+        pending: dict = {}
         try:
-            gpus = self.gpus_for_jobs(ray.cluster_resources().get("GPU", 0.0))
+            resources = ray.cluster_resources()
+            gpus = self.gpus_for_jobs(resources.get("GPU", 0.0))
+            self.check_fits(resources, self.settings.cpus_per_job, gpus)  # before the first job is submitted
             task = ray.remote(call_job).options(
                 num_cpus=self.settings.cpus_per_job,
                 num_gpus=gpus,
@@ -200,6 +231,20 @@ class RayExecutor(Executor):
                 except ray.exceptions.RayError as exc:  # the worker died more often than max_retries allows
                     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                     yield JobOutcome(job, error=f"{type(exc).__name__}: {first_line}"[:300], worker="ray")
+        except BaseException:
+            # Ctrl-C, or the caller stopped reading: the jobs still queued or running are cancelled, so no
+            # worker goes on training for a driver that is gone
+            self.cancel(ray, list(pending))
+            raise
         finally:
             if started_here:
-                ray.shutdown()
+                ray.shutdown()  # the local cluster this grid started ends with it
+
+    @staticmethod
+    def cancel(ray, refs: list) -> None:
+        """Cancel every job not yet finished (force: a running fold is killed; it resumes from its last epoch)."""
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - a job that finished meanwhile cannot be cancelled; nothing to do
+                log.debug("could not cancel a Ray job", exc_info=True)

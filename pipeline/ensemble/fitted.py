@@ -31,6 +31,7 @@ from pipeline.core import io
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import file_sha256
 from pipeline.ensemble.candidates import stacked_fold_tests, stacker_features
+from pipeline.ensemble.records import FittedRecord, RecordError, parse_record
 from pipeline.ensemble.submissions import submission_frame
 from pipeline.task.decision import decision_from_params
 
@@ -138,14 +139,16 @@ def save_fitted(folder: Path, records: list[dict], chosen: str) -> None:
             stale.unlink(missing_ok=True)
 
 
-def load_fitted(config: Config, method: str = "submission") -> dict:
-    """The stored record of ``method`` (``submission``: the chosen one).
+def load_fitted(config: Config, method: str = "submission") -> FittedRecord:
+    """The stored record of ``method`` (``submission``: the chosen one), checked against its schema.
 
     Raises
     ------
     FittedError
-        If no ensemble was stored, or ``method`` was not among its candidates; the
-        message lists the ones that were and says what to run.
+        If no ensemble was stored, ``method`` was not among its candidates (the message
+        lists the ones that were and says what to run), or the record fails its schema
+        (:class:`pipeline.ensemble.records.FittedRecord`: a run name that is a path,
+        weights that are not finite or not one per run; the file and field are named).
     """
     folder = fitted_dir(config)
     index_path = folder / INDEX
@@ -161,32 +164,37 @@ def load_fitted(config: Config, method: str = "submission") -> dict:
         raise FittedError(f"METHOD={method}: the last ensemble stored no state for it; stored: "
                           f"submission (= {index['submission']}), {', '.join(candidates)}. Add it to ensemble.methods "
                           "and rerun 'make ensemble'")
-    path = folder / candidates[name]
+    # the index names a file in this folder; a path there would read a record from anywhere
+    path = folder / io.safe_name(str(candidates[name]), f"{index_path}: candidates.{name}")
     try:
         record = io.read_json(path)
     except (OSError, ValueError) as exc:
         raise FittedError(f"{path} is missing or damaged ({exc}); rerun 'make ensemble'") from None
-    if record.get("version", 1) > FITTED_VERSION:
+    version = record.get("version", 1) if isinstance(record, dict) else 1
+    if isinstance(version, int) and version > FITTED_VERSION:
         raise FittedError(f"{path} was written by a newer pipeline (version {record['version']}); upgrade it")
-    record["chosen"] = name == index["submission"]
-    return record
+    try:
+        checked = parse_record(record, path)
+    except RecordError as exc:
+        raise FittedError(str(exc)) from None
+    return checked.model_copy(update={"chosen": name == index["submission"]})
 
 
-def load_blend(record: dict):
+def load_blend(record: FittedRecord):
     """The record's fitted blend (None for a single model) and decision (None without one)."""
-    method = None if record["blend"] is None else blend.BlendMethod.from_state(record["blend"])
-    decision = None if not record.get("decision") else decision_from_params(record["decision"])
+    method = None if record.blend is None else blend.BlendMethod.from_state(record.blend.state())
+    decision = None if not record.decision else decision_from_params(record.decision)
     return method, decision
 
 
-def blend_test(record: dict, tests: np.ndarray, fold_tests: np.ndarray | None,
+def blend_test(record: FittedRecord, tests: np.ndarray, fold_tests: np.ndarray | None,
                extra_test: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """A stored candidate applied to test predictions, as the ensemble applied it.
 
     Parameters
     ----------
-    record : dict
-        From :func:`load_fitted`.
+    record : FittedRecord
+        From :func:`load_fitted` (or an export's ``export.json``).
     tests : ndarray of shape (n_models, n_rows, n_cols)
         Each run's test predictions, the mean over its fold models, in the record's run order.
     fold_tests : ndarray of shape (n_models, n_folds, n_rows, n_cols) or None
@@ -203,7 +211,7 @@ def blend_test(record: dict, tests: np.ndarray, fold_tests: np.ndarray | None,
     if method is None:
         pred = tests[0]
     else:
-        pred = blend.predict_test(method, tests, fold_tests, record["apply"], extra=extra_test)
+        pred = blend.predict_test(method, tests, fold_tests, record.apply, extra=extra_test)
     return pred, None if decision is None else decision.apply(pred)
 
 
@@ -232,19 +240,19 @@ def reproduce_submission(config: Config, method: str = "submission") -> tuple[pd
                         fingerprint, task=competition.task)
     by_name = {r.name: r for r in runs}
     picked = []
-    for stored in record["runs"]:
-        run = by_name.get(stored["name"])
-        if run is None or run.meta.config_hash != stored["config_hash"]:
-            raise FittedError(f"run {stored['name']} of the stored {record['name']} is gone or was retrained; "
+    for stored in record.runs:
+        run = by_name.get(stored.name)
+        if run is None or run.meta.config_hash != stored.config_hash:
+            raise FittedError(f"run {stored.name} of the stored {record.name} is gone or was retrained; "
                               "rerun 'make ensemble'")
         picked.append(run)
     tests = np.stack([r.test for r in picked])
-    fold_tests = stacked_fold_tests(picked)[0] if record["apply"] == "per_fold" else None
-    extra_test = stacker_features(config, competition)[1] if record.get("extra_features") else None
+    fold_tests = stacked_fold_tests(picked)[0] if record.apply == "per_fold" else None
+    extra_test = stacker_features(config, competition)[1] if record.extra_features else None
     pred, decided = blend_test(record, tests, fold_tests, extra_test)
     frame = submission_frame(competition.sample_submission, competition, get_metric(config.competition.metric),
                              pred, decided)
-    name = "submission.csv" if method == "submission" else record["submission_file"]
+    name = "submission.csv" if method == "submission" else record.submission_file
     return frame, config.submissions_dir / name
 
 
@@ -304,34 +312,36 @@ def store_candidates(config: Config, candidates: list, chosen, runs: list, kept_
     return folder
 
 
-def used_models(record: dict) -> list[int]:
-    """Positions (in ``record["runs"]``) of the runs the stored candidate reads.
+def used_models(record: FittedRecord) -> list[int]:
+    """Positions (in ``record.runs``) of the runs the stored candidate reads.
 
     A weight blend does not read a model of weight 0; a stacker reads only the models
     it kept (``max_models``); a mean reads all, a single model its one run.
     """
-    state = record["blend"]
+    state = record.blend
     if state is None:
         return [0]
-    if state["fitted"].get("models") is not None:
-        return [int(m) for m in state["fitted"]["models"]]
-    if blend.BLEND_METHODS[state["method"]].kind == "weights":
-        return [i for i, w in enumerate(state["weights"]) if w != 0.0]
-    return list(range(state["n_models"]))
+    if state.fitted.get("models") is not None:
+        return [int(m) for m in state.fitted["models"]]
+    if state.method in blend.BLEND_METHODS and blend.BLEND_METHODS[state.method].kind == "weights":
+        return [i for i, w in enumerate(state.weights or []) if w != 0.0]
+    return list(range(state.n_models))
 
 
-def reduce_record(record: dict) -> dict:
+def reduce_record(record: FittedRecord) -> FittedRecord:
     """The record restricted to :func:`used_models`, renumbered: same predictions from fewer models.
 
     A weight blend's dropped terms were exact zeros; a stacker's dropped models were never read.
     """
     keep = used_models(record)
-    if record["blend"] is None or len(keep) == record["blend"]["n_models"]:
+    if record.blend is None or len(keep) == record.blend.n_models:
         return record
-    state = dict(record["blend"])
+    state = record.blend.state()
     state["n_models"] = len(keep)
     if state["weights"] is not None:
         state["weights"] = [state["weights"][i] for i in keep]
     if state["fitted"].get("models") is not None:
         state["fitted"] = {**state["fitted"], "models": list(range(len(keep)))}
-    return {**record, "runs": [record["runs"][i] for i in keep], "blend": state}
+    # validated again: the reduced record obeys the same schema (one weight per kept run)
+    return FittedRecord.model_validate({**record.model_dump(), "runs": [record.runs[i].model_dump() for i in keep],
+                                        "blend": state})

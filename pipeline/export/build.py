@@ -12,7 +12,8 @@ The folder holds everything the notebook needs and nothing it must download::
 
 It is built in a temporary folder beside ``OUT`` and renamed into place at the end, so a
 refusal (a missing run, a checkpoint whose checksum is not its run's, a method without
-a stored state) or a crash leaves nothing behind.
+a stored state) or a crash leaves no export behind; the temporary folder a ``kill -9``
+leaves (``.<name>.*.tmp``) is removed by the next export to the same place.
 """
 
 from __future__ import annotations
@@ -31,34 +32,13 @@ from pipeline.core import io
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import file_sha256
 from pipeline.ensemble.fitted import FittedError, load_fitted, reduce_record
+from pipeline.ensemble.records import FittedRecord, RecordError, RunEntry
+from pipeline.export.spec import SPEC_FILE, parse_spec
+from pipeline.export.wheel import PREDICT_PY, PREDICT_REQUIRES, build_wheel  # noqa: F401 - PREDICT_REQUIRES re-exported
 
 log = logging.getLogger(__name__)
 
 EXPORT_VERSION = 1
-
-PREDICT_PY = '''"""Predict the test set with the exported ensemble (kfold-ensembler), offline.
-
-    python predict.py --images /kaggle/input/<competition>/test \\
-        --sample-submission /kaggle/input/<competition>/sample_submission.csv --out submission.csv
-
-Needs torch, timm, numpy, pandas, Pillow, OpenCV, albumentations, safetensors, pydantic, PyYAML and tqdm (all in
-Kaggle's images); scikit-learn / LightGBM only for a stacker blend. The package itself comes with this folder as a
-wheel.
-"""
-import sys
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-# the exported code first, whatever else is installed: it is the code this export was made and checked with
-# (a pure-Python wheel imports from the zip as it is; pip install --no-index <folder>/*.whl works too)
-for wheel in sorted(HERE.glob("*.whl")):
-    sys.path.insert(0, str(wheel))
-from pipeline.export.predict import main
-
-if __name__ == "__main__":
-    sys.exit(main(folder=HERE))
-'''
-
 
 class ExportError(PipelineError, ValueError):
     """The export cannot be made; nothing was written. The message names the file or value and the fix."""
@@ -74,7 +54,7 @@ def image_pattern(test_images: str) -> str:
     return str(Path(*parts[first:]))
 
 
-def _checked_runs(config: Config, record: dict) -> list:
+def _checked_runs(config: Config, record: FittedRecord) -> list:
     """Each run of the record with its metadata, after every refusal check.
 
     Raises
@@ -86,33 +66,33 @@ def _checked_runs(config: Config, record: dict) -> list:
     from pipeline.store import RunLayout, StoreError, read_meta
 
     out = []
-    for stored in record["runs"]:
-        layout = RunLayout(config.runs_dir / stored["name"])
+    for stored in record.runs:
+        layout = RunLayout(config.runs_dir / stored.name)
         try:
             meta = read_meta(layout)
         except StoreError as exc:
-            raise ExportError(f"run {stored['name']}: {exc}") from None
+            raise ExportError(f"run {stored.name}: {exc}") from None
         if meta is None or meta.status != "finished":
             raise ExportError(
-                f"run {stored['name']} of {record['name']} is missing or unfinished ({layout.meta}); "
+                f"run {stored.name} of {record.name} is missing or unfinished ({layout.meta}); "
                 "retrain it (make train MODEL=...) and rerun make ensemble"
             )
-        if meta.config is None or not stored["checkpoints"]:
+        if meta.config is None or not stored.checkpoints:
             raise ExportError(
-                f"run {stored['name']} has no checkpoints (imported predictions): an export recomputes "
+                f"run {stored.name} has no checkpoints (imported predictions): an export recomputes "
                 "every model; export a method that does not use it (METHOD=<method>)"
             )
-        if meta.config_hash != stored["config_hash"]:
+        if meta.config_hash != stored.config_hash:
             raise ExportError(
-                f"run {stored['name']} was retrained since the last ensemble (settings hash "
-                f"{meta.config_hash} != {stored['config_hash']}); rerun make ensemble"
+                f"run {stored.name} was retrained since the last ensemble (settings hash "
+                f"{meta.config_hash} != {stored.config_hash}); rerun make ensemble"
             )
         for fold in sorted(int(f) for f in meta.folds_done):
             path = layout.best(fold)
-            expected = stored["checkpoints"].get(str(fold))
+            expected = stored.checkpoints.get(str(fold))
             if not path.is_file():
                 raise ExportError(
-                    f"checkpoint {path} is missing; retrain the fold (make train MODEL={stored['name']} "
+                    f"checkpoint {path} is missing; retrain the fold (make train MODEL={stored.name} "
                     f"FOLDS={fold} FORCE=1) and rerun make ensemble"
                 )
             actual = file_sha256(path)
@@ -126,10 +106,32 @@ def _checked_runs(config: Config, record: dict) -> list:
                 raise ExportError(
                     f"checkpoint {path} does not match its run: the run's predictions were made with "
                     f"another file (sha256 {trained[:12]}... in meta.json); rerun make predict "
-                    f"MODEL={stored['name']} and make ensemble"
+                    f"MODEL={stored.name} and make ensemble"
                 )
         out.append((stored, layout, meta))
     return out
+
+
+def remove_stale_builds(out: Path) -> list[Path]:
+    """Remove the temporary build folders (``.<name>.*.tmp`` beside ``out``) an export killed mid-way left.
+
+    A build removes its own folder when it fails; only a killed process (``kill -9``, a lost machine) leaves
+    one. Two exports to the same folder at once are not supported (the second would replace the first), so
+    any such folder is a leftover.
+
+    Returns
+    -------
+    list of Path
+        The folders removed.
+    """
+    removed = []
+    if out.parent.is_dir():
+        for stale in sorted(out.parent.glob(f".{out.name}.*.tmp")):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+                removed.append(stale)
+                log.info(f"removed {stale}, left by an export that was killed")
+    return removed
 
 
 def replace_problem(out: Path) -> str | None:
@@ -147,7 +149,7 @@ def replace_problem(out: Path) -> str | None:
     return None
 
 
-def model_entry(config: Config, stored: dict, layout, meta, competition) -> dict:
+def model_entry(config: Config, stored: RunEntry, layout, meta, competition) -> dict:
     """What the predictor needs to rebuild one run's fold models and their inputs (see :mod:`pipeline.export.predict`).
     """
     from pipeline.config import TrainConfig
@@ -168,14 +170,14 @@ def model_entry(config: Config, stored: dict, layout, meta, competition) -> dict
         folds.append(
             {
                 "fold": fold,
-                "file": f"models/{stored['name']}/fold{fold}.safetensors",
+                "file": f"models/{stored.name}/fold{fold}.safetensors",
                 "tta": info.get("tta") or meta.tta,
-                "sha256": stored["checkpoints"][str(fold)],
+                "sha256": stored.checkpoints[str(fold)],
             }
         )
     return {
-        "run": stored["name"],
-        "config_hash": stored["config_hash"],
+        "run": stored.name,
+        "config_hash": stored.config_hash,
         "timm_name": meta.timm_name,
         "loss": meta.loss,
         "n_outputs": n_outputs,
@@ -196,75 +198,6 @@ def model_entry(config: Config, stored: dict, layout, meta, competition) -> dict
         "batch_size": int(batch) * 2,  # the batch predict_fold used for the test set
         "folds": folds,
     }
-
-
-#: What the exported predictor imports, as distribution names (OpenCV comes with albumentations). Each is in Kaggle's
-#: images, so ``pip install --no-index <folder>/*.whl`` resolves offline; training's own needs (optuna, Ray, the
-#: multilabel splitter, ...) are not declared: the export never trains.
-PREDICT_REQUIRES = (
-    "torch",
-    "timm",
-    "numpy",
-    "pandas",
-    "pillow",
-    "safetensors",
-    "albumentations",
-    "pydantic",
-    "pyyaml",
-    "tqdm",
-)
-
-
-def build_wheel(target: Path) -> Path:
-    """This package as a pure-Python wheel in ``target``, written directly (no build tool, no network).
-
-    The wheel holds every module of ``pipeline`` and declares only :data:`PREDICT_REQUIRES`,
-    so it installs offline where those are present; files are stored in a fixed order with a
-    fixed date, so the same code gives the same bytes.
-
-    Returns
-    -------
-    Path
-        ``kfold_ensembler-<version>-py3-none-any.whl``.
-    """
-    import base64
-    import hashlib
-    import zipfile
-
-    import pipeline
-
-    package = Path(pipeline.__file__).resolve().parent
-    dist = f"kfold_ensembler-{pipeline.__version__}"
-    info = f"{dist}.dist-info"
-    files = {
-        f"pipeline/{p.relative_to(package).as_posix()}": p.read_bytes()
-        for p in sorted(package.rglob("*.py"))
-        if "__pycache__" not in p.parts
-    }
-    requires = "".join(f"Requires-Dist: {name}\n" for name in PREDICT_REQUIRES)
-    files[f"{info}/METADATA"] = (
-        f"Metadata-Version: 2.1\nName: kfold-ensembler\nVersion: {pipeline.__version__}\n"
-        f"Summary: the offline predictor of an exported kfold-ensembler ensemble\n"
-        f"Requires-Python: >=3.10\n{requires}"
-    ).encode()
-    files[f"{info}/WHEEL"] = (
-        b"Wheel-Version: 1.0\nGenerator: kfold-ensembler export\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    )
-    files[f"{info}/top_level.txt"] = b"pipeline\n"
-
-    def digest(data: bytes) -> str:
-        return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-    record = "".join(f"{name},{digest(data)},{len(data)}\n" for name, data in files.items()) + f"{info}/RECORD,,\n"
-    files[f"{info}/RECORD"] = record.encode()
-    path = Path(target) / f"{dist}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as wheel:
-        for name, data in files.items():
-            entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            entry.external_attr = 0o644 << 16
-            entry.compress_type = zipfile.ZIP_DEFLATED
-            wheel.writestr(entry, data)
-    return path
 
 
 def run_export(
@@ -299,6 +232,7 @@ def run_export(
     from pipeline.task.metrics import get_metric
 
     out = Path(out) if out else config.out / "export" / config.competition.name
+    remove_stale_builds(out)
     problem = None if force else replace_problem(out)
     if problem:
         raise ExportError(f"{problem}; remove it, pass OUT=<another folder>, or FORCE=1 to replace it")
@@ -306,7 +240,7 @@ def run_export(
         record = load_fitted(config, method)
     except FittedError as exc:
         raise ExportError(str(exc)) from None
-    full_runs = [r["name"] for r in record["runs"]]
+    full_runs = record.run_names()
     record = reduce_record(record)
     competition = load_competition(config, check_image_files=False)
     runs = _checked_runs(config, record)
@@ -344,12 +278,17 @@ def run_export(
                 "value_mean": float(targets.value_mean),
                 "value_std": float(targets.value_std),
             },
-            "ensemble": record,
+            "ensemble": record.model_dump(mode="json"),
             "models": models,
             # a stacker fitted with metadata columns reads them from the competition's test table (--test-csv)
-            "test_csv": Path(config.competition.test_csv).name if record.get("extra_features") else None,
+            "test_csv": Path(config.competition.test_csv).name if record.extra_features else None,
         }
-        io.write_json(tmp / "export.json", spec)
+        # what predict.py will check on load is checked before it is written (and every path is inside tmp)
+        try:
+            parse_spec(spec, tmp / SPEC_FILE, check_files=True)
+        except RecordError as exc:
+            raise ExportError(str(exc)) from None
+        io.write_json(tmp / SPEC_FILE, spec)
         io.write_text(tmp / "predict.py", PREDICT_PY)
         wheel = build_wheel(tmp)
         files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -358,21 +297,21 @@ def run_export(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "code_version": code_version(),
             "method": method,
-            "candidate": record["name"],
-            "chosen": record["chosen"],
-            "expected_cv": {"metric": metric.name, "nested_cv": record["nested_cv"], "cv": record["cv"]},
+            "candidate": record.name,
+            "chosen": record.chosen,
+            "expected_cv": {"metric": metric.name, "nested_cv": record.nested_cv, "cv": record.cv},
             "runs": {m["run"]: m["config_hash"] for m in models},
             "runs_left_out": [r for r in full_runs if r not in {m["run"] for m in models}],
             "blend": None
-            if record["blend"] is None
+            if record.blend is None
             else {
-                "method": record["blend"]["method"],
-                "weights": record["blend"]["weights"],
-                "temperature": record["blend"]["temperature"],
+                "method": record.blend.method,
+                "weights": record.blend.weights,
+                "temperature": record.blend.temperature,
             },
-            "apply": record["apply"],
-            "decision": record["decision"],
-            "submission_file": record["submission_file"],
+            "apply": record.apply,
+            "decision": record.decision,
+            "submission_file": record.submission_file,
             "wheel": wheel.name,
             "files": files,
         }
@@ -386,11 +325,11 @@ def run_export(
         raise
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     log.info(
-        f"exported {record['name']} ({len(models)} model(s), "
+        f"exported {record.name} ({len(models)} model(s), "
         f"{sum(len(m['folds']) for m in models)} checkpoints, {size / 2**20:.1f} MiB) to {out} "
         f"in {time.perf_counter() - started:.1f}s"
     )
-    result = {"out": str(out), "bytes": size, "files": sorted(files) + ["manifest.json"], "candidate": record["name"]}
+    result = {"out": str(out), "bytes": size, "files": sorted(files) + ["manifest.json"], "candidate": record.name}
     if check:
         result["check"] = check_export(config, out, method, record)
     return result
@@ -432,7 +371,7 @@ def compare_submissions(got, expected, id_column: str, atol: float = 1e-6) -> st
     return None
 
 
-def check_export(config: Config, out: Path, method: str, record: dict) -> dict:
+def check_export(config: Config, out: Path, method: str, record: FittedRecord) -> dict:
     """Run the exported predictor on the competition's own test images; compare with the stored submission file.
 
     Raises
@@ -458,7 +397,7 @@ def check_export(config: Config, out: Path, method: str, record: dict) -> dict:
         test_csv=config.data_dir / config.competition.test_csv if config.competition.test_csv else None,
     )
     seconds = time.perf_counter() - started
-    name = "submission.csv" if method == "submission" else record["submission_file"]
+    name = "submission.csv" if method == "submission" else record.submission_file
     expected = pd.read_csv(config.submissions_dir / name, dtype={config.competition.id_column: str})
     got = pd.read_csv(StringIO(got.to_csv(index=False)), dtype={config.competition.id_column: str})
     problem = compare_submissions(got, expected, config.competition.id_column)

@@ -11,13 +11,16 @@ then the stored blend is applied per fold model as ``make ensemble`` applied it
 (:func:`pipeline.ensemble.fitted.blend_test`), the stored decision, and the sample submission's
 format (:func:`pipeline.task.tasks.submission_frame`).
 
-The export's ``predict.py`` calls :func:`main`.
+The export's ``predict.py`` calls :func:`main`. Everything is checked before the first model is built
+(hours of a Kaggle notebook's time): the arguments (:func:`check_arguments`), ``export.json`` against its schema
+(:mod:`pipeline.export.spec`), every checkpoint's sha256, the sample submission's ids and every test image's
+header. Every refusal is one line, ``error: ...``, exit code 2, naming the file; the submission is written
+atomically, so a failure never leaves half a file at ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,28 +28,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SPEC = "export.json"
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import write_csv
+from pipeline.ensemble.records import RecordError
+from pipeline.export.inputs import ExportPredictError, check_arguments, check_images_open, load_spec, read_sample
+from pipeline.export.inputs import read_spec  # noqa: F401 - re-exported: export.json as plain data, checked
+from pipeline.export.spec import ExportSpec, ModelEntry, verify_checkpoints
 
-
-class ExportPredictError(Exception):
-    """The export folder or the test inputs cannot be used; the message says which file and what to do."""
-
-
-def read_spec(folder: Path) -> dict:
-    """The export's ``export.json``.
-
-    Raises
-    ------
-    ExportPredictError
-        If the folder is not an export.
-    """
-    path = Path(folder) / SPEC
-    if not path.is_file():
-        raise ExportPredictError(f"{path} does not exist: pass the folder 'make export' wrote (it holds {SPEC})")
-    return json.loads(path.read_text())
-
-
-def spec_targets(spec: dict):
+def spec_targets(spec: ExportSpec):
     """The competition's targets as the export stored them (names, labels, value scale; no rows).
 
     Returns
@@ -56,7 +45,7 @@ def spec_targets(spec: dict):
     """
     from pipeline.task.tasks import Targets
 
-    t = spec["targets"]
+    t = spec.targets
     return Targets(np.zeros(0), t["columns"], t["labels"], tuple(t["value_range"]) if t["value_range"] else None,
                    t["value_mean"], t["value_std"])
 
@@ -223,8 +212,8 @@ def _runtime(device: str, cfg, workers: int | None):
 
 def predict_model(
     folder: Path,
-    model: dict,
-    spec: dict,
+    model: ModelEntry | dict,
+    spec: ExportSpec | dict,
     store: TestImages,
     device: str,
     batch_size: int | None,
@@ -247,20 +236,24 @@ def predict_model(
     from pipeline.vision.models import DataConfig
     from pipeline.vision.views import parse_view
 
-    cfg = TrainConfig.model_validate(model["train"])
+    # export.json's entries as plain data (read_spec) or typed (load_spec): one checked form below
+    spec = spec if isinstance(spec, ExportSpec) else ExportSpec.model_validate(spec)
+    model = model if isinstance(model, ModelEntry) else ModelEntry.model_validate(model)
+    cfg = TrainConfig.model_validate(model.train)
     runtime = _runtime(device, cfg, workers)
-    head = Head(spec["task"], model["loss"], spec_targets(spec))
-    data = model["data"]
+    head = Head(spec.task, model.loss, spec_targets(spec))
+    data = model.data
     host = HostTransform(data["image_size"], data["interpolation"])
 
     dcfg = DataConfig(data["image_size"], tuple(data["mean"]), tuple(data["std"]), data["interpolation"])
     inputs = device_transform(cfg, dcfg, runtime)
-    size = batch_size or model["batch_size"]
+    size = batch_size or model.batch_size
     out = []
-    for fold in model["folds"]:
-        net = prepare_model(cfg, model["n_outputs"], runtime, False)
-        net.load_state_dict(load_safetensors(str(folder / fold["file"]), device=str(runtime.device)))
-        views = [parse_view(v) for v in fold["tta"]]
+    for fold in model.folds:
+        net = prepare_model(cfg, model.n_outputs, runtime, False)
+        # the file's sha256 was checked against export.json before any model was built (verify_checkpoints)
+        net.load_state_dict(load_safetensors(str(folder / fold.file), device=str(runtime.device)))
+        views = [parse_view(v) for v in fold.tta]
         loader = make_loader(ImageDataset(store, np.arange(len(store)), host), size, runtime)
         probs = predict_views(net, progress.wrap(loader), views, runtime, head.activate, inputs)
         out.append(probs.mean(axis=0).astype(np.float32).astype(np.float64))
@@ -311,28 +304,32 @@ def predict_folder(
     from pipeline.task.tasks import submission_frame
 
     folder = Path(folder)
-    spec = read_spec(folder)
-    sample = pd.read_csv(sample_submission, dtype=str, keep_default_na=True)
-    id_column = spec["id_column"]
-    if list(sample.columns) != spec["submission_columns"]:
+    spec = load_spec(folder)
+    sample = read_sample(Path(sample_submission), spec)
+    id_column = spec.id_column
+    extra_features = spec.ensemble.extra_features
+    if extra_features and test_csv is None:
         raise ExportPredictError(
-            f"{sample_submission} has columns {list(sample.columns)}; the export was made for "
-            f"{spec['submission_columns']}"
+            f"this ensemble's stacker reads the metadata column(s) {extra_features} "
+            f"of the test table: pass --test-csv <the competition's {spec.test_csv or 'test.csv'}>"
         )
-    if spec["ensemble"].get("extra_features") and test_csv is None:
-        raise ExportPredictError(
-            f"this ensemble's stacker reads the metadata column(s) {spec['ensemble']['extra_features']} "
-            f"of the test table: pass --test-csv <the competition's {spec.get('test_csv') or 'test.csv'}>"
-        )
-    paths = image_paths(images, pattern or spec["image_pattern"], sample[id_column].to_numpy())
-    rows_per_batch = [batch_size or m["batch_size"] for m in spec["models"]]
-    total = sum(len(m["folds"]) * -(-len(paths) // b) for m, b in zip(spec["models"], rows_per_batch))
+    paths = image_paths(images, pattern or spec.image_pattern, sample[id_column].to_numpy())
+    check_images_open(paths)
+    extra_test = None
+    if extra_features:
+        extra_test = metadata_features(test_csv, id_column, extra_features, sample[id_column])
+    try:
+        verify_checkpoints(folder, spec)
+    except RecordError as exc:
+        raise ExportPredictError(str(exc)) from None
+    rows_per_batch = [batch_size or m.batch_size for m in spec.models]
+    total = sum(len(m.folds) * -(-len(paths) // b) for m, b in zip(spec.models, rows_per_batch))
     bar = Progress(total, len(paths), enabled=progress)
     stores: dict = {}
     fold_tests = []
     try:
-        for model in spec["models"]:
-            side = cache_side_for(paths, model["resize"])
+        for model in spec.models:
+            side = cache_side_for(paths, model.resize)
             store = stores.setdefault(side, TestImages(paths, side))
             fold_tests.append(predict_model(folder, model, spec, store, device, batch_size, bar, workers))
     finally:
@@ -342,13 +339,19 @@ def predict_folder(
     tests = np.zeros(fold_tests.shape[:1] + fold_tests.shape[2:])
     for k in range(fold_tests.shape[1]):
         tests += fold_tests[:, k] / fold_tests.shape[1]
-    extra_test = None
-    if spec["ensemble"].get("extra_features"):
-        extra_test = metadata_features(test_csv, id_column, spec["ensemble"]["extra_features"], sample[id_column])
-    pred, decided = blend_test(spec["ensemble"], tests, fold_tests, extra_test)
+    pred, decided = blend_test(spec.ensemble, tests, fold_tests, extra_test)
     return submission_frame(
-        sample, id_column, spec["target_column"], spec["task"], spec_targets(spec), pred, decided, spec["metric_needs"]
+        sample, id_column, spec.target_column, spec.task, spec_targets(spec), pred, decided, spec.metric_needs
     )
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line; an error re-raised from a loader worker keeps only its own last line."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and any("Traceback" in line for line in lines):
+        # torch re-raises a worker's error with the worker's traceback in the message: "DataError: <message>"
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(lines)
 
 
 def main(argv: list[str] | None = None, folder: Path | None = None) -> int:
@@ -378,7 +381,12 @@ def main(argv: list[str] | None = None, folder: Path | None = None) -> int:
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    out = Path(args.out)
     try:
+        if args.export is None:
+            raise ExportPredictError("--export: pass the folder make export wrote")
+        check_arguments(out, Path(args.images), Path(args.sample_submission), args.batch_size, args.workers,
+                        Path(args.test_csv) if args.test_csv else None)
         frame = predict_folder(
             Path(args.export),
             Path(args.images),
@@ -390,9 +398,13 @@ def main(argv: list[str] | None = None, folder: Path | None = None) -> int:
             workers=args.workers,
             test_csv=Path(args.test_csv) if args.test_csv else None,
         )
-    except ExportPredictError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # atomically: a failure (a full disk, a kill) leaves the earlier file or none, never half a submission
+        write_csv(out, frame)
+    except PipelineError as exc:  # ours: the export, the inputs, an image that does not decode (DataError)
+        message = one_line(exc)
+        if "cannot decode image" in message:
+            message += "; replace that file with a readable copy: every id of the sample submission needs its image"
+        print(f"error: {message}", file=sys.stderr)
         return 2
-    frame.to_csv(args.out, index=False)
-    print(f"wrote {args.out}: {len(frame)} rows in {time.perf_counter() - started:.1f}s")
+    print(f"wrote {out}: {len(frame)} rows in {time.perf_counter() - started:.1f}s")
     return 0

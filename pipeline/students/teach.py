@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from pipeline.core.hashing import json_hash
 from pipeline.store import RunLayout, StoredRun, load_runs
 from pipeline.task.metrics import Metric
 from pipeline.task.tasks import get_task
+
+if TYPE_CHECKING:  # the fitted record is read lazily, where a teacher is resolved
+    from pipeline.ensemble.records import FittedRecord
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +218,7 @@ def pseudo_table(pred: np.ndarray, task: str, n_train: int, hard_threshold: floa
 
 # -- resolving TEACHER= -------------------------------------------------------------------------
 
-def _fitted_record(config: Config, teacher: str) -> dict | None:
+def _fitted_record(config: Config, teacher: str) -> FittedRecord | None:
     """The fitted ensemble's record for ``teacher`` (``submission`` or a candidate), or None if it names a run."""
     from pipeline.ensemble.fitted import FittedError, load_fitted
 
@@ -291,13 +295,13 @@ def resolve_teacher(config: Config, teacher: str, competition, fingerprint: str,
     if record is None:
         names, method, params, label = [teacher], None, {}, teacher
     else:
-        names = [r["name"] for r in record["runs"]]
-        state = record["blend"]
-        method, params = (None, {}) if state is None else (state["method"], dict(state["params"]))
-        label = record["name"]
-        if record.get("folds_fingerprint") not in (None, fingerprint):
+        names = record.run_names()
+        state = record.blend
+        method, params = (None, {}) if state is None else (state.method, dict(state.state().get("params") or {}))
+        label = record.name
+        if record.folds_fingerprint not in (None, fingerprint):
             raise TeacherError(f"the stored ensemble ({label}) was made on other folds (fingerprint "
-                               f"{record['folds_fingerprint']} != {fingerprint}): run 'make ensemble' first")
+                               f"{record.folds_fingerprint} != {fingerprint}): run 'make ensemble' first")
     if student is not None and student in names:
         raise TeacherError(f"the teacher ({label}) blends {student}, the run this command writes; delete it first "
                            f"(make clean-run NAME={student}) and rerun make ensemble, or name the new run otherwise "
@@ -311,7 +315,7 @@ def resolve_teacher(config: Config, teacher: str, competition, fingerprint: str,
         got = _checked_run(name, by_name, excluded, config, n_folds)
         (left_out if isinstance(got, tuple) else picked).append(got)
     if record is not None:
-        hashes = {r["name"]: r["config_hash"] for r in record["runs"]}
+        hashes = {r.name: r.config_hash for r in record.runs}
         changed = [r.name for r in picked if hashes.get(r.name) != r.meta.config_hash]
         if changed:
             raise TeacherError(f"teacher run(s) {changed} were retrained since the ensemble was fitted: run "
@@ -330,12 +334,12 @@ def resolve_teacher(config: Config, teacher: str, competition, fingerprint: str,
     return Teacher(label, method, params, picked, fallback, left_out)
 
 
-def fallback_reason(method: str, record: dict) -> str | None:
+def fallback_reason(method: str, record: FittedRecord) -> str | None:
     """Why a stored blend cannot be refit per fold (and the teacher falls back to a mean), or None."""
     if method not in blend.BLEND_METHODS:
         return f"blend method {method!r} is not registered here"
-    if record.get("extra_features"):
-        return f"{method} read metadata columns {record['extra_features']}, which the per-fold refit does not read"
+    if record.extra_features:
+        return f"{method} read metadata columns {record.extra_features}, which the per-fold refit does not read"
     return None
 
 

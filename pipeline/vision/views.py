@@ -9,6 +9,7 @@ competition.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Callable
 
@@ -71,6 +72,9 @@ TTA_VIEWS: dict[str, Callable[..., Callable[[torch.Tensor], torch.Tensor]]] = {
     "resize": _resize,
 }
 
+#: The largest ``resize(s)`` factor: the view's input grows by s^2 in memory.
+MAX_RESIZE = 4.0
+
 _VIEW_PATTERN = re.compile(r"^\s*([a-z_]+)\s*(?:\(([^()]*)\))?\s*$")
 
 
@@ -91,6 +95,15 @@ def parse_view(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
     name, raw_args = match.groups()
     try:
         args = [float(a) for a in raw_args.split(",")] if raw_args and raw_args.strip() else []
+    except ValueError:
+        raise ValueError(f"bad arguments in TTA view {spec!r}: numbers such as 'shift(2,0)'") from None
+    # float() reads 'inf' and 'nan': a view sized by them would fail (or allocate without bound) at predict time
+    if not all(math.isfinite(a) for a in args):
+        raise ValueError(f"TTA view {spec!r}: its arguments must be finite numbers")
+    if name == "resize" and args and not 0 < args[0] <= MAX_RESIZE:
+        raise ValueError(f"TTA view {spec!r}: the resize factor must be above 0 and at most {MAX_RESIZE:g} "
+                         "(FixRes uses about 1.15)")
+    try:
         return TTA_VIEWS[name](*args)
     except (TypeError, ValueError):
         raise ValueError(f"bad arguments in TTA view {spec!r}") from None
