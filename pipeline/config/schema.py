@@ -164,8 +164,7 @@ class TrainConfig(StrictModel):
     persistent_workers: bool | Literal["auto"] = Field(default="auto", json_schema_extra=NOT_HASHED)
     prefetch_factor: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(default="auto", json_schema_extra=NOT_HASHED)
     log_every: int = Field(json_schema_extra=NOT_HASHED, default=20, ge=1)
-    # CPU only: freed activations go back to the system at once (lower peak RSS, slower steps; runtime.py). Off by
-    # default: every step then faults its activations in afresh, 1.7x the step time for tf_efficientnet_lite0 at 96 px
+    # CPU only: freed activations go back to the system at once (lower peak RSS, far slower steps; runtime.py)
     return_freed_memory: bool = Field(default=False, json_schema_extra=NOT_HASHED)
     augment: list[dict[str, dict[str, Any]]] = Field(default_factory=list)  # albumentations, per image on the CPU
     device_augment: list[dict[str, dict[str, Any]]] = Field(
