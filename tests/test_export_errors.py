@@ -217,7 +217,7 @@ PREDICT_CASES = [
     ("batch size -1", _nothing, lambda ws: ["--batch-size", "-1"], r"--batch-size -1: pass at least 1"),
     ("images not a folder", _nothing, lambda ws: ["--images", str(ws.root / "no_images")],
      r"--images .*no_images is not a readable folder"),
-    ("an id twice", _duplicate_id, lambda ws: [], r"sample_submission\.csv lists id\(s\) \['\d+'\] more than once"),
+    ("an id twice", _duplicate_id, lambda ws: [], r"sample_submission\.csv lists id\(s\) \['digit_\d+'\] more than once"),
     ("an undecodable image", _undecodable_image, lambda ws: [],
      r"test image .*\.png cannot be decoded .*replace it with a readable copy"),
     ("a checkpoint replaced by a pickle", _pickled_checkpoint, lambda ws: [],

@@ -35,7 +35,7 @@ class RunEntry(_Record):
     """A run as a fitted blend names it: its folder name, settings hash, and each fold checkpoint's sha256."""
 
     name: str
-    config_hash: str
+    config_hash: str | None    # None for a run made elsewhere (make import-oof): it has no training settings
     checkpoints: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("name")
