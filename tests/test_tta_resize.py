@@ -37,9 +37,13 @@ def test_resize_view_scales_the_whole_image(spec, side, expected):
     torch.testing.assert_close(flat, torch.full_like(flat, 0.25))
 
 
-@pytest.mark.parametrize("spec", ["resize(0)", "resize(-1)", "resize(1,2)"])
-def test_bad_resize_factors_are_refused(spec):
-    with pytest.raises(ValueError, match="bad arguments in TTA view"):
+@pytest.mark.parametrize("spec, message", [
+    ("resize(0)", r"TTA view 'resize\(0\)': the resize factor must be above 0 and at most 4"),
+    ("resize(-1)", r"TTA view 'resize\(-1\)': the resize factor must be above 0 and at most 4"),
+    ("resize(1,2)", "bad arguments in TTA view"),
+])
+def test_bad_resize_factors_are_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
         parse_view(spec)
 
 
