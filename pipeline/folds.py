@@ -7,67 +7,21 @@ ensemble never mixes predictions made on different splits.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline import io
-from pipeline.config import Config, config_hash
+from pipeline.config import Config
+from pipeline.core import io
+from pipeline.core.errors import PipelineError
+from pipeline.core.hashing import json_hash
 from pipeline.data import Competition
-from pipeline.errors import PipelineError
-from pipeline.tasks import get_task
+from pipeline.task.tasks import get_task
 
 
 class FoldsError(PipelineError, ValueError):
     """The folds file is missing, stale, or cannot be made from this data."""
-
-
-def iter_splits(folds) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
-    """The train / held-out rows of each fold, for nested cross-validation.
-
-    Modelled on scikit-learn's ``split``, but over a saved fold assignment:
-    each fold in turn is held out and the other folds are its training rows,
-    so every row is held out exactly once.  The fold ids are checked when
-    this is called, not when the first split is drawn.
-
-    Parameters
-    ----------
-    folds : array-like of shape (n_rows,)
-        The fold id of each row (any sortable ids: 0..K-1, strings, ...).
-
-    Returns
-    -------
-    splits : iterator of (fold_id, train_idx, held_out_idx)
-        One per distinct fold id, in sorted order.  ``fold_id`` is a plain
-        Python scalar (an int, float or str for NumPy ids), fit for a dict
-        key or JSON; ``train_idx`` and ``held_out_idx`` are ascending integer
-        row indices (``np.flatnonzero``), disjoint and together every row.
-
-    Raises
-    ------
-    ValueError
-        If ``folds`` is not 1-D, holds a NaN id (its rows would never be held
-        out), or has fewer than 2 distinct ids (nothing to train on).
-    """
-    folds = np.asarray(folds)
-    if folds.ndim != 1:
-        raise ValueError(f"folds must be 1-D, one fold id per row; got shape {folds.shape}")
-    if folds.dtype.kind in "fc" and np.isnan(folds).any():
-        raise ValueError(f"fold ids must not be NaN; row {int(np.flatnonzero(np.isnan(folds))[0])} is NaN")
-    fold_ids = np.unique(folds)
-    if len(fold_ids) < 2:
-        raise ValueError(f"nested cross-validation needs at least 2 folds; got fold ids {fold_ids.tolist()}")
-
-    def splits() -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
-        for fold in fold_ids:
-            held = folds == fold
-            # a NumPy scalar becomes its Python value; an object array's ids already are Python values
-            yield (fold.item() if isinstance(fold, np.generic) else fold), np.flatnonzero(~held), np.flatnonzero(held)
-
-    return splits()
 
 
 def _multilabel_kfold(n: int, seed: int):
@@ -96,14 +50,20 @@ SPLITTERS = {
 }
 
 
-def make_folds(y: np.ndarray, n_splits: int = 5, strategy: str = "stratified", seed: int = 42, groups: np.ndarray | None = None,
-               task: str = "multiclass") -> np.ndarray:
+def make_folds(
+    y: np.ndarray,
+    n_splits: int = 5,
+    strategy: str = "stratified",
+    seed: int = 42,
+    groups: np.ndarray | None = None,
+    task: str = "multiclass",
+) -> np.ndarray:
     """Assign each row to a validation fold.
 
     Parameters
     ----------
     y : array
-        The task's targets (:mod:`pipeline.tasks`): class or grade indices, 0/1 label
+        The task's targets (:mod:`pipeline.task.tasks`): class or grade indices, 0/1 label
         rows (multilabel) or values (regression, stratified on quantile bins).
     n_splits : int
         Number of folds.
@@ -161,7 +121,7 @@ def make_folds(y: np.ndarray, n_splits: int = 5, strategy: str = "stratified", s
 def fingerprint(ids: np.ndarray, folds: np.ndarray) -> str:
     """A hash of the id -> fold assignment, independent of row order."""
     order = np.argsort(ids, kind="stable")
-    return config_hash([np.asarray(ids)[order].tolist(), np.asarray(folds)[order].tolist()])
+    return json_hash([np.asarray(ids)[order].tolist(), np.asarray(folds)[order].tolist()])
 
 
 def folds_frame(ids: np.ndarray, folds: np.ndarray) -> pd.DataFrame:
@@ -189,12 +149,16 @@ def read_folds_table(path: Path) -> pd.DataFrame:
     bad = folds.isna() | (folds != folds.round())
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise FoldsError(f"{path}: fold {frame['fold'].iat[row]!r} of id {frame['id'].iat[row]!r} (row {row + 2}) "
-                         f"is not a fold number; {remake}")
+        raise FoldsError(
+            f"{path}: fold {frame['fold'].iat[row]!r} of id {frame['id'].iat[row]!r} (row {row + 2}) "
+            f"is not a fold number; {remake}"
+        )
     folds = folds.astype(np.int64)
     if folds.nunique() < 2:
-        raise FoldsError(f"{path}: every row is in fold {folds.iat[0] if len(folds) else '-'}, so no fold has rows "
-                         f"to train on; {remake}")
+        raise FoldsError(
+            f"{path}: every row is in fold {folds.iat[0] if len(folds) else '-'}, so no fold has rows "
+            f"to train on; {remake}"
+        )
     return pd.DataFrame({"id": frame["id"].astype(str), "fold": folds.to_numpy()})
 
 
@@ -246,8 +210,14 @@ def run_folds(config: Config, competition: Competition, force: bool = False) -> 
     groups = None
     if config.folds.group_column:
         groups = competition.train[config.folds.group_column].to_numpy()
-    folds = make_folds(competition.y, config.folds.n_splits, config.folds.strategy, config.folds.seed, groups,
-                       task=config.competition.task)
+    folds = make_folds(
+        competition.y,
+        config.folds.n_splits,
+        config.folds.strategy,
+        config.folds.seed,
+        groups,
+        task=config.competition.task,
+    )
     ids = competition.train_ids
     new_print = fingerprint(ids, folds)
     path: Path = config.folds_csv
@@ -266,8 +236,15 @@ def run_folds(config: Config, competition: Competition, force: bool = False) -> 
             )
         status = "replaced"
     io.write_csv(path, folds_frame(ids, folds))
-    io.write_json(path.with_suffix(".json"), {
-        "fingerprint": new_print, "n_splits": config.folds.n_splits, "strategy": config.folds.strategy,
-        "seed": config.folds.seed, "group_column": config.folds.group_column, "rows": len(ids),
-    })
+    io.write_json(
+        path.with_suffix(".json"),
+        {
+            "fingerprint": new_print,
+            "n_splits": config.folds.n_splits,
+            "strategy": config.folds.strategy,
+            "seed": config.folds.seed,
+            "group_column": config.folds.group_column,
+            "rows": len(ids),
+        },
+    )
     return folds, new_print, status

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
-from pipeline.demo_data import build_digits_competition
+from pipeline.data.demo import build_digits_competition
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "digits.yaml"

@@ -54,7 +54,7 @@ def install(fault: str) -> None:
 
         checkpoint.save_state = save_then_die
     elif kind == "mid-write":
-        from pipeline import io
+        from pipeline.core import io
 
         name, _, count = rest.rpartition(":")
         target, seen, real_write_with = int(count), [0], io.write_with
@@ -72,7 +72,7 @@ def install(fault: str) -> None:
 
         io.write_with = half_write_then_die
     elif kind == "after-write":
-        from pipeline import io
+        from pipeline.core import io
 
         name, _, count = rest.rpartition(":")
         target, seen, real_write_with = int(count), [0], io.write_with

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import TrainConfig
-from pipeline.models import DataConfig
-from pipeline.store import settings_dump
+from pipeline.config import TrainConfig, settings_dump
 from pipeline.train.runtime import Runtime, device_transform
-from pipeline.transforms import (AUGMENT_OPS, AUGMENT_POLICIES, DEVICE_AUGMENTS, RandAugment, TrivialAugment,
-                                 augment_policy_steps, build_device_augment_step)
+from pipeline.vision.device import DEVICE_AUGMENTS, build_device_augment_step
+from pipeline.vision.models import DataConfig
+from pipeline.vision.policies import AUGMENT_OPS, AUGMENT_POLICIES, RandAugment, TrivialAugment, augment_policy_steps
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False, num_workers=0, pin_memory=False)
 # parameters that make a step act on every image it draws (the others do with their defaults)
@@ -131,12 +130,13 @@ def test_every_policy_expands_to_device_steps_before_the_configs_own(policy):
 
 
 def test_an_unknown_policy_is_refused_naming_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown augment_policy 'strong'; known policies: none, flip, light, trivial"):
+    with pytest.raises(ValueError, match=r"unknown augment_policy 'strong'; known policies: none, flip, light, "
+                                         r"trivial"):
         TrainConfig(augment_policy="strong")
 
 
 def test_augment_policy_enters_a_runs_hash_only_when_set():
-    assert "augment_policy" not in settings_dump(TrainConfig(model="m"))   # runs made before the key keep their hash
+    assert "augment_policy" not in settings_dump(TrainConfig(model="m"))  # runs made before the key keep their hash
     assert settings_dump(TrainConfig(model="m", augment_policy="trivial"))["augment_policy"] == "trivial"
 
 

@@ -6,8 +6,8 @@ import re
 
 import pandas as pd
 import pytest
-from safetensors.torch import save_file
 import timm
+from safetensors.torch import save_file
 
 from pipeline.cli import main
 
@@ -45,14 +45,21 @@ def _escape(frame):
 BAD_DATA = [
     (_break_missing_image, r"train images: 1 missing \(e\.g\. .*\.png\)"),
     (_break_unreadable_image, r"test images: 1 unreadable \(e\.g\. .*\.png\)"),
-    (_edit_train(lambda f: f.rename(columns={"label": "target"})), r"train.csv has no column 'label'.*competition.target_column"),
+    (
+        _edit_train(lambda f: f.rename(columns={"label": "target"})),
+        r"train.csv has no column 'label'.*competition.target_column",
+    ),
     (_edit_train(_nan_label), r"empty or NaN label in column 'label' at row\(s\) \[6\]"),
     (_edit_train(_duplicate_id), r"duplicate ids \['digit_"),
     (_edit_train(_escape), r"outside the competition folder"),
 ]
 
 
-@pytest.mark.parametrize("break_data, message", BAD_DATA, ids=["missing-image", "unreadable-image", "missing-column", "nan-label", "duplicate-id", "path-escape"])
+@pytest.mark.parametrize(
+    "break_data, message",
+    BAD_DATA,
+    ids=["missing-image", "unreadable-image", "missing-column", "nan-label", "duplicate-id", "path-escape"],
+)
 def test_bad_data_stops_before_work(small_config, small_competition, capsys, break_data, message):
     assert main(["folds", "--config", str(small_config)]) == 0
     folds_csv = next((small_config.parent / "out" / "folds").glob("*.csv"))
@@ -72,14 +79,19 @@ def test_bad_data_stops_before_work(small_config, small_competition, capsys, bre
     assert not (small_config.parent / "out" / "runs").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "resnet5O"], r"unknown model 'resnet5O'; did you mean .*resnet50"),
-    (["train.epochs=zero"], r"train.epochs: Input should be a valid integer"),
-    (["train.optimiser=sgd"], r"unknown key 'train.optimiser'"),
-    (["--model", "digits_resnet", "--folds", "0,7"], r"fold\(s\) \[7\] do not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "resnet5O"], r"unknown model 'resnet5O'; did you mean .*resnet50"),
+        (["train.epochs=zero"], r"train.epochs: Input should be a valid integer"),
+        (["train.optimiser=sgd"], r"unknown key 'train.optimiser'"),
+        (["--model", "digits_resnet", "--folds", "0,7"], r"fold\(s\) \[7\] do not exist"),
+    ],
+)
 def test_bad_command_lines(small_config, capsys, args, message):
-    command = ["train", "--config", str(small_config)] + (args if args[0].startswith("--") else ["--model", "digits_resnet", *args])
+    command = ["train", "--config", str(small_config)] + (
+        args if args[0].startswith("--") else ["--model", "digits_resnet", *args]
+    )
     assert main(command) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (small_config.parent / "out" / "runs").exists()
@@ -91,4 +103,3 @@ def test_weights_file_for_another_architecture(small_config, tmp_path, capsys):
     assert main(["train", "--config", str(small_config), "--model", "digits_resnet", f"train.pretrained={path}"]) == 2
     assert "does not match architecture 'test_resnet'" in capsys.readouterr().err
     assert not (small_config.parent / "out" / "runs").exists()
-

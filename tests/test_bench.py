@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from pipeline import bench
+from benchmarks import speed as bench
 
 
 def test_bench_writes_every_figure(tmp_path, capsys):
@@ -16,18 +16,33 @@ def test_bench_writes_every_figure(tmp_path, capsys):
                          "--source-size", "96", "--steps", "2", "--warmup", "1", "--repeats", "1", "--tta-images", "4",
                          "--out", str(out)])
     printed = capsys.readouterr().out
-    for line in ("data: cache / decode", "train: end to end / step", "tta: batched / per-image loop", "memory: peak RSS"):
+    for line in (
+        "data: cache / decode",
+        "train: end to end / step",
+        "tta: batched / per-image loop",
+        "memory: peak RSS",
+    ):
         assert line in printed
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert report["image_size"] == 32 and report["cache_side"] == 32 and report["source_images"] == 24
     data, train, tta = report["data"], report["train"], report["tta"]
-    for value in (data["raw_images_per_s"], data["cache_images_per_s"], train["step_images_per_s"],
-                  train["end_to_end_images_per_s"], tta["batched_images_per_s_per_view"],
-                  tta["per_view_per_image_images_per_s_per_view"], tta["per_view_per_batch_images_per_s_per_view"],
-                  report["memory"]["peak_rss_mb"], report["compute"]["forward_gflops_per_image"], report["cache_build_seconds"]):
+    for value in (
+        data["raw_images_per_s"],
+        data["cache_images_per_s"],
+        train["step_images_per_s"],
+        train["end_to_end_images_per_s"],
+        tta["batched_images_per_s_per_view"],
+        tta["per_view_per_image_images_per_s_per_view"],
+        tta["per_view_per_batch_images_per_s_per_view"],
+        report["memory"]["peak_rss_mb"],
+        report["compute"]["forward_gflops_per_image"],
+        report["cache_build_seconds"],
+    ):
         assert value > 0
     assert data["cache_over_raw"] == pytest.approx(data["cache_images_per_s"] / data["raw_images_per_s"])
-    assert train["end_to_end_over_step"] == pytest.approx(train["end_to_end_images_per_s"] / train["step_images_per_s"])  # 1 repeat
+    assert train["end_to_end_over_step"] == pytest.approx(
+        train["end_to_end_images_per_s"] / train["step_images_per_s"]
+    )  # 1 repeat
     # the batched views and the naive loop are the same predictions, only faster
     assert tta["views"] == 5 and tta["max_abs_difference_batched_vs_loop"] < 1e-5
     assert report["memory"]["peak_cuda_mb"] is None and report["compute"]["mfu"] is None  # CPU: no GPU figures

@@ -15,24 +15,10 @@ import numpy as np
 import pytest
 
 from pipeline import blend as B
-from pipeline.blend import (
-    BLEND_METHODS,
-    TASK_OUTPUT,
-    BlendMethod,
-    NestedResult,
-    NotApplicable,
-    applicable,
-    apply_temperature,
-    fit_temperature,
-    make_blend,
-    nested_score,
-    not_applicable_reason,
-    prune_correlated,
-    register_blend,
-    select_method,
-    single_model_scores,
-)
-from pipeline.metrics import Metric, get_metric
+from pipeline.blend import (BLEND_METHODS, TASK_OUTPUT, BlendMethod, NestedResult, NotApplicable, applicable,
+                            apply_temperature, fit_temperature, make_blend, nested_score, not_applicable_reason,
+                            prune_correlated, register_blend, select_method, single_model_scores)
+from pipeline.task.metrics import Metric, get_metric
 
 # Cheaper settings for the slow methods; everything else runs on defaults.
 FAST = {
@@ -88,7 +74,7 @@ def synth(strengths, n_rows: int, n_cols: int, seed: int = 0, noise: float = 1.0
     return _probs(z), y
 
 
-# Metrics for the new tasks are built here, not taken from the registry: pipeline.metrics is
+# Metrics for the new tasks are built here, not taken from the registry: pipeline.task.metrics is
 # being extended for those tasks separately, and these tests pin the blend's side only.
 def local_metric(name, fn, greater_is_better, needs, tasks):
     """A Metric, whether or not this version of Metric declares its tasks."""
@@ -343,10 +329,19 @@ def _complementary_task(task: str, seed: int = 5):
 
 # rank averages are not calibrated probabilities, so rank_mean is held to rank metrics (AUC, below), not log loss
 COMPLEMENTARY_CASES = (
-    [(name, task, metric) for name in METHODS for task in ("multiclass", "binary") for metric in ("log_loss", "accuracy")
-     if not (name == "rank_mean" and metric == "log_loss")]
-    + [(name, task, "task") for name in METHODS for task in NEW_TASKS
-       if applicable(name, task) and not (name == "rank_mean" and task == "multilabel")]
+    [
+        (name, task, metric)
+        for name in METHODS
+        for task in ("multiclass", "binary")
+        for metric in ("log_loss", "accuracy")
+        if not (name == "rank_mean" and metric == "log_loss")
+    ]
+    + [
+        (name, task, "task")
+        for name in METHODS
+        for task in NEW_TASKS
+        if applicable(name, task) and not (name == "rank_mean" and task == "multilabel")
+    ]
     + [("rank_mean", "multilabel", "auc")]
 )
 
@@ -452,7 +447,7 @@ def test_slsqp_uses_log_loss_surrogate_for_label_metrics():
 def test_fast_log_loss_objective_equals_metric(n_cols):
     preds, y = synth([0.5, 1.0, 3.0], n_rows=250, n_cols=n_cols, seed=12)
     m = get_metric("log_loss")
-    obj = B._LinearLoss(preds, y, m)
+    obj = B.LinearLoss(preds, y, m)
     assert obj.fast
     w = np.array([0.2, 0.3, 0.5])
     assert obj.weights_loss(w) == pytest.approx(m.loss(y, np.tensordot(w, preds, axes=1)), rel=1e-12)
@@ -462,14 +457,14 @@ def test_fast_log_loss_objective_equals_metric(n_cols):
     np.testing.assert_allclose(got, want, rtol=1e-12)
     np.testing.assert_allclose(obj.affine_losses(base, 0.25, np.array([2, 0])), [want[2], want[0]], rtol=1e-12)
     # float32 candidate scans (caruana, hill_climb) stay well inside their 1e-6 rounding
-    obj32 = B._LinearLoss(preds, y, m, dtype=np.float32)
+    obj32 = B.LinearLoss(preds, y, m, dtype=np.float32)
     np.testing.assert_allclose(obj32.affine_losses(base.astype(np.float32), 0.25), want, rtol=1e-6)
 
 
 def test_hill_climb_pruning_is_exact():
     # a model with a non-negative slope at a=0 never improves the blend for a > 0
     preds, y = synth([0.5, 1.0, 3.0, 2.0, 0.2], n_rows=300, n_cols=4, seed=22)
-    obj = B._LinearLoss(preds, y, get_metric("log_loss"))
+    obj = B.LinearLoss(preds, y, get_metric("log_loss"))
     base = np.tensordot([0.1, 0.1, 0.5, 0.2, 0.1], obj.stack, axes=1)
     keep = set(obj.descent_models(base).tolist())
     current = obj.loss(base)
@@ -600,8 +595,19 @@ def test_nested_score_accepts_a_factory_and_a_new_registration():
 
 
 def _result(name, nested):
-    return NestedResult(method=name, params={}, in_sample=nested, nested=nested, gap=0.0, fold_scores={},
-                        weight_std=None, weights=None, oof_pred=np.zeros((1, 1)), seconds=0.0, fitted=None)
+    return NestedResult(
+        method=name,
+        params={},
+        in_sample=nested,
+        nested=nested,
+        gap=0.0,
+        fold_scores={},
+        weight_std=None,
+        weights=None,
+        oof_pred=np.zeros((1, 1)),
+        seconds=0.0,
+        fitted=None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -656,8 +662,14 @@ def test_optuna_persistent_study_continues(tmp_path):
         make_blend("optuna", n_trials=1, storage=storage, study_name="s").fit(preds[:2], y, "log_loss")
     # nested refits keep throwaway studies in memory; only the all-rows study is stored, and a rerun continues it
     for expected in (2, 4):
-        nested_score("optuna", preds, y, np.arange(100) % 2, "log_loss",
-                     params={"n_trials": 2, "storage": storage, "study_name": "n"})
+        nested_score(
+            "optuna",
+            preds,
+            y,
+            np.arange(100) % 2,
+            "log_loss",
+            params={"n_trials": 2, "storage": storage, "study_name": "n"},
+        )
         assert set(optuna.get_all_study_names(storage)) == {"s", "n"}
         assert len(optuna.load_study(study_name="n", storage=storage).trials) == expected
 
@@ -696,7 +708,12 @@ def test_prune_correlated_keeps_the_better_duplicate():
     "name, params, exc, match",
     [
         ("nope", {}, KeyError, r"unknown blend method 'nope'.*known methods: mean, rank_mean"),
-        ("mean", {"power": 2}, ValueError, r"unknown parameter\(s\) 'power' for blend method 'mean'.*valid parameters: calibrate"),
+        (
+            "mean",
+            {"power": 2},
+            ValueError,
+            r"unknown parameter\(s\) 'power' for blend method 'mean'.*valid parameters: calibrate",
+        ),
         ("optuna", {"n_trial": 5, "sead": 1}, ValueError, r"'n_trial', 'sead'.*valid parameters: .*n_trials"),
         ("optuna", {"n_trials": 0}, ValueError, r"n_trials must be an int >= 1"),
         ("caruana", {"n_steps": 0}, ValueError, r"n_steps must be an int >= 1"),
@@ -807,7 +824,7 @@ def test_tasks_accept_their_own_shapes():
 
 def test_multilabel_fast_log_loss_equals_the_metric():
     preds, y = make_data("multilabel", [0.5, 1.0, 3.0], n_rows=250, seed=33)
-    obj = B._LinearLoss(preds, y, BCE, task="multilabel")
+    obj = B.LinearLoss(preds, y, BCE, task="multilabel")
     assert obj.fast and obj.stack.shape == (3, 250 * 4)
     w = np.array([0.2, 0.3, 0.5])
     assert obj.weights_loss(w) == pytest.approx(BCE.loss(y, np.tensordot(w, preds, axes=1)), rel=1e-12)
@@ -816,21 +833,21 @@ def test_multilabel_fast_log_loss_equals_the_metric():
     np.testing.assert_allclose(obj.affine_losses(base, 0.25), want, rtol=1e-12)
     # a "log_loss" summed over labels is another convention: scored the generic way, never mis-scaled
     summed = local_metric("log_loss", lambda t, p: _bce(t, p) * t.shape[1], False, "proba", ("multilabel",))
-    generic = B._LinearLoss(preds, y, summed, task="multilabel")
+    generic = B.LinearLoss(preds, y, summed, task="multilabel")
     assert generic.mode == "metric" and not generic.fast
     assert generic.weights_loss(w) == pytest.approx(summed.loss(y, np.tensordot(w, preds, axes=1)))
     # values are always scored by the metric itself, whatever its name
     reg, yr = make_data("regression", [1.0, 2.0], n_rows=50, seed=34)
-    assert B._LinearLoss(reg, yr, RMSE, task="regression").mode == "metric"
+    assert B.LinearLoss(reg, yr, RMSE, task="regression").mode == "metric"
     named = local_metric("log_loss", _rmse, False, "value", ("regression",))
-    assert B._LinearLoss(reg, yr, named, task="regression").mode == "metric"
+    assert B.LinearLoss(reg, yr, named, task="regression").mode == "metric"
 
 
 def test_slsqp_surrogates_per_task():
     from scipy.optimize import check_grad
 
     preds, y = make_data("regression", [0.5, 1.0, 2.0], n_rows=200, seed=35)
-    obj = B._LinearLoss(preds, y, RMSE, task="regression", force_log_loss=True)
+    obj = B.LinearLoss(preds, y, RMSE, task="regression", force_log_loss=True)
     assert obj.mode == "sq"
     # the squared error in units of the equal-weight blend's RMSE: 1 at equal weights
     assert obj.weights_loss(np.full(3, 1 / 3)) == pytest.approx(1.0)
@@ -848,7 +865,9 @@ def test_slsqp_surrogates_per_task():
         w = np.clip(method.weights_ + rng.normal(0, 0.02, 3), 0, None)
         m_best = min(m_best, RMSE(y, np.tensordot(w / w.sum(), preds, axes=1)))
     assert best <= m_best + 1e-9
-    mae = local_metric("mae", lambda t, p: np.mean(np.abs(t.reshape(-1) - p.reshape(-1))), False, "value", ("regression",))
+    mae = local_metric(
+        "mae", lambda t, p: np.mean(np.abs(t.reshape(-1) - p.reshape(-1))), False, "value", ("regression",)
+    )
     assert make_blend("slsqp").fit(preds, y, mae, task="regression").surrogate_ == "squared_error"
     ml, yml = make_data("multilabel", [0.5, 2.0], n_rows=200, seed=36)
     assert make_blend("slsqp").fit(ml, yml, AUC, task="multilabel").surrogate_ == "log_loss"
@@ -1021,8 +1040,15 @@ def test_decision_never_sees_the_held_out_rows(name):
 
 def test_threshold_decision_on_binary():
     preds, y = synth([0.5, 1.5], n_rows=400, n_cols=1, seed=48)
-    f1 = local_metric("f1", lambda t, p: 2 * np.sum((p.reshape(-1) >= 0.5) & (t == 1)) /
-                      max(1, np.sum(p.reshape(-1) >= 0.5) + np.sum(t == 1)), True, "label", ("binary",))
+    f1 = local_metric(
+        "f1",
+        lambda t, p: (
+            2 * np.sum((p.reshape(-1) >= 0.5) & (t == 1)) / max(1, np.sum(p.reshape(-1) >= 0.5) + np.sum(t == 1))
+        ),
+        True,
+        "label",
+        ("binary",),
+    )
     folds = np.arange(400) % 4
     plain = nested_score("slsqp", preds, y, folds, f1)
     decided = nested_score("slsqp", preds, y, folds, f1, decision=Threshold)
@@ -1094,8 +1120,7 @@ def test_multilabel_own_label_inputs_with_extra():
 
 def test_per_fold_application_equals_the_hand_computed_blend():
     # 2 models x 2 fold models x 2 test rows, binary: the geometric mean of fold k's two models, then the mean over k
-    fold_preds = np.array([[[[0.9], [0.2]], [[0.5], [0.4]]],
-                           [[[0.6], [0.1]], [[0.7], [0.8]]]])
+    fold_preds = np.array([[[[0.9], [0.2]], [[0.5], [0.4]]], [[[0.6], [0.1]], [[0.7], [0.8]]]])
     y = np.array([1, 0, 1, 0])
     oof = np.array([[[0.8], [0.3], [0.6], [0.2]], [[0.7], [0.2], [0.9], [0.4]]])
     geo = make_blend("geometric_mean").fit(oof, y, "log_loss")
@@ -1113,8 +1138,9 @@ def test_per_fold_application_equals_the_hand_computed_blend():
     lin.temperature_ = 0.5
     expected = np.mean([apply_temperature(fold_preds[:, k].mean(axis=0), 0.5) for k in range(2)], axis=0)
     np.testing.assert_allclose(B.predict_per_fold(lin, fold_preds), expected)
-    np.testing.assert_allclose(B.predict_test(lin, fold_preds.mean(axis=1), None, "per_fold"),
-                               B.predict_fold_mean(lin, fold_preds))  # nothing per fold stored: the fold means
+    np.testing.assert_allclose(
+        B.predict_test(lin, fold_preds.mean(axis=1), None, "per_fold"), B.predict_fold_mean(lin, fold_preds)
+    )  # nothing per fold stored: the fold means
     with pytest.raises(ValueError, match="apply mode"):
         B.predict_test(lin, fold_preds.mean(axis=1), fold_preds, "mean")
 
@@ -1137,7 +1163,7 @@ def test_per_fold_application_keeps_multiclass_rows_on_the_simplex():
 
 def test_one_se_rule_picks_the_simplest_candidate_within_one_standard_error():
     S = B.Scored
-    best = S(0.400, {0: 0.38, 1: 0.42, 2: 0.40, 3: 0.41, 4: 0.39}, simplicity=2)   # slsqp-like: the best score
+    best = S(0.400, {0: 0.38, 1: 0.42, 2: 0.40, 3: 0.41, 4: 0.39}, simplicity=2)  # slsqp-like: the best score
     # the mean is 0.001 worse; its per-fold differences to the best: +0.006, -0.003, +0.004, -0.004, +0.002
     close_mean = S(0.401, {0: 0.386, 1: 0.417, 2: 0.404, 3: 0.406, 4: 0.392}, simplicity=0)
     diffs = np.array([0.006, -0.003, 0.004, -0.004, 0.002])
@@ -1158,8 +1184,12 @@ def test_one_se_rule_picks_the_simplest_candidate_within_one_standard_error():
     assert select_method({"slsqp": best, "mean": far_mean}, "log_loss") == "slsqp"
     # equally simple candidates within one SE: the better nested score; for a higher-is-better metric too
     # (a single model ranks with the weight searches: the weight vector with one weight 1)
-    acc = {"caruana": S(0.90, {0: 0.91, 1: 0.89}, 2), "optuna": S(0.91, {0: 0.93, 1: 0.89}, 2),
-           "single-a": S(0.905, {0: 0.90, 1: 0.91}, 2), "mean": S(0.90, {0: 0.92, 1: 0.88}, 0)}
+    acc = {
+        "caruana": S(0.90, {0: 0.91, 1: 0.89}, 2),
+        "optuna": S(0.91, {0: 0.93, 1: 0.89}, 2),
+        "single-a": S(0.905, {0: 0.90, 1: 0.91}, 2),
+        "mean": S(0.90, {0: 0.92, 1: 0.88}, 0),
+    }
     assert select_method(acc, "accuracy") == "optuna"  # the mean is 0.01 worse on both folds: SE 0, not within
     acc["mean"] = S(0.90, {0: 0.93, 1: 0.87}, 0)  # differences 0 and -0.02: SE 0.01, 0.01 worse: within
     assert select_method(acc, "accuracy") == "mean"
@@ -1168,12 +1198,14 @@ def test_one_se_rule_picks_the_simplest_candidate_within_one_standard_error():
 
 
 def test_one_se_rule_reads_nested_results_and_the_registry_simplicity():
-    from pipeline.bench_blend import synthetic_oof
+    from benchmarks.blend import synthetic_oof
 
     preds, y = synthetic_oof(5, 300, 3, seed=21)
     folds = np.arange(300) % 5
-    results = {name: nested_score(name, preds, y, folds, "log_loss", params=fast(name))
-               for name in ("mean", "caruana", "slsqp")}
+    results = {
+        name: nested_score(name, preds, y, folds, "log_loss", params=fast(name))
+        for name in ("mean", "caruana", "slsqp")
+    }
     chosen = select_method(results, "log_loss")
     errors = B.standard_errors(results, "log_loss")
     best = min(results, key=lambda k: results[k].nested)
@@ -1212,7 +1244,7 @@ def test_temperature_is_kept_only_when_nested_cv_says_it_helps():
 
 
 def test_optuna_default_budget_and_continuing_a_study():
-    from pipeline.bench_blend import synthetic_oof
+    from benchmarks.blend import synthetic_oof
     from pipeline.config import EnsembleConfig
 
     assert EnsembleConfig().optuna_trials == 100
@@ -1228,22 +1260,28 @@ def test_optuna_default_budget_and_continuing_a_study():
 
 
 # --------------------------------------------------------------------------- #
-# The real-data benchmark's selection variants (pipeline.bench_real) against the one rule
+# The real-data benchmark's selection variants (benchmarks.real) against the one rule
 
 _S = B.Scored
 _BEST = {0: 0.38, 1: 0.42, 2: 0.40, 3: 0.41, 4: 0.39}
 
 
-@pytest.mark.parametrize("others, within", [
-    # worse by 0.001 with per-fold differences of spread > 0.001: within
-    ({"mean": _S(0.401, {0: 0.386, 1: 0.417, 2: 0.404, 3: 0.406, 4: 0.392}, 0)}, {"slsqp", "mean"}),
-    # worse by exactly 0.001 on every fold: SE 0, not within
-    ({"stacker": _S(0.401, {f: v + 0.001 for f, v in _BEST.items()}, 3)}, {"slsqp"}),
-    # the same nested score as the best (a tie): within, whatever its spread
-    ({"single-a": _S(0.400, {f: v + (0.01 if f % 2 else -0.01) for f, v in _BEST.items()}, 2)}, {"slsqp", "single-a"}),
-])
+@pytest.mark.parametrize(
+    "others, within",
+    [
+        # worse by 0.001 with per-fold differences of spread > 0.001: within
+        ({"mean": _S(0.401, {0: 0.386, 1: 0.417, 2: 0.404, 3: 0.406, 4: 0.392}, 0)}, {"slsqp", "mean"}),
+        # worse by exactly 0.001 on every fold: SE 0, not within
+        ({"stacker": _S(0.401, {f: v + 0.001 for f, v in _BEST.items()}, 3)}, {"slsqp"}),
+        # the same nested score as the best (a tie): within, whatever its spread
+        (
+            {"single-a": _S(0.400, {f: v + (0.01 if f % 2 else -0.01) for f, v in _BEST.items()}, 2)},
+            {"slsqp", "single-a"},
+        ),
+    ],
+)
 def test_bench_one_se_set_is_the_rules(others, within):
-    from pipeline.bench_real import _within_one_se
+    from benchmarks.real import _within_one_se
 
     results = {"slsqp": _S(0.400, _BEST, 2), **others}
     assert set(_within_one_se(results, None)) == within
@@ -1253,15 +1291,16 @@ def test_bench_one_se_set_is_the_rules(others, within):
 
 
 def test_bench_selection_variants_score_what_they_submit():
-    from pipeline.bench_blend import synthetic_oof
-    from pipeline.bench_real import Library, _fold_scores, selection_variants
+    from benchmarks.blend import synthetic_oof
+    from benchmarks.real import Library, _fold_scores, selection_variants
 
     preds, y = synthetic_oof(4, 200, 3, seed=3)
     test_preds, y_test = synthetic_oof(4, 80, 3, seed=4)
     folds = np.arange(200) % 5
     metric = get_metric("log_loss")
-    lib = Library("toy/s0", [f"m{i}" for i in range(4)], preds, y, folds,
-                  np.repeat(test_preds[:, None], 5, axis=1), y_test)
+    lib = Library(
+        "toy/s0", [f"m{i}" for i in range(4)], preds, y, folds, np.repeat(test_preds[:, None], 5, axis=1), y_test
+    )
     scored, nested, tests = {}, {}, {}
     for i in range(4):
         key = f"single-m{i}"

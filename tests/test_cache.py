@@ -1,4 +1,5 @@
-"""The decoded-image cache: built once, reused by every later reader, invalidated by a changed source, never half-read."""
+"""The decoded-image cache: built once, reused by every later reader, invalidated by a changed source, never half-read.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import cache as cache_module
-from pipeline.cache import ImageCache, cache_key, cache_side, open_cache
 from pipeline.config import load_config, parse_overrides, resolve_train_config
 from pipeline.data import ImageStore, load_competition
-from pipeline.train.images import open_image_store
+from pipeline.data import cache as cache_module
+from pipeline.data.cache import ImageCache, cache_key, cache_side, open_cache
+from pipeline.data.images import open_image_store
 
 
 def _images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
@@ -45,12 +46,12 @@ def _count_decodes(monkeypatch) -> list[Path]:
 
 
 def test_cache_side_has_a_margin_but_never_upscales_beyond_the_input_size():
-    assert cache_side(224) == 224   # by default the input size: the loader has no resize left to do
+    assert cache_side(224) == 224  # by default the input size: the loader has no resize left to do
     assert cache_side(224, 1.15) == 258
     assert cache_side(32, 1.15) == 37
     assert cache_side(224, 1.0) == 224
-    assert cache_side(224, 1.15, largest_source_side=240) == 240   # no invented detail above the sources
-    assert cache_side(224, 1.15, largest_source_side=100) == 224   # never below what the transform needs
+    assert cache_side(224, 1.15, largest_source_side=240) == 240  # no invented detail above the sources
+    assert cache_side(224, 1.15, largest_source_side=100) == 224  # never below what the transform needs
     with pytest.raises(ValueError, match="margin must be >= 1"):
         cache_side(224, 0.9)
 
@@ -127,7 +128,10 @@ def test_invalidated_when_a_source_changes(tmp_path, monkeypatch):
     assert not np.array_equal(new[2], old_pixels)
     np.testing.assert_array_equal(new[2], np.full((32, 32, 3), 7, dtype=np.uint8))
     # the stale cache of the same image set and size is gone, with its header
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")) == [f"{new.data_path.stem}.json", f"{new.data_path.stem}.u8"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")) == [
+        f"{new.data_path.stem}.json",
+        f"{new.data_path.stem}.u8",
+    ]
 
     # a removed or added file changes the key as well
     assert cache_key(paths[:3], 32) != cache_key(paths, 32)
@@ -153,7 +157,9 @@ def test_a_half_built_cache_is_never_used(tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module, "_fill", real_fill)
     cache = open_cache(paths, cache_dir, 32, progress=False)
     with Image.open(paths[0]) as image:
-        np.testing.assert_array_equal(cache[0], cv2.resize(np.asarray(image.convert("RGB")), (32, 32), interpolation=cv2.INTER_AREA))
+        np.testing.assert_array_equal(
+            cache[0], cv2.resize(np.asarray(image.convert("RGB")), (32, 32), interpolation=cv2.INTER_AREA)
+        )
 
     # a data file that lost its tail, or a header that lost its data, is rebuilt, not read
     data_path, header_path = cache.data_path, cache.data_path.with_suffix(".json")

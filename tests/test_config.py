@@ -5,28 +5,37 @@ import pytest
 from pipeline.config import ConfigError, load_config, parse_overrides, resolve_train_config
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"competition": {"metrc": "accuracy"}}, r"unknown key 'competition.metrc'; did you mean 'metric'"),
-    ({"trian": {}}, r"unknown key 'trian'; did you mean 'train'"),
-    ({"train": {"epochs": "ten"}}, r"train.epochs: Input should be a valid integer"),
-    ({"train": {"lr": -1.0}}, r"train.lr: Input should be greater than 0"),
-    ({"competition": {"metric": "acc"}}, r"unknown metric 'acc'"),
-    ({"competition": {"task": "segmentation"}}, r"competition.task"),
-    ({"competition": {"task": "regression"}}, r"metric 'accuracy' does not apply to task 'regression'; metrics for regression: mae, rmse$"),
-    ({"competition": {"train_images": "train/img.png"}}, r"must contain '\{id\}'"),
-    ({"folds": {"strategy": "group"}}, r"needs folds.group_column"),
-    ({"folds": {"n_splits": 1}}, r"folds.n_splits: Input should be greater than or equal to 2"),
-    ({"train": {"tta": ["identity", "rotate(90)"]}}, r"unknown TTA view 'rotate\(90\)'"),
-    ({"train": {"augment": [{"Blurr": {}}]}}, r"unknown albumentations transform 'Blurr'"),
-    ({"train": {"optimizer": "adamx"}}, r"unknown optimizer 'adamx'; did you mean adam.*timm.optim.list_optimizers"),
-    ({"train": {"optimizer": "slow_adamw"}}, r"unknown optimizer 'slow_adamw'"),
-    ({"train": {"augment": [{"Affine": {"rotate": "lots"}}]}}, r"bad parameters for Affine"),
-    ({"ensemble": {"methods": ["mean", "carauna"]}}, r"unknown blend method 'carauna'"),
-    ({"ensemble": {"method_params": {"caruana": {"n_step": 50}}}}, r"n_step"),
-    ({"ensemble": {"apply": "mean"}}, r"ensemble.apply: Input should be 'per_fold' or 'fold_mean'"),
-    ({"ensemble": {"selection": "one-se"}}, r"ensemble.selection: Input should be 'one_se' or 'best'"),
-    ({"competition": {"train_csv": "nope.csv"}}, r"competition.train_csv: file .*nope.csv does not exist"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"competition": {"metrc": "accuracy"}}, r"unknown key 'competition.metrc'; did you mean 'metric'"),
+        ({"trian": {}}, r"unknown key 'trian'; did you mean 'train'"),
+        ({"train": {"epochs": "ten"}}, r"train.epochs: Input should be a valid integer"),
+        ({"train": {"lr": -1.0}}, r"train.lr: Input should be greater than 0"),
+        ({"competition": {"metric": "acc"}}, r"unknown metric 'acc'"),
+        ({"competition": {"task": "segmentation"}}, r"competition.task"),
+        (
+            {"competition": {"task": "regression"}},
+            r"metric 'accuracy' does not apply to task 'regression'; metrics for regression: mae, rmse$",
+        ),
+        ({"competition": {"train_images": "train/img.png"}}, r"must contain '\{id\}'"),
+        ({"folds": {"strategy": "group"}}, r"needs folds.group_column"),
+        ({"folds": {"n_splits": 1}}, r"folds.n_splits: Input should be greater than or equal to 2"),
+        ({"train": {"tta": ["identity", "rotate(90)"]}}, r"unknown TTA view 'rotate\(90\)'"),
+        ({"train": {"augment": [{"Blurr": {}}]}}, r"unknown albumentations transform 'Blurr'"),
+        (
+            {"train": {"optimizer": "adamx"}},
+            r"unknown optimizer 'adamx'; did you mean adam.*timm.optim.list_optimizers",
+        ),
+        ({"train": {"optimizer": "slow_adamw"}}, r"unknown optimizer 'slow_adamw'"),
+        ({"train": {"augment": [{"Affine": {"rotate": "lots"}}]}}, r"bad parameters for Affine"),
+        ({"ensemble": {"methods": ["mean", "carauna"]}}, r"unknown blend method 'carauna'"),
+        ({"ensemble": {"method_params": {"caruana": {"n_step": 50}}}}, r"n_step"),
+        ({"ensemble": {"apply": "mean"}}, r"ensemble.apply: Input should be 'per_fold' or 'fold_mean'"),
+        ({"ensemble": {"selection": "one-se"}}, r"ensemble.selection: Input should be 'one_se' or 'best'"),
+        ({"competition": {"train_csv": "nope.csv"}}, r"competition.train_csv: file .*nope.csv does not exist"),
+    ],
+)
 def test_bad_config_fails_on_load(small_competition, write_config, changes, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write_config(small_competition, changes))
@@ -39,7 +48,9 @@ def test_missing_config_file(tmp_path):
 
 def test_overrides_are_typed_and_nested():
     assert parse_overrides(["train.lr=1e-3", "epochs=3", "folds.n_splits=3", "tta=[identity, hflip]"]) == {
-        "train": {"lr": 1e-3, "epochs": 3, "tta": ["identity", "hflip"]}, "folds": {"n_splits": 3}}
+        "train": {"lr": 1e-3, "epochs": 3, "tta": ["identity", "hflip"]},
+        "folds": {"n_splits": 3},
+    }
     with pytest.raises(ConfigError, match="not key=value"):
         parse_overrides(["train.lr"])
 

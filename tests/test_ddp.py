@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import build_small_competition
+
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.distributed import DistContext, gather_rows, shard
-from pipeline.metrics import get_metric
 from pipeline.store import StoreError
+from pipeline.task.metrics import get_metric
+from pipeline.train.distributed import DistContext, gather_rows, shard
 from pipeline.train.stage import on_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,16 @@ CLASSES = [str(k) for k in range(10)]
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "pipeline",
+        *args,
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -113,7 +122,7 @@ def test_torchrun_two_processes_train_and_predict_every_row_once(odd_competition
 
 
 def test_a_lock_held_from_another_machine_is_never_taken_over(tmp_path):
-    from pipeline.store import _HOST, RunLock
+    from pipeline.store.lock import _HOST, RunLock
 
     lock = tmp_path / "run" / ".lock"
     lock.parent.mkdir()

@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline.decision import (
-    DEFAULT_GRID,
-    Cutpoints,
-    Decision,
-    Thresholds,
-    decision_for,
-    nested_decision,
-)
-from pipeline.metrics import Metric, get_metric
+from pipeline.task.decision import DEFAULT_GRID, Cutpoints, Decision, Thresholds, decision_for, nested_decision
+from pipeline.task.metrics import Metric, get_metric
 
 
 def planted_binary(n=5000, cut=0.3, flip=0.1, seed=0):
@@ -107,27 +100,40 @@ def test_thresholds_work_with_a_user_label_metric():
     assert abs(rule.thresholds_[0] - 0.8) <= 0.02 + 1e-9
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: Thresholds().apply(np.zeros(3)), "not fitted yet; call fit"),
-    (lambda: Thresholds().fit(np.zeros(3), np.zeros(4), "f1"), "y has 3 rows but pred has 4"),
-    (lambda: Thresholds().fit(np.zeros((3, 2)), np.zeros((3, 3)), "f1_macro"), r"y has shape \(3, 2\) but pred \(3, 3\)"),
-    (lambda: Thresholds().fit(np.zeros(3), np.array([0.1, np.nan, 0.3]), "f1"), r"NaN or infinite values in row\(s\) \[1\]"),
-    (lambda: Thresholds().fit(np.zeros(3), np.zeros((3, 1, 1)), "f1"), r"pred has shape \(3, 1, 1\)"),
-    (lambda: Thresholds().fit(np.zeros(4), np.zeros(4), "f1").apply(np.zeros((4, 2))), "2 column"),
-    (lambda: Thresholds(grid=[]), "grid=.* must hold finite thresholds"),
-    (lambda: Cutpoints(n_grades=1), "n_grades=1 must be an integer of at least 2"),
-    (lambda: Cutpoints(step=0), "0 < step <= span"),
-    (lambda: Cutpoints(n_grades=3).fit(np.array([0, 1, 3]), np.zeros(3), "qwk"), "holds grade 3 but n_grades=3; pass n_grades=4"),
-    (lambda: Cutpoints().fit(np.array([0, -1, 2]), np.zeros(3), "qwk"), "grade indices 0..K-1"),
-    (lambda: Cutpoints().fit(np.zeros(3, int), np.zeros(3), "qwk"), "1 grade.* pass n_grades"),
-    (lambda: Cutpoints().fit(np.array([0, 1]), np.zeros((2, 2)), "qwk"), r"pred has shape \(2, 2\)"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: Thresholds().apply(np.zeros(3)), "not fitted yet; call fit"),
+        (lambda: Thresholds().fit(np.zeros(3), np.zeros(4), "f1"), "y has 3 rows but pred has 4"),
+        (
+            lambda: Thresholds().fit(np.zeros((3, 2)), np.zeros((3, 3)), "f1_macro"),
+            r"y has shape \(3, 2\) but pred \(3, 3\)",
+        ),
+        (
+            lambda: Thresholds().fit(np.zeros(3), np.array([0.1, np.nan, 0.3]), "f1"),
+            r"NaN or infinite values in row\(s\) \[1\]",
+        ),
+        (lambda: Thresholds().fit(np.zeros(3), np.zeros((3, 1, 1)), "f1"), r"pred has shape \(3, 1, 1\)"),
+        (lambda: Thresholds().fit(np.zeros(4), np.zeros(4), "f1").apply(np.zeros((4, 2))), "2 column"),
+        (lambda: Thresholds(grid=[]), "grid=.* must hold finite thresholds"),
+        (lambda: Cutpoints(n_grades=1), "n_grades=1 must be an integer of at least 2"),
+        (lambda: Cutpoints(step=0), "0 < step <= span"),
+        (
+            lambda: Cutpoints(n_grades=3).fit(np.array([0, 1, 3]), np.zeros(3), "qwk"),
+            "holds grade 3 but n_grades=3; pass n_grades=4",
+        ),
+        (lambda: Cutpoints().fit(np.array([0, -1, 2]), np.zeros(3), "qwk"), "grade indices 0..K-1"),
+        (lambda: Cutpoints().fit(np.zeros(3, int), np.zeros(3), "qwk"), "1 grade.* pass n_grades"),
+        (lambda: Cutpoints().fit(np.array([0, 1]), np.zeros((2, 2)), "qwk"), r"pred has shape \(2, 2\)"),
+    ],
+)
 def test_decision_errors(call, match):
     with pytest.raises((ValueError, RuntimeError), match=match):
         call()
 
 
 # ------------------------------------------------------------------ Cutpoints
+
 
 @pytest.mark.parametrize("shape", [(-1,), (-1, 1)])
 def test_cutpoints_beat_rounding_on_shrunk_predictions(shape):
@@ -166,27 +172,31 @@ def test_cutpoints_at_the_rounding_optimum_stay_put():
 
 # ------------------------------------------------------------------ decision_for
 
-@pytest.mark.parametrize("task,metric,expected", [
-    ("binary", "f1", Thresholds),
-    ("binary", "accuracy", Thresholds),
-    ("binary", "f1_macro", Thresholds),
-    ("binary", "roc_auc", None),
-    ("binary", "log_loss", None),
-    ("binary", "map", None),
-    ("multilabel", "f1_micro", Thresholds),
-    ("multilabel", "f1_macro", Thresholds),
-    ("multilabel", "accuracy", Thresholds),
-    ("multilabel", "map", None),
-    ("ordinal", "qwk", Cutpoints),
-    ("ordinal", "accuracy", Cutpoints),
-    ("ordinal", "rmse", None),
-    ("ordinal", "mae", None),
-    ("multiclass", "accuracy", None),
-    ("multiclass", "qwk", None),
-    ("multiclass", "log_loss", None),
-    ("regression", "rmse", None),
-    ("regression", "mae", None),
-])
+
+@pytest.mark.parametrize(
+    "task,metric,expected",
+    [
+        ("binary", "f1", Thresholds),
+        ("binary", "accuracy", Thresholds),
+        ("binary", "f1_macro", Thresholds),
+        ("binary", "roc_auc", None),
+        ("binary", "log_loss", None),
+        ("binary", "map", None),
+        ("multilabel", "f1_micro", Thresholds),
+        ("multilabel", "f1_macro", Thresholds),
+        ("multilabel", "accuracy", Thresholds),
+        ("multilabel", "map", None),
+        ("ordinal", "qwk", Cutpoints),
+        ("ordinal", "accuracy", Cutpoints),
+        ("ordinal", "rmse", None),
+        ("ordinal", "mae", None),
+        ("multiclass", "accuracy", None),
+        ("multiclass", "qwk", None),
+        ("multiclass", "log_loss", None),
+        ("regression", "rmse", None),
+        ("regression", "mae", None),
+    ],
+)
 def test_decision_for(task, metric, expected):
     rule = decision_for(task, metric)
     assert rule is None if expected is None else type(rule) is expected
@@ -194,11 +204,14 @@ def test_decision_for(task, metric, expected):
     assert rule is None if expected is None else type(rule) is expected
 
 
-@pytest.mark.parametrize("task,metric,match", [
-    ("regression", "f1", "metric 'f1' does not apply to task 'regression'; metrics for regression: mae, rmse"),
-    ("multilabel", "qwk", "metric 'qwk' does not apply to task 'multilabel'"),
-    ("images", "f1", "unknown task 'images'"),
-])
+@pytest.mark.parametrize(
+    "task,metric,match",
+    [
+        ("regression", "f1", "metric 'f1' does not apply to task 'regression'; metrics for regression: mae, rmse"),
+        ("multilabel", "qwk", "metric 'qwk' does not apply to task 'multilabel'"),
+        ("images", "f1", "unknown task 'images'"),
+    ],
+)
 def test_decision_for_errors(task, metric, match):
     with pytest.raises(ValueError, match=match):
         decision_for(task, metric)
@@ -211,6 +224,7 @@ def test_decision_for_passes_n_grades():
 
 
 # ------------------------------------------------------------------ nested_decision
+
 
 class Recorder(Decision):
     """Fits nothing; remembers the rows it saw (pred holds row ids) and decides identity."""
@@ -270,11 +284,14 @@ def test_nested_decision_with_cutpoints():
     assert all(len(params["cutpoints"]) == 4 for params in fold_params.values())
 
 
-@pytest.mark.parametrize("folds,factory,error,match", [
-    (np.zeros(10), Thresholds, ValueError, r"at least 2 folds; got fold ids \[0.0\]"),
-    (np.arange(9) % 2, Thresholds, ValueError, "10, 10 and 9 rows"),
-    (np.arange(10) % 2, lambda: "thresholds", TypeError, "factory\\(\\) returned str"),
-])
+@pytest.mark.parametrize(
+    "folds,factory,error,match",
+    [
+        (np.zeros(10), Thresholds, ValueError, r"at least 2 folds; got fold ids \[0.0\]"),
+        (np.arange(9) % 2, Thresholds, ValueError, "10, 10 and 9 rows"),
+        (np.arange(10) % 2, lambda: "thresholds", TypeError, "factory\\(\\) returned str"),
+    ],
+)
 def test_nested_decision_errors(folds, factory, error, match):
     with pytest.raises(error, match=match):
         nested_decision(np.zeros(10), np.zeros(10), folds, "f1", factory)

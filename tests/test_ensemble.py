@@ -39,7 +39,9 @@ def _import(config_path, tmp_path, name, oof, test, suffix=".csv"):
     oof_path, test_path = tmp_path / f"{name}_oof{suffix}", tmp_path / f"{name}_test{suffix}"
     for frame, path in ((oof, oof_path), (test, test_path)):
         frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
-    return main(["import-oof", "--config", str(config_path), "--name", name, "--oof", str(oof_path), "--test", str(test_path)])
+    return main(
+        ["import-oof", "--config", str(config_path), "--name", name, "--oof", str(oof_path), "--test", str(test_path)]
+    )
 
 
 @pytest.fixture()
@@ -50,13 +52,31 @@ def with_folds(small_config):
 
 def test_imported_runs_are_blended_and_scored(with_folds, tmp_path, capsys):
     config = load_config(with_folds)
-    for name, strength, seed, suffix in (("notebook_a", 2.0, 1, ".csv"), ("notebook_b", 2.0, 2, ".parquet"), ("weak", 0.5, 3, ".csv")):
+    for name, strength, seed, suffix in (
+        ("notebook_a", 2.0, 1, ".csv"),
+        ("notebook_b", 2.0, 2, ".parquet"),
+        ("weak", 0.5, 3, ".csv"),
+    ):
         assert _import(with_folds, tmp_path, name, *_synthetic(config, strength, seed), suffix=suffix) == 0
     assert "imported notebook_a: CV" in capsys.readouterr().out
-    assert main(["ensemble", "--config", str(with_folds), "ensemble.methods=[mean, optuna, caruana, slsqp, logreg_stacker]"]) == 0
+    assert (
+        main(
+            ["ensemble", "--config", str(with_folds), "ensemble.methods=[mean, optuna, caruana, slsqp, logreg_stacker]"]
+        )
+        == 0
+    )
     board = pd.read_csv(config.submissions_dir / "leaderboard.csv")
     names = [s.rstrip(" *") for s in board["submission"]]
-    assert {"single-notebook_a", "single-notebook_b", "single-weak", "mean", "optuna", "caruana", "slsqp", "logreg_stacker"} == set(names)
+    assert {
+        "single-notebook_a",
+        "single-notebook_b",
+        "single-weak",
+        "mean",
+        "optuna",
+        "caruana",
+        "slsqp",
+        "logreg_stacker",
+    } == set(names)
     blends = board[board["kind"] != "single"]
     assert blends["nested CV"].notna().all() and blends["private LB"].between(0, 1).all()
     chosen = board[board["submission"].str.endswith(" *")]
@@ -68,15 +88,18 @@ def test_imported_runs_are_blended_and_scored(with_folds, tmp_path, capsys):
     assert nested[row] == best or best - nested[row] <= board.loc[row, "SE"] + 1e-12
 
 
-@pytest.mark.parametrize("spoil, message", [
-    (lambda oof, test: (oof.drop(columns="fold"), test), "needs a 'fold' column"),
-    (lambda oof, test: (oof.assign(fold=(oof["fold"] + 1) % 3), test), "fold assignment differs from ours"),
-    (lambda oof, test: (oof.iloc[1:], test), r"ids differ from the competition's \(59 rows vs 60\)"),
-    (lambda oof, test: (oof, test.drop(columns="3")), r"no column for class\(es\) \['3'\]"),
-    (lambda oof, test: (oof.assign(**{"0": np.nan}), test), "NaN or inf"),
-    (lambda oof, test: (oof.assign(**{"0": 3.0}), test), r"outside \[0, 1\].*not logits"),
-    (lambda oof, test: (oof, test.assign(**{"0": 0.5})), "do not sum to 1"),
-])
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda oof, test: (oof.drop(columns="fold"), test), "needs a 'fold' column"),
+        (lambda oof, test: (oof.assign(fold=(oof["fold"] + 1) % 3), test), "fold assignment differs from ours"),
+        (lambda oof, test: (oof.iloc[1:], test), r"ids differ from the competition's \(59 rows vs 60\)"),
+        (lambda oof, test: (oof, test.drop(columns="3")), r"no column for class\(es\) \['3'\]"),
+        (lambda oof, test: (oof.assign(**{"0": np.nan}), test), "NaN or inf"),
+        (lambda oof, test: (oof.assign(**{"0": 3.0}), test), r"outside \[0, 1\].*not logits"),
+        (lambda oof, test: (oof, test.assign(**{"0": 0.5})), "do not sum to 1"),
+    ],
+)
 def test_bad_imports_are_refused(with_folds, tmp_path, capsys, spoil, message):
     config = load_config(with_folds)
     assert _import(with_folds, tmp_path, "bad", *spoil(*_synthetic(config, 2.0, 0))) == 2
@@ -100,9 +123,16 @@ def test_stackers_read_metadata_features(digits_dir, tmp_path, write_config, cap
     solution = pd.read_csv(data / "solution.csv", dtype=str).set_index("id")
     # a metadata column that carries the label (as an anatomical site can in melanoma data): weak models + it
     train.assign(meta=train["label"].astype(int)).to_csv(data / "train.csv", index=False)
-    pd.DataFrame({"id": sample["id"], "meta": solution.loc[sample["id"], "label"].astype(int).to_numpy()}).to_csv(data / "test.csv", index=False)
-    config_path = write_config(data, {"competition": {"test_csv": "test.csv"},
-                                      "ensemble": {"stacker_features": ["meta"], "methods": ["mean", "lgbm_stacker"]}})
+    pd.DataFrame({"id": sample["id"], "meta": solution.loc[sample["id"], "label"].astype(int).to_numpy()}).to_csv(
+        data / "test.csv", index=False
+    )
+    config_path = write_config(
+        data,
+        {
+            "competition": {"test_csv": "test.csv"},
+            "ensemble": {"stacker_features": ["meta"], "methods": ["mean", "lgbm_stacker"]},
+        },
+    )
     assert main(["folds", "--config", str(config_path)]) == 0
     config = load_config(config_path)
     for name, seed in (("a", 1), ("b", 2)):
@@ -116,6 +146,7 @@ def test_stackers_read_metadata_features(digits_dir, tmp_path, write_config, cap
 
 def test_stacker_features_need_a_test_table(small_competition, write_config):
     from pipeline.config import ConfigError
+
     with pytest.raises(ConfigError, match="stacker_features need competition.test_csv"):
         load_config(write_config(small_competition, {"ensemble": {"stacker_features": ["meta"]}}))
 
@@ -167,8 +198,18 @@ def test_blends_are_applied_per_fold_model_and_both_ways_reported(with_folds, tm
     assert not np.isnan(rows["geometric_mean"]["private LB (fold_mean)"])
     assert np.isnan(rows["mean"]["private LB (fold_mean)"])
     # the former behaviour is one setting away, and then the per-fold figure is the other one shown
-    assert main(["ensemble", "--config", str(with_folds), "ensemble.methods=[mean, geometric_mean]",
-                 "ensemble.apply=fold_mean"]) == 0
+    assert (
+        main(
+            [
+                "ensemble",
+                "--config",
+                str(with_folds),
+                "ensemble.methods=[mean, geometric_mean]",
+                "ensemble.apply=fold_mean",
+            ]
+        )
+        == 0
+    )
     again = pd.read_csv(config.submissions_dir / "leaderboard.csv")
     rows_again = {s.rstrip(" *"): r for s, r in zip(again["submission"], again.to_dict("records"))}
     assert rows_again["geometric_mean"]["private LB"] == pytest.approx(rows["geometric_mean"]["private LB (fold_mean)"])
@@ -185,7 +226,8 @@ def test_optuna_budget_is_printed_and_its_study_continued(with_folds, tmp_path, 
     assert "optuna budget: 20 trials per fit, 4 fits (nested CV + all rows), 2 models x 60 rows" in out.out + out.err
     studies = list((config.runs_dir / "_ensemble").glob("optuna-*.json"))
     assert len(studies) == 1
-    from pipeline import io
+    from pipeline.core import io
+
     assert len(io.read_json(studies[0])["trials"]) == 20
     assert main(["ensemble", "--config", str(with_folds), "ensemble.methods=[optuna]"]) == 0
     assert len(io.read_json(studies[0])["trials"]) == 40  # a rerun on the same runs continues the study
@@ -194,7 +236,7 @@ def test_optuna_budget_is_printed_and_its_study_continued(with_folds, tmp_path, 
 @pytest.mark.parametrize("greater", [True, False])
 def test_a_tie_is_listed_and_marked_as_it_is_chosen(greater):
     from pipeline.ensemble import Candidate, choose_candidate, leaderboard_rows, tie_note
-    from pipeline.metrics import get_metric
+    from pipeline.task.metrics import get_metric
 
     metric = get_metric("accuracy" if greater else "log_loss")
     best, worse = (0.99652, 0.99) if greater else (0.1, 0.2)
@@ -203,8 +245,13 @@ def test_a_tie_is_listed_and_marked_as_it_is_chosen(greater):
         return Candidate(name=name, kind=kind, cv=nested, nested=nested, test=np.zeros((1, 2)))
 
     # the single model comes first in the candidates (the simplest), the blends tie with it
-    candidates = [cand("single-b", "single", worse), cand("single-a", "single", best + 1e-9),
-                  cand("slsqp", "weights", best), cand("hill_climb", "weights", best), cand("nan", "weights", float("nan"))]
+    candidates = [
+        cand("single-b", "single", worse),
+        cand("single-a", "single", best + 1e-9),
+        cand("slsqp", "weights", best),
+        cand("hill_climb", "weights", best),
+        cand("nan", "weights", float("nan")),
+    ]
     chosen = choose_candidate(candidates, metric)
     assert chosen.name == "single-a"  # a tie goes to the earlier listed: the single models come first
     rows = leaderboard_rows(candidates, metric, chosen)
@@ -225,10 +272,13 @@ def test_ensemble_runs_blends_only_the_runs_named(with_folds, tmp_path, capsys):
     assert {s.rstrip(" *") for s in board["submission"]} == {"single-a", "single-c", "mean"}
 
 
-@pytest.mark.parametrize("runs, message", [
-    ("[a, nope]", r"ensemble.runs names 'nope', which is not a run here; finished runs: a"),
-    ("[]", r"ensemble.runs.*at least 1 item"),
-])
+@pytest.mark.parametrize(
+    "runs, message",
+    [
+        ("[a, nope]", r"ensemble.runs names 'nope', which is not a run here; finished runs: a"),
+        ("[]", r"ensemble.runs.*at least 1 item"),
+    ],
+)
 def test_ensemble_runs_naming_no_usable_run_is_refused(with_folds, tmp_path, capsys, runs, message):
     config = load_config(with_folds)
     assert _import(with_folds, tmp_path, "a", *_synthetic(config, 2.0, 1)) == 0

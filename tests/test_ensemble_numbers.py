@@ -15,7 +15,7 @@ import pytest
 from pipeline.blend import BLEND_METHODS, nested_score
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.metrics import get_metric
+from pipeline.task.metrics import get_metric
 from test_ensemble import _import, _synthetic
 
 CLASSES = [str(c) for c in range(10)]
@@ -38,7 +38,7 @@ def _rows(board: pd.DataFrame) -> dict[str, dict]:
     return {s.rstrip(" *"): r for s, r in zip(board["submission"], board.to_dict("records"))}
 
 
-# the params make ensemble gives each method on this config (pipeline.ensemble._method_params, read by hand):
+# the params make ensemble gives each method on this config (pipeline.ensemble.candidates.method_params, read by hand):
 # optuna gets the trial budget and the seed; a log-loss competition calibrates every blend
 FITTED = ["optuna", "caruana", "slsqp", "hill_climb", "logreg_stacker"]
 

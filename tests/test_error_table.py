@@ -228,38 +228,128 @@ CASES = [
     ("bomb-predict", decompression_bomb, ["predict", "--model", "digits_resnet"], r"too many pixels.*digit_\d+\.png"),
     ("header-only-train-csv", header_only_train_csv, ["folds", "--force"], r"train\.csv has no rows"),
     ("header-only-train-csv-train", header_only_train_csv, TRAIN, r"train\.csv has no rows"),
-    ("sample-unknown-class", sample_with_unknown_class, ["folds", "--force"], r"sample_submission\.csv.*'ten'.*not a class of train\.csv"),
+    (
+        "sample-unknown-class",
+        sample_with_unknown_class,
+        ["folds", "--force"],
+        r"sample_submission\.csv.*'ten'.*not a class of train\.csv",
+    ),
     ("sample-unknown-class-train", sample_with_unknown_class, TRAIN, r"sample_submission\.csv.*'ten'"),
     ("yaml-tag-in-args", nothing, [*TRAIN, "train.lr=!!python/object/apply:os.system [echo]"], r"train\.lr=.*YAML tag"),
-    ("model-kwargs-unknown", nothing, [*TRAIN, "train.model_kwargs={wings: 2}"], r"train\.model_kwargs.*'wings'.*test_resnet"),
-    ("pretrained-offline", nothing, [*TRAIN, "train.pretrained=true"], r"could not download.*train\.pretrained=<path to a weights file>.*train\.pretrained=false"),
-    ("run-name-escape", nothing, ["train", "--model", "../recipes/digits_resnet"], r"'\.\./recipes/digits_resnet'.*one name"),
+    (
+        "model-kwargs-unknown",
+        nothing,
+        [*TRAIN, "train.model_kwargs={wings: 2}"],
+        r"train\.model_kwargs.*'wings'.*test_resnet",
+    ),
+    (
+        "pretrained-offline",
+        nothing,
+        [*TRAIN, "train.pretrained=true"],
+        r"could not download.*train\.pretrained=<path to a weights file>.*train\.pretrained=false",
+    ),
+    (
+        "run-name-escape",
+        nothing,
+        ["train", "--model", "../recipes/digits_resnet"],
+        r"'\.\./recipes/digits_resnet'.*one name",
+    ),
     ("run-name-absolute", nothing, ["train", "--model", "/tmp/x"], r"'/tmp/x'.*one name"),
     ("competition-name-escape", nothing, ["folds", "competition.name=../../elsewhere"], r"competition\.name"),
-    ("zoo-name-escape", zoo_file_with_path_name, ["zoo", "--zoo", "@ROOT@/zoo.yaml"], r"MODEL='\.\./\.\./escape'.*one name"),
-    ("method-name-escape", nothing, ["ensemble", "ensemble.methods=[mean, ../x]"], r"ensemble: unknown blend method '\.\./x'"),
+    (
+        "zoo-name-escape",
+        zoo_file_with_path_name,
+        ["zoo", "--zoo", "@ROOT@/zoo.yaml"],
+        r"MODEL='\.\./\.\./escape'.*one name",
+    ),
+    (
+        "method-name-escape",
+        nothing,
+        ["ensemble", "ensemble.methods=[mean, ../x]"],
+        r"ensemble: unknown blend method '\.\./x'",
+    ),
     ("override-key-clash", nothing, [*TRAIN, "train.lr=1e-3", "train.lr.x=2"], r"train\.lr was already set to a value"),
     ("override-empty-key-part", nothing, [*TRAIN, "train..lr=1e-3"], r"'train\.\.lr' has an empty part"),
     ("folds-not-csv", folds_not_csv, TRAIN, r"comp\.csv is not a readable CSV.*make folds FORCE=1"),
-    ("import-name-escape", nothing, ["import-oof", "--name", "../x", "--oof", "a.csv", "--test", "b.csv"], r"NAME='\.\./x'"),
+    (
+        "import-name-escape",
+        nothing,
+        ["import-oof", "--name", "../x", "--oof", "a.csv", "--test", "b.csv"],
+        r"NAME='\.\./x'",
+    ),
     ("import-fold-text", lambda ws: _prediction_files(ws, _oof_fold_text), _import_args(), r"oof\.csv.*'fold'.*'one'"),
-    ("import-class-text", lambda ws: _prediction_files(ws, _oof_class_text), _import_args(), r"oof\.csv.*column '3'.*'high'"),
+    (
+        "import-class-text",
+        lambda ws: _prediction_files(ws, _oof_class_text),
+        _import_args(),
+        r"oof\.csv.*column '3'.*'high'",
+    ),
     ("import-not-parquet", not_parquet, _import_args(oof="oof.parquet"), r"oof\.parquet.*not a parquet file"),
     ("import-not-csv", not_csv, _import_args(), r"oof\.csv.*not a CSV file"),
     ("folds-edited-text", _edit_folds(_fold_text), TRAIN, r"comp\.csv.*fold.*'two'.*make folds FORCE=1"),
     ("folds-edited-one-fold", _edit_folds(_one_fold), TRAIN, r"comp\.csv.*every row is in fold 0.*make folds FORCE=1"),
-    ("predict-missing-fold", delete_fold_folder, ["predict", "--model", "digits_resnet"], r"digits_resnet.*fold 1.*make train MODEL=digits_resnet FOLDS=1 FORCE=1"),
-    ("predict-missing-best", delete_best_checkpoint, ["predict", "--model", "digits_resnet"], r"digits_resnet.*fold 2.*make train MODEL=digits_resnet FOLDS=2 FORCE=1"),
-    ("train-garbage-meta", _damage("meta.json", b"{\"name\": \"digi"), ["train", "--model", "digits_resnet"], r"meta\.json.*damaged.*FORCE=1"),
-    ("train-garbage-oof", _damage("oof.parquet", b"PAR1 garbage"), ["train", "--model", "digits_resnet"], r"oof\.parquet.*damaged.*make predict MODEL=digits_resnet"),
+    (
+        "predict-missing-fold",
+        delete_fold_folder,
+        ["predict", "--model", "digits_resnet"],
+        r"digits_resnet.*fold 1.*make train MODEL=digits_resnet FOLDS=1 FORCE=1",
+    ),
+    (
+        "predict-missing-best",
+        delete_best_checkpoint,
+        ["predict", "--model", "digits_resnet"],
+        r"digits_resnet.*fold 2.*make train MODEL=digits_resnet FOLDS=2 FORCE=1",
+    ),
+    (
+        "train-garbage-meta",
+        _damage("meta.json", b'{"name": "digi'),
+        ["train", "--model", "digits_resnet"],
+        r"meta\.json.*damaged.*FORCE=1",
+    ),
+    (
+        "train-garbage-oof",
+        _damage("oof.parquet", b"PAR1 garbage"),
+        ["train", "--model", "digits_resnet"],
+        r"oof\.parquet.*damaged.*make predict MODEL=digits_resnet",
+    ),
     ("pseudo-no-ensemble", nothing, ["pseudo", "--model", "digits_resnet"], r"TEACHER=submission.*make ensemble"),
-    ("pseudo-teacher-missing", nothing, ["pseudo", "--model", "digits_resnet", "--teacher", "nothere"], r"TEACHER=nothere.*make train MODEL=nothere"),
-    ("pseudo-teacher-other-folds", teacher_on_other_folds, PSEUDO_FROM_RUN, r"teacher run digits_resnet.*other folds.*make train MODEL=digits_resnet FORCE=1"),
-    ("distill-teacher-fold-missing", delete_fold_test_predictions, ["distill", "--student", "digits_resnet", "--teacher", "digits_resnet"], r"teacher run digits_resnet.*fold 1.*make predict MODEL=digits_resnet"),
-    ("pseudo-teacher-is-student", nothing, ["pseudo", "--model", "digits_resnet", "--teacher", "digits_resnet", "--name", "digits_resnet"], r"blends digits_resnet, the run this command writes"),
+    (
+        "pseudo-teacher-missing",
+        nothing,
+        ["pseudo", "--model", "digits_resnet", "--teacher", "nothere"],
+        r"TEACHER=nothere.*make train MODEL=nothere",
+    ),
+    (
+        "pseudo-teacher-other-folds",
+        teacher_on_other_folds,
+        PSEUDO_FROM_RUN,
+        r"teacher run digits_resnet.*other folds.*make train MODEL=digits_resnet FORCE=1",
+    ),
+    (
+        "distill-teacher-fold-missing",
+        delete_fold_test_predictions,
+        ["distill", "--student", "digits_resnet", "--teacher", "digits_resnet"],
+        r"teacher run digits_resnet.*fold 1.*make predict MODEL=digits_resnet",
+    ),
+    (
+        "pseudo-teacher-is-student",
+        nothing,
+        ["pseudo", "--model", "digits_resnet", "--teacher", "digits_resnet", "--name", "digits_resnet"],
+        r"blends digits_resnet, the run this command writes",
+    ),
     ("user-png", _user_file("ensemble.png"), ["ensemble"], r"ensemble\.png exists and was not written by the pipeline"),
-    ("user-leaderboard", _user_file("leaderboard.csv"), ["ensemble"], r"leaderboard\.csv exists and was not written by the pipeline"),
-    ("user-replaced-submission", _user_file_after_ensemble("submission.csv"), ["ensemble"], r"submission\.csv.*changed since the pipeline wrote it"),
+    (
+        "user-leaderboard",
+        _user_file("leaderboard.csv"),
+        ["ensemble"],
+        r"leaderboard\.csv exists and was not written by the pipeline",
+    ),
+    (
+        "user-replaced-submission",
+        _user_file_after_ensemble("submission.csv"),
+        ["ensemble"],
+        r"submission\.csv.*changed since the pipeline wrote it",
+    ),
 ]
 
 
@@ -283,6 +373,7 @@ def test_bad_input_is_one_clear_error(workspace, capsys, monkeypatch, break_inpu
 
 # -- bad inputs the stages go on with, saying what they left out -------------------------------------
 
+
 def test_validate_names_a_decompression_bomb(workspace, capsys):
     decompression_bomb(workspace)
     assert main(["validate", "--config", str(workspace.config)]) == 1
@@ -295,8 +386,22 @@ def test_validate_names_a_decompression_bomb(workspace, capsys):
 
 def _import_copy(ws: Workspace, name: str = "other") -> None:
     _prediction_files(ws)
-    assert main(["import-oof", "--config", str(ws.config), "--name", name, "--oof", str(ws.root / "oof.csv"),
-                 "--test", str(ws.root / "test.csv")]) == 0
+    assert (
+        main(
+            [
+                "import-oof",
+                "--config",
+                str(ws.config),
+                "--name",
+                name,
+                "--oof",
+                str(ws.root / "oof.csv"),
+                "--test",
+                str(ws.root / "test.csv"),
+            ]
+        )
+        == 0
+    )
 
 
 def _logits(ws: Workspace) -> None:
@@ -306,12 +411,16 @@ def _logits(ws: Workspace) -> None:
     frame.to_parquet(ws.run / "oof.parquet", index=False)
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (_damage("meta.json", b"{\"name\": \"digi"), r"unreadable: .*meta\.json is damaged"),
-    (_damage("oof.parquet", b"PAR1 garbage"), r"unreadable: .*oof\.parquet is not a parquet file"),
-    (_damage("test.parquet", b""), r"unreadable: .*test\.parquet"),
-    (_logits, r"unreadable: .*oof\.parquet: values outside \[0, 1\].*not logits"),
-], ids=["garbage-meta", "garbage-oof", "empty-test", "logits"])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (_damage("meta.json", b'{"name": "digi'), r"unreadable: .*meta\.json is damaged"),
+        (_damage("oof.parquet", b"PAR1 garbage"), r"unreadable: .*oof\.parquet is not a parquet file"),
+        (_damage("test.parquet", b""), r"unreadable: .*test\.parquet"),
+        (_logits, r"unreadable: .*oof\.parquet: values outside \[0, 1\].*not logits"),
+    ],
+    ids=["garbage-meta", "garbage-oof", "empty-test", "logits"],
+)
 def test_ensemble_leaves_out_a_damaged_run_and_goes_on(workspace, capsys, damage, reason):
     _import_copy(workspace)
     damage(workspace)
@@ -333,5 +442,8 @@ def test_an_unexpected_error_is_reported_as_a_bug(workspace, capsys, monkeypatch
     assert main(["ensemble", "--config", str(workspace.config)]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "ZeroDivisionError: a bug" in err
-    assert re.search(r"this is a bug in kfold-ensembler.*python -m pipeline ensemble --config .*comp\.yaml.*"
-                     r"python 3\.\d+\.\d+.*torch \d", err), err
+    assert re.search(
+        r"this is a bug in kfold-ensembler.*python -m pipeline ensemble --config .*comp\.yaml.*"
+        r"python 3\.\d+\.\d+.*torch \d",
+        err,
+    ), err

@@ -18,7 +18,7 @@ import ray  # installed by the test extra: `make test` always tests the Ray exec
 import torch
 
 from pipeline.cli import main
-from pipeline.executors import EXECUTORS, ExecutorSettings, Job, get_executor
+from pipeline.core.executors import EXECUTORS, ExecutorSettings, Job, get_executor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,15 +71,19 @@ def _train(config, *extra) -> int:
 def _same_runs(a_root, b_root):
     for model in ("digits_resnet", "digits_effnet"):
         for name in RUN_FILES:
-            pd.testing.assert_frame_equal(pd.read_parquet(a_root / model / name), pd.read_parquet(b_root / model / name),
-                                          check_exact=True)
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(a_root / model / name), pd.read_parquet(b_root / model / name), check_exact=True
+            )
 
 
 @pytest.fixture()
 def local_reference(small_competition, write_config, tmp_path, capsys):
     """The 2-model x 3-fold grid trained by the local executor, with one thread like a one-CPU Ray job."""
-    config = write_config(small_competition, {"train": {"epochs": 2, "batch_size": 8},
-                                              "output_dir": str(tmp_path / "local")}, name="local.yaml")
+    config = write_config(
+        small_competition,
+        {"train": {"epochs": 2, "batch_size": 8}, "output_dir": str(tmp_path / "local")},
+        name="local.yaml",
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -90,10 +94,14 @@ def local_reference(small_competition, write_config, tmp_path, capsys):
     return tmp_path / "local" / "runs" / "digits"
 
 
-def test_a_grid_on_ray_equals_the_local_executor(ray_cluster, local_reference, small_competition, write_config,
-                                                 tmp_path, capsys):
-    config = write_config(small_competition, {"train": {"epochs": 2, "batch_size": 8},
-                                              "output_dir": str(tmp_path / "ray")}, name="ray.yaml")
+def test_a_grid_on_ray_equals_the_local_executor(
+    ray_cluster, local_reference, small_competition, write_config, tmp_path, capsys
+):
+    config = write_config(
+        small_competition,
+        {"train": {"epochs": 2, "batch_size": 8}, "output_dir": str(tmp_path / "ray")},
+        name="ray.yaml",
+    )
     assert _train(config, "--executor", "ray") == 0
     out = capsys.readouterr().out
     assert "grid: 6 job(s) of 2 run(s) on ray" in out
@@ -119,11 +127,14 @@ def _kill_a_worker_mid_fold(run_root, killed: list) -> None:
         time.sleep(0.05)
 
 
-def test_a_worker_killed_mid_fold_is_retried_and_the_run_ends_bit_exact(ray_cluster, local_reference,
-                                                                        small_competition, write_config, tmp_path,
-                                                                        capsys):
-    config = write_config(small_competition, {"train": {"epochs": 2, "batch_size": 8},
-                                              "output_dir": str(tmp_path / "ray")}, name="ray.yaml")
+def test_a_worker_killed_mid_fold_is_retried_and_the_run_ends_bit_exact(
+    ray_cluster, local_reference, small_competition, write_config, tmp_path, capsys
+):
+    config = write_config(
+        small_competition,
+        {"train": {"epochs": 2, "batch_size": 8}, "output_dir": str(tmp_path / "ray")},
+        name="ray.yaml",
+    )
     run_root = tmp_path / "ray" / "runs" / "digits"
     killed: list = []
     killer = threading.Thread(target=_kill_a_worker_mid_fold, args=(run_root, killed), daemon=True)
@@ -144,12 +155,14 @@ def test_a_failing_model_is_isolated_in_a_grid(executor, small_competition, writ
     recipes.mkdir()
     shutil.copy(ROOT / "configs" / "recipes" / "digits_resnet.yaml", recipes)
     # a ViT built for 64-px inputs gets 32-px images: each of its folds fails in the forward pass
-    (recipes / "vit64.yaml").write_text("model: test_vit\nimage_size: 32\n"
-                                        "model_kwargs: {img_size: 64, patch_size: 4, dynamic_img_size: false}\n")
-    config = write_config(small_competition, {"train": {"batch_size": 8}, "executor": {"max_retries": 0},
-                                              "recipes_dir": str(recipes)})
+    (recipes / "vit64.yaml").write_text(
+        "model: test_vit\nimage_size: 32\nmodel_kwargs: {img_size: 64, patch_size: 4, dynamic_img_size: false}\n"
+    )
+    config = write_config(
+        small_competition, {"train": {"batch_size": 8}, "executor": {"max_retries": 0}, "recipes_dir": str(recipes)}
+    )
     from pipeline.config import load_config
-    from pipeline.executors import get_executor as make
+    from pipeline.core.executors import get_executor as make
     from pipeline.train.grid import run_train_grid
 
     loaded = load_config(config)

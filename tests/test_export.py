@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import build_small_competition, shrunk_demo_config
+
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.ensemble.fitted import file_sha256, fitted_dir
 from pipeline.export import compare_submissions, image_pattern
-from pipeline.fitted import file_sha256, fitted_dir
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,17 @@ def demo(digits_dir, tmp_path_factory):
     """A tiny demo run end to end once (2 tiny models x 2 folds, 1 epoch): it ends by exporting."""
     base = tmp_path_factory.mktemp("export_demo")
     data = build_small_competition(digits_dir, base / "data", n_train=60, n_test=20)
-    config = shrunk_demo_config(data, base / "out", {
-        "folds": {"n_splits": 2},
-        "ensemble": {"methods": ["mean", "caruana", "logreg_stacker"], "method_params": {"logreg_stacker": {"C": 0.1}}}})
+    config = shrunk_demo_config(
+        data,
+        base / "out",
+        {
+            "folds": {"n_splits": 2},
+            "ensemble": {
+                "methods": ["mean", "caruana", "logreg_stacker"],
+                "method_params": {"logreg_stacker": {"C": 0.1}},
+            },
+        },
+    )
     path = base / "comp.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["demo", "--config", str(path)]) == 0
@@ -38,15 +46,41 @@ def _predict_elsewhere(folder: Path, config, where: Path) -> pd.DataFrame:
     where.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     test_dir = config.data_dir / "test"
-    done = subprocess.run([sys.executable, str(folder / "predict.py"), "--images", str(test_dir),
-                           "--sample-submission", str(config.data_dir / "sample_submission.csv"),
-                           "--out", "submission.csv", "--device", "cpu", "--no-progress"],
-                          cwd=where, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(folder / "predict.py"),
+            "--images",
+            str(test_dir),
+            "--sample-submission",
+            str(config.data_dir / "sample_submission.csv"),
+            "--out",
+            "submission.csv",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        cwd=where,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "estimated time for the whole test set" in done.stderr
-    probe = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(next(folder.glob('*.whl')))!r}); "
-                            "import pipeline.export_predict as m; print(m.__file__)"],
-                           cwd=where, env=env, capture_output=True, text=True, timeout=120)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(next(folder.glob('*.whl')))!r}); "
+            "import pipeline.export.predict as m; print(m.__file__)",
+        ],
+        cwd=where,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ".whl" in probe.stdout  # the exported code ran, not the checkout's
     return pd.read_csv(where / "submission.csv", dtype={"id": str})
 
@@ -99,12 +133,15 @@ def _user_folder(config, out: Path):
     return lambda: None
 
 
-@pytest.mark.parametrize("spoil, args, message", [
-    (lambda config, out: (lambda: None), ["--method", "slsqp"], "stored no state for it"),
-    (lambda config, out: _spoil_checkpoint(config), [], "does not match its run"),
-    (lambda config, out: _hide_run(config), [], "is missing or unfinished"),
-    (lambda config, out: _user_folder(config, out), [], "is not an export made by the pipeline"),
-])
+@pytest.mark.parametrize(
+    "spoil, args, message",
+    [
+        (lambda config, out: lambda: None, ["--method", "slsqp"], "stored no state for it"),
+        (lambda config, out: _spoil_checkpoint(config), [], "does not match its run"),
+        (lambda config, out: _hide_run(config), [], "is missing or unfinished"),
+        (lambda config, out: _user_folder(config, out), [], "is not an export made by the pipeline"),
+    ],
+)
 def test_export_refuses_and_writes_nothing(demo, tmp_path, capsys, spoil, args, message):
     config = load_config(demo)
     out = tmp_path / "refused"
@@ -191,11 +228,14 @@ def test_exported_stacker_reproduces_a_probability_submission_to_1e_6(demo, tmp_
     assert "differs by up to" in compare_submissions(mean, got, "id")
 
 
-@pytest.mark.parametrize("pattern, expected", [
-    ("test/{id}.png", "{id}.png"),
-    ("images/test/{id}/0.jpg", "{id}/0.jpg"),
-    ("{id}.png", "{id}.png"),
-])
+@pytest.mark.parametrize(
+    "pattern, expected",
+    [
+        ("test/{id}.png", "{id}.png"),
+        ("images/test/{id}/0.jpg", "{id}/0.jpg"),
+        ("{id}.png", "{id}.png"),
+    ],
+)
 def test_image_pattern_under_the_test_folder(pattern, expected):
     assert image_pattern(pattern) == expected
 
@@ -214,7 +254,7 @@ def test_exported_models_predict_the_runs_stored_probabilities(demo):
     import numpy as np
 
     from pipeline.data import load_competition
-    from pipeline.export_predict import Progress, TestImages, cache_side_for, image_paths, predict_model, read_spec
+    from pipeline.export.predict import Progress, TestImages, cache_side_for, image_paths, predict_model, read_spec
     from pipeline.folds import read_folds
     from pipeline.store import load_runs
 
@@ -223,8 +263,12 @@ def test_exported_models_predict_the_runs_stored_probabilities(demo):
     spec = read_spec(folder)
     competition = load_competition(config, check_image_files=False)
     _, fingerprint = read_folds(config, competition)
-    runs = {r.name: r for r in load_runs(config.runs_dir, competition.train_ids, competition.test_ids,
-                                         competition.classes, fingerprint)[0]}
+    runs = {
+        r.name: r
+        for r in load_runs(
+            config.runs_dir, competition.train_ids, competition.test_ids, competition.classes, fingerprint
+        )[0]
+    }
     paths = image_paths(config.data_dir / "test", spec["image_pattern"], competition.test_ids)
     for model in spec["models"]:
         store = TestImages(paths, cache_side_for(paths, model["resize"]))
@@ -266,17 +310,32 @@ def test_a_stacker_with_metadata_columns_reads_them_from_the_test_table(demo, tm
     sample = pd.read_csv(data / "sample_submission.csv", dtype=str)
     solution = pd.read_csv(data / "solution.csv", dtype=str).set_index("id")
     pd.DataFrame({"id": sample["id"], "meta": solution.loc[sample["id"], "label"].astype(int).to_numpy() % 3}).to_csv(
-        data / "test.csv", index=False)
+        data / "test.csv", index=False
+    )
     assert main(["ensemble", "--config", str(path), "--force"]) == 0
     out = tmp_path / "meta_export"
     assert main(["export", "--config", str(path), "--method", "logreg_stacker", "--out", str(out), "--check"]) == 0
     assert "check: the exported predictor reproduces logreg_stacker_cv" in capsys.readouterr().out
     spec = json.loads((out / "export.json").read_text())
     assert spec["ensemble"]["extra_features"] == ["meta"] and spec["test_csv"] == "test.csv"
-    from pipeline.export_predict import main as predict_main
+    from pipeline.export.predict import main as predict_main
 
-    assert predict_main(["--images", str(data / "test"), "--sample-submission", str(data / "sample_submission.csv"),
-                         "--out", str(tmp_path / "s.csv"), "--export", str(out), "--no-progress"]) == 2
+    assert (
+        predict_main(
+            [
+                "--images",
+                str(data / "test"),
+                "--sample-submission",
+                str(data / "sample_submission.csv"),
+                "--out",
+                str(tmp_path / "s.csv"),
+                "--export",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "--test-csv" in capsys.readouterr().err
 
 
@@ -288,7 +347,23 @@ def test_the_wheel_is_deterministic_and_installs_offline(tmp_path):
     first, second = build_wheel(tmp_path / "a"), build_wheel(tmp_path / "b")
     assert first.read_bytes() == second.read_bytes()
     # pip resolves it with no index: every declared requirement is one prediction imports, and is installed here
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--dry-run", "--quiet", str(first)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-index", "--dry-run", "--quiet", str(first)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-1500:]
     assert "torch" in PREDICT_REQUIRES and "optuna" not in PREDICT_REQUIRES
+
+
+def test_the_wheel_holds_the_package_and_no_benchmark(tmp_path):
+    import zipfile
+
+    from pipeline.export import build_wheel
+
+    names = zipfile.ZipFile(build_wheel(tmp_path)).namelist()
+    modules = [n for n in names if n.endswith(".py")]
+    assert "pipeline/blend/__init__.py" in modules and "pipeline/export/predict.py" in modules
+    assert [n for n in modules if not n.startswith("pipeline/")] == []
+    assert [n for n in names if "bench" in n.rsplit("/", 1)[-1] or n.startswith("benchmarks/")] == []

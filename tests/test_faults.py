@@ -54,7 +54,9 @@ def _train(config: Path, fault: str, kill_after_start: float | None = None) -> t
     return code, "".join(lines)
 
 
-def test_sigkill_at_many_points_then_resume_matches_an_uninterrupted_run(small_competition, write_config, tmp_path, capsys):
+def test_sigkill_at_many_points_then_resume_matches_an_uninterrupted_run(
+    small_competition, write_config, tmp_path, capsys
+):
     changes = {"train": {"epochs": 3, "batch_size": 8}}
     straight = write_config(small_competition, {**changes, "output_dir": str(tmp_path / "straight")}, name="a.yaml")
     faulty = write_config(small_competition, {**changes, "output_dir": str(tmp_path / "faulty")}, name="b.yaml")
@@ -65,12 +67,14 @@ def test_sigkill_at_many_points_then_resume_matches_an_uninterrupted_run(small_c
 
     log = []
     # 3 folds x 3 epochs x 5 steps; each run resumes from what the kill before it left
-    for fault in ("step:3",                         # mid-epoch, before any state exists
-                  "after-state:2",                  # between epochs: fold 0 has states after epochs 1 and 2
-                  "damage last.pt",                 # a damaged state on disk: detected, the one before it is used
-                  "mid-write:last.pt:1",            # the training state half written, the previous one renamed aside
-                  "mid-write:best.safetensors:2",   # the best checkpoint half written
-                  "step:12"):                       # mid-epoch again, in a later fold
+    for fault in (
+        "step:3",  # mid-epoch, before any state exists
+        "after-state:2",  # between epochs: fold 0 has states after epochs 1 and 2
+        "damage last.pt",  # a damaged state on disk: detected, the one before it is used
+        "mid-write:last.pt:1",  # the training state half written, the previous one renamed aside
+        "mid-write:best.safetensors:2",  # the best checkpoint half written
+        "step:12",
+    ):  # mid-epoch again, in a later fold
         if fault == "damage last.pt":
             state = run_dir / "fold0" / "last.pt"
             assert (run_dir / "fold0" / "last.prev.pt").is_file()
@@ -115,13 +119,15 @@ def test_sigkill_at_many_points_then_resume_matches_an_uninterrupted_run(small_c
 def _run(fault: str, *args: str) -> tuple[int, str]:
     """``python -m pipeline <args>`` in a child process with a fault installed."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, str(RUNNER), fault, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(RUNNER), fault, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     return done.returncode, done.stdout + done.stderr
 
 
-def test_a_training_state_that_cannot_be_loaded_is_reported_and_the_fold_restarts(small_competition, write_config,
-                                                                                   tmp_path, capsys):
+def test_a_training_state_that_cannot_be_loaded_is_reported_and_the_fold_restarts(
+    small_competition, write_config, tmp_path, capsys
+):
     config = write_config(small_competition, {"train": {"epochs": 2, "batch_size": 8}})
     code, out = _run("after-state:1", "train", "--config", str(config), "--model", "digits_resnet")
     assert code == -9, out
@@ -129,16 +135,20 @@ def test_a_training_state_that_cannot_be_loaded_is_reported_and_the_fold_restart
     (fold_dir / "last.pt").write_bytes(b"not a checkpoint")
     assert main(["train", "--config", str(config), "--model", "digits_resnet", "--folds", "0"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"training state .*fold0/last\.pt cannot be loaded safely \(\w+Error: .*\); kept as "
-                     r"last\.pt\.damaged", out), out
+    assert re.search(
+        r"training state .*fold0/last\.pt cannot be loaded safely \(\w+Error: .*\); kept as "
+        r"last\.pt\.damaged",
+        out,
+    ), out
     assert "no usable training state" in out and "restarts from epoch 1" in out
     assert (fold_dir / "last.pt.damaged").read_bytes() == b"not a checkpoint"
     log = (fold_dir / "train.log").read_text()
     assert "cannot be loaded safely" in log and "restarts from epoch 1" in log and "epoch 2/2" in log
 
 
-@pytest.mark.parametrize("fault", ["after-write:submission.csv:1", "mid-write:leaderboard.csv:1",
-                                   "after-write:.written.json:2"])
+@pytest.mark.parametrize(
+    "fault", ["after-write:submission.csv:1", "mid-write:leaderboard.csv:1", "after-write:.written.json:2"]
+)
 def test_an_ensemble_killed_while_writing_reruns_cleanly(small_config, tmp_path, capsys, fault):
     assert main(["train", "--config", str(small_config), "--model", "digits_resnet"]) == 0
     code, out = _run(fault, "ensemble", "--config", str(small_config))

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from test_blend import TASKS, fast, make_data, task_metric
 
 from pipeline.blend import BLEND_METHODS, BlendMethod, applicable, make_blend
-from pipeline.decision import Cutpoints, Thresholds, decision_from_params
-from test_blend import TASKS, fast, make_data, task_metric
+from pipeline.task.decision import Cutpoints, Thresholds, decision_from_params
 
 CASES = [(name, task) for name in BLEND_METHODS for task in TASKS if applicable(name, task)]
 
@@ -51,7 +51,11 @@ def test_unfitted_and_foreign_states_are_refused():
     (Cutpoints(n_grades=5), np.random.default_rng(0).normal(2.0, 1.5, (80, 1))),
 ])
 def test_decisions_round_trip_through_their_params(rule, pred):
-    y = (pred > 0.4).astype(int) if isinstance(rule, Thresholds) else np.clip(np.rint(pred[:, 0] + 0.3), 0, 4).astype(int)
+    y = (
+        (pred > 0.4).astype(int)
+        if isinstance(rule, Thresholds)
+        else np.clip(np.rint(pred[:, 0] + 0.3), 0, 4).astype(int)
+    )
     metric = "f1_micro" if isinstance(rule, Thresholds) else "qwk"
     rule.fit(y, pred, metric)
     loaded = decision_from_params(json.loads(json.dumps(rule.params)))
@@ -60,12 +64,13 @@ def test_decisions_round_trip_through_their_params(rule, pred):
 
 # -- the ensemble keeps its fitted blends, and they recompute its files ----------------------
 
+
 def test_stored_blends_reproduce_every_submission_file(small_config, tmp_path, capsys):
     from test_ensemble import _fold_files, _import, _synthetic
 
     from pipeline.cli import main
     from pipeline.config import load_config
-    from pipeline.fitted import fitted_dir, load_fitted, reproduce_submission
+    from pipeline.ensemble.fitted import fitted_dir, load_fitted, reproduce_submission
 
     assert main(["folds", "--config", str(small_config)]) == 0
     config = load_config(small_config)
@@ -80,21 +85,29 @@ def test_stored_blends_reproduce_every_submission_file(small_config, tmp_path, c
         if name != "imported":
             _fold_files(config, name, folds)
     methods = "ensemble.methods=[mean, geometric_mean, caruana, logreg_stacker, lgbm_stacker]"
-    params = "ensemble.method_params={lgbm_stacker: {n_estimators: 10, min_child_samples: 3, n_jobs: 1}, logreg_stacker: {C: 0.1}}"
+    params = ("ensemble.method_params={lgbm_stacker: {n_estimators: 10, min_child_samples: 3, n_jobs: 1}, "
+              "logreg_stacker: {C: 0.1}}")
     assert main(["ensemble", "--config", str(small_config), methods, params]) == 0
     index = json.loads((fitted_dir(config) / "index.json").read_text())
-    assert set(index["candidates"]) >= {"mean", "geometric_mean", "caruana", "logreg_stacker", "lgbm_stacker", "single-a"}
+    assert set(index["candidates"]) >= {
+        "mean",
+        "geometric_mean",
+        "caruana",
+        "logreg_stacker",
+        "lgbm_stacker",
+        "single-a",
+    }
     for text in (fitted_dir(config)).glob("*.json"):
         assert "pickle" not in text.read_text()
     checked = 0
     for name in ["submission", *index["candidates"]]:
         record = load_fitted(config, name)
-        if name != "submission" and record["submission_file"] is None:
+        if name != "submission" and record.submission_file is None:
             continue  # a single model that was not the best: no file of its own
         frame, path = reproduce_submission(config, name)
         # the same text, byte for byte: the same numbers through the same writer
         assert frame.to_csv(index=False) == path.read_text(), name
         checked += 1
     assert checked >= 6
-    assert load_fitted(config, "lgbm_stacker")["apply"] == "per_fold"
-    assert load_fitted(config, "geometric_mean")["blend"]["method"] == "geometric_mean"
+    assert load_fitted(config, "lgbm_stacker").apply == "per_fold"
+    assert load_fitted(config, "geometric_mean").blend.method == "geometric_mean"

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.folds import FoldsError, fingerprint, iter_splits, make_folds, read_folds, run_folds
-from pipeline.data import load_competition
 from pipeline.config import load_config
+from pipeline.core.splits import iter_splits
+from pipeline.data import load_competition
+from pipeline.folds import FoldsError, fingerprint, make_folds, read_folds, run_folds
 
 rng = np.random.default_rng(1)
 Y = rng.choice(4, size=400, p=[0.5, 0.25, 0.15, 0.1])

@@ -4,18 +4,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline import metrics as metrics_module
-from pipeline.metrics import (
-    BUILTIN_METRICS,
-    METRICS,
-    TASKS,
-    Metric,
-    UserMetricError,
-    check_metric_task,
-    get_metric,
-    load_user_metric,
-    metrics_for,
-)
+from pipeline.task import metrics as metrics_module
+from pipeline.task.metrics import (BUILTIN_METRICS, METRICS, TASKS, Metric, UserMetricError, check_metric_task,
+                                   get_metric, load_user_metric, metrics_for)
 
 rng = np.random.default_rng(0)
 N, C, L, K = 300, 5, 4, 5
@@ -185,13 +176,26 @@ def test_metrics_for():
         metrics_for("image")
 
 
-@pytest.mark.parametrize("metric,task,error,match", [
-    ("rmse", "multiclass", ValueError,
-     r"metric 'rmse' does not apply to task 'multiclass'; metrics for multiclass: accuracy, f1_macro, f1_micro, log_loss, qwk, roc_auc"),
-    ("f1", "multilabel", ValueError, r"metric 'f1' does not apply to task 'multilabel'; metrics for multilabel: .*f1_micro"),
-    ("qwk", "regress", ValueError, r"unknown task 'regress'"),
-    ("kappa", "ordinal", KeyError, r"unknown metric 'kappa'"),
-])
+@pytest.mark.parametrize(
+    "metric,task,error,match",
+    [
+        (
+            "rmse",
+            "multiclass",
+            ValueError,
+            r"metric 'rmse' does not apply to task 'multiclass'; metrics for multiclass: accuracy, f1_macro, "
+            r"f1_micro, log_loss, qwk, roc_auc",
+        ),
+        (
+            "f1",
+            "multilabel",
+            ValueError,
+            r"metric 'f1' does not apply to task 'multilabel'; metrics for multilabel: .*f1_micro",
+        ),
+        ("qwk", "regress", ValueError, r"unknown task 'regress'"),
+        ("kappa", "ordinal", KeyError, r"unknown metric 'kappa'"),
+    ],
+)
 def test_check_metric_task_errors(metric, task, error, match):
     with pytest.raises(error, match=match):
         check_metric_task(metric, task)
@@ -201,11 +205,14 @@ def test_check_metric_task_returns_the_metric():
     assert check_metric_task("qwk", "ordinal") is get_metric("qwk")
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"needs": "prob"}, r"needs='prob' is not one of 'proba', 'label', 'value'"),
-    ({"tasks": ()}, r"tasks is empty"),
-    ({"tasks": ("binary", "regresion")}, r"unknown task\(s\) 'regresion'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"needs": "prob"}, r"needs='prob' is not one of 'proba', 'label', 'value'"),
+        ({"tasks": ()}, r"tasks is empty"),
+        ({"tasks": ("binary", "regresion")}, r"unknown task\(s\) 'regresion'"),
+    ],
+)
 def test_metric_checks_its_fields(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Metric("m", lambda y, p: 0.0, True, **{"needs": "proba", "tasks": ("binary",), **kwargs})
@@ -236,26 +243,44 @@ def metric_dir(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("overrides,match", [
-    ({"function": "my_metrics.py"}, r"function='my_metrics.py' does not name a function; write it as"),
-    ({"function": "my_metrics.py:"}, r"does not name a function"),
-    ({"function": "missing.py:brier"}, r"metric file '.*missing.py' \(from function='missing.py:brier'\) does not exist"),
-    ({"function": "sub/missing.py:brier"}, r"missing.py' .* does not exist"),
-    ({"function": "no_such_pkg_xyz.scores:brier"}, r"cannot import module 'no_such_pkg_xyz.scores'.*ModuleNotFoundError"),
-    ({"function": "broken.py:oops"}, r"importing metric file '.*broken.py' failed with SyntaxError"),
-    ({"function": "raises.py:f"}, r"failed with ModuleNotFoundError: No module named 'no_such_package_for_metrics'"),
-    ({"function": "my_metrics.py:nope"}, r"'my_metrics.py' has no attribute 'nope'.*callables there: brier, other"),
-    ({"function": "my_metrics.py:THRESHOLD"}, r"'my_metrics.py:THRESHOLD' is a float, not a function"),
-    ({"needs": "labels"}, r"metric 'mine': needs='labels' is not one of"),
-    ({"tasks": ("binary", "multi")}, r"metric 'mine': unknown task\(s\) 'multi'"),
-    ({"tasks": []}, r"metric 'mine': tasks is empty"),
-    ({"greater_is_better": "yes"}, r"greater_is_better='yes' for metric 'mine' must be true or false"),
-    ({"name": "accuracy"}, r"metric name 'accuracy' is a built-in metric; give your metric another name"),
-    ({"name": ""}, r"metric name '' must be a non-empty string"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"function": "my_metrics.py"}, r"function='my_metrics.py' does not name a function; write it as"),
+        ({"function": "my_metrics.py:"}, r"does not name a function"),
+        (
+            {"function": "missing.py:brier"},
+            r"metric file '.*missing.py' \(from function='missing.py:brier'\) does not exist",
+        ),
+        ({"function": "sub/missing.py:brier"}, r"missing.py' .* does not exist"),
+        (
+            {"function": "no_such_pkg_xyz.scores:brier"},
+            r"cannot import module 'no_such_pkg_xyz.scores'.*ModuleNotFoundError",
+        ),
+        ({"function": "broken.py:oops"}, r"importing metric file '.*broken.py' failed with SyntaxError"),
+        (
+            {"function": "raises.py:f"},
+            r"failed with ModuleNotFoundError: No module named 'no_such_package_for_metrics'",
+        ),
+        ({"function": "my_metrics.py:nope"}, r"'my_metrics.py' has no attribute 'nope'.*callables there: brier, other"),
+        ({"function": "my_metrics.py:THRESHOLD"}, r"'my_metrics.py:THRESHOLD' is a float, not a function"),
+        ({"needs": "labels"}, r"metric 'mine': needs='labels' is not one of"),
+        ({"tasks": ("binary", "multi")}, r"metric 'mine': unknown task\(s\) 'multi'"),
+        ({"tasks": []}, r"metric 'mine': tasks is empty"),
+        ({"greater_is_better": "yes"}, r"greater_is_better='yes' for metric 'mine' must be true or false"),
+        ({"name": "accuracy"}, r"metric name 'accuracy' is a built-in metric; give your metric another name"),
+        ({"name": ""}, r"metric name '' must be a non-empty string"),
+    ],
+)
 def test_load_user_metric_errors(registry, metric_dir, overrides, match):
-    kwargs = {"name": "mine", "function": "my_metrics.py:brier", "greater_is_better": False, "needs": "proba",
-              "tasks": ("binary",), "base_dir": metric_dir}
+    kwargs = {
+        "name": "mine",
+        "function": "my_metrics.py:brier",
+        "greater_is_better": False,
+        "needs": "proba",
+        "tasks": ("binary",),
+        "base_dir": metric_dir,
+    }
     with pytest.raises(UserMetricError, match=match):
         load_user_metric(**{**kwargs, **overrides})
     assert "mine" not in METRICS
@@ -296,6 +321,6 @@ def test_user_metrics_do_not_count_as_builtin(registry, metric_dir):
 
 def test_builtin_name_with_its_own_function_is_accepted(registry):
     accuracy = get_metric("accuracy")
-    assert load_user_metric("accuracy", "pipeline.metrics:_accuracy", True, "label", accuracy.tasks) is accuracy
+    assert load_user_metric("accuracy", "pipeline.task.scores:accuracy", True, "label", accuracy.tasks) is accuracy
     with pytest.raises(UserMetricError, match="is a built-in metric"):
-        load_user_metric("accuracy", "pipeline.metrics:_f1_micro", True, "label", accuracy.tasks)
+        load_user_metric("accuracy", "pipeline.task.scores:f1_micro", True, "label", accuracy.tasks)

@@ -7,7 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pipeline.models import MODEL_ALIASES, ModelError, create_model, data_config, resolve_model_name
+from pipeline.vision.models import MODEL_ALIASES, ModelError, create_model, data_config, resolve_model_name
 
 
 @pytest.mark.parametrize("alias", sorted(MODEL_ALIASES))
@@ -22,7 +22,9 @@ def test_required_aliases_exist():
     assert resolve_model_name("resnext50") == "resnext50_32x4d"
 
 
-@pytest.mark.parametrize("name, suggestion", [("resnet5O", "resnet50"), ("efficientnet-b0", "efficientnet_b0"), ("resnxt50", "resnext50")])
+@pytest.mark.parametrize(
+    "name, suggestion", [("resnet5O", "resnet50"), ("efficientnet-b0", "efficientnet_b0"), ("resnxt50", "resnext50")]
+)
 def test_unknown_model_suggests_close_names(name, suggestion):
     with pytest.raises(ModelError, match=f"unknown model '{name}'.*{suggestion}"):
         resolve_model_name(name)
@@ -154,7 +156,9 @@ def test_a_file_missing_or_adding_tensors_is_named_not_silently_random(tmp_path,
         create_model("test_resnet", num_classes=10, pretrained=str(path))
 
 
-@pytest.mark.parametrize("pretrained, message", [("missing.safetensors", "does not exist"), ("weights.npz", "must be .safetensors")])
+@pytest.mark.parametrize(
+    "pretrained, message", [("missing.safetensors", "does not exist"), ("weights.npz", "must be .safetensors")]
+)
 def test_bad_weights_paths(tmp_path, pretrained, message):
     if pretrained.endswith(".npz"):
         (tmp_path / pretrained).write_bytes(b"x")
@@ -162,12 +166,15 @@ def test_bad_weights_paths(tmp_path, pretrained, message):
         create_model("test_resnet", num_classes=10, pretrained=str(tmp_path / pretrained))
 
 
-@pytest.mark.parametrize("name, kwargs, plain, small", [
-    ("test_resnet", {}, 1, 4),                                   # stride-1 stem, no max-pool: 4x less reduction
-    ("resnet18", {"channels": (8, 8, 8, 8)}, 1, 4),
-    ("resnet18", {"channels": (8, 8, 8, 8), "stem_type": "deep", "replace_stem_pool": True}, 1, 4),
-    ("test_efficientnet", {}, 1, 2),                             # stride-1 stem convolution
-])
+@pytest.mark.parametrize(
+    "name, kwargs, plain, small",
+    [
+        ("test_resnet", {}, 1, 4),  # stride-1 stem, no max-pool: 4x less reduction
+        ("resnet18", {"channels": (8, 8, 8, 8)}, 1, 4),
+        ("resnet18", {"channels": (8, 8, 8, 8), "stem_type": "deep", "replace_stem_pool": True}, 1, 4),
+        ("test_efficientnet", {}, 1, 2),  # stride-1 stem convolution
+    ],
+)
 def test_small_input_keeps_resolution(name, kwargs, plain, small):
     x = torch.randn(2, 3, 32, 32)
     sides = []
@@ -188,11 +195,17 @@ def test_small_input_keeps_weight_shapes(tmp_path):
     assert torch.equal(model.state_dict()["conv1.0.weight"], donor.state_dict()["conv1.0.weight"])
 
 
-@pytest.mark.parametrize("name, message", [
-    ("test_vit", r"not available for 'test_vit' \(VisionTransformer\): .*patch_size: 4"),
-    ("test_convnext", r"\(ConvNeXt\): its stem is a 4x4 patchify convolution"),
-    ("test_byobnet", r"\(ByobNet\): no adapter for its stem; architectures with one: EfficientNet, MobileNetV3, RegNet, ResNet"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("test_vit", r"not available for 'test_vit' \(VisionTransformer\): .*patch_size: 4"),
+        ("test_convnext", r"\(ConvNeXt\): its stem is a 4x4 patchify convolution"),
+        (
+            "test_byobnet",
+            r"\(ByobNet\): no adapter for its stem; architectures with one: EfficientNet, MobileNetV3, RegNet, ResNet",
+        ),
+    ],
+)
 def test_small_input_is_refused_with_the_reason(name, message):
     with pytest.raises(ModelError, match=message):
         create_model(name, 3, small_input=True)

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.metrics import get_metric
+from pipeline.task.metrics import get_metric
 
 
 def _read_meta(config, run):
@@ -63,7 +63,9 @@ def test_folds_train_predict_ensemble(small_config, capsys):
 
     # predict re-reads the checkpoints and gives the same predictions with the same views
     assert main(["predict", "--config", str(small_config), "--model", "digits_resnet"]) == 0
-    np.testing.assert_allclose(pd.read_parquet(run_dir / "oof.parquet")[[str(k) for k in range(10)]].to_numpy(), probs, atol=1e-6)
+    np.testing.assert_allclose(
+        pd.read_parquet(run_dir / "oof.parquet")[[str(k) for k in range(10)]].to_numpy(), probs, atol=1e-6
+    )
 
     assert main(["train", "--config", str(small_config), "--model", "digits_effnet"]) == 0
     capsys.readouterr()
@@ -83,7 +85,9 @@ def test_folds_train_predict_ensemble(small_config, capsys):
     assert submission["id"].tolist() == sample["id"].tolist()
     assert set(submission["label"]) <= {str(k) for k in range(10)}
     board = pd.read_csv(subs / "leaderboard.csv")
-    assert {"single-digits_resnet", "single-digits_effnet", "mean", "optuna", "caruana"} <= {s.rstrip(" *") for s in board["submission"]}
+    assert {"single-digits_resnet", "single-digits_effnet", "mean", "optuna", "caruana"} <= {
+        s.rstrip(" *") for s in board["submission"]
+    }
     assert board["private LB"].between(0, 1).all()
 
 
@@ -105,7 +109,22 @@ def test_changed_settings_need_force(small_config, capsys):
     capsys.readouterr()
     assert main(["train", "--config", str(small_config), "--model", "digits_effnet", "train.lr=0.01"]) == 2
     assert "exists with other settings" in capsys.readouterr().err
-    assert main(["train", "--config", str(small_config), "--model", "digits_effnet", "--folds", "1", "--force", "train.lr=0.01"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(small_config),
+                "--model",
+                "digits_effnet",
+                "--folds",
+                "1",
+                "--force",
+                "train.lr=0.01",
+            ]
+        )
+        == 0
+    )
     assert _read_meta(config, "digits_effnet")["folds_done"] == [1]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-
 from conftest import assert_same_fold_files, interrupted_after_state
+
 from pipeline.cli import main
 from pipeline.config import ConfigError, TrainConfig, load_config, resolve_train_config
 from pipeline.train.heads import make_head
@@ -101,8 +101,12 @@ RECIPES = {"epochs": 2, "batch_size": 8, "ema": True, "ema_decay": 0.9, "mixup_a
 
 
 def test_resume_is_exact_with_ema_mixup_accumulation_and_randaugment(small_competition, write_config, tmp_path, capsys):
-    straight = write_config(small_competition, {"train": RECIPES, "output_dir": str(tmp_path / "straight")}, name="a.yaml")
-    resumed = write_config(small_competition, {"train": RECIPES, "output_dir": str(tmp_path / "resumed")}, name="b.yaml")
+    straight = write_config(
+        small_competition, {"train": RECIPES, "output_dir": str(tmp_path / "straight")}, name="a.yaml"
+    )
+    resumed = write_config(
+        small_competition, {"train": RECIPES, "output_dir": str(tmp_path / "resumed")}, name="b.yaml"
+    )
     command = ["train", "--model", "digits_resnet", "--folds", "0"]
     assert main([*command, "--config", str(straight)]) == 0
 
@@ -125,9 +129,18 @@ def test_new_recipe_keys_keep_old_run_hashes(loaded_small_config):
 
     cfg = resolve_train_config(loaded_small_config, "digits_resnet")[1]
     base = run_hash(cfg, loaded_small_config, "f")
-    explicit_defaults = {"ema": False, "ema_decay": 0.999, "ema_warmup": True, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
-                         "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "mixup_mode": "batch", "mixup_off_epochs": 0,
-                         "grad_accum_steps": 1}
+    explicit_defaults = {
+        "ema": False,
+        "ema_decay": 0.999,
+        "ema_warmup": True,
+        "mixup_alpha": 0.0,
+        "cutmix_alpha": 0.0,
+        "mixup_prob": 1.0,
+        "mixup_switch_prob": 0.5,
+        "mixup_mode": "batch",
+        "mixup_off_epochs": 0,
+        "grad_accum_steps": 1,
+    }
     assert run_hash(cfg.model_copy(update=explicit_defaults), loaded_small_config, "f") == base
     for key, value in {"ema": True, "mixup_alpha": 0.2, "grad_accum_steps": 2}.items():
         assert run_hash(cfg.model_copy(update={key: value}), loaded_small_config, "f") != base

@@ -23,8 +23,8 @@ def test_seeds_2_trains_two_runs_and_scores_their_mean_oof(small_config, tmp_pat
     from pipeline.cli import main
     from pipeline.config import load_config
     from pipeline.data import load_competition
-    from pipeline.metrics import get_metric
-    from pipeline.store import frame_probs, read_meta, RunLayout
+    from pipeline.store import RunLayout, frame_probs, read_meta
+    from pipeline.task.metrics import get_metric
 
     assert main(["train", "--config", str(small_config), "--model", "digits_resnet", "--seeds", "2"]) == 0
     printed = capsys.readouterr().out

@@ -1,4 +1,6 @@
-"""The speed settings: loader auto-settings, AMP dtype, the largest-batch finder, TTA under memory pressure, torch.compile."""
+"""The speed settings: loader auto-settings, AMP dtype, the largest-batch finder, TTA under memory pressure,
+torch.compile.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +12,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from pipeline.train import TrainingError
 from pipeline.cli import main
-from pipeline.config import ConfigError, TrainConfig
-from pipeline.store import settings_dump
+from pipeline.config import ConfigError, TrainConfig, settings_dump
+from pipeline.train import TrainingError
 from pipeline.train.batch_size import find_batch_size, step_fits
 from pipeline.train.predict import predict_views
 from pipeline.train.runtime import Runtime, amp_dtype_for, loader_settings
-from pipeline.transforms import parse_view
+from pipeline.vision.views import parse_view
 
 CPU = Runtime(torch.device("cpu"), None, False, 0, False)
 
@@ -26,17 +27,35 @@ def test_loader_settings_follow_the_machine_and_yield_to_the_config():
     auto = TrainConfig()
     # CPU: decoded images are transformed in-process; files still to decode get workers
     assert loader_settings(auto, use_cuda=False, images_in_memory=True, cpus=2) == {
-        "num_workers": 0, "pin_memory": False, "persistent_workers": False, "prefetch_factor": None}
+        "num_workers": 0,
+        "pin_memory": False,
+        "persistent_workers": False,
+        "prefetch_factor": None,
+    }
     assert loader_settings(auto, use_cuda=False, images_in_memory=False, cpus=2)["num_workers"] == 2
     # GPU: every spare core of this process's share, pinned memory, workers kept between epochs
     assert loader_settings(auto, use_cuda=True, images_in_memory=True, cpus=16) == {
-        "num_workers": 8, "pin_memory": True, "persistent_workers": True, "prefetch_factor": 4}
-    assert loader_settings(auto, use_cuda=True, images_in_memory=True, cpus=16, processes_per_machine=4)["num_workers"] == 3
+        "num_workers": 8,
+        "pin_memory": True,
+        "persistent_workers": True,
+        "prefetch_factor": 4,
+    }
+    assert (
+        loader_settings(auto, use_cuda=True, images_in_memory=True, cpus=16, processes_per_machine=4)["num_workers"]
+        == 3
+    )
     assert loader_settings(auto, use_cuda=True, images_in_memory=True, cpus=1)["num_workers"] == 1
     chosen = TrainConfig(num_workers=3, pin_memory=False, persistent_workers=False, prefetch_factor=7)
     assert loader_settings(chosen, use_cuda=True, images_in_memory=True, cpus=16) == {
-        "num_workers": 3, "pin_memory": False, "persistent_workers": False, "prefetch_factor": 7}
-    assert loader_settings(TrainConfig(num_workers=0, persistent_workers=True), True, True, cpus=16)["persistent_workers"] is False
+        "num_workers": 3,
+        "pin_memory": False,
+        "persistent_workers": False,
+        "prefetch_factor": 7,
+    }
+    assert (
+        loader_settings(TrainConfig(num_workers=0, persistent_workers=True), True, True, cpus=16)["persistent_workers"]
+        is False
+    )
 
 
 def test_amp_dtype_bf16_by_default_fp16_on_request():
@@ -51,8 +70,16 @@ def test_amp_dtype_bf16_by_default_fp16_on_request():
 
 def test_speed_settings_do_not_change_a_runs_hash():
     base = settings_dump(TrainConfig(model="m"))
-    for fast in (dict(compile=True), dict(cache="off"), dict(cache_margin=1.3), dict(num_workers=4), dict(pin_memory=False),
-                 dict(prefetch_factor=8), dict(persistent_workers=False), dict(ddp_backend="gloo")):
+    for fast in (
+        dict(compile=True),
+        dict(cache="off"),
+        dict(cache_margin=1.3),
+        dict(num_workers=4),
+        dict(pin_memory=False),
+        dict(prefetch_factor=8),
+        dict(persistent_workers=False),
+        dict(ddp_backend="gloo"),
+    ):
         assert settings_dump(TrainConfig(model="m", **fast)) == base, fast
     # keys added with this feature are left out at their defaults, so older runs keep their hash
     assert "amp_dtype" not in base and "sync_bn" not in base
@@ -94,8 +121,13 @@ class _MemoryWall(torch.nn.Module):
     def __init__(self, wall: int):
         super().__init__()
         self.wall = wall
-        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1),
-                                       torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4, 3),
+        )
 
     def forward(self, x):
         if x.shape[0] > self.wall:
@@ -154,13 +186,29 @@ def test_tta_on_the_cpu_keeps_each_pass_within_the_cache_friendly_size():
 
 
 def test_auto_batch_size_on_the_cpu_trains_and_is_recorded(small_config, capsys):
-    assert main(["train", "--config", str(small_config), "--model", "digits_effnet", "--folds", "0", "train.batch_size=auto"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(small_config),
+                "--model",
+                "digits_effnet",
+                "--folds",
+                "0",
+                "train.batch_size=auto",
+            ]
+        )
+        == 0
+    )
     assert "batch_size auto: 40 (the CPU default)" in capsys.readouterr().out  # 64, capped by the 40 training rows
     meta = json.loads((small_config.parent / "out" / "runs" / "digits" / "digits_effnet" / "meta.json").read_text())
     assert meta["batch_size_found"] == 40 and meta["config"]["batch_size"] == "auto"
 
 
-def test_compiled_training_learns_exactly_what_eager_training_learns(small_competition, write_config, tmp_path, monkeypatch):
+def test_compiled_training_learns_exactly_what_eager_training_learns(
+    small_competition, write_config, tmp_path, monkeypatch
+):
     calls = []
     real_compile = torch.compile
 
@@ -170,8 +218,9 @@ def test_compiled_training_learns_exactly_what_eager_training_learns(small_compe
         return real_compile(model, backend="eager")
 
     plain = write_config(small_competition, {"output_dir": str(tmp_path / "plain")}, name="plain.yaml")
-    compiled = write_config(small_competition, {"output_dir": str(tmp_path / "compiled"), "train": {"compile": True}},
-                            name="compiled.yaml")
+    compiled = write_config(
+        small_competition, {"output_dir": str(tmp_path / "compiled"), "train": {"compile": True}}, name="compiled.yaml"
+    )
     command = ["train", "--model", "digits_resnet", "--folds", "0"]
     assert main([*command, "--config", str(plain)]) == 0
     monkeypatch.setattr(torch, "compile", eager_compile)
@@ -181,5 +230,8 @@ def test_compiled_training_learns_exactly_what_eager_training_learns(small_compe
     with safe_open(str(tmp_path.joinpath("compiled", *fold, "best.safetensors")), framework="pt") as handle:
         assert not [k for k in handle.keys() if k.startswith("_orig_mod")]  # checkpoints load without the compiler
     for name in ("valid.parquet", "test.parquet"):
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path.joinpath("plain", *fold, name)),
-                                      pd.read_parquet(tmp_path.joinpath("compiled", *fold, name)), check_exact=True)
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path.joinpath("plain", *fold, name)),
+            pd.read_parquet(tmp_path.joinpath("compiled", *fold, name)),
+            check_exact=True,
+        )

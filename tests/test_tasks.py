@@ -14,10 +14,10 @@ from sklearn import metrics as skm
 
 from pipeline.cli import main
 from pipeline.config import CompetitionConfig, ConfigError, load_config
-from pipeline.demo_data import DEMO_TARGETS
+from pipeline.data.demo import DEMO_TARGETS
 from pipeline.folds import FoldsError, make_folds
-from pipeline.metrics import get_metric
-from pipeline.tasks import TASKS, Targets, TaskError, get_task, resolve_loss, submission_frame
+from pipeline.task.metrics import get_metric
+from pipeline.task.tasks import TASKS, Targets, TaskError, get_task, resolve_loss, submission_frame
 from pipeline.train.heads import make_head
 
 
@@ -127,8 +127,14 @@ def test_head_trains_and_maps_logits_to_stored_predictions(task, loss):
     n, columns = 8, {"multiclass": 4, "binary": 1, "multilabel": 3, "regression": 1, "ordinal": 1}[task]
     y = {"multiclass": rng.integers(0, 4, n), "binary": rng.integers(0, 2, n), "multilabel": rng.integers(0, 2, (n, 3)),
          "regression": rng.normal(50, 10, n), "ordinal": rng.integers(0, 5, n)}[task]
-    targets = Targets(y, [str(k) for k in range(columns)], [], value_range=(0.0, 100.0) if task == "regression" else (0.0, 4.0),
-                      value_mean=float(np.mean(y)), value_std=float(np.std(y)) or 1.0)
+    targets = Targets(
+        y,
+        [str(k) for k in range(columns)],
+        [],
+        value_range=(0.0, 100.0) if task == "regression" else (0.0, 4.0),
+        value_mean=float(np.mean(y)),
+        value_std=float(np.std(y)) or 1.0,
+    )
     head = make_head(task, loss, targets, label_smoothing=0.1 if task != "regression" else 0.0)
     logits = torch.randn(n, head.n_outputs(columns), requires_grad=True)
     value = head(logits, torch.as_tensor(y))
@@ -149,6 +155,7 @@ def test_head_trains_and_maps_logits_to_stored_predictions(task, loss):
 
 # -- submissions --------------------------------------------------------------------------
 
+
 def _sample(columns):
     return pd.DataFrame({"id": ["a", "b", "c"], **{c: 0 for c in columns}})
 
@@ -168,22 +175,29 @@ def test_submission_formats_follow_the_sample():
     decided = (probs >= [0.5, 0.25, 0.5]) * 1.0
     out = submission_frame(_sample(["tags"]), "id", "tags", "multilabel", multi, probs, decided, needs="label")
     assert out["tags"].tolist() == ["clear water", "haze", "clear haze"]
-    out = submission_frame(_sample(["water", "clear", "haze"]), "id", "tags", "multilabel", multi, probs, decided, needs="label")
+    out = submission_frame(
+        _sample(["water", "clear", "haze"]), "id", "tags", "multilabel", multi, probs, decided, needs="label"
+    )
     assert out["haze"].tolist() == [0, 1, 1] and list(out.columns) == ["id", "water", "clear", "haze"]
 
     grades = Targets(np.zeros(0), ["grade"], ["1", "2", "3", "4"])
     values = np.array([[0.2], [2.6], [9.0]])
-    out = submission_frame(_sample(["grade"]), "id", "grade", "ordinal", grades, values, np.array([[0.0], [2.0], [3.0]]), "label")
+    out = submission_frame(
+        _sample(["grade"]), "id", "grade", "ordinal", grades, values, np.array([[0.0], [2.0], [3.0]]), "label"
+    )
     assert out["grade"].tolist() == ["1", "3", "4"]
     out = submission_frame(_sample(["value"]), "id", "value", "regression", Targets(np.zeros(0), ["value"], []), values)
     np.testing.assert_allclose(out["value"], [0.2, 2.6, 9.0])
 
 
-@pytest.mark.parametrize("task, columns, message", [
-    ("regression", ["a", "b"], "fit none of the formats"),
-    ("multilabel", ["x", "y"], "one column per label"),
-    ("binary", ["p", "q"], "positive probability"),
-])
+@pytest.mark.parametrize(
+    "task, columns, message",
+    [
+        ("regression", ["a", "b"], "fit none of the formats"),
+        ("multilabel", ["x", "y"], "one column per label"),
+        ("binary", ["p", "q"], "positive probability"),
+    ],
+)
 def test_submission_format_mismatch_is_named(task, columns, message):
     targets = Targets(np.zeros(0), ["c1", "c2"], ["c1", "c2"])
     with pytest.raises(TaskError, match=message):
@@ -197,7 +211,9 @@ SKLEARN = {
     "roc_auc": lambda y, p: skm.roc_auc_score(y, p[:, 0]),
     "f1_micro": lambda y, p: skm.f1_score(y, p >= 0.5, average="micro"),
     "rmse": lambda y, p: skm.mean_squared_error(y, p[:, 0]) ** 0.5,
-    "qwk": lambda y, p: skm.cohen_kappa_score(y, np.clip(np.floor(p[:, 0] + 0.5), 0, None).astype(int), weights="quadratic"),
+    "qwk": lambda y, p: skm.cohen_kappa_score(
+        y, np.clip(np.floor(p[:, 0] + 0.5), 0, None).astype(int), weights="quadratic"
+    ),
 }
 
 
@@ -207,7 +223,9 @@ def _task_competition(source: Path, target: Path, task: str) -> str:
     column, value, placeholder = DEMO_TARGETS[task]
     for name in ("train.csv", "solution.csv"):
         frame = pd.read_csv(source / name, dtype=str)
-        pd.DataFrame({"id": frame["id"], column: [value(int(d)) for d in frame["label"]]}).to_csv(target / name, index=False)
+        pd.DataFrame({"id": frame["id"], column: [value(int(d)) for d in frame["label"]]}).to_csv(
+            target / name, index=False
+        )
     sample = pd.read_csv(source / "sample_submission.csv", dtype=str)
     pd.DataFrame({"id": sample["id"], column: placeholder}).to_csv(target / "sample_submission.csv", index=False)
     return column
@@ -217,10 +235,13 @@ def _task_competition(source: Path, target: Path, task: str) -> str:
 def test_every_task_end_to_end(task, small_competition, write_config, tmp_path, capsys):
     column = _task_competition(small_competition, tmp_path / f"data_{task}", task)
     methods = ["mean", "caruana", "logreg_stacker", "geometric_mean"]
-    path = write_config(tmp_path / f"data_{task}", {
-        "competition": {"task": task, "target_column": column, "metric": METRICS[task]},
-        "ensemble": {"methods": methods, "method_params": {"logreg_stacker": {"C": 0.1}}},
-    })
+    path = write_config(
+        tmp_path / f"data_{task}",
+        {
+            "competition": {"task": task, "target_column": column, "metric": METRICS[task]},
+            "ensemble": {"methods": methods, "method_params": {"logreg_stacker": {"C": 0.1}}},
+        },
+    )
     config = load_config(path)
     assert main(["folds", "--config", str(path)]) == 0
     for model in ("digits_resnet", "digits_effnet"):
@@ -231,7 +252,12 @@ def test_every_task_end_to_end(task, small_competition, write_config, tmp_path, 
     # the OOF store: the task's columns, and the recorded CV equals scikit-learn's on them
     meta = json.loads((config.runs_dir / "digits_resnet" / "meta.json").read_text())
     oof = pd.read_parquet(config.runs_dir / "digits_resnet" / "oof.parquet")
-    expected = {"binary": ["1"], "multilabel": ["even", "prime", "loop", "big"], "regression": ["value"], "ordinal": ["grade"]}[task]
+    expected = {
+        "binary": ["1"],
+        "multilabel": ["even", "prime", "loop", "big"],
+        "regression": ["value"],
+        "ordinal": ["grade"],
+    }[task]
     assert sorted(oof.columns[2:]) == sorted(expected) and meta["task"] == task
     train = pd.read_csv(config.data_dir / "train.csv", dtype=str)
     competition_y = get_task(task).parse(train, config.competition).y
@@ -260,12 +286,15 @@ def test_every_task_end_to_end(task, small_competition, write_config, tmp_path, 
     assert board["private LB"].notna().all()
 
 
-@pytest.mark.parametrize("task, columns, oof, accepted", [
-    ("regression", ["value"], [[12.5], [-3.0]], True),                  # values: any finite number
-    ("multilabel", ["a", "b"], [[0.9, 0.8], [0.1, 0.0]], True),          # independent probabilities: no sum to 1
-    ("multilabel", ["a", "b"], [[1.2, 0.8], [0.1, 0.0]], False),         # ... but each in [0, 1]
-    ("multiclass", ["a", "b"], [[0.9, 0.8], [0.1, 0.0]], False),         # class probabilities must sum to 1
-])
+@pytest.mark.parametrize(
+    "task, columns, oof, accepted",
+    [
+        ("regression", ["value"], [[12.5], [-3.0]], True),  # values: any finite number
+        ("multilabel", ["a", "b"], [[0.9, 0.8], [0.1, 0.0]], True),  # independent probabilities: no sum to 1
+        ("multilabel", ["a", "b"], [[1.2, 0.8], [0.1, 0.0]], False),  # ... but each in [0, 1]
+        ("multiclass", ["a", "b"], [[0.9, 0.8], [0.1, 0.0]], False),  # class probabilities must sum to 1
+    ],
+)
 def test_imported_predictions_are_checked_per_task(task, columns, oof, accepted):
     from pipeline.store import StoreError, validate_import
 

@@ -16,9 +16,10 @@ import torch
 
 from pipeline.config import DistillConfig, PseudoConfig
 from pipeline.store import RunLayout, RunMeta, StoredRun
-from pipeline.teach import Teacher, TeacherError, naive_teacher_test, pseudo_table
+from pipeline.students.targets import TeacherLoss, head_targets, pack, soften, true_targets
+from pipeline.students.teach import Teacher, TeacherError, naive_teacher_test, pseudo_table
+from pipeline.students.teacher import StudentPlan
 from pipeline.train.heads import make_head
-from pipeline.train.teacher import StudentPlan, TeacherLoss, head_targets, pack, soften, true_targets
 
 N_CLASSES = 10
 
@@ -29,7 +30,9 @@ def memorised(train_rows: np.ndarray, image: np.ndarray, y: np.ndarray, rows: np
     for i, r in enumerate(rows):
         seen = [s for s in train_rows if image[s] == image[r]]
         if seen:
-            out[i] = 0.02 / (N_CLASSES - 1) + np.eye(N_CLASSES)[y[seen]].mean(axis=0) * (1 - 0.02 * N_CLASSES / (N_CLASSES - 1))
+            out[i] = 0.02 / (N_CLASSES - 1) + np.eye(N_CLASSES)[y[seen]].mean(axis=0) * (
+                1 - 0.02 * N_CLASSES / (N_CLASSES - 1)
+            )
     return out / out.sum(axis=1, keepdims=True)
 
 
@@ -46,18 +49,32 @@ def planted_runs(y, folds, train_image, test_image, n_runs=2, seed=0):
             valid = np.flatnonzero(folds == k)
             oof[valid] = memorised(train_rows, train_image, y, valid, rng)
             # a test image is "seen" when it is a copy of a training row the fold model trained on
-            fold_tests.append(memorised(train_rows, np.concatenate([train_image, test_image]), y,
-                                        len(y) + np.arange(len(test_image)), rng))
+            fold_tests.append(
+                memorised(
+                    train_rows, np.concatenate([train_image, test_image]), y, len(y) + np.arange(len(test_image)), rng
+                )
+            )
         fold_tests = np.stack(fold_tests)
-        meta = RunMeta(name=f"m{m}", status="finished", classes=[str(c) for c in range(N_CLASSES)],
-                       folds_fingerprint="f", folds_done=list(k_all), config_hash=f"h{m}")
+        meta = RunMeta(
+            name=f"m{m}",
+            status="finished",
+            classes=[str(c) for c in range(N_CLASSES)],
+            folds_fingerprint="f",
+            folds_done=list(k_all),
+            config_hash=f"h{m}",
+        )
         runs.append(StoredRun(f"m{m}", oof, fold_tests.mean(axis=0), meta, fold_tests))
     return runs
 
 
 def plan_for(runs, y, folds, n_test, method="mean", pseudo=None, distill=None):
-    competition = SimpleNamespace(y=y, classes=[str(c) for c in range(N_CLASSES)], task="multiclass",
-                                  train_ids=np.arange(len(y)).astype(str), test_ids=np.arange(n_test).astype(str))
+    competition = SimpleNamespace(
+        y=y,
+        classes=[str(c) for c in range(N_CLASSES)],
+        task="multiclass",
+        train_ids=np.arange(len(y)).astype(str),
+        test_ids=np.arange(n_test).astype(str),
+    )
     config = SimpleNamespace(competition=SimpleNamespace(metric="accuracy"))
     teacher = Teacher("planted", method, {}, runs)
     return StudentPlan("pseudo" if distill is None else "distill", teacher, competition, folds, config, pseudo, distill)
@@ -73,8 +90,9 @@ def test_pseudo_labels_of_fold_k_carry_no_fold_k_labels_while_the_naive_teacher_
     image = np.arange(n)
     runs = planted_runs(y, folds, image, image.copy())
     plan = plan_for(runs, y, folds, n, pseudo=PseudoConfig(max_share=2.0))
-    naive = naive_teacher_test("mean", {}, np.stack([r.oof for r in runs]), y,
-                               np.stack([r.fold_tests for r in runs]), "accuracy", "multiclass")
+    naive = naive_teacher_test(
+        "mean", {}, np.stack([r.oof for r in runs]), y, np.stack([r.fold_tests for r in runs]), "accuracy", "multiclass"
+    )
     oof_ours, oof_naive = np.zeros(n, int), np.zeros(n, int)
     test_ours = []
     for k in range(3):
@@ -91,15 +109,15 @@ def test_pseudo_labels_of_fold_k_carry_no_fold_k_labels_while_the_naive_teacher_
     naive_oof_score = np.mean(oof_naive == y)
     ours_oof_score = np.mean(oof_ours == y)
     hidden_score = np.mean(naive.argmax(axis=1) == hidden)
-    assert naive_oof_score > 0.95 and hidden_score < 0.3           # the naive student's OOF lies
-    assert ours_oof_score < 0.3                                      # ours stays at chance, like the hidden score
+    assert naive_oof_score > 0.95 and hidden_score < 0.3  # the naive student's OOF lies
+    assert ours_oof_score < 0.3  # ours stays at chance, like the hidden score
     assert all(np.mean(t == hidden) < 0.3 for t in test_ours)
     # the pseudo table is cached: a resumed fold reads the same rows back
     again = plan.pseudo_rows(0, RunLayout(tmp_path / "student"), 60, seed=0)
     np.testing.assert_array_equal(again.rows, np.arange(n))
     # read, not recomputed: no teacher is applied, and a fold size whose cap (2.0 x 10 = 20 rows) would keep fewer
     # rows still gets the stored table, bit for bit
-    import pipeline.train.teacher as teacher_module
+    import pipeline.students.teacher as teacher_module
 
     applied = []
     real = teacher_module.blend_outside_fold
@@ -120,7 +138,7 @@ def test_distill_targets_of_fold_k_carry_no_fold_k_labels_but_the_oof_option_doe
     image = np.repeat(np.arange(30), 2)
     folds = np.zeros(n, int)
     folds[0::2] = np.arange(30) % 3
-    folds[1::2] = (np.arange(30) + 1) % 3                           # the copy is always in another fold
+    folds[1::2] = (np.arange(30) + 1) % 3  # the copy is always in another fold
     y = rng.integers(0, N_CLASSES, n)
     runs = planted_runs(y, folds, image, np.arange(5) + 100)
     partner = np.arange(n) ^ 1
@@ -128,7 +146,7 @@ def test_distill_targets_of_fold_k_carry_no_fold_k_labels_but_the_oof_option_doe
     def fold_models(config, run, fold, rows, runtime, competition, batch_size):
         return memorised(np.flatnonzero(folds != fold), image, y, rows, np.random.default_rng(fold))
 
-    import pipeline.train.teacher as teacher_module
+    import pipeline.students.teacher as teacher_module
 
     monkeypatch.setattr(teacher_module, "teacher_model_predictions", fold_models)
     agreement = {}
@@ -143,25 +161,28 @@ def test_distill_targets_of_fold_k_carry_no_fold_k_labels_but_the_oof_option_doe
                 if folds[partner[r]] == k:
                     hits.append(targets[i].argmax() == y[partner[r]])
         agreement[mode] = np.mean(hits)
-    assert agreement["oof"] > 0.95      # the leaky option: fold k's labels reach fold k's student
-    assert agreement["fold"] < 0.3      # ours: chance
-    assert (tmp_path / "fold" / "fold0" / "teacher" / "m0.parquet").is_file()   # cached for a resume
+    assert agreement["oof"] > 0.95  # the leaky option: fold k's labels reach fold k's student
+    assert agreement["fold"] < 0.3  # ours: chance
+    assert (tmp_path / "fold" / "fold0" / "teacher" / "m0.parquet").is_file()  # cached for a resume
 
 
-@pytest.mark.parametrize("task, pred", [
-    ("multiclass", np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])),
-    ("binary", np.array([[0.95], [0.3], [0.8], [0.5]])),
-    ("multilabel", np.array([[0.9, 0.05], [0.6, 0.9], [0.99, 0.01], [0.5, 0.5]])),
-])
+@pytest.mark.parametrize(
+    "task, pred",
+    [
+        ("multiclass", np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])),
+        ("binary", np.array([[0.95], [0.3], [0.8], [0.5]])),
+        ("multilabel", np.array([[0.9, 0.05], [0.6, 0.9], [0.99, 0.01], [0.5, 0.5]])),
+    ],
+)
 def test_pseudo_table_soft_hard_and_cap(task, pred):
     soft = pseudo_table(pred, task, n_train=10)
     np.testing.assert_array_equal(soft.rows, np.arange(4))
     np.testing.assert_allclose(soft.targets, pred)
     hard = pseudo_table(pred, task, n_train=10, hard_threshold=0.8)
     assert set(np.unique(hard.targets)) <= {0.0, 1.0} and len(hard.rows) == 2
-    capped = pseudo_table(pred, task, n_train=10, max_share=0.1)   # one row: the most confident
+    capped = pseudo_table(pred, task, n_train=10, max_share=0.1)  # one row: the most confident
     assert len(capped.rows) == 1 and capped.rows[0] in (0, 2)
-    stats = soft.stats(["a", "b"][:pred.shape[1]], "simplex" if task == "multiclass" else "probability")
+    stats = soft.stats(["a", "b"][: pred.shape[1]], "simplex" if task == "multiclass" else "probability")
     assert stats["count"] == 4 and len(stats["balance"]) == pred.shape[1]
 
 
@@ -221,13 +242,16 @@ def test_pseudo_and_distill_end_to_end(small_config, tmp_path, capsys):
     printed = capsys.readouterr().out
     meta = read_meta(RunLayout(config.runs_dir / "digits_resnet-pl"))
     assert meta.status == "finished" and meta.cv is not None
-    assert meta.teacher["kind"] == "pseudo" and {r[0] for r in meta.teacher["runs"]} <= {"digits_resnet", "digits_effnet"}
+    assert meta.teacher["kind"] == "pseudo" and {r[0] for r in meta.teacher["runs"]} <= {
+        "digits_resnet",
+        "digits_effnet",
+    }
     assert meta.teacher["pseudo"]["max_share"] == 0.25
     for fold, info in meta.folds.items():
-        assert info["pseudo"]["count"] == 10           # 25% of 40 training rows, from 20 test rows
+        assert info["pseudo"]["count"] == 10  # 25% of 40 training rows, from 20 test rows
         assert sum(info["pseudo"]["balance"].values()) == pytest.approx(1.0)
     oof = pd.read_parquet(config.runs_dir / "digits_resnet-pl" / "oof.parquet")
-    assert len(oof) == 60                               # a normal OOF: the training rows only
+    assert len(oof) == 60  # a normal OOF: the training rows only
     assert "pseudo rows" in printed
 
     # a rerun skips the finished student
@@ -250,7 +274,7 @@ def test_pseudo_and_distill_end_to_end(small_config, tmp_path, capsys):
     stamp = (run / "fold0" / "best.safetensors").stat().st_mtime_ns
     capsys.readouterr()
     assert main(["distill", *args, "--student", "digits_resnet", "--alpha", "0.7"]) == 0
-    assert (run / "fold0" / "best.safetensors").stat().st_mtime_ns == stamp     # fold 0 was done: skipped
+    assert (run / "fold0" / "best.safetensors").stat().st_mtime_ns == stamp  # fold 0 was done: skipped
     meta = read_meta(RunLayout(run))
     assert meta.status == "finished" and meta.teacher["distill"]["alpha"] == 0.7
     assert meta.folds["1"]["distill"]["targets"] == "fold"
@@ -271,7 +295,7 @@ def test_distill_targets_of_fold_k_come_from_fold_k_checkpoint(small_config):
     from pipeline.folds import read_folds
     from pipeline.store import load_runs
     from pipeline.train.runtime import Runtime
-    from pipeline.train.teacher import teacher_model_predictions
+    from pipeline.students.teacher import teacher_model_predictions
 
     config = load_config(small_config)
     assert main(["train", "--config", str(small_config), "--model", "digits_resnet"]) == 0

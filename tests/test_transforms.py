@@ -11,10 +11,10 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from pipeline.cli import main
-from pipeline.config import TrainConfig, load_config
-from pipeline.store import settings_dump
-from pipeline.transforms import (DEVICE_AUGMENTS, INTERPOLATIONS, Affine, CoarseDropout, DeviceTransform, HostTransform,
-                                 RandomBrightnessContrast, build_device_augment_step)
+from pipeline.config import TrainConfig, load_config, settings_dump
+from pipeline.vision.device import DEVICE_AUGMENTS, DeviceTransform, build_device_augment_step
+from pipeline.vision.host import INTERPOLATIONS, HostTransform
+from pipeline.vision.kernels import Affine, CoarseDropout, RandomBrightnessContrast
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -137,23 +137,30 @@ def test_device_transform_augments_training_batches_only():
     assert not torch.allclose(trained, plain) and trained.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("step, message", [
-    ({"Afine": {}}, r"unknown device_augment step 'Afine'; known steps: Affine, HorizontalFlip"),
-    ({"GaussNoise": {}}, r"an albumentations transform: put it under train.augment"),
-    ({"Affine": {"rotate": 10, "fit_output": True}}, r"Affine does not take fit_output; it takes scale, "),
-    ({"Affine": {"rotate": [20, 10]}}, r"rotate must be \[low, high\] with low <= high"),
-    ({"Affine": {"rotate": "lots"}}, r"rotate must be a number or \[low, high\], got 'lots'"),
-    ({"Affine": {"scale": {"z": 1}}}, r"scale as a mapping takes the keys x and/or y"),
-    ({"Affine": {"translate_percent": 0.1, "translate_px": 2}}, r"translate_percent or translate_px, not both"),
-    ({"Affine": {"scale": {"x": [0.9, 1], "y": 1}, "keep_ratio": True}}, r"keep_ratio needs the same scale range"),
-    ({"Affine": {"border_mode": cv2.BORDER_WRAP}}, r"border_mode must be a cv2 flag"),
-    ({"Affine": {"interpolation": cv2.INTER_AREA}}, r"interpolation must be a cv2 flag"),
-    ({"HorizontalFlip": {"p": 1.5}}, r"p must be a probability in \[0, 1\], got 1.5"),
-    ({"CoarseDropout": {"hole_height_range": [0.2, 1.5]}}, r"hole_height_range must be pixels .* or fractions in \(0, 1\]"),
-    ({"CoarseDropout": {"num_holes_range": [0, 2]}}, r"num_holes_range must be whole numbers >= 1"),
-    ({"Affine": {}, "HorizontalFlip": {}}, r"each device_augment step is one \{Name: params\} mapping"),
-    ({"Affine": [1, 2]}, r"device_augment\.0\.Affine\s+Input should be a valid dictionary"),
-], ids=lambda v: str(v)[:40])
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        ({"Afine": {}}, r"unknown device_augment step 'Afine'; known steps: Affine, HorizontalFlip"),
+        ({"GaussNoise": {}}, r"an albumentations transform: put it under train.augment"),
+        ({"Affine": {"rotate": 10, "fit_output": True}}, r"Affine does not take fit_output; it takes scale, "),
+        ({"Affine": {"rotate": [20, 10]}}, r"rotate must be \[low, high\] with low <= high"),
+        ({"Affine": {"rotate": "lots"}}, r"rotate must be a number or \[low, high\], got 'lots'"),
+        ({"Affine": {"scale": {"z": 1}}}, r"scale as a mapping takes the keys x and/or y"),
+        ({"Affine": {"translate_percent": 0.1, "translate_px": 2}}, r"translate_percent or translate_px, not both"),
+        ({"Affine": {"scale": {"x": [0.9, 1], "y": 1}, "keep_ratio": True}}, r"keep_ratio needs the same scale range"),
+        ({"Affine": {"border_mode": cv2.BORDER_WRAP}}, r"border_mode must be a cv2 flag"),
+        ({"Affine": {"interpolation": cv2.INTER_AREA}}, r"interpolation must be a cv2 flag"),
+        ({"HorizontalFlip": {"p": 1.5}}, r"p must be a probability in \[0, 1\], got 1.5"),
+        (
+            {"CoarseDropout": {"hole_height_range": [0.2, 1.5]}},
+            r"hole_height_range must be pixels .* or fractions in \(0, 1\]",
+        ),
+        ({"CoarseDropout": {"num_holes_range": [0, 2]}}, r"num_holes_range must be whole numbers >= 1"),
+        ({"Affine": {}, "HorizontalFlip": {}}, r"each device_augment step is one \{Name: params\} mapping"),
+        ({"Affine": [1, 2]}, r"device_augment\.0\.Affine\s+Input should be a valid dictionary"),
+    ],
+    ids=lambda v: str(v)[:40],
+)
 def test_bad_device_steps_are_refused_when_the_config_loads(step, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(device_augment=[step])
@@ -170,13 +177,19 @@ def test_training_reaches_the_model_through_either_augmentation_path(small_compe
     # one fold, one epoch, the same seed: only the augmentation differs between these runs
     rotate = {"Affine": {"rotate": [-30, 30], "p": 1.0}}
     never = {"Affine": {"rotate": [-30, 30], "p": 0.0}}
-    setups = {"none": {}, "device_p0": {"device_augment": [never]}, "device": {"device_augment": [rotate]},
-              "host": {"augment": [rotate]}}
+    setups = {
+        "none": {},
+        "device_p0": {"device_augment": [never]},
+        "device": {"device_augment": [rotate]},
+        "host": {"augment": [rotate]},
+    }
     predictions = {}
     for name, train in setups.items():
-        config = write_config(small_competition, {"output_dir": str(tmp_path / name),
-                                                  "train": {"augment": [], "device_augment": [], **train}},
-                              name=f"{name}.yaml")
+        config = write_config(
+            small_competition,
+            {"output_dir": str(tmp_path / name), "train": {"augment": [], "device_augment": [], **train}},
+            name=f"{name}.yaml",
+        )
         assert main(["train", "--config", str(config), "--model", "digits_resnet", "--folds", "0"]) == 0
         fold = load_config(config).runs_dir / "digits_resnet" / "fold0"
         predictions[name] = pd.read_parquet(fold / "valid_plain.parquet").drop(columns="row").to_numpy()
@@ -188,9 +201,10 @@ def test_training_reaches_the_model_through_either_augmentation_path(small_compe
 
 
 def test_a_batch_read_in_one_go_from_the_cache_is_the_batch_read_image_by_image(tmp_path):
-    from pipeline.cache import open_cache
-    from pipeline.train.dataset import ImageDataset, collate_rows
     from PIL import Image
+
+    from pipeline.data.cache import open_cache
+    from pipeline.train.dataset import ImageDataset, collate_rows
 
     paths = []
     for k in range(12):
@@ -199,8 +213,11 @@ def test_a_batch_read_in_one_go_from_the_cache_is_the_batch_read_image_by_image(
     cache = open_cache(paths, tmp_path / "cache", 32, progress=False)
     labels = np.arange(12) % 3
     rows = [7, 2, 11, 0, 5]
-    for transform, batched in ((HostTransform(32, "bicubic"), True), (HostTransform(24, "bicubic"), False),
-                               (HostTransform(32, "bicubic", [{"HorizontalFlip": {"p": 1.0}}]), False)):
+    for transform, batched in (
+        (HostTransform(32, "bicubic"), True),
+        (HostTransform(24, "bicubic"), False),
+        (HostTransform(32, "bicubic", [{"HorizontalFlip": {"p": 1.0}}]), False),
+    ):
         dataset = ImageDataset(cache, np.arange(12), transform, labels)
         fetched = dataset.__getitems__(rows)
         assert isinstance(fetched, tuple) == batched  # one array read only when the transform has nothing to do

@@ -92,7 +92,12 @@ CASES = {
     "duplicate-ids": (_duplicate_ids, [], 1, {"tables": ("error", 1)}),
     "rare-label": (_rare_label, [], 0, {"rare labels": ("warning", 1)}),
     "test-ids": (_unlisted_test_image, [], 0, {"test ids": ("warning", 1)}),
-    "duplicate-files": (_duplicate_files, [], 0, {"train duplicate images": ("warning", 2), "test images also in train": ("warning", 1)}),
+    "duplicate-files": (
+        _duplicate_files,
+        [],
+        0,
+        {"train duplicate images": ("warning", 2), "test images also in train": ("warning", 1)},
+    ),
 }
 
 
@@ -112,8 +117,16 @@ def test_clean_competition_passes(small_config, capsys):
     assert table["train images"] == ("ok", 60) and table["test images"] == ("ok", 20)
     assert table["train mode L"] == ("ok", 60)  # the digits are grayscale: listed, not a warning
     # every check has its row, also those that found nothing
-    for check in ("test images also in train", "train duplicate images", "rare labels", "train images smaller than input",
-                  "test images smaller than input", "train ids", "test ids", "labels"):
+    for check in (
+        "test images also in train",
+        "train duplicate images",
+        "rare labels",
+        "train images smaller than input",
+        "test images smaller than input",
+        "train ids",
+        "test ids",
+        "labels",
+    ):
         assert table[check][0] == "ok", f"{check}: {table.get(check)} in\n{out}"
     assert "images per class" in out and "classe " not in out
     assert "0 error(s), 0 warning(s)" in out
@@ -151,11 +164,14 @@ def test_every_table_problem_is_reported_at_once(small_config, small_competition
     assert "duplicate ids" in table and "empty or NaN label" in table
 
 
-@pytest.mark.parametrize("mode, values, expected", [
-    ("I;16", np.array([[0, 257, 65535]], dtype=np.uint16), [0, 1, 255]),
-    ("L", np.array([[0, 7, 255]], dtype=np.uint8), [0, 7, 255]),
-    ("F", np.array([[-1.0, 0.0, 1.0]], dtype=np.float32), [0, 128, 255]),
-])
+@pytest.mark.parametrize(
+    "mode, values, expected",
+    [
+        ("I;16", np.array([[0, 257, 65535]], dtype=np.uint16), [0, 1, 255]),
+        ("L", np.array([[0, 7, 255]], dtype=np.uint8), [0, 7, 255]),
+        ("F", np.array([[-1.0, 0.0, 1.0]], dtype=np.float32), [0, 128, 255]),
+    ],
+)
 def test_modes_convert_to_rgb_uint8(mode, values, expected):
     image = Image.fromarray(values)
     assert image.mode == mode

@@ -14,7 +14,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pipeline.models import ModelError, create_model, read_weights_file
+from pipeline.vision.models import ModelError, create_model, read_weights_file
 
 
 def _two_states():

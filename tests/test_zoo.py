@@ -16,7 +16,14 @@ from pipeline.config import ConfigError, load_config
 from pipeline.zoo import ScreenConfig, load_zoo, pareto_front, screen_image_size, stratified_subset
 
 TINY_ZOO = {
-    "screen": {"rows": "auto", "image_size": "auto", "epochs": 2, "folds": 1, "timing_batch_size": 8, "timing_steps": 2},
+    "screen": {
+        "rows": "auto",
+        "image_size": "auto",
+        "epochs": 2,
+        "folds": 1,
+        "timing_batch_size": 8,
+        "timing_steps": 2,
+    },
     "architectures": [
         "digits_resnet",
         "digits_effnet",
@@ -39,12 +46,19 @@ def test_zoo_screens_reports_skips_and_promotes(small_config, zoo_file, tmp_path
     assert main(command) == 1  # one architecture failed: the exit code says so
     out = capsys.readouterr().out
     assert "job digits_resnet: started on " in out
-    assert re.search(r"\[1/4\] digits_resnet: CV \d\.\d{4}.* on \S+:\d+, about .* left", out), out  # time left after the first
+    assert re.search(r"\[1/4\] digits_resnet: CV \d\.\d{4}.* on \S+:\d+, about .* left", out), (
+        out
+    )  # time left after the first
     assert "[4/4] digits_vit: FAILED - " in out
     zoo_dir = tmp_path / "out" / "zoo" / "digits"
 
     board = pd.read_csv(zoo_dir / "leaderboard.csv", keep_default_na=False, na_values=[""])
-    assert board["architecture"].tolist()[-1] == "digits_vit" and board["status"].tolist() == ["ok", "ok", "ok", "failed"]
+    assert board["architecture"].tolist()[-1] == "digits_vit" and board["status"].tolist() == [
+        "ok",
+        "ok",
+        "ok",
+        "failed",
+    ]
     assert "Input height (32) doesn't match model (64)" in board.loc[3, "error"]
     ok = board[board["status"] == "ok"]
     assert (ok["cv"].diff().dropna() <= 0).all()  # best first
@@ -55,8 +69,14 @@ def test_zoo_screens_reports_skips_and_promotes(small_config, zoo_file, tmp_path
         meta = json.loads((tmp_path / "out" / "runs" / "digits.zoo" / row["architecture"] / "meta.json").read_text())
         assert row["cv"] == pytest.approx(meta["folds"]["0"]["score"])  # the screening CV is fold 0's real score
         assert record["screen_image_size"] == 32 and len(record["history"]["0"]) == 2
-    for name in ("leaderboard.md", "report.html", "pareto_throughput.png", "pareto_params.png",
-                 "learning_curves.png", "oof_correlation.png"):
+    for name in (
+        "leaderboard.md",
+        "report.html",
+        "pareto_throughput.png",
+        "pareto_params.png",
+        "learning_curves.png",
+        "oof_correlation.png",
+    ):
         assert (zoo_dir / name).stat().st_size > 0, name
     page = (zoo_dir / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "most complementary pair" in page
@@ -87,7 +107,9 @@ BAD_ZOOS = [
 ]
 
 
-@pytest.mark.parametrize("content, message", BAD_ZOOS, ids=["empty", "twice", "unknown-model", "bad-override", "unknown-key", "rows"])
+@pytest.mark.parametrize(
+    "content, message", BAD_ZOOS, ids=["empty", "twice", "unknown-model", "bad-override", "unknown-key", "rows"]
+)
 def test_bad_zoo_files_are_refused(small_config, tmp_path, content, message):
     path = tmp_path / "bad_zoo.yaml"
     path.write_text(yaml.safe_dump(content))
@@ -111,8 +133,16 @@ def test_stratified_subset_keeps_every_class_in_proportion():
     assert len(stratified_subset(y, 10_000)) == len(y)
 
 
-@pytest.mark.parametrize("setting, full, data_side, expected", [
-    ("auto", 224, 32, 64), ("auto", 224, 600, 128), ("auto", 224, 100, 100), ("auto", 32, 600, 32), (96, 299, 32, 96), (96, 64, 32, 64),
-])
+@pytest.mark.parametrize(
+    "setting, full, data_side, expected",
+    [
+        ("auto", 224, 32, 64),
+        ("auto", 224, 600, 128),
+        ("auto", 224, 100, 100),
+        ("auto", 32, 600, 32),
+        (96, 299, 32, 96),
+        (96, 64, 32, 64),
+    ],
+)
 def test_screen_image_size(setting, full, data_side, expected):
     assert screen_image_size(ScreenConfig(image_size=setting), full, data_side) == expected

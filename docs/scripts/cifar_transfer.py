@@ -8,7 +8,7 @@
 2. Pretrains timm's test_resnet on A (fold 0's training rows) with the real `train` command, and saves its
    best checkpoint without the classifier as a local weights file (a backbone, as an ImageNet file would be
    for a new task: B's head starts fresh).
-3. Trains on B, fold 0, three ways through `pipeline.bench_recipes` (the same commands a user runs):
+3. Trains on B, fold 0, three ways through `benchmarks.recipes` (the same commands a user runs):
    from scratch, a plain full fine-tune of the file, and `fine_tune` (head-only epochs, then layer-wise
    learning-rate decay). Prints fold-0 and private-LB accuracy on B for each.
 """
@@ -27,8 +27,12 @@ from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[2]
 # the light recipe every stage of the check shares (docs/benchmarks.md, "Training recipes on CIFAR-10")
-LIGHT = {"lr": 0.003, "label_smoothing": 0.1, "tta": ["identity", "hflip"],
-         "device_augment": [{"HorizontalFlip": {"p": 0.5}}, {"Affine": {"translate_percent": [-0.125, 0.125], "p": 1.0}}]}
+LIGHT = {
+    "lr": 0.003,
+    "label_smoothing": 0.1,
+    "tta": ["identity", "hflip"],
+    "device_augment": [{"HorizontalFlip": {"p": 0.5}}, {"Affine": {"translate_percent": [-0.125, 0.125], "p": 1.0}}],
+}
 
 
 def split_competition(dev: Path, work: Path) -> dict[str, Path]:
@@ -57,9 +61,15 @@ def split_competition(dev: Path, work: Path) -> dict[str, Path]:
 
 def write_config(work: Path, half: str, data_dir: Path, epochs: int, pretrained: bool | str = False) -> Path:
     config = {
-        "competition": {"name": f"cifar-{half}", "data_dir": str(data_dir.resolve()), "train_images": "train/{id}.jpg",
-                        "test_images": "test/{id}.jpg", "solution": "solution.csv", "task": "multiclass",
-                        "metric": "accuracy"},
+        "competition": {
+            "name": f"cifar-{half}",
+            "data_dir": str(data_dir.resolve()),
+            "train_images": "train/{id}.jpg",
+            "test_images": "test/{id}.jpg",
+            "solution": "solution.csv",
+            "task": "multiclass",
+            "metric": "accuracy",
+        },
         "folds": {"n_splits": 5, "seed": 42},
         "train": {"pretrained": pretrained, "image_size": 32, "epochs": epochs, **LIGHT},
         "recipes_dir": str(ROOT / "configs" / "recipes"),
@@ -80,25 +90,63 @@ def main() -> int:
     folders = split_competition(Path(args.dev), work)
 
     config_a = write_config(work, "a", folders["a"], args.epochs)
-    subprocess.run([sys.executable, "-m", "pipeline", "train", "--config", str(config_a), "--model", "test_resnet",
-                    "--name", "pretrain", "--folds", "0"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "train",
+            "--config",
+            str(config_a),
+            "--model",
+            "test_resnet",
+            "--name",
+            "pretrain",
+            "--folds",
+            "0",
+        ],
+        check=True,
+    )
     weights = work / "pretrained_a.safetensors"
     state = load_file(str(work / "out" / "runs" / "cifar-a" / "pretrain" / "fold0" / "best.safetensors"))
-    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}   # test_resnet's classifier is `fc`
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}  # test_resnet's classifier is `fc`
     save_file(backbone, str(weights))
     print(f"{weights}: {len(backbone)} tensors (classifier dropped: {len(state) - len(backbone)})")
 
     config_b = write_config(work, "b", folders["b"], args.epochs)
     rows = work / "rows_b.yaml"
     file = str(weights.resolve())
-    rows.write_text(yaml.safe_dump({"folds": [0], "rows": [
-        {"name": "scratch", "model": "test_resnet"},
-        {"name": "full_fine_tune", "model": "test_resnet", "set": {"train.pretrained": file}},
-        {"name": "fine_tune", "model": "test_resnet",
-         "set": {"train.pretrained": file, "train.freeze_epochs": 2, "train.layer_decay": 0.75}},
-    ]}, sort_keys=False))
-    return subprocess.run([sys.executable, "-m", "pipeline.bench_recipes", "--config", str(config_b), "--rows",
-                           str(rows), "--out", str(work / "transfer.json")], check=False).returncode
+    rows.write_text(
+        yaml.safe_dump(
+            {
+                "folds": [0],
+                "rows": [
+                    {"name": "scratch", "model": "test_resnet"},
+                    {"name": "full_fine_tune", "model": "test_resnet", "set": {"train.pretrained": file}},
+                    {
+                        "name": "fine_tune",
+                        "model": "test_resnet",
+                        "set": {"train.pretrained": file, "train.freeze_epochs": 2, "train.layer_decay": 0.75},
+                    },
+                ],
+            },
+            sort_keys=False,
+        )
+    )
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.recipes",
+            "--config",
+            str(config_b),
+            "--rows",
+            str(rows),
+            "--out",
+            str(work / "transfer.json"),
+        ],
+        check=False,
+    ).returncode
 
 
 if __name__ == "__main__":

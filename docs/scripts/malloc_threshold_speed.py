@@ -7,7 +7,15 @@ One process, ResNet-18 from scratch, batch 64 of random images, alternating the 
 step after each switch is not timed. Prints per-step wall and CPU (user + system) seconds, the
 medians over 6 rounds.
 """
-import ctypes, resource, statistics, sys, time, torch, timm
+import ctypes
+import resource
+import statistics
+import sys
+import time
+
+import timm
+import torch
+
 libc = ctypes.CDLL("libc.so.6")
 size = int(sys.argv[1]) if len(sys.argv) > 1 else 112
 torch.manual_seed(0)
@@ -26,4 +34,7 @@ for rnd in range(6):
         for _ in range(3): step()
         res[name][0].append((time.perf_counter() - w) / 3); res[name][1].append((cpu() - c) / 3)
 for name, (wall, cp) in res.items():
-    print(f"{name}: wall {statistics.median(wall):.3f} s/step, cpu {statistics.median(cp):.3f} s/step (rounds: {[round(v, 2) for v in wall]})")
+    print(
+        f"{name}: wall {statistics.median(wall):.3f} s/step, cpu {statistics.median(cp):.3f} s/step (rounds: "
+        f"{[round(v, 2) for v in wall]})"
+    )

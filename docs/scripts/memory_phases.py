@@ -57,9 +57,14 @@ def charged(module, name: str, label: str) -> None:
     setattr(module, name, wrapper)
 
 
-for module, name, label in ((stage, "open_stores", "open the image stores"), (loop, "train_one_epoch", "train an epoch"),
-                            (loop, "evaluate", "validate"), (checkpoint, "save_state", "save the state"),
-                            (loop, "predict_fold", "predict with TTA"), (stage, "assemble_run", "assemble the run")):
+for module, name, label in (
+    (stage, "open_stores", "open the image stores"),
+    (loop, "train_one_epoch", "train an epoch"),
+    (loop, "evaluate", "validate"),
+    (checkpoint, "save_state", "save the state"),
+    (loop, "predict_fold", "predict with TTA"),
+    (stage, "assemble_run", "assemble the run"),
+):
     charged(module, name, label)
 code = main(["train", "--config", sys.argv[1], "--model", sys.argv[2], "--folds", "0", "--force", *sys.argv[3:]])
 enter("end")
@@ -67,6 +72,8 @@ time.sleep(0.05)
 print("peak RSS per phase (MB):")
 for name, peak in peaks.items():
     print(f"  {name:36s} {peak:7.0f}")
-print(f"process peak (ru_maxrss): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; "
-      f"loaded: {[m for m in ('sklearn', 'albumentations', 'cv2', 'pandas') if m in sys.modules]}")
+print(
+    f"process peak (ru_maxrss): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; "
+    f"loaded: {[m for m in ('sklearn', 'albumentations', 'cv2', 'pandas') if m in sys.modules]}"
+)
 sys.exit(code)

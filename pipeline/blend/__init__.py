@@ -58,8 +58,9 @@ from __future__ import annotations
 
 # TASK_OUTPUT (task -> "simplex" | "probability" | "value") decides validation, the blend's output
 # and which methods apply
-from ..metrics import TASK_OUTPUT
-from .base import BLEND_METHODS, BlendMethod, NotApplicable, applicable, make_blend, not_applicable_reason, register_blend
+from ..task.metrics import TASK_OUTPUT
+from .base import (BLEND_METHODS, BlendMethod, NotApplicable, applicable, make_blend, not_applicable_reason,
+                   register_blend)
 from .calibration import apply_temperature, fit_temperature
 
 # The method modules register their classes when imported, so this order is the order of
@@ -74,10 +75,10 @@ from .slsqp import SLSQPWeights
 from .stackers import LGBMStacker, LogRegStacker
 # isort: on
 
-from .nested import NestedResult, nested_score
-from .objective import _LinearLoss, single_model_scores  # noqa: F401  (_LinearLoss: the tests' handle on the objective)
-from .selection import SELECTION_RULES, Scored, prune_correlated, rank_candidates, select_method, standard_errors
 from .apply import APPLY_MODES, fold_means, predict_fold_mean, predict_per_fold, predict_test
+from .nested import NestedResult, nested_score
+from .objective import LinearLoss, single_model_scores
+from .selection import SELECTION_RULES, Scored, prune_correlated, rank_candidates, select_method, standard_errors
 
 __all__ = [
     "APPLY_MODES",
@@ -103,6 +104,17 @@ __all__ = [
     "register_blend",
     "select_method",
     "rank_candidates",
-    "ties_with_best",
+    "LinearLoss",
+    "GeometricMean",
+    "LogitMean",
+    "Mean",
+    "PowerMean",
+    "RankMean",
+    "OptunaWeights",
+    "CaruanaSelection",
+    "HillClimb",
+    "SLSQPWeights",
+    "LGBMStacker",
+    "LogRegStacker",
     "single_model_scores",
 ]

@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..metrics import TASK_OUTPUT, Metric
+from ..task.metrics import TASK_OUTPUT, Metric
 from .calibration import apply_temperature, fit_temperature
-from .objective import _to_output
-from .validation import _as_metric, _check_task, _validate_extra, _validate_preds, _validate_y
+from .objective import to_output
+from .validation import as_metric, check_task, validate_extra, validate_preds, validate_y
 
 # How NotApplicable's message names each output kind
 _OUTPUT_WORDS = {
@@ -124,7 +124,7 @@ def not_applicable_reason(method: str | type[BlendMethod], task: str | None) -> 
     cls = _method_class(method)
     if task is None:
         return None
-    output = TASK_OUTPUT[_check_task(task)]
+    output = TASK_OUTPUT[check_task(task)]
     if output in cls.outputs:
         return None
     usable = [name for name, c in BLEND_METHODS.items() if output in c.outputs and not name.startswith("_")]
@@ -253,7 +253,7 @@ class BlendMethod:
         raise NotImplementedError
 
     def _predict(self, preds: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
-        return _to_output(np.tensordot(self.weights_, preds, axes=1), self.output_)
+        return to_output(np.tensordot(self.weights_, preds, axes=1), self.output_)
 
     # -- public API -------------------------------------------------------- #
 
@@ -289,13 +289,13 @@ class BlendMethod:
             ``preds``, ``y`` or ``extra`` do not fit the task; the message
             names the bad value.
         """
-        metric = _as_metric(metric)
+        metric = as_metric(metric)
         if task is not None:
-            self._check_applicable(_check_task(task))  # before validating: the cheaper, clearer error
-        preds, task = _validate_preds(preds, task=task)
+            self._check_applicable(check_task(task))  # before validating: the cheaper, clearer error
+        preds, task = validate_preds(preds, task=task)
         _, n_rows, n_cols = preds.shape
-        y = _validate_y(y, n_rows, n_cols, task)
-        extra = _validate_extra(extra, n_rows)
+        y = validate_y(y, n_rows, n_cols, task)
+        extra = validate_extra(extra, n_rows)
         return self._fit_valid(preds, y, metric, extra, task)
 
     def _check_applicable(self, task: str) -> None:
@@ -339,24 +339,24 @@ class BlendMethod:
         """
         if self.n_models_ is None:
             raise RuntimeError(f"blend method {self.name!r} is not fitted; call fit(preds, y, metric) first")
-        preds, _ = _validate_preds(preds, task=self.task_, n_models=self.n_models_, n_cols=self.n_cols_)
+        preds, _ = validate_preds(preds, task=self.task_, n_models=self.n_models_, n_cols=self.n_cols_)
         return self._predict_valid(preds, extra)
 
     def _predict_valid(self, preds: np.ndarray, extra: np.ndarray | None, calibrated: bool = True) -> np.ndarray:
         # calibrated=False: the blend without its temperature (nested CV scores both, see nested_score)
         if self.kind == "stacker":
             if self.n_extra_ is not None and extra is None:
-                raise ValueError(f"{self.name!r} was fitted with {self.n_extra_} extra features; pass extra of shape (n_rows, {self.n_extra_})")
+                raise ValueError(f"{self.name!r} was fitted with {self.n_extra_} extra features; pass extra of shape "
+                                 f"(n_rows, {self.n_extra_})")
             if self.n_extra_ is None and extra is not None:
                 raise ValueError(f"{self.name!r} was fitted without extra features; pass extra=None")
-            extra = _validate_extra(extra, preds.shape[1], self.n_extra_)
+            extra = validate_extra(extra, preds.shape[1], self.n_extra_)
         else:
             extra = None
         out = self._predict(preds, extra)
         if calibrated and self.temperature_ != 1.0:
             out = apply_temperature(out, self.temperature_)
         return out
-
 
     # -- stored state ------------------------------------------------------ #
 
@@ -391,7 +391,9 @@ class BlendMethod:
             "n_models": int(self.n_models_),
             "n_cols": int(self.n_cols_),
             "n_extra": None if self.n_extra_ is None else int(self.n_extra_),
-            "weights": None if self.weights_ is None else [float(w) for w in np.asarray(self.weights_, dtype=np.float64)],
+            "weights": None
+            if self.weights_ is None
+            else [float(w) for w in np.asarray(self.weights_, dtype=np.float64)],
             "temperature": float(self.temperature_),
             "metric": None if self.metric_ is None else self.metric_.name,
             "fitted": _plain(self._state()),
@@ -420,8 +422,10 @@ class BlendMethod:
         if not isinstance(state, dict) or "method" not in state:
             raise ValueError(f"not a stored blend state: {str(state)[:80]!r}")
         if state.get("version", 1) > cls.STATE_VERSION:
-            raise ValueError(f"blend state version {state.get('version')} is newer than this code's ({cls.STATE_VERSION}); "
-                             "upgrade the pipeline")
+            raise ValueError(
+                f"blend state version {state.get('version')} is newer than this code's ({cls.STATE_VERSION}); "
+                "upgrade the pipeline"
+            )
         method = make_blend(state["method"], **state["params"])
         method.task_ = state["task"]
         method.output_ = TASK_OUTPUT[state["task"]]
@@ -430,7 +434,7 @@ class BlendMethod:
         method.temperature_ = float(state["temperature"])
         if state.get("metric"):
             try:
-                method.metric_ = _as_metric(state["metric"])
+                method.metric_ = as_metric(state["metric"])
             except (KeyError, ValueError):
                 method.metric_ = None  # a user's metric not registered here: predict does not need it
         method._load_state(state.get("fitted") or {})
@@ -460,11 +464,12 @@ def _plain(value: Any) -> Any:
         return float(value)
     return value
 
+
 # Parameter checks shared by the method modules' _check_params
-def _require(cond: bool, message: str) -> None:
+def require(cond: bool, message: str) -> None:
     if not cond:
         raise ValueError(message)
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .objective import _EPS, _logit, _sigmoid, _softmax
+from .objective import EPS, logit, sigmoid, softmax
 
 
 def apply_temperature(pred: np.ndarray, temperature: float) -> np.ndarray:
@@ -28,8 +28,8 @@ def apply_temperature(pred: np.ndarray, temperature: float) -> np.ndarray:
         raise ValueError(f"temperature must be > 0; got {temperature}")
     pred = np.asarray(pred, dtype=np.float64)
     if pred.ndim == 1 or pred.shape[1] == 1:
-        return _sigmoid(_logit(pred, _EPS) / temperature)
-    return _softmax(np.log(np.clip(pred, _EPS, 1.0)) / temperature, axis=1)
+        return sigmoid(logit(pred, EPS) / temperature)
+    return softmax(np.log(np.clip(pred, EPS, 1.0)) / temperature, axis=1)
 
 
 def fit_temperature(pred: np.ndarray, y: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
@@ -54,7 +54,7 @@ def fit_temperature(pred: np.ndarray, y: np.ndarray, bounds: tuple[float, float]
     pred = np.asarray(pred, dtype=np.float64)
     y = np.asarray(y).astype(np.int64)
     if pred.ndim == 1 or pred.shape[1] == 1:
-        z = _logit(pred.reshape(-1), _EPS)
+        z = logit(pred.reshape(-1), EPS)
         # logit of the true class: +z for positives, -z for negatives
         zy = np.where(y == 1, z, -z)
 
@@ -64,7 +64,7 @@ def fit_temperature(pred: np.ndarray, y: np.ndarray, bounds: tuple[float, float]
             return float(np.mean(np.logaddexp(0.0, -s)))
 
     else:
-        z = np.log(np.clip(pred, _EPS, 1.0))
+        z = np.log(np.clip(pred, EPS, 1.0))
         z_true = z[np.arange(len(y)), y]
 
         def loss(log_t: float) -> float:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import BlendMethod, _is_int, _require, register_blend
-from .objective import _LinearLoss
+from .base import BlendMethod, is_int, register_blend, require
+from .objective import LinearLoss
 
 
 @register_blend("caruana")
@@ -46,12 +46,15 @@ class CaruanaSelection(BlendMethod):
 
     def _check_params(self):
         p = self.params
-        _require(_is_int(p["n_steps"]) and p["n_steps"] >= 1, f"n_steps must be an int >= 1; got {p['n_steps']!r}")
-        _require(_is_int(p["sorted_init"]) and p["sorted_init"] >= 0, f"sorted_init must be an int >= 0; got {p['sorted_init']!r}")
-        _require(_is_int(p["n_bags"]) and p["n_bags"] >= 1, f"n_bags must be an int >= 1; got {p['n_bags']!r}")
-        _require(0 < p["bag_fraction"] <= 1, f"bag_fraction must be in (0, 1]; got {p['bag_fraction']!r}")
+        require(is_int(p["n_steps"]) and p["n_steps"] >= 1, f"n_steps must be an int >= 1; got {p['n_steps']!r}")
+        require(
+            is_int(p["sorted_init"]) and p["sorted_init"] >= 0,
+            f"sorted_init must be an int >= 0; got {p['sorted_init']!r}",
+        )
+        require(is_int(p["n_bags"]) and p["n_bags"] >= 1, f"n_bags must be an int >= 1; got {p['n_bags']!r}")
+        require(0 < p["bag_fraction"] <= 1, f"bag_fraction must be in (0, 1]; got {p['bag_fraction']!r}")
 
-    def _select(self, obj: _LinearLoss, idx: np.ndarray) -> np.ndarray:
+    def _select(self, obj: LinearLoss, idx: np.ndarray) -> np.ndarray:
         n = obj.n_models
         decimals = self.params["decimals"]
         counts = np.zeros(n, dtype=np.int64)
@@ -91,7 +94,7 @@ class CaruanaSelection(BlendMethod):
         return np.bincount(trajectory[:length], minlength=n) / length
 
     def _fit(self, preds, y, metric, extra):
-        obj = _LinearLoss(preds, y, metric, task=self.task_, dtype=np.float32)
+        obj = LinearLoss(preds, y, metric, task=self.task_, dtype=np.float32)
         n = preds.shape[0]
         self.trajectories_: list[list[int]] = []
         self.best_lengths_: list[int] = []

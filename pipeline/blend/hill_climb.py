@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from .base import BlendMethod, _is_int, _require, register_blend
-from .objective import _LinearLoss
+from .base import BlendMethod, is_int, register_blend, require
+from .objective import LinearLoss
 
 
 @register_blend("hill_climb")
@@ -38,13 +38,13 @@ class HillClimb(BlendMethod):
 
     def _check_params(self):
         p = self.params
-        _require(0 < p["step"] <= 1, f"step must be in (0, 1]; got {p['step']!r}")
-        _require(p["step"] <= p["max_weight"] <= 1, f"max_weight must be in [step, 1]; got {p['max_weight']!r}")
-        _require(_is_int(p["max_iter"]) and p["max_iter"] >= 0, f"max_iter must be an int >= 0; got {p['max_iter']!r}")
+        require(0 < p["step"] <= 1, f"step must be in (0, 1]; got {p['step']!r}")
+        require(p["step"] <= p["max_weight"] <= 1, f"max_weight must be in [step, 1]; got {p['max_weight']!r}")
+        require(is_int(p["max_iter"]) and p["max_iter"] >= 0, f"max_iter must be an int >= 0; got {p['max_iter']!r}")
 
     def _fit(self, preds, y, metric, extra):
         p = self.params
-        obj = _LinearLoss(preds, y, metric, task=self.task_, clip=p["allow_negative"], dtype=np.float32)
+        obj = LinearLoss(preds, y, metric, task=self.task_, clip=p["allow_negative"], dtype=np.float32)
         n = preds.shape[0]
         n_grid = int(math.floor(p["max_weight"] / p["step"] + 1e-9))
         grid = p["step"] * np.arange(1, n_grid + 1)
@@ -76,7 +76,7 @@ class HillClimb(BlendMethod):
         self.weights_ = weights
 
     @staticmethod
-    def _best_move_convex(obj: _LinearLoss, current: np.ndarray, current_loss: float,
+    def _best_move_convex(obj: LinearLoss, current: np.ndarray, current_loss: float,
                           grid: np.ndarray) -> tuple[tuple[int, float] | None, float]:
         """Best grid move for the log loss, using its convexity along each move.
 

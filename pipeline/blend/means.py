@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import BlendMethod, _require, register_blend
-from .objective import _LOG_CLIP, _logit, _sigmoid, _softmax, _to_output
+from .base import BlendMethod, register_blend, require
+from .objective import LOG_CLIP, logit, sigmoid, softmax, to_output
 
 
 class _MeanMethod(BlendMethod):
@@ -28,7 +28,7 @@ class Mean(_MeanMethod):
     """Arithmetic mean of the models' predictions (any task)."""
 
     def _predict(self, preds, extra):
-        return _to_output(preds.mean(axis=0), self.output_)
+        return to_output(preds.mean(axis=0), self.output_)
 
 
 @register_blend("rank_mean")
@@ -56,7 +56,7 @@ class RankMean(_MeanMethod):
             ranks = np.full_like(preds, 0.5)
         else:
             ranks = (rankdata(preds, axis=1) - 1.0) / (n_rows - 1)
-        return _to_output(ranks.mean(axis=0), self.output_)
+        return to_output(ranks.mean(axis=0), self.output_)
 
 
 @register_blend("geometric_mean")
@@ -73,7 +73,7 @@ class GeometricMean(_MeanMethod):
     why_not = "it averages logarithms, undefined for values <= 0"
 
     def _predict(self, preds, extra):
-        return _to_output(np.exp(np.log(np.clip(preds, _LOG_CLIP, 1.0)).mean(axis=0)), self.output_)
+        return to_output(np.exp(np.log(np.clip(preds, LOG_CLIP, 1.0)).mean(axis=0)), self.output_)
 
 
 @register_blend("power_mean")
@@ -95,14 +95,14 @@ class PowerMean(_MeanMethod):
     why_not = "powers of negative values are undefined or lose the sign"
 
     def _check_params(self):
-        _require(np.isfinite(self.params["power"]), f"power must be a finite number; got {self.params['power']!r}")
+        require(np.isfinite(self.params["power"]), f"power must be a finite number; got {self.params['power']!r}")
 
     def _predict(self, preds, extra):
         power = float(self.params["power"])
         if power == 0:
             return GeometricMean._predict(self, preds, extra)
-        base = np.clip(preds, _LOG_CLIP, 1.0) if power < 0 else preds
-        return _to_output(np.power(np.power(base, power).mean(axis=0), 1.0 / power), self.output_)
+        base = np.clip(preds, LOG_CLIP, 1.0) if power < 0 else preds
+        return to_output(np.power(np.power(base, power).mean(axis=0), 1.0 / power), self.output_)
 
 
 @register_blend("logit_mean")
@@ -119,5 +119,5 @@ class LogitMean(_MeanMethod):
 
     def _predict(self, preds, extra):
         if self.output_ == "probability":
-            return _sigmoid(_logit(preds, _LOG_CLIP).mean(axis=0))
-        return _softmax(np.log(np.clip(preds, _LOG_CLIP, 1.0)).mean(axis=0), axis=-1)
+            return sigmoid(logit(preds, LOG_CLIP).mean(axis=0))
+        return softmax(np.log(np.clip(preds, LOG_CLIP, 1.0)).mean(axis=0), axis=-1)

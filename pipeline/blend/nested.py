@@ -8,11 +8,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..folds import iter_splits
-from ..metrics import Metric
+from ..core.splits import iter_splits
+from ..task.metrics import Metric
 from .base import BLEND_METHODS, BlendMethod, NotApplicable, make_blend, not_applicable_reason
 from .calibration import apply_temperature
-from .validation import _as_metric, _check_task, _validate_extra, _validate_preds, _validate_y
+from .validation import as_metric, check_task, validate_extra, validate_preds, validate_y
 
 
 @dataclass
@@ -147,13 +147,13 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
         The method does not apply to the task (see :func:`applicable`).
     """
     start = time.perf_counter()
-    metric = _as_metric(metric)
+    metric = as_metric(metric)
     params = dict(params or {})
     if isinstance(name_or_factory, str):
         method_name = name_or_factory
         factory = lambda **kw: make_blend(method_name, **kw)  # noqa: E731
         if task is not None:
-            reason = not_applicable_reason(method_name, _check_task(task))
+            reason = not_applicable_reason(method_name, check_task(task))
             if reason is not None:
                 raise NotApplicable(reason)
     else:
@@ -163,10 +163,10 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
         raise ValueError(f"calibration must be 'nested' or 'in_sample'; got {calibration!r}")
     if decision is not None and not callable(decision):
         raise TypeError(f"decision must be a zero-argument factory (e.g. a class), not an instance; got {decision!r}")
-    preds, task = _validate_preds(preds, task=task)
+    preds, task = validate_preds(preds, task=task)
     _, n_rows, n_cols = preds.shape
-    y = _validate_y(y, n_rows, n_cols, task)
-    extra = _validate_extra(extra, n_rows)
+    y = validate_y(y, n_rows, n_cols, task)
+    extra = validate_extra(extra, n_rows)
     folds = np.asarray(folds)
     if folds.shape != (n_rows,):
         raise ValueError(f"folds must have shape ({n_rows},), one fold id per OOF row; got {folds.shape}")
@@ -183,7 +183,8 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
         full._fit_valid(preds, y, metric, extra, task)
         all_rows = full._predict_valid(preds, extra)
 
-        def refit(train: np.ndarray, test: np.ndarray) -> tuple[BlendMethod, np.ndarray, np.ndarray, Callable[[], np.ndarray]]:
+        def refit(train: np.ndarray,
+                  test: np.ndarray) -> tuple[BlendMethod, np.ndarray, np.ndarray, Callable[[], np.ndarray]]:
             return full, all_rows[test], all_rows[test], lambda: all_rows[train]
     else:
         # the fold refits are throwaway: keep their studies in memory (SQLite commits every trial, ~5x slower)
@@ -192,13 +193,17 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
         if params.get("storage") is not None or params.get("previous_trials"):
             fold_params = {**params, "storage": None, "study_name": None, "previous_trials": None}
 
-        def refit(train: np.ndarray, test: np.ndarray) -> tuple[BlendMethod, np.ndarray, np.ndarray, Callable[[], np.ndarray]]:
+        def refit(
+            train: np.ndarray, test: np.ndarray
+        ) -> tuple[BlendMethod, np.ndarray, np.ndarray, Callable[[], np.ndarray]]:
             method = factory(**fold_params)
             # np.take with integer indices copies ~2.5x faster than a boolean mask on axis 1
             train_preds = np.take(preds, train, axis=1)
             train_extra = None if extra is None else extra[train]
             method._fit_valid(train_preds, y[train], metric, train_extra, task)
-            raw = method._predict_valid(np.take(preds, test, axis=1), None if extra is None else extra[test], calibrated=False)
+            raw = method._predict_valid(
+                np.take(preds, test, axis=1), None if extra is None else extra[test], calibrated=False
+            )
             held_out = raw if method.temperature_ == 1.0 else apply_temperature(raw, method.temperature_)
             return method, held_out, raw, lambda: method._predict_valid(train_preds, train_extra)
 
@@ -228,8 +233,11 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
     nested_calibrated = nested_uncalibrated = None
     if params.get("calibrate") and decision is None:
         nested_calibrated, nested_uncalibrated = metric(y, oof), metric(y, oof_raw)
-        helps = (nested_calibrated > nested_uncalibrated if metric.greater_is_better
-                 else nested_calibrated < nested_uncalibrated)
+        helps = (
+            nested_calibrated > nested_uncalibrated
+            if metric.greater_is_better
+            else nested_calibrated < nested_uncalibrated
+        )
         if calibration == "nested" and not helps:
             # the temperature did not help out of sample: drop it from the figures and from the final blend
             oof = oof_raw
@@ -244,10 +252,23 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
     in_sample = metric(y, all_rows)
     nested = metric(y, oof)
     gap = in_sample - nested if metric.greater_is_better else nested - in_sample
-    weight_std = float(np.std(np.stack(inner_weights), axis=0).mean()) if len(inner_weights) == len(fold_scores) else None
+    weight_std = (
+        float(np.std(np.stack(inner_weights), axis=0).mean()) if len(inner_weights) == len(fold_scores) else None
+    )
     return NestedResult(
-        method=getattr(full, "name", method_name), params=dict(full.params), in_sample=in_sample, nested=nested,
-        gap=gap, fold_scores=fold_scores, weight_std=weight_std, weights=full.weights_, oof_pred=oof,
-        seconds=time.perf_counter() - start, fitted=full, decision=final, nested_calibrated=nested_calibrated,
-        nested_uncalibrated=nested_uncalibrated, temperature_in_sample=temperature_in_sample,
+        method=getattr(full, "name", method_name),
+        params=dict(full.params),
+        in_sample=in_sample,
+        nested=nested,
+        gap=gap,
+        fold_scores=fold_scores,
+        weight_std=weight_std,
+        weights=full.weights_,
+        oof_pred=oof,
+        seconds=time.perf_counter() - start,
+        fitted=full,
+        decision=final,
+        nested_calibrated=nested_calibrated,
+        nested_uncalibrated=nested_uncalibrated,
+        temperature_in_sample=temperature_in_sample,
     )

@@ -1,6 +1,6 @@
-"""The fast objective of linear blends (:class:`_LinearLoss`) and the array helpers around it.
+"""The fast objective of linear blends (:class:`LinearLoss`) and the array helpers around it.
 
-Also here: the softmax/sigmoid/logit helpers, ``_to_output`` (a blend back to a valid
+Also here: the softmax/sigmoid/logit helpers, ``to_output`` (a blend back to a valid
 prediction of its kind), the stackers' logit features and the single-model scores.
 
 Why the objectives are written the way they are
@@ -13,7 +13,7 @@ class, an ``(n_models, n_rows)`` array: the blend of those is the blend's
 true-class probability.  The same holds per element for independent
 probabilities (binary, multilabel): the blend of ``p`` where ``y = 1`` and
 ``1 - p`` where ``y = 0`` is the blend's probability of the truth.
-:class:`_LinearLoss` uses that reduction for ``log_loss`` (10x less memory
+:class:`LinearLoss` uses that reduction for ``log_loss`` (10x less memory
 traffic for 10 classes) and falls back to calling the metric on full blends
 for other metrics and for values.
 """
@@ -25,20 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import TASK_OUTPUT, Metric
-from .validation import _as_metric, _resolve_task, _validate_preds, _validate_y
+from ..task.metrics import TASK_OUTPUT, Metric
+from .validation import as_metric, resolve_task, validate_preds, validate_y
 
 # Same clip as metrics._log_loss, so the fast objectives equal the metric.
-_EPS = 1e-15
+EPS = 1e-15
 # Clip for log-space averaging and stacker features: one model's exact 0
 # would otherwise give log(1e-15) = -34.5 and veto a class on its own.
-_LOG_CLIP = 1e-7
+LOG_CLIP = 1e-7
 # Elements per chunk when many candidate blends are scored at once; bounds
 # temporary memory to ~32 MB of float64.
 _CHUNK_ELEMENTS = 4_000_000
 
 
-def _to_output(blend: np.ndarray, output: str) -> np.ndarray:
+def to_output(blend: np.ndarray, output: str) -> np.ndarray:
     """Turn a (possibly negative-weight) blend into a valid prediction of its kind.
 
     ``"probability"``: clip each element to [0, 1].  ``"simplex"``: clip at 0
@@ -58,24 +58,24 @@ def _to_output(blend: np.ndarray, output: str) -> np.ndarray:
     return out / sums
 
 
-def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     z = z - z.max(axis=axis, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     # exp of a non-positive argument only, so no overflow warnings
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def _logit(p: np.ndarray, eps: float) -> np.ndarray:
+def logit(p: np.ndarray, eps: float) -> np.ndarray:
     p = np.clip(p, eps, 1.0 - eps)
     return np.log(p) - np.log1p(-p)
 
 
-def _logit_features(preds: np.ndarray, output: str) -> np.ndarray:
+def logit_features(preds: np.ndarray, output: str) -> np.ndarray:
     """Stacker inputs: each model's predictions in logit space, side by side.
 
     Probabilities (binary, multilabel): ``logit(p)`` per element.  Simplex
@@ -94,9 +94,9 @@ def _logit_features(preds: np.ndarray, output: str) -> np.ndarray:
     if output == "value":
         z = preds
     elif output == "probability":
-        z = _logit(preds, _LOG_CLIP)
+        z = logit(preds, LOG_CLIP)
     else:
-        z = np.log(np.clip(preds, _LOG_CLIP, 1.0))
+        z = np.log(np.clip(preds, LOG_CLIP, 1.0))
         z -= z.mean(axis=2, keepdims=True)
     return z.transpose(1, 0, 2).reshape(n_rows, n_models * n_cols).astype(np.float32)
 
@@ -120,17 +120,17 @@ def single_model_scores(preds: np.ndarray, y: np.ndarray, metric: Metric | str, 
     scores : ndarray of shape (n_models,)
         In the metric's own units and direction.
     """
-    metric = _as_metric(metric)
-    preds, task = _validate_preds(preds, task=task)
-    y = _validate_y(y, preds.shape[1], preds.shape[2], task)
-    return _single_scores(preds, y, metric)
+    metric = as_metric(metric)
+    preds, task = validate_preds(preds, task=task)
+    y = validate_y(y, preds.shape[1], preds.shape[2], task)
+    return single_scores(preds, y, metric)
 
 
-def _single_scores(preds: np.ndarray, y: np.ndarray, metric: Metric) -> np.ndarray:
+def single_scores(preds: np.ndarray, y: np.ndarray, metric: Metric) -> np.ndarray:
     return np.array([metric(y, p) for p in preds])
 
 
-class _LinearLoss:
+class LinearLoss:
     """Loss of blends ``sum_m w_m preds[m]`` (``sum w = 1``), fast for log loss.
 
     ``stack`` is the per-model representation that blends linearly, chosen
@@ -178,7 +178,7 @@ class _LinearLoss:
         self.metric = metric
         self.y = y
         self.clip = clip
-        self.task = _resolve_task(task, preds.shape[2])
+        self.task = resolve_task(task, preds.shape[2])
         self.output = TASK_OUTPUT[self.task]
         self.mode = "metric"
         if not clip:
@@ -194,7 +194,7 @@ class _LinearLoss:
                 truth = y.reshape(preds.shape[1], -1)
                 stack = np.where(truth[None] == 1, preds, 1.0 - preds).reshape(preds.shape[0], -1)
                 # metrics._log_loss clips binary p to [eps, 1 - eps], multiclass to [eps, 1]
-                self.hi = 1.0 - _EPS
+                self.hi = 1.0 - EPS
             else:
                 stack = preds[:, np.arange(preds.shape[1]), y]
             if self.task == "multilabel" and not force_log_loss and not self._matches_metric(stack, preds):
@@ -225,8 +225,8 @@ class _LinearLoss:
     def n_models(self) -> int:
         return self.stack.shape[0]
 
-    def subset(self, idx: np.ndarray) -> "_LinearLoss":
-        new = object.__new__(_LinearLoss)
+    def subset(self, idx: np.ndarray) -> "LinearLoss":
+        new = object.__new__(LinearLoss)
         new.__dict__.update(self.__dict__)
         new.stack = self.stack[idx]
         return new
@@ -239,7 +239,7 @@ class _LinearLoss:
         if self.mode == "sq":
             np.square(r, out=r)
             return r.mean(axis=-1, dtype=np.float64)
-        np.clip(r, _EPS, self.hi, out=r)
+        np.clip(r, EPS, self.hi, out=r)
         np.log(r, out=r)
         return -r.mean(axis=-1, dtype=np.float64)
 
@@ -247,7 +247,7 @@ class _LinearLoss:
         """Loss of one blend given in the ``stack`` representation."""
         if self.mode != "metric":
             return float(self._reduce(np.array(r, dtype=self.stack.dtype)))
-        pred = _to_output(r, self.output) if self.clip else r
+        pred = to_output(r, self.output) if self.clip else r
         return self.metric.loss(self.y, pred)
 
     def weights_loss(self, w: np.ndarray) -> float:
@@ -287,7 +287,7 @@ class _LinearLoss:
         at 0 cannot improve the blend for any ``a > 0``: hill climbing skips
         it without changing the result.
         """
-        b = np.clip(base, _EPS, None)
+        b = np.clip(base, EPS, None)
         slope = -((self.stack - b) / b).mean(axis=1, dtype=np.float64)
         return np.flatnonzero(slope < 0)
 

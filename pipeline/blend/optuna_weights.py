@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from .base import BlendMethod, _is_int, _require, register_blend
-from .objective import _LinearLoss
+from .base import BlendMethod, is_int, register_blend, require
+from .objective import LinearLoss
 
 
 @contextlib.contextmanager
@@ -64,11 +64,11 @@ class OptunaWeights(BlendMethod):
 
     def _check_params(self):
         p = self.params
-        _require(_is_int(p["n_trials"]) and p["n_trials"] >= 1, f"n_trials must be an int >= 1; got {p['n_trials']!r}")
-        _require(p["timeout"] is None or p["timeout"] > 0, f"timeout must be None or > 0 seconds; got {p['timeout']!r}")
+        require(is_int(p["n_trials"]) and p["n_trials"] >= 1, f"n_trials must be an int >= 1; got {p['n_trials']!r}")
+        require(p["timeout"] is None or p["timeout"] > 0, f"timeout must be None or > 0 seconds; got {p['timeout']!r}")
 
     def _fit(self, preds, y, metric, extra):
-        obj = _LinearLoss(preds, y, metric, task=self.task_)
+        obj = LinearLoss(preds, y, metric, task=self.task_)
         n = preds.shape[0]
         keys = [f"u{i:04d}" for i in range(n)]
 

@@ -1,4 +1,6 @@
-"""Choosing among scored candidates (:func:`select_method`, the one-standard-error rule) and pruning near-duplicate models."""
+"""Choosing among scored candidates (:func:`select_method`, the one-standard-error rule) and pruning near-duplicate
+models.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import Metric
+from ..task.metrics import Metric
 from .base import BLEND_METHODS
 from .nested import NestedResult
-from .objective import _single_scores
-from .validation import _as_metric, _validate_preds, _validate_y
-
+from .objective import single_scores
+from .validation import as_metric, validate_preds, validate_y
 
 # Scores are compared to this many decimals, so that float noise (a refit's last bits, summation order)
 # does not decide between candidates that are equally good.
@@ -87,7 +88,7 @@ def standard_errors(results: Mapping[Hashable, Any], metric: Metric | str) -> di
     dict
         Candidate -> standard error, in the metric's units.
     """
-    metric = _as_metric(metric)
+    metric = as_metric(metric)
     if not results:
         return {}
     keys = list(results)
@@ -156,7 +157,7 @@ def select_method(results: Mapping[Hashable, Any], metric: Metric | str, rule: s
     ValueError
         ``results`` is empty or ``rule`` is unknown.
     """
-    metric = _as_metric(metric)
+    metric = as_metric(metric)
     if not results:
         raise ValueError("select_method needs at least one result")
     if rule not in SELECTION_RULES:
@@ -206,7 +207,7 @@ def rank_candidates(results: Mapping[Hashable, Any], metric: Metric | str) -> li
     ValueError
         ``results`` is empty.
     """
-    metric = _as_metric(metric)
+    metric = as_metric(metric)
     if not results:
         raise ValueError("rank_candidates needs at least one result")
     sign = 1.0 if metric.greater_is_better else -1.0
@@ -221,9 +222,15 @@ def rank_candidates(results: Mapping[Hashable, Any], metric: Metric | str) -> li
     return [keys[i] for i in sorted(range(len(keys)), key=rank, reverse=True)]
 
 
-def prune_correlated(preds: np.ndarray, threshold: float = 0.995, scores: np.ndarray | None = None,
-                     metric: Metric | str | None = None, *, y: np.ndarray | None = None,
-                     task: str | None = None) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+def prune_correlated(
+    preds: np.ndarray,
+    threshold: float = 0.995,
+    scores: np.ndarray | None = None,
+    metric: Metric | str | None = None,
+    *,
+    y: np.ndarray | None = None,
+    task: str | None = None,
+) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
     """Drop near-duplicate models, keeping the better of each correlated pair.
 
     Models are visited best first (by ``scores``; by index when no scores);
@@ -254,14 +261,14 @@ def prune_correlated(preds: np.ndarray, threshold: float = 0.995, scores: np.nda
         Each pruned model with the kept model it duplicates (the most
         correlated one).
     """
-    preds, task = _validate_preds(preds, task=task)
+    preds, task = validate_preds(preds, task=task)
     n = preds.shape[0]
     if scores is None and y is not None and metric is not None:
-        scores = _single_scores(preds, _validate_y(y, preds.shape[1], preds.shape[2], task), _as_metric(metric))
+        scores = single_scores(preds, validate_y(y, preds.shape[1], preds.shape[2], task), as_metric(metric))
     if scores is not None:
         if metric is None:
             raise ValueError("prune_correlated needs metric to know whether higher scores are better")
-        metric = _as_metric(metric)
+        metric = as_metric(metric)
         scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (n,):
             raise ValueError(f"scores must have one value per model, shape ({n},); got {scores.shape}")

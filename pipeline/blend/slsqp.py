@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import BlendMethod, register_blend
-from .objective import _EPS, _LinearLoss
+from .objective import EPS, LinearLoss
 
 
 @register_blend("slsqp")
@@ -40,7 +40,7 @@ class SLSQPWeights(BlendMethod):
     def _fit(self, preds, y, metric, extra):
         from scipy.optimize import minimize
 
-        obj = _LinearLoss(preds, y, metric, task=self.task_, force_log_loss=True)
+        obj = LinearLoss(preds, y, metric, task=self.task_, force_log_loss=True)
         if obj.mode == "sq":
             self.surrogate_ = None if metric.name in ("rmse", "mse") else "squared_error"
         else:
@@ -54,7 +54,7 @@ class SLSQPWeights(BlendMethod):
             if obj.mode == "sq":
                 # d/dw mean((w @ S)^2) = 2 S (w @ S) / N, S the residuals
                 return 2.0 * (stack @ (w @ stack)) / n_elements
-            b = np.clip(w @ stack, _EPS, obj.hi)
+            b = np.clip(w @ stack, EPS, obj.hi)
             return -(stack @ (1.0 / b)) / n_elements
 
         res = minimize(

@@ -6,12 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from .base import BlendMethod, _is_int, _require, register_blend
-from .objective import _logit_features, _single_scores, _to_output
+from .base import BlendMethod, is_int, register_blend, require
+from .objective import logit_features, single_scores, to_output
 
 
 def _check_max_models(value: Any) -> None:
-    _require(value is None or (_is_int(value) and value >= 1), f"max_models must be None or an int >= 1; got {value!r}")
+    require(value is None or (is_int(value) and value >= 1), f"max_models must be None or an int >= 1; got {value!r}")
 
 
 class _Stacker(BlendMethod):
@@ -36,14 +36,14 @@ class _Stacker(BlendMethod):
 
     def _check_params(self):
         _check_max_models(self.params["max_models"])
-        _require(self.params["label_features"] in ("own", "all"),
+        require(self.params["label_features"] in ("own", "all"),
                  f"label_features must be 'own' or 'all'; got {self.params['label_features']!r}")
 
     def _make_model(self, regression: bool = False):
         raise NotImplementedError
 
     def _features(self, preds, extra):
-        x = _logit_features(np.take(preds, self.models_, axis=0), self.output_)
+        x = logit_features(np.take(preds, self.models_, axis=0), self.output_)
         return x if extra is None else np.hstack([x, extra.astype(np.float32)])
 
     def _label_inputs(self, x: np.ndarray, label: int, n_labels: int) -> np.ndarray:
@@ -59,7 +59,7 @@ class _Stacker(BlendMethod):
         # the stacker reads only the best `max_models` models: fewer inputs overfit less and fit faster
         limit = self.params["max_models"]
         if limit and preds.shape[0] > limit:
-            scores = _single_scores(preds, y, metric)
+            scores = single_scores(preds, y, metric)
             best_first = np.argsort(-scores if metric.greater_is_better else scores, kind="stable")
             self.models_ = np.sort(best_first[:limit])
         else:
@@ -112,7 +112,7 @@ class _Stacker(BlendMethod):
             full[:, self.model_.classes_] = self.model_.predict_proba(self._features(preds, extra))
         if preds.shape[2] == 1:
             return np.clip(full[:, 1:2], 0.0, 1.0)
-        return _to_output(full, "simplex")
+        return to_output(full, "simplex")
 
     # -- stored state: the second-level models as JSON data (see BlendMethod.state) --
 
@@ -195,7 +195,7 @@ class LogRegStacker(_Stacker):
 
     def _check_params(self):
         super()._check_params()
-        _require(self.params["C"] > 0, f"C must be > 0; got {self.params['C']!r}")
+        require(self.params["C"] > 0, f"C must be > 0; got {self.params['C']!r}")
 
     def _make_model(self, regression: bool = False):
         from sklearn.linear_model import LogisticRegression, Ridge
@@ -266,9 +266,21 @@ class LGBMStacker(_Stacker):
         Multilabel only; see :class:`LogRegStacker`.
     """
 
-    defaults = {"max_models": 10, "label_features": "own", "n_estimators": 200, "learning_rate": 0.05, "num_leaves": 7, "min_child_samples": 20,
-                "subsample": 0.8, "colsample_bytree": 0.5, "reg_lambda": 1.0, "max_bin": 63, "bin_sample": 20000,
-                "n_jobs": 2, "seed": 0}
+    defaults = {
+        "max_models": 10,
+        "label_features": "own",
+        "n_estimators": 200,
+        "learning_rate": 0.05,
+        "num_leaves": 7,
+        "min_child_samples": 20,
+        "subsample": 0.8,
+        "colsample_bytree": 0.5,
+        "reg_lambda": 1.0,
+        "max_bin": 63,
+        "bin_sample": 20000,
+        "n_jobs": 2,
+        "seed": 0,
+    }
 
     def _make_model(self, regression: bool = False):
         import lightgbm as lgb
@@ -276,11 +288,21 @@ class LGBMStacker(_Stacker):
         p = self.params
         cls = lgb.LGBMRegressor if regression else lgb.LGBMClassifier
         return cls(
-            n_estimators=p["n_estimators"], learning_rate=p["learning_rate"], num_leaves=p["num_leaves"],
-            min_child_samples=p["min_child_samples"], subsample=p["subsample"], subsample_freq=1,
-            colsample_bytree=p["colsample_bytree"], reg_lambda=p["reg_lambda"], max_bin=p["max_bin"],
+            n_estimators=p["n_estimators"],
+            learning_rate=p["learning_rate"],
+            num_leaves=p["num_leaves"],
+            min_child_samples=p["min_child_samples"],
+            subsample=p["subsample"],
+            subsample_freq=1,
+            colsample_bytree=p["colsample_bytree"],
+            reg_lambda=p["reg_lambda"],
+            max_bin=p["max_bin"],
             bin_construct_sample_cnt=p["bin_sample"],
-            n_jobs=p["n_jobs"], random_state=p["seed"], deterministic=True, force_row_wise=True, verbose=-1,
+            n_jobs=p["n_jobs"],
+            random_state=p["seed"],
+            deterministic=True,
+            force_row_wise=True,
+            verbose=-1,
         )
 
     def _dump_model(self, model) -> dict:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import TASK_OUTPUT, Metric, get_metric
+from ..task.metrics import TASK_OUTPUT, Metric, get_metric
 
 # A multiclass row whose probabilities sum further than this from 1 is not a
 # probability vector (e.g. logits passed by mistake); closer rows are
@@ -18,25 +18,25 @@ from ..metrics import TASK_OUTPUT, Metric, get_metric
 _ROW_SUM_TOL = 1e-2
 
 
-def _check_task(task: Any) -> str:
+def check_task(task: Any) -> str:
     if task not in TASK_OUTPUT:
         raise ValueError(f"task must be one of {', '.join(map(repr, TASK_OUTPUT))} or None (inferred from the "
                          f"number of columns: 1 is binary, more multiclass); got {task!r}")
     return task
 
 
-def _resolve_task(task: str | None, n_cols: int) -> str:
+def resolve_task(task: str | None, n_cols: int) -> str:
     """The explicit task, or today's inference: one column is binary, more is multiclass."""
     if task is None:
         return "binary" if n_cols == 1 else "multiclass"
-    return _check_task(task)
+    return check_task(task)
 
 
-def _as_metric(metric: Metric | str) -> Metric:
+def as_metric(metric: Metric | str) -> Metric:
     return get_metric(metric) if isinstance(metric, str) else metric
 
 
-def _validate_preds(preds: Any, *, task: str | None = None, n_models: int | None = None,
+def validate_preds(preds: Any, *, task: str | None = None, n_models: int | None = None,
                     n_cols: int | None = None) -> tuple[np.ndarray, str]:
     """Check the stacked predictions for the task; return them as float64 and the resolved task.
 
@@ -60,18 +60,24 @@ def _validate_preds(preds: Any, *, task: str | None = None, n_models: int | None
     if m == 0 or r == 0 or c == 0:
         raise ValueError(f"preds must be non-empty; got shape {arr.shape}")
     explicit = task is not None
-    task = _resolve_task(task, c)
+    task = resolve_task(task, c)
     output = TASK_OUTPUT[task]
     if n_models is not None and m != n_models:
-        raise ValueError(f"preds has {m} models but the blend was fitted on {n_models}; pass the same models in the same order")
+        raise ValueError(
+            f"preds has {m} models but the blend was fitted on {n_models}; pass the same models in the same order"
+        )
     if n_cols is not None and c != n_cols:
         raise ValueError(f"preds has {c} columns but the blend was fitted on {n_cols}")
     if task == "multiclass" and c < 2:
-        raise ValueError("multiclass preds need one column per class (at least 2); got 1 column. "
-                         "For one positive-class probability pass task='binary'")
+        raise ValueError(
+            "multiclass preds need one column per class (at least 2); got 1 column. "
+            "For one positive-class probability pass task='binary'"
+        )
     if task in ("binary", "regression", "ordinal") and c != 1:
-        raise ValueError(f"{task} preds must have exactly 1 column (shape (n_models, n_rows, 1)); got {c} columns. "
-                         "For one probability per class pass task='multiclass', per label task='multilabel'")
+        raise ValueError(
+            f"{task} preds must have exactly 1 column (shape (n_models, n_rows, 1)); got {c} columns. "
+            "For one probability per class pass task='multiclass', per label task='multilabel'"
+        )
     finite = np.isfinite(arr)
     if not finite.all():
         bad = np.argwhere(~finite)
@@ -86,11 +92,16 @@ def _validate_preds(preds: Any, *, task: str | None = None, n_models: int | None
     if lo < -1e-6 or hi > 1 + 1e-6:
         per_model = np.flatnonzero((arr.min(axis=(1, 2)) < -1e-6) | (arr.max(axis=(1, 2)) > 1 + 1e-6))
         mi = per_model[0]
-        fix = {"multiclass": "apply softmax", "binary": "apply sigmoid",
-               "multilabel": "apply sigmoid to each label's logit"}[task]
+        fix = {
+            "multiclass": "apply softmax",
+            "binary": "apply sigmoid",
+            "multilabel": "apply sigmoid to each label's logit",
+        }[task]
         if not explicit:
-            fix = ("apply softmax (multiclass) or sigmoid (binary) first; for regression or ordinal values pass "
-                   "task='regression' or task='ordinal'")
+            fix = (
+                "apply softmax (multiclass) or sigmoid (binary) first; for regression or ordinal values pass "
+                "task='regression' or task='ordinal'"
+            )
         else:
             fix += " first"
         raise ValueError(
@@ -118,11 +129,15 @@ def _validate_preds(preds: Any, *, task: str | None = None, n_models: int | None
 def _integral(arr: np.ndarray) -> bool:
     if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
         return True
-    return (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)
-            and bool(np.all(np.isfinite(arr))) and bool(np.all(arr == np.round(arr))))
+    return (
+        np.issubdtype(arr.dtype, np.number)
+        and not np.issubdtype(arr.dtype, np.complexfloating)
+        and bool(np.all(np.isfinite(arr)))
+        and bool(np.all(arr == np.round(arr)))
+    )
 
 
-def _validate_y(y: Any, n_rows: int, n_cols: int, task: str | None = None) -> np.ndarray:
+def validate_y(y: Any, n_rows: int, n_cols: int, task: str | None = None) -> np.ndarray:
     """Check the targets against the task and the predictions' shape.
 
     Returns
@@ -132,21 +147,32 @@ def _validate_y(y: Any, n_rows: int, n_cols: int, task: str | None = None) -> np
         ``(n_rows, n_labels)`` (multilabel) or float64 ``(n_rows,)``
         (regression).
     """
-    task = _resolve_task(task, n_cols)
+    task = resolve_task(task, n_cols)
     arr = np.asarray(y)
     if task == "multilabel":
         if arr.ndim == 1 and n_cols == 1:
             arr = arr[:, None]
         if arr.ndim != 2:
-            raise ValueError(f"multilabel y must be a 2-D 0/1 indicator of shape (n_rows, n_labels); got shape {arr.shape}")
+            raise ValueError(
+                f"multilabel y must be a 2-D 0/1 indicator of shape (n_rows, n_labels); got shape {arr.shape}"
+            )
         if arr.shape[0] != n_rows:
-            raise ValueError(f"y has {arr.shape[0]} rows but preds has {n_rows} rows; pass the targets of the OOF rows in the same order")
+            raise ValueError(
+                f"y has {arr.shape[0]} rows but preds has {n_rows} rows; pass the targets of the OOF rows in the same "
+                "order"
+            )
         if arr.shape[1] != n_cols:
-            raise ValueError(f"multilabel y has {arr.shape[1]} label columns but preds has {n_cols}; "
-                             "pass one prediction column per label, in the same order")
+            raise ValueError(
+                f"multilabel y has {arr.shape[1]} label columns but preds has {n_cols}; "
+                "pass one prediction column per label, in the same order"
+            )
         if not _integral(arr) or not np.isin(arr, (0, 1)).all():
             bad = np.argwhere(~np.isin(arr, (0, 1)))
-            at = f"; first bad value {arr[tuple(bad[0])].item()!r} at row {bad[0][0]}, label {bad[0][1]}" if len(bad) else ""
+            at = (
+                f"; first bad value {arr[tuple(bad[0])].item()!r} at row {bad[0][0]}, label {bad[0][1]}"
+                if len(bad)
+                else ""
+            )
             raise ValueError(f"multilabel y must hold only 0 and 1{at}. Encode each label as a 0/1 indicator column")
         return arr.astype(np.int64)
 
@@ -156,7 +182,9 @@ def _validate_y(y: Any, n_rows: int, n_cols: int, task: str | None = None) -> np
         what = "real values" if task == "regression" else "integer labels"
         raise ValueError(f"{task} y must be 1-D {what} of shape (n_rows,); got shape {arr.shape}")
     if len(arr) != n_rows:
-        raise ValueError(f"y has {len(arr)} labels but preds has {n_rows} rows; pass the labels of the OOF rows in the same order")
+        raise ValueError(
+            f"y has {len(arr)} labels but preds has {n_rows} rows; pass the labels of the OOF rows in the same order"
+        )
     if task == "regression":
         if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
             raise ValueError(f"regression y must hold real numbers; got dtype {arr.dtype}")
@@ -166,13 +194,17 @@ def _validate_y(y: Any, n_rows: int, n_cols: int, task: str | None = None) -> np
             raise ValueError(f"regression y must be finite; row {i} is {arr[i]}. Drop or impute those rows first")
         return arr
     if not _integral(arr):
-        raise ValueError(f"{task} y must hold integer {'grades' if task == 'ordinal' else 'class labels'}; "
-                         f"got dtype {arr.dtype} with non-integer values")
+        raise ValueError(
+            f"{task} y must hold integer {'grades' if task == 'ordinal' else 'class labels'}; "
+            f"got dtype {arr.dtype} with non-integer values"
+        )
     arr = arr.astype(np.int64)
     if task == "ordinal":
         if arr.min() < 0:
-            raise ValueError(f"ordinal y must hold grade indices 0, 1, 2, ...; got a minimum of {arr.min()}. "
-                             "Encode grades as their index in the ordered grade list")
+            raise ValueError(
+                f"ordinal y must hold grade indices 0, 1, 2, ...; got a minimum of {arr.min()}. "
+                "Encode grades as their index in the ordered grade list"
+            )
         return arr
     n_classes = 2 if n_cols == 1 else n_cols
     if arr.min() < 0 or arr.max() >= n_classes:
@@ -183,7 +215,7 @@ def _validate_y(y: Any, n_rows: int, n_cols: int, task: str | None = None) -> np
     return arr
 
 
-def _validate_extra(extra: Any, n_rows: int, n_features: int | None = None) -> np.ndarray | None:
+def validate_extra(extra: Any, n_rows: int, n_features: int | None = None) -> np.ndarray | None:
     if extra is None:
         return None
     arr = np.asarray(extra, dtype=np.float64)

@@ -1,7 +1,7 @@
 """Stage 2: fine-tune one architecture on every fold, predict its validation fold and the test set.
 
 Per fold: augmentation at the model's own input size (albumentations per image on the
-host, and/or batched on the device: :mod:`pipeline.transforms`), the model's own
+host, and/or batched on the device: :mod:`pipeline.vision`), the model's own
 normalisation (on the device), AdamW with linear warm-up then cosine decay, AMP (bf16, or
 fp16 with a grad scaler) and channels_last on a GPU, the best checkpoint by the validation
 metric, early stopping, and a progress bar. The training state is saved after every epoch,
@@ -10,7 +10,7 @@ so a rerun after a crash continues the unfinished fold and skips finished ones.
 Rooms (each imports only the ones above it):
 
 =============  ==========================================================================
-heads          the task's loss and activation (the torch half of :mod:`pipeline.tasks`)
+heads          the task's loss and activation (the torch half of :mod:`pipeline.task.tasks`)
 dataset        the Dataset over an image store, ``FoldData``
 runtime        device, AMP dtype, loader settings, ``to_device``/``autocast``
 finetune       head-only epochs (frozen body) and layer-wise lr groups (timm ``param_groups_layer_decay``)

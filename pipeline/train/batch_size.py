@@ -8,10 +8,10 @@ from typing import Callable
 import torch
 
 from pipeline.config import TrainConfig
-from pipeline.models import create_model
 from pipeline.train.heads import Head
 from pipeline.train.runtime import Runtime, free_device_memory, is_oom, to_device
 from pipeline.train.steps import TrainingError, make_optimizer, train_step
+from pipeline.vision.models import create_model
 
 
 def find_batch_size(fits: Callable[[int], bool], start: int = 16, limit: int = 1024, safety: float = 0.9,

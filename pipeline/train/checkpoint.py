@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file as save_safetensors
 
-from pipeline import io
+from pipeline.core import io
 from pipeline.store import previous_version
 
 log = logging.getLogger(__name__)
@@ -46,22 +46,35 @@ def load_state(path: Path) -> dict | None:
         try:
             state = torch.load(candidate, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged file raises one of several torch/pickle errors
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'no detail'}"
+            reason = (
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'no detail'}"
+            )
             kept = candidate.with_name(candidate.name + ".damaged")
             candidate.replace(kept)
-            log.warning("  warning: training state %s cannot be loaded safely (%s); kept as %s, not used",
-                        candidate, reason, kept.name)
+            log.warning(
+                "  warning: training state %s cannot be loaded safely (%s); kept as %s, not used",
+                candidate,
+                reason,
+                kept.name,
+            )
             refused.append(candidate.name)
             continue
         if refused:
-            log.warning("  resuming from the previous training state %s (after epoch %d): the epoch after it is "
-                        "trained again", candidate.name, state["epoch"] + 1)
+            log.warning(
+                "  resuming from the previous training state %s (after epoch %d): the epoch after it is trained again",
+                candidate.name,
+                state["epoch"] + 1,
+            )
         elif candidate != path:
             log.info("  using the previous training state %s (epoch %d)", candidate.name, state["epoch"] + 1)
         return state
     if refused:
-        log.warning("  warning: no usable training state in %s (%s refused): this fold restarts from epoch 1 and "
-                    "every epoch it had trained is trained again", path.parent, ", ".join(refused))
+        log.warning(
+            "  warning: no usable training state in %s (%s refused): this fold restarts from epoch 1 and "
+            "every epoch it had trained is trained again",
+            path.parent,
+            ", ".join(refused),
+        )
     return None
 
 

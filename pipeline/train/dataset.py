@@ -26,7 +26,7 @@ class ImageDataset(torch.utils.data.Dataset):
     """Rows of an :class:`ImageStore` (or the decoded-image cache) through a per-image transform.
 
     ``transform`` takes an RGB uint8 ``(H, W, 3)`` array and returns the tensor the loader
-    batches (:class:`pipeline.transforms.HostTransform`: uint8 ``(size, size, 3)``).
+    batches (:class:`pipeline.vision.host.HostTransform`: uint8 ``(size, size, 3)``).
 
     A DataLoader asks for a whole batch at once (``__getitems__``): when the store can read
     many rows in one go (the cache's ``take``) and the transform has nothing to do to

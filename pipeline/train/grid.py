@@ -16,19 +16,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Config, load_config
-from pipeline.distributed import SINGLE
-from pipeline.executors import Executor, Job, JobOutcome
-from pipeline.report import format_seconds, log_to_file, progress_bar
+from pipeline.core.executors import Executor, Job, JobOutcome
+from pipeline.core.report import format_seconds, log_to_file, progress_bar
 from pipeline.store import RunLock, RunMeta, read_meta
+from pipeline.train.distributed import SINGLE
 from pipeline.train.loop import train_fold
 from pipeline.train.runtime import select_runtime
-from pipeline.train.stage import (RunSpec, assemble_run, fold_list, mark_fold_done, open_run, open_stores, prepare_run,
-                                  view_list, with_batch_size)
+from pipeline.train.spec import RunSpec, fold_list, prepare_run, view_list
+from pipeline.train.stage import assemble_run, mark_fold_done, open_run, open_stores, with_batch_size
 
 log = logging.getLogger(__name__)
 
 
-def train_fold_job(config_path: str, model: str, fold: int, overrides: dict[str, Any], run_name: str | None = None) -> dict:
+def train_fold_job(
+    config_path: str, model: str, fold: int, overrides: dict[str, Any], run_name: str | None = None
+) -> dict:
     """One job of the grid: train fold ``fold`` of the run of ``model`` (named ``run_name``, default the recipe's)
     wherever the executor runs it.
 
@@ -50,8 +52,9 @@ def train_fold_job(config_path: str, model: str, fold: int, overrides: dict[str,
         cfg = with_batch_size(spec, meta, runtime, target)
         views, view_names = view_list(spec.cfg)
         with log_to_file(layout.fold_log(fold)):
-            result = train_fold(spec.name, cfg, fold, data, spec.competition.classes, spec.metric, runtime, layout,
-                                views, view_names)
+            result = train_fold(
+                spec.name, cfg, fold, data, spec.competition.classes, spec.metric, runtime, layout, views, view_names
+            )
     return {"score": result["score"], "train_seconds": result["train_seconds"], "batch_size": cfg.batch_size}
 
 
@@ -65,8 +68,15 @@ class GridRun:
     errors: dict[int, str]
 
 
-def open_grid(config: Config, models: list[str], folds_subset: list[int] | None, force: bool,
-              overrides: dict[str, Any] | None, locks: contextlib.ExitStack, run_name: str | None = None) -> list[GridRun]:
+def open_grid(
+    config: Config,
+    models: list[str],
+    folds_subset: list[int] | None,
+    force: bool,
+    overrides: dict[str, Any] | None,
+    locks: contextlib.ExitStack,
+    run_name: str | None = None,
+) -> list[GridRun]:
     """Resolve and open every run before any job starts; the runs' locks are held by ``locks``."""
     if run_name and len(models) != 1:
         raise ValueError("a run name names one run: give one model with it")
@@ -86,19 +96,36 @@ def record_outcome(run: GridRun, fold: int, outcome: JobOutcome) -> None:
     layout = run.spec.layout
     if not outcome.ok:
         run.errors[fold] = outcome.error
-        log.warning("job %s: FAILED on %s after %s - %s", outcome.job.key, outcome.worker,
-                    format_seconds(outcome.seconds), outcome.error)
+        log.warning(
+            "job %s: FAILED on %s after %s - %s",
+            outcome.job.key,
+            outcome.worker,
+            format_seconds(outcome.seconds),
+            outcome.error,
+        )
         return
     if run.meta.batch_size_found is None and run.spec.cfg.batch_size == "auto":
         run.meta.batch_size_found = int(outcome.value["batch_size"])
     mark_fold_done(layout, run.meta, fold)
-    log.info("job %s: done on %s in %s, %s %.4f", outcome.job.key, outcome.worker, format_seconds(outcome.seconds),
-             run.spec.metric.name, outcome.value["score"])
+    log.info(
+        "job %s: done on %s in %s, %s %.4f",
+        outcome.job.key,
+        outcome.worker,
+        format_seconds(outcome.seconds),
+        run.spec.metric.name,
+        outcome.value["score"],
+    )
 
 
-def run_train_grid(config: Config, models: list[str], executor: Executor, folds_subset: list[int] | None = None,
-                   force: bool = False, overrides: dict[str, Any] | None = None,
-                   run_name: str | None = None) -> list[tuple[str, RunMeta | None, str]]:
+def run_train_grid(
+    config: Config,
+    models: list[str],
+    executor: Executor,
+    folds_subset: list[int] | None = None,
+    force: bool = False,
+    overrides: dict[str, Any] | None = None,
+    run_name: str | None = None,
+) -> list[tuple[str, RunMeta | None, str]]:
     """Train every (model, fold) as one job on ``executor``, then assemble each run whose folds all finished.
 
     Parameters
@@ -108,7 +135,7 @@ def run_train_grid(config: Config, models: list[str], executor: Executor, folds_
     models : list of str
         Recipe names, aliases or timm names; each names a run.
     executor : Executor
-        Where the jobs run (:mod:`pipeline.executors`).
+        Where the jobs run (:mod:`pipeline.core.executors`).
     folds_subset, force, overrides
         As for :func:`pipeline.train.run_train`.
     run_name : str, optional
@@ -126,8 +153,11 @@ def run_train_grid(config: Config, models: list[str], executor: Executor, folds_
         jobs, owner = [], {}
         for run in runs:
             for fold in run.fold_ids:
-                job = Job(f"{run.spec.name} fold {fold}", train_fold_job,
-                          (config.source, run.spec.recipe or run.spec.name, fold, overrides, run.spec.name))
+                job = Job(
+                    f"{run.spec.name} fold {fold}",
+                    train_fold_job,
+                    (config.source, run.spec.recipe or run.spec.name, fold, overrides, run.spec.name),
+                )
                 jobs.append(job)
                 owner[job.key] = (run, fold)
         log.info("grid: %d job(s) of %d run(s) on %s", len(jobs), len(runs), executor.describe())

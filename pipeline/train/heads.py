@@ -1,6 +1,6 @@
 """The torch half of a task: the loss it trains with and the activation that turns logits into stored predictions.
 
-The task registry itself (targets, strata, submission formats) is :mod:`pipeline.tasks`, which
+The task registry itself (targets, strata, submission formats) is :mod:`pipeline.task.tasks`, which
 imports no torch so that the folds and the ensemble run without it.
 """
 
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from timm.loss import SoftTargetCrossEntropy
 
-from pipeline.tasks import Targets, get_task, resolve_loss
+from pipeline.task.tasks import Targets, get_task, resolve_loss
 
 
 class Head(torch.nn.Module):
@@ -70,7 +70,7 @@ class Head(torch.nn.Module):
         """The loss of each row against targets in the head's own form, ``(batch,)``: a label distribution
         (softmax head; :meth:`soft_loss`'s cross-entropy), a probability per label (sigmoid head), or values on
         the target's scale (value tasks: scaled as :meth:`loss` scales them). Pseudo-labels and distillation
-        (:mod:`pipeline.train.teacher`) weight the rows."""
+        (:mod:`pipeline.students.teacher`) weight the rows."""
         logits = logits.float()
         target = target.float().reshape(logits.shape)
         if self.loss_name == "ce":

@@ -17,24 +17,26 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline import io
 from pipeline.config import TrainConfig
-from pipeline.distributed import barrier, broadcast_buffers, gather_rows, shard
-from pipeline.metrics import Metric
-from pipeline.models import count_parameters, data_config
-from pipeline.report import progress_bar
+from pipeline.core import io
+from pipeline.core.report import progress_bar
+from pipeline.core.seeds import epoch_seed
 from pipeline.store import RunLayout
+from pipeline.task.metrics import Metric
 from pipeline.train import checkpoint
 from pipeline.train.dataset import FoldData, ImageDataset
+from pipeline.train.distributed import barrier, broadcast_buffers, gather_rows, shard
+from pipeline.train.finetune import body_norms_to_eval, head_only, set_body_frozen
 from pipeline.train.heads import Head
 from pipeline.train.model import prepare_model, seed_everything, wrap_for_training
 from pipeline.train.predict import predict_fold, predict_views
-from pipeline.train.finetune import body_norms_to_eval, head_only, set_body_frozen
 from pipeline.train.recipes import (BatchMixer, WeightAverage, WeightEma, averages_epoch, has_batch_norm, make_average,
                                     make_ema, make_mixer, recompute_norm_stats, resize_batch, train_side)
 from pipeline.train.runtime import Runtime, autocast, batch_to_device, device_transform, eval_batch_size, make_loader
 from pipeline.train.steps import check_loss, fine_tune_schedule, global_mean, make_optimizer, train_step
-from pipeline.transforms import DeviceTransform, HostTransform
+from pipeline.vision.device import DeviceTransform
+from pipeline.vision.host import HostTransform
+from pipeline.vision.models import count_parameters, data_config
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +111,12 @@ def evaluate(model: torch.nn.Module, loader, view: Callable, runtime: Runtime, h
 
 
 def finish_average(average: WeightAverage, train_loader, generator: torch.Generator, train_tf: HostTransform,
-                   seed: int, runtime: Runtime, inputs: DeviceTransform, score: Callable[[torch.nn.Module], float]) -> dict:
+                   seed: int, epoch: int, runtime: Runtime, inputs: DeviceTransform,
+                   score: Callable[[torch.nn.Module], float]) -> dict:
     """Recompute the averaged weights' BatchNorm statistics on the training rows, then validate them.
 
     The pass over the training loader (full-size images, the training augmentation, no mixing)
-    is seeded like an epoch, so a fold resumed after its last epoch recomputes the same
+    is seeded like epoch ``epoch`` (one past the last), so a fold resumed after its last epoch recomputes the same
     statistics. Under torchrun each rank sees its own rows; rank 0's statistics are kept.
 
     Returns
@@ -121,20 +124,32 @@ def finish_average(average: WeightAverage, train_loader, generator: torch.Genera
     dict with the averaged epochs and the validation score.
     """
     if has_batch_norm(average.module):
-        generator.manual_seed(seed)
-        torch.manual_seed(seed + 7919 * runtime.dist.rank)
-        train_tf.set_random_seed(seed + 7919 * runtime.dist.rank)
+        generator.manual_seed(epoch_seed(seed, epoch))
+        torch.manual_seed(epoch_seed(seed, epoch, runtime.dist.rank))
+        train_tf.set_random_seed(epoch_seed(seed, epoch, runtime.dist.rank))
         with autocast(runtime):
-            recompute_norm_stats(average.module, (batch_to_device(x, runtime, inputs, train=True) for x, _ in train_loader))
+            batches = (batch_to_device(x, runtime, inputs, train=True) for x, _ in train_loader)
+            recompute_norm_stats(average.module, batches)
         broadcast_buffers(average.module, runtime.dist)
     return {"epochs": average.count, "score": score(average.module)}
 
 
-def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, classes: list[str], metric: Metric,
-               runtime: Runtime, layout: RunLayout, views: list[Callable], view_names: list[str], soft=None) -> dict:
+def train_fold(
+    run_name: str,
+    cfg: TrainConfig,
+    fold: int,
+    data: FoldData,
+    classes: list[str],
+    metric: Metric,
+    runtime: Runtime,
+    layout: RunLayout,
+    views: list[Callable],
+    view_names: list[str],
+    soft=None,
+) -> dict:
     """Train one fold, keep its best checkpoint, predict its validation rows and the test set.
 
-    ``soft`` (:class:`pipeline.train.teacher.SoftRows`, ``make pseudo``/``make distill``): the training rows
+    ``soft`` (:class:`pipeline.students.teacher.SoftRows`, ``make pseudo``/``make distill``): the training rows
     carry the teacher's packed targets, pseudo-labelled test rows are added, and its loss trains; the
     validation rows, and so the OOF, are the fold's own as always.
 
@@ -160,20 +175,25 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
     train_tf = HostTransform(dcfg.image_size, dcfg.interpolation, cfg.augment)
     eval_tf = HostTransform(dcfg.image_size, dcfg.interpolation)
     inputs = device_transform(cfg, dcfg, runtime)
-    train_ds = (ImageDataset(data.store, train_idx, train_tf, data.y) if soft is None
-                else soft.dataset(data.store, data.test_store, train_idx, train_tf))
+    train_ds = (
+        ImageDataset(data.store, train_idx, train_tf, data.y)
+        if soft is None
+        else soft.dataset(data.store, data.test_store, train_idx, train_tf)
+    )
     criterion = data.head if soft is None else soft.loss
     valid_ds = ImageDataset(data.store, shard(valid_idx, context), eval_tf, data.y)
     generator = torch.Generator()
     sampler = None
     if context.enabled:
         # the same rows per rank and epoch for a given seed; a resumed run replays them
-        sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=context.world_size, rank=context.rank,
-                                                      shuffle=True, seed=seed)
+        sampler = torch.utils.data.DistributedSampler(
+            train_ds, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed
+        )
     per_rank = math.ceil(len(train_ds) / context.world_size)
     drop_last = per_rank > cfg.batch_size
-    train_loader = make_loader(train_ds, cfg.batch_size, runtime, shuffle=True, generator=generator,
-                               drop_last=drop_last, sampler=sampler)
+    train_loader = make_loader(
+        train_ds, cfg.batch_size, runtime, shuffle=True, generator=generator, drop_last=drop_last, sampler=sampler
+    )
     valid_loader = make_loader(valid_ds, eval_batch_size(cfg.batch_size, runtime), runtime)
 
     optimizer = make_optimizer(model, cfg, runtime)
@@ -185,8 +205,14 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
     updates_per_epoch = math.ceil(steps_per_epoch / cfg.grad_accum_steps)
     images_per_epoch = (steps_per_epoch * cfg.batch_size if drop_last else per_rank) * context.world_size
     total_steps = cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fine_tune_schedule(
-        cfg.epochs * updates_per_epoch, cfg.freeze_epochs * updates_per_epoch, round(cfg.warmup_epochs * updates_per_epoch)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        fine_tune_schedule(
+            cfg.epochs * updates_per_epoch,
+            cfg.freeze_epochs * updates_per_epoch,
+            round(cfg.warmup_epochs * updates_per_epoch),
+        ),
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
 
     best_path, state_path = layout.best(fold), layout.state(fold)
@@ -220,17 +246,22 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
 
     valid_y = data.y[valid_idx]
     started = time.perf_counter()
-    bar = progress_bar(total=total_steps, initial=start_epoch * steps_per_epoch, desc=f"{run_name} fold {fold}",
-                       unit="step", enabled=main)
+    bar = progress_bar(
+        total=total_steps,
+        initial=start_epoch * steps_per_epoch,
+        desc=f"{run_name} fold {fold}",
+        unit="step",
+        enabled=main,
+    )
     for epoch in range(start_epoch, cfg.epochs):
         if best_epoch >= 0 and cfg.patience and epoch - best_epoch > cfg.patience:
             break
         # every epoch's randomness derives from (seed, epoch[, rank]): a resumed run replays it exactly
-        generator.manual_seed(seed * 100 + epoch)
+        generator.manual_seed(epoch_seed(seed, epoch))
         if sampler is not None:
             sampler.set_epoch(epoch)
-        torch.manual_seed(seed * 100 + epoch + 7919 * context.rank)
-        train_tf.set_random_seed(seed * 100 + epoch + 7919 * context.rank)
+        torch.manual_seed(epoch_seed(seed, epoch, context.rank))
+        train_tf.set_random_seed(epoch_seed(seed, epoch, context.rank))
         if head_only(cfg, epoch) != phase:
             # unfrozen: DDP and torch.compile fix the trainable parameters when they wrap, so wrap again
             phase = head_only(cfg, epoch)
@@ -240,13 +271,26 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         mixing = mixer is not None and epoch < cfg.epochs - cfg.mixup_off_epochs
         if mixing:
             # timm's Mixup draws from numpy's global RNG; seeded here like torch's, so a resume mixes the same
-            np.random.seed((seed * 100 + epoch + 7919 * context.rank) % 2**32)
+            np.random.seed(epoch_seed(seed, epoch, context.rank))
         epoch_started = time.perf_counter()
-        train_loss, waited = train_one_epoch(step_model, train_loader, criterion, optimizer, scaler, scheduler, runtime,
-                                             inputs, cfg, epoch, bar, ema=ema, mixer=mixer if mixing else None,
-                                             updates_before=epoch * updates_per_epoch,
-                                             side=side if side != dcfg.image_size else None,
-                                             frozen=model if phase else None)
+        train_loss, waited = train_one_epoch(
+            step_model,
+            train_loader,
+            criterion,
+            optimizer,
+            scaler,
+            scheduler,
+            runtime,
+            inputs,
+            cfg,
+            epoch,
+            bar,
+            ema=ema,
+            mixer=mixer if mixing else None,
+            updates_before=epoch * updates_per_epoch,
+            side=side if side != dcfg.image_size else None,
+            frozen=model if phase else None,
+        )
         if average is not None and averages_epoch(cfg, epoch):
             average.update()
         # the loss read-back above waited for the device, so this is the epoch's real training time
@@ -261,8 +305,16 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
             broadcast_buffers(ema.module, context)
             score = evaluate(ema.module, valid_loader, views[0], runtime, data.head, inputs, valid_y, metric)
             scores = {"valid_score": score, "valid_score_raw": scores["valid_score"], "valid_score_ema": score}
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, **scores, "lr": scheduler.get_last_lr()[0],
-                        "train_images_per_s": images_per_s, "data_wait_share": data_wait})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                **scores,
+                "lr": scheduler.get_last_lr()[0],
+                "train_images_per_s": images_per_s,
+                "data_wait_share": data_wait,
+            }
+        )
         if metric.is_better(score, best_score):
             best_score, best_epoch = score, epoch
             if main:
@@ -271,23 +323,51 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
         bar.set_postfix(loss=f"{train_loss:.4f}", **{metric.name: f"{score:.4f}", "best": f"{best_score:.4f}"})
         if main and bar.disable:
             # a log file gets one line per epoch instead of the bar's carriage-return updates
-            log.info("  %s fold %d epoch %d/%d: loss %.4f, %s %.4f (best %.4f), %.0f images/s, %.0f%% waiting for data",
-                     run_name, fold, epoch + 1, cfg.epochs, train_loss, metric.name, score, best_score, images_per_s,
-                     100 * data_wait)
+            log.info(
+                "  %s fold %d epoch %d/%d: loss %.4f, %s %.4f (best %.4f), %.0f images/s, %.0f%% waiting for data",
+                run_name,
+                fold,
+                epoch + 1,
+                cfg.epochs,
+                train_loss,
+                metric.name,
+                score,
+                best_score,
+                images_per_s,
+                100 * data_wait,
+            )
         if main:
-            checkpoint.save_state(state_path, {
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best_score": float(best_score),
-                "best_epoch": int(best_epoch), "history": history,
-                "train_seconds": time.perf_counter() - started + elapsed_before,
-                **({} if ema is None else {"ema": ema.state_dict()}),
-                **({} if average is None else {"average": average.state_dict()})})
+            checkpoint.save_state(
+                state_path,
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "best_score": float(best_score),
+                    "best_epoch": int(best_epoch),
+                    "history": history,
+                    "train_seconds": time.perf_counter() - started + elapsed_before,
+                    **({} if ema is None else {"ema": ema.state_dict()}),
+                    **({} if average is None else {"average": average.state_dict()}),
+                },
+            )
     bar.close()
     train_seconds = time.perf_counter() - started + elapsed_before
     averaged = None
     if average is not None and average.count:
-        averaged = finish_average(average, train_loader, generator, train_tf, seed * 100 + cfg.epochs, runtime, inputs,
-                                  lambda m: evaluate(m, valid_loader, views[0], runtime, data.head, inputs, valid_y, metric))
+        averaged = finish_average(
+            average,
+            train_loader,
+            generator,
+            train_tf,
+            seed,
+            cfg.epochs,
+            runtime,
+            inputs,
+            lambda m: evaluate(m, valid_loader, views[0], runtime, data.head, inputs, valid_y, metric),
+        )
         averaged["kept"] = bool(metric.is_better(averaged["score"], best_score))
         if averaged["kept"]:
             # the average replaces the best checkpoint only when it validates better (README says why)
@@ -299,13 +379,25 @@ def train_fold(run_name: str, cfg: TrainConfig, fold: int, data: FoldData, class
     result = predict_fold(cfg, fold, data, classes, metric, runtime, layout, views, view_names, model=model)
     rates = [h["train_images_per_s"] for h in history if "train_images_per_s" in h]
     waits = [h["data_wait_share"] for h in history if "data_wait_share" in h]
-    result.update({"best_epoch": best_epoch + 1, "epochs_run": len(history), "train_seconds": train_seconds,
-                   "train_images_per_s": float(np.median(rates)) if rates else None,
-                   "data_wait_share": float(np.median(waits)) if waits else None,
-                   "history": history, "image_size": dcfg.image_size, "mean": dcfg.mean, "std": dcfg.std,
-                   "interpolation": dcfg.interpolation, "params": count_parameters(model),
-                   "batch_size": cfg.batch_size, "processes": context.world_size,
-                   **({} if averaged is None else {"averaged": averaged}), **({} if soft is None else soft.info)})
+    result.update(
+        {
+            "best_epoch": best_epoch + 1,
+            "epochs_run": len(history),
+            "train_seconds": train_seconds,
+            "train_images_per_s": float(np.median(rates)) if rates else None,
+            "data_wait_share": float(np.median(waits)) if waits else None,
+            "history": history,
+            "image_size": dcfg.image_size,
+            "mean": dcfg.mean,
+            "std": dcfg.std,
+            "interpolation": dcfg.interpolation,
+            "params": count_parameters(model),
+            "batch_size": cfg.batch_size,
+            "processes": context.world_size,
+            **({} if averaged is None else {"averaged": averaged}),
+            **({} if soft is None else soft.info),
+        }
+    )
     if main:
         io.write_json(layout.fold_info(fold), result)
     return result

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import io
 from pipeline.config import Config, LrFindConfig
-from pipeline.errors import PipelineError
+from pipeline.core import io
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,10 @@ def suggest_lr(lrs: np.ndarray, smoothed: np.ndarray) -> float:
     lrs, smoothed = np.asarray(lrs, dtype=float), np.asarray(smoothed, dtype=float)
     finite = np.isfinite(smoothed)
     if finite.sum() < 2:
-        raise LrFindError(f"the learning-rate sweep has {int(finite.sum())} finite loss value(s); at least 2 are needed "
-                          "(raise lr_find.num_steps or lower lr_find.start_lr)")
+        raise LrFindError(
+            f"the learning-rate sweep has {int(finite.sum())} finite loss value(s); at least 2 are needed "
+            "(raise lr_find.num_steps or lower lr_find.start_lr)"
+        )
     # fastai skips the sweep's first tenth: there the debiased average holds only a few batches' losses, so its
     # slope is noise (on CIFAR it picked 1e-7, the sweep's start, before this skip)
     first = len(lrs) // 10
@@ -80,7 +82,7 @@ def suggest_lr(lrs: np.ndarray, smoothed: np.ndarray) -> float:
     first = min(first, end - 2)
     slope = np.gradient(smoothed[:end], np.log10(lrs[:end]))
     lowest = first + int(np.argmin(smoothed[first:end]))
-    return float(lrs[first + int(np.argmin(slope[first:lowest + 1]))])
+    return float(lrs[first + int(np.argmin(slope[first : lowest + 1]))])
 
 
 @dataclass
@@ -111,8 +113,9 @@ def lr_find_paths(config: Config, name: str) -> tuple[Path, Path]:
     return folder / f"{name}.png", folder / f"{name}.csv"
 
 
-def write_plot(path: Path, lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray, suggestion: float,
-               title: str) -> Path:
+def write_plot(
+    path: Path, lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray, suggestion: float, title: str
+) -> Path:
     """The loss against the learning rate (log scale), the suggestion marked; written atomically."""
     import matplotlib
 
@@ -139,8 +142,9 @@ def write_plot(path: Path, lrs: np.ndarray, losses: np.ndarray, smoothed: np.nda
         plt.close(fig)
 
 
-def lr_find_settings(config: Config, start_lr: float | None = None, end_lr: float | None = None,
-                     num_steps: int | None = None) -> LrFindConfig:
+def lr_find_settings(
+    config: Config, start_lr: float | None = None, end_lr: float | None = None, num_steps: int | None = None
+) -> LrFindConfig:
     """The config's ``lr_find`` section with the command line's values over it, validated again.
 
     Raises
@@ -157,11 +161,18 @@ def lr_find_settings(config: Config, start_lr: float | None = None, end_lr: floa
     try:
         return LrFindConfig.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, "lr_find", LrFindConfig).replace("  - ", "  - lr_find.")) from None
+        raise ConfigError(
+            format_validation_error(exc, "lr_find", LrFindConfig).replace("  - ", "  - lr_find.")
+        ) from None
 
 
-def run_lr_find(config: Config, model: str, settings: LrFindConfig | None = None,
-                overrides: dict[str, Any] | None = None, fold: int = 0) -> LrFindResult:
+def run_lr_find(
+    config: Config,
+    model: str,
+    settings: LrFindConfig | None = None,
+    overrides: dict[str, Any] | None = None,
+    fold: int = 0,
+) -> LrFindResult:
     """Sweep the learning rate for one recipe on fold ``fold``'s training rows; write the plot and the CSV.
 
     Parameters
@@ -182,15 +193,16 @@ def run_lr_find(config: Config, model: str, settings: LrFindConfig | None = None
     """
     import torch
 
-    from pipeline.distributed import SINGLE
-    from pipeline.models import data_config
     from pipeline.train.batch_size import resolve_batch_size
     from pipeline.train.dataset import ImageDataset
+    from pipeline.train.distributed import SINGLE
     from pipeline.train.model import prepare_model, seed_everything
     from pipeline.train.runtime import batch_to_device, device_transform, make_loader, select_runtime
-    from pipeline.train.stage import open_stores, prepare_run
+    from pipeline.train.spec import prepare_run
+    from pipeline.train.stage import open_stores
     from pipeline.train.steps import make_optimizer, train_step
-    from pipeline.transforms import HostTransform
+    from pipeline.vision.host import HostTransform
+    from pipeline.vision.models import data_config
 
     settings = settings or config.lr_find
     spec = prepare_run(config, model, overrides)
@@ -200,8 +212,9 @@ def run_lr_find(config: Config, model: str, settings: LrFindConfig | None = None
     train_idx = np.flatnonzero(data.folds != fold)
     if cfg.batch_size == "auto":
         n_outputs = spec.head.n_outputs(len(spec.competition.classes))
-        cfg = cfg.model_copy(update={"batch_size": resolve_batch_size(cfg, runtime, target, n_outputs, len(train_idx),
-                                                                      head=spec.head)})
+        cfg = cfg.model_copy(
+            update={"batch_size": resolve_batch_size(cfg, runtime, target, n_outputs, len(train_idx), head=spec.head)}
+        )
     seed_everything(cfg.seed)
     net = prepare_model(cfg, spec.head.n_outputs(len(spec.competition.classes)), runtime, cfg.pretrained)
     dcfg = data_config(net, cfg.image_size, cfg.mean, cfg.std, cfg.interpolation)
@@ -209,17 +222,31 @@ def run_lr_find(config: Config, model: str, settings: LrFindConfig | None = None
     train_tf.set_random_seed(cfg.seed)
     inputs = device_transform(cfg, dcfg, runtime)
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = make_loader(ImageDataset(data.store, train_idx, train_tf, data.y), cfg.batch_size, runtime, shuffle=True,
-                         generator=generator, drop_last=len(train_idx) > cfg.batch_size)
+    loader = make_loader(
+        ImageDataset(data.store, train_idx, train_tf, data.y),
+        cfg.batch_size,
+        runtime,
+        shuffle=True,
+        generator=generator,
+        drop_last=len(train_idx) > cfg.batch_size,
+    )
     optimizer = make_optimizer(net, cfg, runtime)
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
 
     schedule = lr_schedule(settings.start_lr, settings.end_lr, settings.num_steps)
     lrs, losses, smoothed = [], [], []
     avg, best, stopped_early = 0.0, math.inf, False
-    log.info("%s: lr-find from %.1e to %.1e over %d steps on fold %d's %d training rows (batch %d, %s)", spec.name,
-             settings.start_lr, settings.end_lr, settings.num_steps, fold, len(train_idx), cfg.batch_size,
-             runtime.device)
+    log.info(
+        "%s: lr-find from %.1e to %.1e over %d steps on fold %d's %d training rows (batch %d, %s)",
+        spec.name,
+        settings.start_lr,
+        settings.end_lr,
+        settings.num_steps,
+        fold,
+        len(train_idx),
+        cfg.batch_size,
+        runtime.device,
+    )
     net.train()
     batches = iter(loader)
     for step, lr in enumerate(schedule):
@@ -239,8 +266,14 @@ def run_lr_find(config: Config, model: str, settings: LrFindConfig | None = None
         smoothed.append(value)
         if step > 0 and diverged(value, best, settings.diverge):
             stopped_early = True
-            log.info("  stopped at lr %.2e (step %d): the smoothed loss %.4g exceeds %g x its best %.4g", lr, step + 1,
-                     value, settings.diverge, best)
+            log.info(
+                "  stopped at lr %.2e (step %d): the smoothed loss %.4g exceeds %g x its best %.4g",
+                lr,
+                step + 1,
+                value,
+                settings.diverge,
+                best,
+            )
             break
         best = min(best, value)
     del net, optimizer
@@ -249,7 +282,13 @@ def run_lr_find(config: Config, model: str, settings: LrFindConfig | None = None
     suggestion = suggest_lr(lrs_a, smoothed_a)
     plot, csv = lr_find_paths(config, spec.name)
     io.write_csv(csv, curve_frame(lrs_a, losses_a, smoothed_a))
-    write_plot(plot, lrs_a, losses_a, smoothed_a, suggestion,
-               f"{spec.name} ({cfg.model}): lr range test, fold {fold}, batch {cfg.batch_size}")
+    write_plot(
+        plot,
+        lrs_a,
+        losses_a,
+        smoothed_a,
+        suggestion,
+        f"{spec.name} ({cfg.model}): lr range test, fold {fold}, batch {cfg.batch_size}",
+    )
     log.info("%s: suggested lr %.2e (%s); the recipe's lr is %.2e", spec.name, suggestion, SUGGESTION_RULE, cfg.lr)
     return LrFindResult(spec.name, lrs_a, losses_a, smoothed_a, suggestion, stopped_early, plot, csv)

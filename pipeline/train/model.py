@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from pipeline.config import TrainConfig
-from pipeline.models import create_model
 from pipeline.train.runtime import Runtime
 from pipeline.train.steps import maybe_compile
+from pipeline.vision.models import create_model
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,10 @@ def prepare_model(cfg: TrainConfig, n_classes: int, runtime: Runtime, pretrained
         if runtime.is_cuda:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         elif runtime.is_main:
-            log.info("  note: train.sync_bn needs GPUs (SyncBatchNorm has no CPU kernel); each CPU process keeps its own statistics")
+            log.info(
+                "  note: train.sync_bn needs GPUs (SyncBatchNorm has no CPU kernel); each CPU process keeps its own "
+                "statistics"
+            )
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -1,4 +1,5 @@
-"""Prediction with test-time augmentation: the views of a batch in one pass per output shape, a fold's validation rows and the test set.
+"""Prediction with test-time augmentation: the views of a batch in one pass per output shape, a fold's validation
+rows and the test set.
 
 Fold files are keyed by row index (``fold<k>/valid.parquet``, ``valid_plain.parquet``,
 ``test.parquet``); the run's id-keyed files are assembled from them by the stage.
@@ -14,32 +15,39 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file as load_safetensors
 
-from pipeline import io
 from pipeline.config import TrainConfig
-from pipeline.distributed import gather_rows, shard
-from pipeline.metrics import Metric
-from pipeline.models import data_config
+from pipeline.core import io
 from pipeline.store import RunLayout
+from pipeline.task.metrics import Metric
 from pipeline.train.dataset import FoldData, ImageDataset
+from pipeline.train.distributed import gather_rows, shard
 from pipeline.train.model import prepare_model
 from pipeline.train.runtime import (Runtime, autocast, batch_to_device, device_transform, eval_batch_size,
                                     free_device_memory, is_oom, make_loader, to_device)
-from pipeline.transforms import DeviceTransform, HostTransform, apply_views, view_groups
-
+from pipeline.vision.device import DeviceTransform
+from pipeline.vision.host import HostTransform
+from pipeline.vision.models import data_config
+from pipeline.vision.views import apply_views, view_groups
 
 CPU_PIXELS_PER_PASS = 2**19
 
+
 @torch.inference_mode()
-def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime: Runtime,
-                  activate: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  inputs: DeviceTransform | None = None) -> np.ndarray:
+def predict_views(
+    model: torch.nn.Module,
+    loader,
+    views: list[Callable],
+    runtime: Runtime,
+    activate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    inputs: DeviceTransform | None = None,
+) -> np.ndarray:
     """Predictions for every view: ``(n_views, n_rows, n_columns)``.
 
     ``inputs`` turns the loader's uint8 batches into the model's normalised input on the
     device; without it the loader's batches are taken as model input already.
 
     ``activate`` turns logits into what is stored and averaged over views (the task
-    head's softmax, sigmoid or value scale, :class:`pipeline.tasks.Head`); softmax when None.
+    head's softmax, sigmoid or value scale, :class:`pipeline.task.tasks.Head`); softmax when None.
 
     On a GPU all views of a batch that give one output shape go through the model in one
     forward pass while memory allows (a ``resize`` view, whose output is larger, gets its
@@ -68,7 +76,7 @@ def predict_views(model: torch.nn.Module, loader, views: list[Callable], runtime
                 by_view: list[torch.Tensor | None] = [None] * len(views)
                 for group in groups[side]:  # views of one output shape share a pass; other shapes get their own
                     for first in range(0, len(group), per_pass):
-                        chosen = group[first:first + per_pass]
+                        chosen = group[first : first + per_pass]
                         with autocast(runtime):
                             logits = model(apply_views(x, [views[k] for k in chosen]))
                         out = activate(logits)
@@ -103,8 +111,8 @@ def check_views_fit_model(cfg: TrainConfig, views: list[Callable], view_names: l
         Naming the view, the sizes and the fix.
     """
     from pipeline.config import ConfigError
-    from pipeline.models import create_model
-    from pipeline.transforms import view_shapes
+    from pipeline.vision.models import create_model
+    from pipeline.vision.views import view_shapes
 
     others: dict[tuple[int, int], str] = {}
     for name, shape in zip(view_names, view_shapes(views, size, size)):
@@ -122,11 +130,22 @@ def check_views_fit_model(cfg: TrainConfig, views: list[Callable], view_names: l
                 f"TTA view {name!r} feeds {cfg.model} {height}x{width} images, but it takes only its training size "
                 f"{size}x{size} ({type(exc).__name__}: {str(exc)[:200]}); for a timm ViT set "
                 "model_kwargs: {dynamic_img_size: true} in the recipe (as configs/recipes/vit.yaml does), "
-                "or drop the view from train.tta") from None
+                "or drop the view from train.tta"
+            ) from None
 
 
-def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str], metric: Metric, runtime: Runtime,
-                 layout: RunLayout, views: list[Callable], view_names: list[str], model: torch.nn.Module | None = None) -> dict:
+def predict_fold(
+    cfg: TrainConfig,
+    fold: int,
+    data: FoldData,
+    classes: list[str],
+    metric: Metric,
+    runtime: Runtime,
+    layout: RunLayout,
+    views: list[Callable],
+    view_names: list[str],
+    model: torch.nn.Module | None = None,
+) -> dict:
     """Load a fold's best checkpoint and predict its validation rows and the test set with TTA.
 
     Under torchrun each rank predicts every ``world_size``-th row (no padding) and the rows
@@ -143,17 +162,27 @@ def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str]
     valid_idx = np.flatnonzero(data.folds == fold)
     test_rows = np.arange(len(data.test_store))
     batch_size = eval_batch_size(cfg.batch_size, runtime)
-    valid_loader = make_loader(ImageDataset(data.store, shard(valid_idx, context), eval_tf, data.y), batch_size, runtime)
+    valid_loader = make_loader(
+        ImageDataset(data.store, shard(valid_idx, context), eval_tf, data.y), batch_size, runtime
+    )
     test_loader = make_loader(ImageDataset(data.test_store, shard(test_rows, context), eval_tf), batch_size, runtime)
 
     def summary(probs: np.ndarray) -> np.ndarray:
         # the plain view and the mean over views: all that is kept, and all that ranks exchange
         return np.stack([probs[0], probs.mean(axis=0)])
 
-    valid_views = gather_rows(summary(predict_views(model, valid_loader, views, runtime, data.head.activate, inputs)),
-                              context, len(valid_idx), axis=1)
-    test_views = gather_rows(summary(predict_views(model, test_loader, views, runtime, data.head.activate, inputs)),
-                             context, len(test_rows), axis=1)
+    valid_views = gather_rows(
+        summary(predict_views(model, valid_loader, views, runtime, data.head.activate, inputs)),
+        context,
+        len(valid_idx),
+        axis=1,
+    )
+    test_views = gather_rows(
+        summary(predict_views(model, test_loader, views, runtime, data.head.activate, inputs)),
+        context,
+        len(test_rows),
+        axis=1,
+    )
     valid_plain, valid_tta = valid_views
     valid_y = data.y[valid_idx]
     result = {
@@ -172,15 +201,24 @@ def predict_fold(cfg: TrainConfig, fold: int, data: FoldData, classes: list[str]
     return result
 
 
-def write_fold_predictions(layout: RunLayout, fold: int, valid_idx: np.ndarray, valid_tta: np.ndarray,
-                           valid_plain: np.ndarray, test_tta: np.ndarray) -> None:
+def write_fold_predictions(
+    layout: RunLayout,
+    fold: int,
+    valid_idx: np.ndarray,
+    valid_tta: np.ndarray,
+    valid_plain: np.ndarray,
+    test_tta: np.ndarray,
+) -> None:
     """A fold's validation (with and without TTA) and test predictions, keyed by row index.
 
     The run-level files, keyed by id, are assembled from these once every fold is done.
     """
     columns = [str(k) for k in range(valid_tta.shape[1])]
-    for name, rows, probs in (("valid", valid_idx, valid_tta), ("valid_plain", valid_idx, valid_plain),
-                              ("test", np.arange(len(test_tta)), test_tta)):
+    for name, rows, probs in (
+        ("valid", valid_idx, valid_tta),
+        ("valid_plain", valid_idx, valid_plain),
+        ("test", np.arange(len(test_tta)), test_tta),
+    ):
         frame = pd.DataFrame(probs, columns=columns)
         frame.insert(0, "row", rows)
         io.write_parquet(layout.fold_predictions(fold, name), frame)

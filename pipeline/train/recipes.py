@@ -12,10 +12,10 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from timm.utils import ModelEmaV3
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from pipeline.config import ConfigError, TrainConfig
 from pipeline.train.heads import Head

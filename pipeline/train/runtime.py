@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.config import ConfigError, TrainConfig
-from pipeline.distributed import SINGLE, DistContext
 from pipeline.train.dataset import collate_rows
-from pipeline.transforms import DeviceTransform, augment_policy_steps
+from pipeline.train.distributed import SINGLE, DistContext
+from pipeline.vision.device import DeviceTransform
+from pipeline.vision.policies import augment_policy_steps
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,9 @@ def return_freed_memory_at_once(threshold: int = CPU_MMAP_THRESHOLD) -> bool:
     peak RSS of a CPU run grows by hundreds of MB that hold nothing (measured in
     ``docs/benchmarks.md``: 400 MB for ResNet-18 at 224 px, batch 64). A fixed threshold
     keeps the first behaviour; the price is that the kernel zeroes the pages of every fresh
-    mapping (measured 5-17% more wall time per step on a loaded 2-core machine).
+    mapping: 5-17% more wall time per step for ResNet-18 at 112-224 px, 74% for
+    tf_efficientnet_lite0 at 96 px (37.6 against 65.4 images/s), whose many small-channel
+    activations are all above the threshold. Hence off by default: ``train.return_freed_memory``.
 
     Returns
     -------
@@ -149,22 +152,34 @@ def return_freed_memory_at_once(threshold: int = CPU_MMAP_THRESHOLD) -> bool:
 def select_runtime(cfg: TrainConfig, images_in_memory: bool, context: DistContext = SINGLE) -> Runtime:
     """Pick the device, AMP dtype, memory format, compilation and loader settings for this machine.
 
-    On the CPU, with ``train.return_freed_memory`` (the default), it also makes freed
+    On the CPU, with ``train.return_freed_memory`` (off by default), it also makes freed
     activations go back to the system at once (:func:`return_freed_memory_at_once`, for the
     rest of the process), which lowers the run's peak memory and costs some speed.
     """
     use_cuda = use_cuda_for(cfg)
     if not use_cuda and cfg.return_freed_memory:
         return_freed_memory_at_once()
-    device = torch.device("cuda", context.local_rank) if use_cuda and context.enabled else torch.device("cuda" if use_cuda else "cpu")
+    if use_cuda and context.enabled:
+        device = torch.device("cuda", context.local_rank)
+    else:
+        device = torch.device("cuda" if use_cuda else "cpu")
     if use_cuda:
         torch.backends.cudnn.benchmark = True
     loader = loader_settings(cfg, use_cuda, images_in_memory, processes_per_machine=context.local_world_size)
     compile_mode = None
     if cfg.compile:
         compile_mode = "default" if cfg.compile is True else cfg.compile
-    return Runtime(device, amp_dtype_for(cfg, use_cuda), bool(use_cuda and cfg.channels_last), loader["num_workers"],
-                   loader["pin_memory"], loader["persistent_workers"], loader["prefetch_factor"], compile_mode, context)
+    return Runtime(
+        device,
+        amp_dtype_for(cfg, use_cuda),
+        bool(use_cuda and cfg.channels_last),
+        loader["num_workers"],
+        loader["pin_memory"],
+        loader["persistent_workers"],
+        loader["prefetch_factor"],
+        compile_mode,
+        context,
+    )
 
 
 def eval_batch_size(batch_size: int, runtime: Runtime) -> int:
@@ -177,11 +192,23 @@ def eval_batch_size(batch_size: int, runtime: Runtime) -> int:
     return batch_size * 2 if runtime.is_cuda else batch_size
 
 
-def make_loader(dataset, batch_size: int, runtime: Runtime, shuffle: bool = False, generator: torch.Generator | None = None,
-                drop_last: bool = False, sampler=None):
+def make_loader(
+    dataset,
+    batch_size: int,
+    runtime: Runtime,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    sampler=None,
+):
     """A DataLoader with the runtime's settings; ``shuffle`` draws from ``generator`` (a resumable order)."""
-    kwargs = dict(batch_size=batch_size, num_workers=runtime.num_workers, pin_memory=runtime.pin_memory, drop_last=drop_last,
-                  collate_fn=collate_rows)
+    kwargs = dict(
+        batch_size=batch_size,
+        num_workers=runtime.num_workers,
+        pin_memory=runtime.pin_memory,
+        drop_last=drop_last,
+        collate_fn=collate_rows,
+    )
     if runtime.num_workers > 0:
         kwargs.update(persistent_workers=runtime.persistent_workers, prefetch_factor=runtime.prefetch_factor)
     if sampler is not None:
@@ -192,13 +219,15 @@ def make_loader(dataset, batch_size: int, runtime: Runtime, shuffle: bool = Fals
 
 
 def to_device(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    """A float batch (synthetic tensors of the benchmarks and probes) onto the device, in the runtime's memory format."""
+    """A float batch (synthetic tensors of the benchmarks and probes) onto the device, in the runtime's memory format.
+    """
     x = x.to(runtime.device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
 
 
 def batch_to_device(x: torch.Tensor, runtime: Runtime, inputs: DeviceTransform, train: bool = False) -> torch.Tensor:
-    """A loader's uint8 batch onto the device, then ``inputs``: floats, device augmentation (``train``), normalisation."""
+    """A loader's uint8 batch onto the device, then ``inputs``: floats, device augmentation (``train``), normalisation.
+    """
     return inputs(x.to(runtime.device, non_blocking=True), train=train)
 
 

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config, resolve_train_config
+from pipeline.core.errors import PipelineError
+from pipeline.core.report import format_table
 from pipeline.data import Competition
-from pipeline.errors import PipelineError
-from pipeline.metrics import Metric
-from pipeline.report import format_table
 from pipeline.store import RunLayout, RunMeta, frame_probs
+from pipeline.task.metrics import Metric
 
 log = logging.getLogger(__name__)
 

@@ -4,136 +4,41 @@ Under ``torchrun`` (``make train GPUS=n``) every rank runs these functions: rank
 reads and writes the store and hands its results (or its error) to the other ranks.
 """
 
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from pipeline import io
-from pipeline.config import (Config, ConfigError, TrainConfig, config_file_hashes, config_hash, image_size_choice,
-                             resolve_train_config)
-from pipeline.data import Competition, load_competition, median_short_side
-from pipeline.distributed import SINGLE, DistContext, barrier, broadcast_object, init_distributed, launched_by_torchrun
-from pipeline.errors import PipelineError
-from pipeline.folds import FoldsError, read_folds, run_folds
-from pipeline.metrics import Metric, get_metric
-from pipeline.models import create_model, model_family, resolve_model_name
-from pipeline.report import format_seconds, format_table, log_to_file
-from pipeline.store import (RunLayout, RunLock, RunMeta, StoreError, check_run_name, code_version, library_versions,
-                            prediction_frame, read_meta, run_hash, write_meta)
-from pipeline.tasks import resolve_loss
+from pipeline.config import Config, TrainConfig, resolve_train_config
+from pipeline.core import io
+from pipeline.core.errors import PipelineError
+from pipeline.core.hashing import json_hash
+from pipeline.core.report import format_seconds, format_table, log_to_file
+from pipeline.data import Competition
+from pipeline.data.images import input_size, open_image_store
+from pipeline.store import RunLayout, RunLock, RunMeta, StoreError, prediction_frame, read_meta, write_meta
 from pipeline.train.batch_size import resolve_batch_size
 from pipeline.train.dataset import FoldData
-from pipeline.train.heads import Head, make_head
-from pipeline.train.images import image_size_report, input_size, open_image_store
+from pipeline.train.distributed import (SINGLE, DistContext, barrier, broadcast_object, init_distributed,
+                                        launched_by_torchrun)
 from pipeline.train.loop import train_fold
-from pipeline.train.predict import check_views_fit_model, predict_fold, read_fold_predictions
+from pipeline.train.predict import predict_fold, read_fold_predictions
 from pipeline.train.runtime import Runtime, select_runtime, use_cuda_for
-from pipeline.transforms import parse_view
+from pipeline.train.spec import RunSpec, fold_list, new_meta, prepare_run, view_list
 
 log = logging.getLogger(__name__)
 
 
-def ensure_folds(config: Config, competition: Competition) -> tuple[np.ndarray, str]:
-    """The saved folds; made now (and said so) if this competition has none yet."""
-    try:
-        return read_folds(config, competition)
-    except FoldsError:
-        if config.folds_csv.is_file():
-            raise
-        folds, fingerprint, _ = run_folds(config, competition)
-        log.info("made folds: %s (fingerprint %s)", config.folds_csv, fingerprint)
-        return folds, fingerprint
-
-
-def view_list(cfg: TrainConfig) -> tuple[list[Callable], list[str]]:
-    """The TTA views of a run, the plain view first (its predictions give the "CV without TTA" figure)."""
-    names = ["identity"] + [v for v in cfg.tta if v.strip() != "identity"]
-    return [parse_view(v) for v in names], names
-
-
-@dataclass
-class RunSpec:
-    """Everything a run needs, resolved and checked before any work."""
-
-    name: str
-    cfg: TrainConfig
-    layout: RunLayout
-    settings_hash: str
-    competition: Competition
-    folds: np.ndarray
-    fingerprint: str
-    metric: Metric
-    head: Head
-    recipe: str = ""                 # the recipe, alias or timm name the run was made from
-    image_size_source: str = ""      # which setting chose the input size
-
-
-def prepare_run(config: Config, model: str, overrides: dict[str, Any] | None = None,
-                competition: Competition | None = None, run_name: str | None = None) -> RunSpec:
-    """Resolve the recipe, check the model name, the weights file and the data: fail before any work.
-
-    ``run_name`` (``NAME=``) names the run folder; by default the recipe's name does. The input
-    size and where it came from are logged, with a warning when it rescales the images a lot.
-    """
-    default_name, cfg = resolve_train_config(config, model, overrides)   # the recipe's name, -<preset> under a preset
-    name = check_run_name(run_name) if run_name else default_name
-    resolve_model_name(cfg.model)
-    if cfg.pretrained is not False or cfg.model_kwargs or cfg.small_input:
-        # built once before any work: a mismatched weights file, a failed download, an unknown keyword or an
-        # architecture small_input cannot adapt stops here
-        create_model(cfg.model, 2, cfg.pretrained, small_input=cfg.small_input, **cfg.model_kwargs)
-    try:
-        resolve_loss(config.competition.task, cfg.loss)  # a recipe's loss fits the task: checked before the data is read
-    except ValueError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
-    competition = competition or load_competition(config)
-    head = make_head(config.competition.task, cfg.loss, competition.targets, cfg.label_smoothing)
-    folds, fingerprint = ensure_folds(config, competition)
-    choice = image_size_choice(config, model, overrides)
-    size = input_size(cfg, len(competition.classes))
-    check_views_fit_model(cfg, *view_list(cfg), size)   # a resize view the model cannot take: refused before training
-    line, warnings = image_size_report(choice, size, median_short_side(competition.train_paths))
-    log.info("%s: %s%s", name, line, "" if name == model else f", recipe {model}")
-    for warning in warnings:
-        log.warning("%s: warning: %s", name, warning)
-    return RunSpec(name, cfg, RunLayout(config.runs_dir / name), run_hash(cfg, config, fingerprint), competition, folds,
-                   fingerprint, get_metric(config.competition.metric), head, model, choice.source)
-
-
-def fold_list(spec: RunSpec, folds_subset: list[int] | None) -> list[int]:
-    """The folds to train: all of them, or the checked subset ``FOLDS=`` names."""
-    all_folds = sorted(int(f) for f in np.unique(spec.folds))
-    if not folds_subset:
-        return all_folds
-    bad = [f for f in folds_subset if f not in all_folds]
-    if bad:
-        raise ConfigError(f"FOLDS={','.join(map(str, folds_subset))}: fold(s) {bad} do not exist; folds are {all_folds}")
-    return sorted(set(folds_subset))
-
-
-def new_meta(config: Config, spec: RunSpec) -> RunMeta:
-    """The metadata of a run about to start: what is trained, how, on which folds, with which code."""
-    return RunMeta(
-        name=spec.name, status="running", model=spec.cfg.model, timm_name=resolve_model_name(spec.cfg.model),
-        family=model_family(spec.cfg.model), competition=config.competition.name,
-        metric=config.competition.metric, task=config.competition.task, classes=spec.competition.classes,
-        loss=spec.head.loss_name, folds_fingerprint=spec.fingerprint, n_folds=int(len(np.unique(spec.folds))),
-        config_hash=spec.settings_hash, config=spec.cfg.model_dump(), seed=spec.cfg.seed,
-        versions=library_versions(), code_version=code_version(), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        image_size_source=spec.image_size_source, config_files=config_file_hashes(config, spec.recipe, spec.cfg),
-    )
-
-
 # -- several processes (torchrun) ------------------------------------------------------------
+
 
 def start_distributed(config: Config, model: str, overrides: dict[str, Any] | None) -> DistContext:
     """Join torchrun's process group when launched by it (``make train GPUS=n``); a single process otherwise."""
@@ -185,7 +90,9 @@ def open_stores(config: Config, spec: RunSpec, context: DistContext) -> tuple[Fo
     """The train and test images as ``train.cache`` says, and the input size they are cached for."""
     target = input_size(spec.cfg, len(spec.competition.classes))
     store = open_image_store(config, spec.cfg, spec.competition.train_paths, "train", target, progress=context.is_main)
-    test_store = open_image_store(config, spec.cfg, spec.competition.test_paths, "test", target, progress=context.is_main)
+    test_store = open_image_store(
+        config, spec.cfg, spec.competition.test_paths, "test", target, progress=context.is_main
+    )
     return FoldData(store, test_store, spec.competition.y, spec.folds, spec.head), target
 
 
@@ -197,7 +104,9 @@ def with_batch_size(spec: RunSpec, meta: RunMeta, runtime: Runtime, target: int)
     if found is None:
         n_train = int(np.sum(spec.folds != spec.folds[0])) if len(spec.folds) else 1
         n_outputs = spec.head.n_outputs(len(spec.competition.classes))
-        found = on_main(runtime.dist, lambda: resolve_batch_size(spec.cfg, runtime, target, n_outputs, n_train, head=spec.head))
+        found = on_main(
+            runtime.dist, lambda: resolve_batch_size(spec.cfg, runtime, target, n_outputs, n_train, head=spec.head)
+        )
         if runtime.is_main:
             where = "the largest that fits the GPU" if runtime.is_cuda else "the CPU default"
             log.info("  batch_size auto: %d (%s)", found, where)
@@ -207,9 +116,17 @@ def with_batch_size(spec: RunSpec, meta: RunMeta, runtime: Runtime, target: int)
 
 # -- the stages --------------------------------------------------------------------------------
 
-def run_train(config: Config, model: str, folds_subset: list[int] | None = None, force: bool = False,
-              overrides: dict[str, Any] | None = None, competition: Competition | None = None,
-              name: str | None = None, student=None) -> RunMeta:
+
+def run_train(
+    config: Config,
+    model: str,
+    folds_subset: list[int] | None = None,
+    force: bool = False,
+    overrides: dict[str, Any] | None = None,
+    competition: Competition | None = None,
+    name: str | None = None,
+    student=None,
+) -> RunMeta:
     """Train (or resume) one run on the chosen folds; assemble its OOF files when every fold is done.
 
     Parameters
@@ -228,7 +145,7 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
     name : str, optional
         The run's name (``NAME=``): the same recipe trained twice under two names makes two runs
         (a repeat, an ablation). Default: the recipe's name.
-    student : pipeline.train.teacher.StudentPlan, optional
+    student : pipeline.students.teacher.StudentPlan, optional
         ``make pseudo`` / ``make distill``: the teacher's targets for each fold (hashed into the run's
         settings, so a changed teacher retrains; recorded as ``meta.teacher``).
 
@@ -246,7 +163,7 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
     spec = on_main(context, lambda: prepare_run(config, model, overrides, competition, name))  # rank 0 makes the folds
     if student is not None:
         student.check(spec.cfg)
-        spec.settings_hash = config_hash([spec.settings_hash, student.key()])
+        spec.settings_hash = json_hash([spec.settings_hash, student.key()])
     fold_ids = fold_list(spec, folds_subset)
     layout = spec.layout
     with run_lock(layout.run_dir, context):
@@ -262,8 +179,17 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
         if context.is_main:
             amp = f" ({str(runtime.amp_dtype).replace('torch.', '')} autocast)" if runtime.amp_dtype else ""
             processes = f" x {context.world_size} processes" if context.enabled else ""
-            log.info("%s: %s on %s%s%s, folds %s, %d epochs, TTA views %s", spec.name, meta.timm_name, runtime.device,
-                     amp, processes, fold_ids, spec.cfg.epochs, view_names)
+            log.info(
+                "%s: %s on %s%s%s, folds %s, %d epochs, TTA views %s",
+                spec.name,
+                meta.timm_name,
+                runtime.device,
+                amp,
+                processes,
+                fold_ids,
+                spec.cfg.epochs,
+                view_names,
+            )
         for fold in fold_ids:
             if fold in meta.folds_done:
                 if context.is_main:
@@ -271,15 +197,34 @@ def run_train(config: Config, model: str, folds_subset: list[int] | None = None,
                 continue
             with log_to_file(layout.fold_log(fold), enabled=context.is_main):
                 soft = None if student is None else student.fold_rows(fold, layout, spec.head, runtime, cfg)
-                result = train_fold(spec.name, cfg, fold, data, spec.competition.classes, spec.metric, runtime,
-                                    layout, views, view_names, soft=soft)
+                result = train_fold(
+                    spec.name,
+                    cfg,
+                    fold,
+                    data,
+                    spec.competition.classes,
+                    spec.metric,
+                    runtime,
+                    layout,
+                    views,
+                    view_names,
+                    soft=soft,
+                )
             mark_fold_done(layout, meta, fold, write=context.is_main)
             if not context.is_main:
                 continue
-            log.info("  fold %d: %s %.4f (no TTA %.4f), best epoch %d/%d, %s, %.0f images/s, %.0f%% waiting for data",
-                     fold, spec.metric.name, result["score"], result["score_plain"], result["best_epoch"],
-                     result["epochs_run"], format_seconds(result["train_seconds"]), result["train_images_per_s"] or 0.0,
-                     100 * (result["data_wait_share"] or 0.0))
+            log.info(
+                "  fold %d: %s %.4f (no TTA %.4f), best epoch %d/%d, %s, %.0f images/s, %.0f%% waiting for data",
+                fold,
+                spec.metric.name,
+                result["score"],
+                result["score_plain"],
+                result["best_epoch"],
+                result["epochs_run"],
+                format_seconds(result["train_seconds"]),
+                result["train_images_per_s"] or 0.0,
+                100 * (result["data_wait_share"] or 0.0),
+            )
         meta = on_main(context, lambda: assemble_run(spec, meta))
     return meta
 
@@ -328,8 +273,13 @@ def open_run(spec: RunSpec, config: Config, fold_ids: list[int], force: bool) ->
     return meta, False
 
 
-def run_predict(config: Config, model: str, overrides: dict[str, Any] | None = None,
-                competition: Competition | None = None, name: str | None = None) -> RunMeta:
+def run_predict(
+    config: Config,
+    model: str,
+    overrides: dict[str, Any] | None = None,
+    competition: Competition | None = None,
+    name: str | None = None,
+) -> RunMeta:
     """Re-predict a run's validation folds and the test set from its saved checkpoints (no training).
 
     This is how a Kaggle inference notebook works: checkpoints in, predictions out,
@@ -346,15 +296,22 @@ def run_predict(config: Config, model: str, overrides: dict[str, Any] | None = N
         cfg = with_batch_size(spec, meta, runtime, target)
         views, view_names = view_list(spec.cfg)
         for fold in meta.folds_done:
-            result = predict_fold(cfg, fold, data, spec.competition.classes, spec.metric, runtime, layout, views,
-                                  view_names)
+            result = predict_fold(
+                cfg, fold, data, spec.competition.classes, spec.metric, runtime, layout, views, view_names
+            )
             if not context.is_main:
                 continue
             fold_info = layout.read_fold_info(fold)
             fold_info.update(result)
             io.write_json(layout.fold_info(fold), fold_info)
-            log.info("  fold %d: %s %.4f (no TTA %.4f), TTA %s", fold, spec.metric.name, result["score"],
-                     result["score_plain"], view_names)
+            log.info(
+                "  fold %d: %s %.4f (no TTA %.4f), TTA %s",
+                fold,
+                spec.metric.name,
+                result["score"],
+                result["score_plain"],
+                view_names,
+            )
         meta = on_main(context, lambda: assemble_run(spec, meta))
     return meta
 
@@ -371,9 +328,11 @@ def check_run_files(layout: RunLayout, model: str) -> None:
         try:
             pd.read_parquet(path)
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            raise StoreError(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); rewrite "
-                             f"it from the checkpoints with 'make predict MODEL={model}', or retrain with "
-                             f"'make train MODEL={model} FORCE=1'") from None
+            raise StoreError(
+                f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); rewrite "
+                f"it from the checkpoints with 'make predict MODEL={model}', or retrain with "
+                f"'make train MODEL={model} FORCE=1'"
+            ) from None
 
 
 def trained_meta(spec: RunSpec, model: str) -> RunMeta:
@@ -384,11 +343,15 @@ def trained_meta(spec: RunSpec, model: str) -> RunMeta:
         named = f" NAME={spec.name}" if spec.name != model else ""
         raise StoreError(f"no run {spec.layout.run_dir}; train it first with 'make train MODEL={model}{named}'")
     if meta.config_hash != spec.settings_hash:
-        raise StoreError(f"run {spec.layout.run_dir} was trained with other settings; predict with the same recipe and ARGS")
+        raise StoreError(
+            f"run {spec.layout.run_dir} was trained with other settings; predict with the same recipe and ARGS"
+        )
     for fold in meta.folds_done:
         if not spec.layout.best(fold).is_file():
-            raise StoreError(f"run {spec.name}: fold {fold} has no checkpoint ({spec.layout.best(fold)} is missing); "
-                             f"retrain that fold with 'make train MODEL={model} FOLDS={fold} FORCE=1'")
+            raise StoreError(
+                f"run {spec.name}: fold {fold} has no checkpoint ({spec.layout.best(fold)} is missing); "
+                f"retrain that fold with 'make train MODEL={model} FOLDS={fold} FORCE=1'"
+            )
     return meta
 
 
@@ -437,15 +400,31 @@ def train_leaderboard(meta: RunMeta) -> str:
     """The per-fold table printed after a run."""
     rows = []
     for fold, info in sorted((meta.folds or {}).items(), key=lambda kv: int(kv[0])):
-        rows.append({"fold": int(fold), "best epoch": f"{info.get('best_epoch', '-')}/{info.get('epochs_run', '-')}",
-                     "score": info["score"], "no TTA": info["score_plain"],
-                     "train": format_seconds(info.get("train_seconds", 0.0)), "predict": format_seconds(info["predict_seconds"]),
-                     "images/s": None if info.get("train_images_per_s") is None else round(info["train_images_per_s"]),
-                     "data wait": None if info.get("data_wait_share") is None else f"{100 * info['data_wait_share']:.0f}%"})
+        rows.append(
+            {
+                "fold": int(fold),
+                "best epoch": f"{info.get('best_epoch', '-')}/{info.get('epochs_run', '-')}",
+                "score": info["score"],
+                "no TTA": info["score_plain"],
+                "train": format_seconds(info.get("train_seconds", 0.0)),
+                "predict": format_seconds(info["predict_seconds"]),
+                "images/s": None if info.get("train_images_per_s") is None else round(info["train_images_per_s"]),
+                "data wait": None if info.get("data_wait_share") is None else f"{100 * info['data_wait_share']:.0f}%",
+            }
+        )
     if meta.status == "finished":
-        rows.append({"fold": "CV", "best epoch": "", "score": meta.cv, "no TTA": meta.cv_plain,
-                     "train": format_seconds(meta.train_seconds), "predict": format_seconds(meta.predict_seconds),
-                     "images/s": None, "data wait": None})
+        rows.append(
+            {
+                "fold": "CV",
+                "best epoch": "",
+                "score": meta.cv,
+                "no TTA": meta.cv_plain,
+                "train": format_seconds(meta.train_seconds),
+                "predict": format_seconds(meta.predict_seconds),
+                "images/s": None,
+                "data wait": None,
+            }
+        )
     title = f"{meta.name} ({meta.timm_name}, {meta.metric}) - {meta.status}"
     if meta.private_lb is not None:
         title += f", private LB {meta.private_lb:.4f}"

@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 
 from pipeline.config import TrainConfig
-from pipeline.distributed import DistContext
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.train.distributed import DistContext
 from pipeline.train.runtime import Runtime, autocast
 
 
