@@ -75,12 +75,25 @@ def _not_only_tensors(tmp_path):
     return path
 
 
+def _missing(tmp_path):
+    return tmp_path / "missing.safetensors"
+
+
+def _numpy_file(tmp_path):
+    path = tmp_path / "weights.npz"
+    path.write_bytes(b"not weights")
+    return path
+
+
 @pytest.mark.parametrize("write, message", [
+    (_missing, r"^pretrained weights file \S*missing\.safetensors does not exist; set train\.pretrained to a file "
+               r"path, true \(hub\) or false$"),
+    (_numpy_file, r"^pretrained weights file \S*weights\.npz must be \.safetensors, \.pth, \.pt or \.bin$"),
     (_pickle_with_code, r"(?s)^cannot read weights file \S*evil\.pth: .*\. Only safetensors files and plain state "
                         r"dicts \(loadable with torch\.load\(weights_only=True\)\) are accepted; convert others with "
                         + FIX + "$"),
     (_not_only_tensors, r"^weights file \S*mixed\.pth holds no state dict of tensors; save one with " + FIX + "$"),
-], ids=["code", "not-tensors"])
+], ids=["missing", "suffix", "code", "not-tensors"])
 def test_refused_files_are_named_with_the_fix(tmp_path, write, message):
     path = write(tmp_path)
     with pytest.raises(ModelError, match=message):
