@@ -47,7 +47,7 @@ LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_n
 COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test validate folds train predict lr-find pseudo distill ensemble export import-oof clean-run zoo zoo-promote models bench bench-recipes pretrained-weights bench-ensemble bench-ensemble-real clean-demo
+.PHONY: help install demo test validate folds train predict lr-find pseudo distill ensemble export import-oof clean-run zoo zoo-promote models bench bench-recipes pretrained-weights bench-ensemble bench-ensemble-real mutate clean-demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,6 +60,12 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP) ## create .venv and install the project (done by every target)
+
+MUTATE_STAMP := $(VENV)/.installed-mutate
+
+$(MUTATE_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,mutate]'
+	touch $@
 
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
@@ -130,6 +136,14 @@ bench-ensemble: $(STAMP) ## benchmark every blend method on synthetic prediction
 
 bench-ensemble-real: $(BENCH_STAMP) ## benchmark make ensemble's choice on 30 real OOF libraries with hidden test labels (writes bench/ensemble_real.json)
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.real --out bench/ensemble_real.json $(ARGS)
+
+# MUTANTS='pipeline.vision.models.x_read_weights_file*' limits the run to matching mutants; JOBS=n test processes (default 2).
+# Offline: a mutant that sends timm to the hub for weights fails at once instead of waiting on the network
+MUTANTS ?=
+JOBS ?=
+mutate: $(MUTATE_STAMP) ## mutation testing (mutmut) of weights loading, the store, nested CV and selection, the submission writer, the export, the teacher; slow, not in make test (MUTANTS=, JOBS=)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(or $(JOBS),2) $(MUTANTS)
+	$(VENV)/bin/mutmut results
 
 clean-demo: ## remove the demo's data, folds, runs and submissions
 	rm -rf data/digits data/digits_* folds/digits.csv folds/digits.json folds/digits_* runs/digits runs/digits_* \

@@ -241,6 +241,30 @@ def test_every_method_accepts_calibrate_and_label_metrics(name):
     assert_valid_proba(pred, 200, 5)
 
 
+@pytest.mark.parametrize("name", METHODS)
+def test_calibrate_lowers_every_methods_log_loss_on_under_confident_models(name):
+    # three noisy views of calibrated probabilities, each softened (temperature 2.5-3.5): every blend of them is
+    # under-confident, and a temperature below 1 must lower the log loss, in-sample and on held-out folds
+    rng = np.random.default_rng(15)
+    n_rows, c = 600, 4
+    z = rng.normal(0, 2.0, size=(n_rows, c))
+    y = (rng.random(n_rows)[:, None] > np.cumsum(_probs(z), axis=1)).sum(axis=1)
+    soft = np.stack([apply_temperature(_probs(z + rng.normal(0, 0.7, size=z.shape)), t) for t in (2.5, 3.0, 3.5)])
+    m = get_metric("log_loss")
+    # the stackers learn a sharpening themselves when they fit closely (the tests' C=0.1; 25 trees at rate 0.05 also
+    # overfit 480 rows, so their in-sample temperature does not carry to held-out rows); held back, as on a
+    # competition-sized OOF set, the models' softness passes through
+    params = {"logreg_stacker": {"C": 0.001},
+              "lgbm_stacker": {**FAST["lgbm_stacker"], "learning_rate": 0.02}}.get(name, fast(name))
+    plain = make_blend(name, **params).fit(soft, y, m)
+    cal = make_blend(name, **params, calibrate=True).fit(soft, y, m)
+    assert plain.temperature_ == 1.0 and cal.temperature_ < 0.95
+    assert m(y, cal.predict(soft)) < m(y, plain.predict(soft)) - 1e-3
+    res = nested_score(name, soft, y, np.arange(n_rows) % 5, m, params={**params, "calibrate": True})
+    assert res.nested_calibrated < res.nested_uncalibrated and res.nested == res.nested_calibrated
+    assert res.fitted.temperature_ < 0.95
+
+
 # --------------------------------------------------------------------------- #
 # Planted answers
 # --------------------------------------------------------------------------- #
@@ -1033,6 +1057,23 @@ def test_threshold_decision_on_binary():
     assert np.isfinite(decided.nested) and decided.gap == pytest.approx(decided.in_sample - decided.nested)
 
 
+
+def test_threshold_decision_beats_half_on_models_that_under_predict_the_positive_class():
+    # the same models, their logits shifted down by 1.5: at 0.5 most positives are missed, and a tuned threshold
+    # (fitted on the training rows of each fold) must recover them on the held-out rows too
+    preds, y = synth([0.5, 1.5], n_rows=400, n_cols=1, seed=48)
+    preds = _probs(np.log(preds / (1 - preds)) - 1.5)
+    f1 = local_metric("f1", lambda t, p: 2 * np.sum((p.reshape(-1) >= 0.5) & (t == 1)) /
+                      max(1, np.sum(p.reshape(-1) >= 0.5) + np.sum(t == 1)), True, "label", ("binary",))
+    folds = np.arange(400) % 4
+    plain = nested_score("slsqp", preds, y, folds, f1)
+    decided = nested_score("slsqp", preds, y, folds, f1, decision=Threshold)
+    assert decided.decision.t < 0.5
+    at_half = f1(y, decided.fitted.predict(preds))        # the same blend's predictions, cut at 0.5
+    assert decided.in_sample > at_half + 0.1
+    assert decided.nested > plain.nested + 0.1             # out of sample too
+
+
 def test_mean_shortcut_nests_the_decision():
     # a memorising decision is perfect on the rows it saw: honest nesting must expose it
     preds, y = synth([0.5, 1.0], n_rows=200, n_cols=1, seed=49)
@@ -1189,8 +1230,9 @@ def test_temperature_is_kept_only_when_nested_cv_says_it_helps():
     calibrated = np.stack([p, apply_temperature(p, 1.02)])
     res = nested_score("mean", calibrated, y, folds, m, params={"calibrate": True})
     assert res.nested_calibrated is not None and res.nested_uncalibrated is not None
-    if res.nested_calibrated >= res.nested_uncalibrated:
-        assert res.fitted.temperature_ == 1.0 and res.nested == res.nested_uncalibrated
+    # ... which does not carry to held-out rows: nested CV drops it
+    assert res.temperature_in_sample != 1.0 and res.nested_calibrated >= res.nested_uncalibrated
+    assert res.fitted.temperature_ == 1.0 and res.nested == res.nested_uncalibrated
     # under-confident models: the temperature helps out of sample too, and is kept
     soft = np.stack([apply_temperature(p, t) for t in (2.5, 3.0)])
     res = nested_score("mean", soft, y, folds, m, params={"calibrate": True})

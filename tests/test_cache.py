@@ -183,15 +183,35 @@ def test_a_pickled_cache_reopens_the_file_instead_of_copying_pixels(tmp_path):
     np.testing.assert_array_equal(copy[3], cache[3])
 
 
-def _open_in_child(paths, cache_dir, log):
-    real_build = cache_module.build_cache
+def _log_line(log: Path, line: str) -> None:
+    with open(log, "a") as handle:   # one short append: whole lines even from several processes
+        handle.write(f"{line}\n")
 
-    def logged_build(*args, **kwargs):
-        with open(log, "a") as handle:
-            handle.write(f"{os.getpid()}\n")
-        return real_build(*args, **kwargs)
 
-    cache_module.build_cache = logged_build
+def _open_in_child(paths, cache_dir, log, n_children):
+    """open_cache in a child that logs each completeness check (``check <pid> miss|hit``) and its build; the build
+    starts only once every child has logged a check, so all of them look for the cache while it does not exist."""
+    import time
+
+    real_check, real_build = cache_module._header_ok, cache_module.build_cache
+
+    def logged_check(*args, **kwargs):
+        header = real_check(*args, **kwargs)
+        _log_line(log, f"check {os.getpid()} {'miss' if header is None else 'hit'}")
+        return header
+
+    def held_build(*args, **kwargs):
+        deadline = time.monotonic() + 60
+        while len({line.split()[1] for line in log.read_text().splitlines() if line.startswith("check")}) < n_children:
+            assert time.monotonic() < deadline, "the other processes never looked for the cache"
+            time.sleep(0.01)
+        _log_line(log, f"build {os.getpid()} start")
+        result = real_build(*args, **kwargs)
+        _log_line(log, f"build {os.getpid()} end")
+        return result
+
+    cache_module._header_ok = logged_check
+    cache_module.build_cache = held_build
     open_cache(paths, cache_dir, 32, progress=False)
 
 
@@ -199,15 +219,29 @@ def _open_in_child(paths, cache_dir, log):
 def test_two_processes_at_once_build_it_once(tmp_path):
     paths = _images(tmp_path / "img", [(64, 64)] * 40)
     log = tmp_path / "builds.log"
+    log.touch()
     context = multiprocessing.get_context("fork")
-    children = [context.Process(target=_open_in_child, args=(paths, tmp_path / "cache", log)) for _ in range(3)]
+    children = [context.Process(target=_open_in_child, args=(paths, tmp_path / "cache", log, 3)) for _ in range(3)]
     for child in children:
         child.start()
     for child in children:
         child.join(timeout=120)
         assert child.exitcode == 0
-    assert len(log.read_text().splitlines()) == 1  # one built it, the others waited and read it
+    lines = [line.split() for line in log.read_text().splitlines()]
+    builds = [pid for kind, pid, what in lines if kind == "build" and what == "start"]
+    assert len(builds) == 1  # one built it, the others waited and read it
     assert len(list((tmp_path / "cache").glob("*.u8"))) == 1
+    # they overlapped: every process found no cache before the build began (the builder held it until then)
+    start = lines.index(["build", builds[0], "start"])
+    end = lines.index(["build", builds[0], "end"])
+    assert {pid for kind, pid, what in lines[:start] if kind == "check" and what == "miss"} == \
+        {str(child.pid) for child in children}
+    # and the lock made the others wait: each one's check under the lock came after the build ended, and found it
+    for child in children:
+        if str(child.pid) == builds[0]:
+            continue
+        checks = [(i, what) for i, (kind, pid, what) in enumerate(lines) if kind == "check" and pid == str(child.pid)]
+        assert [what for _, what in checks] == ["miss", "hit"] and checks[1][0] > end
 
 
 def test_store_modes(small_config, monkeypatch):

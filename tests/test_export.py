@@ -157,10 +157,75 @@ def test_export_refuses_and_writes_nothing(demo, tmp_path, capsys, spoil, args, 
     assert not out.exists() or [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
+def _not_plain(constant: str):
+    raise ValueError(f"{constant} is not plain JSON")
+
+
 def test_stored_ensemble_is_plain_json(demo):
+    """Every leaderboard row is kept as strict JSON (no NaN, no pickle) holding the figures the board shows."""
     config = load_config(demo)
-    for path in fitted_dir(config).glob("*.json"):
-        json.loads(path.read_text())
+    folder = fitted_dir(config)
+    board = pd.read_csv(config.submissions_dir / "leaderboard.csv")
+    rows = {s.rstrip(" *"): r for s, r in zip(board["submission"], board.to_dict("records"))}
+    index = json.loads((folder / "index.json").read_text(), parse_constant=_not_plain)
+    assert set(index["candidates"]) == set(rows) and len(rows) >= 5   # 2 singles, mean, caruana, logreg_stacker
+    assert sorted(p.name for p in folder.glob("*.json")) == sorted(["index.json", *index["candidates"].values()])
+    assert index["submission"] == board["submission"].iat[0].rstrip(" *")   # the chosen row is listed first
+    for name, file in index["candidates"].items():
+        record = json.loads((folder / file).read_text(), parse_constant=_not_plain)
+        row = rows[name]
+        assert record["name"] == name and record["kind"] == row["kind"]
+        assert record["cv"] == row["CV"]
+        if row["kind"] != "single":
+            assert record["nested_cv"] == row["nested CV"] and record["blend"]["method"] == name
+            assert record["submission_file"] == f"{name}_cv{row['nested CV']:.4f}.csv"
+            assert (config.submissions_dir / record["submission_file"]).is_file()
+        else:
+            assert record["blend"] is None and [r["name"] for r in record["runs"]] == [name.removeprefix("single-")]
+        # each run's fold checkpoints by checksum, as they are on disk now
+        for run in record["runs"]:
+            assert sorted(run["checkpoints"]) == ["0", "1"]
+            for fold, digest in run["checkpoints"].items():
+                assert digest == file_sha256(config.runs_dir / run["name"] / f"fold{fold}" / "best.safetensors")
+
+
+def test_exported_stacker_reproduces_a_probability_submission_to_1e_6(demo, tmp_path):
+    """A sample with one probability column per class: predict.py's probabilities, not only its labels, are the
+    ensemble's (a stacker applied to the fold means instead of each fold's models keeps most top labels)."""
+    import shutil
+
+    import numpy as np
+
+    base = tmp_path / "copy"
+    shutil.copytree(demo.parent / "data", base / "data")
+    shutil.copytree(demo.parent / "out", base / "out")
+    settings = yaml.safe_load(demo.read_text())
+    settings["competition"]["data_dir"] = str(base / "data")
+    settings["output_dir"] = str(base / "out")
+    path = base / "comp.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    classes = [str(c) for c in range(10)]
+    sample = pd.read_csv(base / "data" / "sample_submission.csv", dtype=str)
+    pd.DataFrame({"id": sample["id"], **{c: 0.1 for c in classes}}).to_csv(base / "data" / "sample_submission.csv",
+                                                                            index=False)
+    assert main(["ensemble", "--config", str(path), "--force"]) == 0
+    config = load_config(path)
+    folder = tmp_path / "stacker_export"
+    assert main(["export", "--config", str(path), "--method", "logreg_stacker", "--out", str(folder)]) == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    got = _predict_elsewhere(folder, config, tmp_path / "elsewhere")
+    expected = pd.read_csv(config.submissions_dir / manifest["submission_file"], dtype={"id": str})
+    assert list(got.columns) == list(expected.columns) == ["id", *classes]
+    assert list(got["id"]) == list(sample["id"])
+    np.testing.assert_allclose(got[classes].to_numpy(), expected[classes].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got[classes].sum(axis=1), 1.0, atol=1e-6)
+    assert compare_submissions(got, expected, "id") is None
+    # the comparison can tell blends apart: the mean's probabilities are far from the stacker's
+    board = pd.read_csv(config.submissions_dir / "leaderboard.csv")
+    mean_cv = board.loc[board["submission"].str.rstrip(" *") == "mean", "nested CV"].iat[0]
+    mean = pd.read_csv(config.submissions_dir / f"mean_cv{mean_cv:.4f}.csv", dtype={"id": str})
+    assert np.abs(mean[classes].to_numpy() - got[classes].to_numpy()).max() > 1e-2
+    assert "differs by up to" in compare_submissions(mean, got, "id")
 
 
 @pytest.mark.parametrize(

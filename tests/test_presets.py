@@ -102,16 +102,25 @@ def _with_recipes(config, folder: Path):
             r"convnext, efficientnet, inception, .*; write .*byobnet.yaml or train",
         ),
         ("digits_resnet", {"preset": "../strong"}, r"PRESET='../strong' must be one name .* not a path"),
-        ("digits_resnet", {"preset": "strong", "mixup_alpha": 0.2}, None),  # fine for a label task
     ],
-    ids=["unknown", "family", "path", "mixup-args"],
+    ids=["unknown", "family", "path"],
 )
 def test_preset_errors_name_the_fix(loaded_small_config, model, settings, message):
-    if message is None:
-        resolve_train_config(loaded_small_config, model, {"train": settings})
-        return
     with pytest.raises((ConfigError, UnsafeNameError), match=message):
         resolve_train_config(loaded_small_config, model, {"train": settings})
+
+
+def test_mixup_args_over_a_preset_are_kept_on_a_label_task(loaded_small_config):
+    # ARGS="train.mixup_alpha=0.2" with PRESET=strong on a multiclass competition: allowed, and both apply
+    name, cfg = resolve_train_config(loaded_small_config, "digits_resnet",
+                                     {"train": {"preset": "strong", "mixup_alpha": 0.2}})
+    preset = yaml.safe_load(preset_file(loaded_small_config, "strong", cfg.model).read_text())
+    assert name == "digits_resnet-strong" and cfg.preset == "strong"
+    assert cfg.mixup_alpha == 0.2 and cfg.mixes
+    assert all(getattr(cfg, key) == value for key, value in preset.items() if key != "mixup_alpha")
+    # without the argument the preset leaves mixup off (presets fit every task)
+    _, plain = resolve_train_config(loaded_small_config, "digits_resnet", {"train": {"preset": "strong"}})
+    assert not plain.mixes
 
 
 def test_a_preset_that_sets_mixup_is_refused_on_a_value_task_with_the_way_out(loaded_small_config, tmp_path):

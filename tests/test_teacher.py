@@ -80,7 +80,7 @@ def plan_for(runs, y, folds, n_test, method="mean", pseudo=None, distill=None):
     return StudentPlan("pseudo" if distill is None else "distill", teacher, competition, folds, config, pseudo, distill)
 
 
-def test_pseudo_labels_of_fold_k_carry_no_fold_k_labels_while_the_naive_teacher_leaks(tmp_path):
+def test_pseudo_labels_of_fold_k_carry_no_fold_k_labels_while_the_naive_teacher_leaks(tmp_path, monkeypatch):
     # 90 noise images with random labels (nothing to learn); the test set is a copy of each, with other random labels
     rng = np.random.default_rng(1)
     n = 90
@@ -97,6 +97,8 @@ def test_pseudo_labels_of_fold_k_carry_no_fold_k_labels_while_the_naive_teacher_
     test_ours = []
     for k in range(3):
         table = plan.pseudo_rows(k, RunLayout(tmp_path / "student"), int(np.sum(folds != k)), seed=0)
+        if k == 0:
+            first_fold = table
         assert (tmp_path / "student" / f"fold{k}" / "pseudo.parquet").is_file()
         valid = np.flatnonzero(folds == k)
         # a memorising student of fold k predicts a validation image from the pseudo row of its copy
@@ -113,6 +115,20 @@ def test_pseudo_labels_of_fold_k_carry_no_fold_k_labels_while_the_naive_teacher_
     # the pseudo table is cached: a resumed fold reads the same rows back
     again = plan.pseudo_rows(0, RunLayout(tmp_path / "student"), 60, seed=0)
     np.testing.assert_array_equal(again.rows, np.arange(n))
+    # read, not recomputed: no teacher is applied, and a fold size whose cap (2.0 x 10 = 20 rows) would keep fewer
+    # rows still gets the stored table, bit for bit
+    import pipeline.students.teacher as teacher_module
+
+    applied = []
+    real = teacher_module.blend_outside_fold
+    monkeypatch.setattr(teacher_module, "blend_outside_fold", lambda *a, **k: applied.append(a[5]) or real(*a, **k))
+    cached = plan.pseudo_rows(0, RunLayout(tmp_path / "student"), 10, seed=0)
+    assert applied == []
+    np.testing.assert_array_equal(cached.rows, np.arange(n))
+    np.testing.assert_array_equal(cached.targets, first_fold.targets)
+    # the spy sees a real computation: a fresh folder applies fold 0's teacher and caps at 20 rows
+    fresh = plan.pseudo_rows(0, RunLayout(tmp_path / "fresh"), 10, seed=0)
+    assert applied == [0] and len(fresh.rows) == 20
 
 
 def test_distill_targets_of_fold_k_carry_no_fold_k_labels_but_the_oof_option_does(tmp_path, monkeypatch):
@@ -266,3 +282,44 @@ def test_pseudo_and_distill_end_to_end(small_config, tmp_path, capsys):
     assert main(["ensemble", *args]) == 0
     board = pd.read_csv(config.submissions_dir / "leaderboard.csv")
     assert {"single-digits_resnet-pl", "single-digits_resnet-distill"} <= set(board["submission"].str.rstrip(" *"))
+
+
+def test_distill_targets_of_fold_k_come_from_fold_k_checkpoint(small_config):
+    """Unmocked: the teacher's predictions on fold k's training rows are made by fold k's checkpoint.
+
+    The stored OOF rows of fold k were predicted by fold k's model when it was trained; the teacher's prediction of
+    the same rows must equal them, and any other fold's checkpoint gives other numbers."""
+    from pipeline.cli import main
+    from pipeline.config import load_config
+    from pipeline.data import load_competition
+    from pipeline.folds import read_folds
+    from pipeline.store import load_runs
+    from pipeline.train.runtime import Runtime
+    from pipeline.students.teacher import teacher_model_predictions
+
+    config = load_config(small_config)
+    assert main(["train", "--config", str(small_config), "--model", "digits_resnet"]) == 0
+    competition = load_competition(config)
+    folds, fingerprint = read_folds(config, competition)
+    (run,), _ = load_runs(config.runs_dir, competition.train_ids, competition.test_ids, competition.classes, fingerprint)
+    runtime = Runtime(torch.device("cpu"), None, False, 0, False)
+    n_folds = len(np.unique(folds))
+    for k in range(n_folds):
+        valid = np.flatnonzero(folds == k)
+        by_fold = {j: teacher_model_predictions(config, run, j, valid, runtime, competition, 16) for j in range(n_folds)}
+        np.testing.assert_allclose(by_fold[k], run.oof[valid], rtol=0, atol=1e-5)
+        for j in set(by_fold) - {k}:
+            assert np.abs(by_fold[j] - run.oof[valid]).max() > 1e-3   # another fold's model: other numbers
+
+    # the student's plan asks each fold for its own teacher checkpoint (a single-run teacher: its predictions as-is)
+    plan = StudentPlan("distill", Teacher("digits_resnet", None, {}, [run]), competition, folds, config, None,
+                       DistillConfig())
+    layout = RunLayout(small_config.parent / "student")
+    for k in range(n_folds):
+        train_idx = np.flatnonzero(folds != k)
+        targets = plan.train_soft_targets(k, train_idx, layout, runtime, 16)
+        own = teacher_model_predictions(config, run, k, train_idx, runtime, competition, 16)
+        np.testing.assert_allclose(targets, own, rtol=0, atol=1e-6)
+        other = teacher_model_predictions(config, run, (k + 1) % n_folds, train_idx, runtime, competition, 16)
+        assert np.abs(targets - other).max() > 1e-3
+        assert (layout.fold_dir(k) / "teacher" / "digits_resnet.parquet").is_file()
