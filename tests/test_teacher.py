@@ -301,12 +301,14 @@ def test_distill_targets_of_fold_k_come_from_fold_k_checkpoint(small_config):
     assert main(["train", "--config", str(small_config), "--model", "digits_resnet"]) == 0
     competition = load_competition(config)
     folds, fingerprint = read_folds(config, competition)
-    (run,), _ = load_runs(config.runs_dir, competition.train_ids, competition.test_ids, competition.classes, fingerprint)
+    (run,), _ = load_runs(config.runs_dir, competition.train_ids, competition.test_ids, competition.classes,
+                          fingerprint)
     runtime = Runtime(torch.device("cpu"), None, False, 0, False)
     n_folds = len(np.unique(folds))
     for k in range(n_folds):
         valid = np.flatnonzero(folds == k)
-        by_fold = {j: teacher_model_predictions(config, run, j, valid, runtime, competition, 16) for j in range(n_folds)}
+        by_fold = {j: teacher_model_predictions(config, run, j, valid, runtime, competition, 16)
+                   for j in range(n_folds)}
         np.testing.assert_allclose(by_fold[k], run.oof[valid], rtol=0, atol=1e-5)
         for j in set(by_fold) - {k}:
             assert np.abs(by_fold[j] - run.oof[valid]).max() > 1e-3   # another fold's model: other numbers
