@@ -70,6 +70,19 @@ def shrunk_demo_config(data_dir: Path, output_dir: Path, changes: dict | None = 
     return config
 
 
+def materialise_template(template: Path, target: Path) -> Path:
+    """A working copy of a template folder (``target``, or the template itself when they are the same).
+
+    The template holds ``comp.yaml.in``, a config whose output folder is written ``@OUT@``; the copy gets
+    ``comp.yaml`` with its own ``out/``, so each test writes only beside its own copy.
+    """
+    if target != template:
+        shutil.copytree(template, target)
+    text = (template / "comp.yaml.in").read_text().replace("@OUT@", str(target / "out"))
+    (target / "comp.yaml").write_text(text)
+    return target
+
+
 @pytest.fixture()
 def write_config(tmp_path):
     """Write a shrunk copy of configs/digits.yaml (:func:`shrunk_demo_config`) beside the test's files."""

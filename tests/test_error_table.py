@@ -19,7 +19,7 @@ from typing import Callable
 import pandas as pd
 import pytest
 import yaml
-from conftest import build_small_competition, shrunk_demo_config
+from conftest import build_small_competition, materialise_template, shrunk_demo_config
 
 from pipeline.cli import main
 
@@ -77,11 +77,7 @@ def template(tmp_path_factory, digits_dir) -> Path:
 
 
 def _materialise(template: Path, target: Path) -> Workspace:
-    if target != template:
-        shutil.copytree(template, target)
-    text = (template / "comp.yaml.in").read_text().replace("@OUT@", str(target / "out"))
-    (target / "comp.yaml").write_text(text)
-    return Workspace(target)
+    return Workspace(materialise_template(template, target))
 
 
 @pytest.fixture()
