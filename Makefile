@@ -47,7 +47,7 @@ LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_n
 COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test validate folds train predict lr-find pseudo distill ensemble export import-oof clean-run zoo zoo-promote models bench bench-recipes pretrained-weights bench-ensemble bench-ensemble-real mutate clean-demo
+.PHONY: help install demo test validate folds train predict lr-find pseudo distill ensemble lb export import-oof clean-run zoo zoo-promote models bench bench-recipes pretrained-weights bench-ensemble bench-ensemble-real mutate clean-demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -101,6 +101,9 @@ distill: $(STAMP) ## train STUDENT-distill on the true labels and the fold teach
 
 ensemble: $(STAMP) ## blend the stored runs, score them by nested CV, write submissions/
 	$(RUN) ensemble $(COMMON)
+
+lb: $(STAMP) ## record the public-LB score of a submission: SCORE=0.912 [SUBMISSION=<file or method>]; make ensemble shows it
+	$(RUN) lb $(if $(SCORE),--score $(SCORE)) $(if $(SUBMISSION),--submission $(SUBMISSION)) $(COMMON)
 
 export: $(STAMP) ## the chosen ensemble as an offline folder for a Kaggle code competition (METHOD=, OUT=, CHECK=1)
 	$(RUN) export $(if $(METHOD),--method $(METHOD)) $(if $(OUT),--out $(OUT)) $(if $(CHECK),--check) $(COMMON)

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.blend import BLEND_METHODS, Scored, nested_score, predict_fold_mean, predict_per_fold, select_method
+from pipeline.blend import (BLEND_METHODS, Scored, averaging_gain, blend_each_fold, nested_score, predict_fold_mean,
+                            reference_distribution, select_method)
 from pipeline.core.io import write_json
 from pipeline.task.metrics import get_metric
 
@@ -211,6 +212,7 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
     tests_after: dict[str, float] = {}
     nested_preds: dict[str, np.ndarray] = {}  # what each candidate's nested score scored (a single's: its OOF)
     test_preds: dict[str, np.ndarray] = {}  # its test predictions as submitted (a blend's: per fold, averaged)
+    fold_test_preds: dict[str, np.ndarray] = {}  # the k predictions its test predictions average
     single_tests = lib.fold_tests.mean(axis=1)
     for m, name in enumerate(lib.models):
         key = f"single-{name}"
@@ -218,6 +220,7 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
         before[key] = after[key] = scored
         tests_before[key] = tests_after[key] = float(single_test[m])
         nested_preds[key], test_preds[key] = lib.oof[m], single_tests[m]
+        fold_test_preds[key] = lib.fold_tests[m]
     for name in methods:
         start = time.perf_counter()
         params = {"calibrate": True}
@@ -225,7 +228,8 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
             params["n_jobs"] = 1
         res = nested_score(name, lib.oof, lib.y, lib.folds, metric, params=params)
         fitted = res.fitted
-        nested_preds[name], test_preds[name] = res.oof_pred, predict_per_fold(fitted, lib.fold_tests)
+        fold_test_preds[name] = blend_each_fold(fitted, lib.fold_tests)
+        nested_preds[name], test_preds[name] = res.oof_pred, fold_test_preds[name].mean(axis=0)
         per_fold = metric(lib.y_test, test_preds[name])
         fold_mean = metric(lib.y_test, predict_fold_mean(fitted, lib.fold_tests))
         old = copy.copy(fitted)
@@ -249,7 +253,7 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
         tests_after[name] = per_fold
     chosen_before = select_method(before, metric, rule="best")
     chosen_after = select_method(after, metric, rule="one_se")
-    variants = selection_variants(after, nested_preds, test_preds, f"single-{lib.models[best]}", lib)
+    variants = selection_variants(after, nested_preds, test_preds, f"single-{lib.models[best]}", lib, fold_test_preds)
     return {
         "library": lib.name,
         "rows": len(lib.y),
@@ -308,6 +312,7 @@ def selection_variants(
     test_preds: dict[str, np.ndarray],
     best_single: str,
     lib: Library,
+    fold_test_preds: dict[str, np.ndarray],
 ) -> dict[str, dict]:
     """The choice under each selection rule tried for issue 18's first goal (docs/benchmarks.md).
 
@@ -357,7 +362,18 @@ def selection_variants(
         "nested": float(min(mix_losses)),
         "test": metric(lib.y_test, (1 - g) * test_preds[one_se] + g * test_preds[best_single]),
     }
+    # issue 31: each candidate's nested score moved by its estimated gain from averaging its k fold models
+    # (pipeline.blend.averaging), labels drawn from the best nested candidate's test predictions, temperature-scaled
+    top = min(scored, key=lambda k: round(scored[k].nested, 6))
+    reference = reference_distribution(test_preds[top], nested_preds[top], lib.y, "multiclass")
+    expected = {}
+    for key, cand in scored.items():
+        gain = averaging_gain(fold_test_preds[key], metric, reference, "multiclass")
+        folds = {f: v - gain for f, v in cand.fold_scores.items()} if cand.fold_scores else cand.fold_scores
+        expected[key] = Scored(cand.nested - gain, folds, cand.simplicity)
     return {
+        "expected, one_se": one(select_method(expected, metric, rule="one_se")),
+        "expected, best": one(select_method(expected, metric, rule="best")),
         "best": one(select_method(scored, metric, rule="best")),
         "one_se (main)": one(one_se),
         "one_se, per-row SE": one(simplest(_within_one_se(scored, rows))),

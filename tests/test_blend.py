@@ -16,8 +16,9 @@ import pytest
 
 from pipeline import blend as B
 from pipeline.blend import (BLEND_METHODS, TASK_OUTPUT, BlendMethod, NestedResult, NotApplicable, applicable,
-                            apply_temperature, fit_temperature, make_blend, nested_score, not_applicable_reason,
-                            prune_correlated, register_blend, select_method, single_model_scores)
+                            apply_temperature, blend_each_fold, fit_temperature, make_blend, nested_score,
+                            not_applicable_reason, prune_correlated, register_blend, select_method,
+                            single_model_scores)
 from pipeline.task.metrics import Metric, get_metric
 
 # Cheaper settings for the slow methods; everything else runs on defaults.
@@ -1310,8 +1311,13 @@ def test_bench_selection_variants_score_what_they_submit():
     scored["mean"] = _S(res.nested, res.fold_scores, 0)
     nested["mean"], tests["mean"] = res.oof_pred, res.fitted.predict(test_preds)
     best_single = min((k for k in scored if k != "mean"), key=lambda k: scored[k].nested)
-    variants = selection_variants(scored, nested, tests, best_single, lib)
+    fold_tests = {f"single-m{i}": lib.fold_tests[i] for i in range(4)}
+    fold_tests["mean"] = blend_each_fold(res.fitted, lib.fold_tests)
+    variants = selection_variants(scored, nested, tests, best_single, lib, fold_tests)
     assert variants["one_se (main)"]["chosen"] == select_method(scored, metric)
+    # every fold model predicts the same here: nothing to gain from averaging, so the expected score is the nested one
+    assert variants["expected, one_se"]["chosen"] == variants["one_se (main)"]["chosen"]
+    assert variants["expected, best"]["chosen"] == variants["best"]["chosen"]
     assert variants["best"]["chosen"] == select_method(scored, metric, rule="best")
     for name, v in variants.items():
         assert np.isfinite(v["test"]) and np.isfinite(v["nested"]), name

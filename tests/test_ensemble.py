@@ -285,3 +285,59 @@ def test_ensemble_runs_naming_no_usable_run_is_refused(with_folds, tmp_path, cap
     assert main(["ensemble", "--config", str(with_folds), f"ensemble.runs={runs}"]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not config.submissions_dir.exists() or not (config.submissions_dir / "submission.csv").exists()
+
+
+def test_the_gain_of_averaging_fold_models_is_estimated_and_can_decide(with_folds, tmp_path, capsys):
+    # "bagged": each fold model sees the class through heavy noise of its own, so its OOF rows (one model each) score
+    # low and the mean of its fold models on the test set far higher; "a" and "b": less noise, the same in every fold
+    # model, so averaging gains them nothing. Nested CV prefers the blend of a and b; what the test set will score
+    # prefers bagged.
+    config = load_config(with_folds)
+    competition = load_competition(config, check_image_files=False)
+    folds, _ = read_folds(config, competition)
+    truth_test = competition.solution_labels()
+    rng = np.random.default_rng(0)
+    n_folds = config.folds.n_splits
+
+    def probs(labels, strength, noise, size=()):
+        logits = rng.normal(scale=noise, size=(*size, len(labels), 10)) + strength * np.eye(10)[labels]
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    columns = [str(c) for c in competition.classes]
+    for name, strength, noise, shared in (("bagged", 3.0, 3.0, False), ("a", 2.0, 1.5, True), ("b", 2.0, 1.5, True)):
+        oof = pd.DataFrame(probs(competition.y, strength, noise), columns=columns)
+        oof.insert(0, "fold", folds)
+        oof.insert(0, "id", competition.train_ids)
+        fold_tests = (
+            np.repeat(probs(truth_test, strength, noise)[None], n_folds, axis=0)
+            if shared
+            else probs(truth_test, strength, noise, size=(n_folds,))
+        )
+        test = pd.DataFrame(fold_tests.mean(axis=0), columns=columns)
+        test.insert(0, "id", competition.test_ids)
+        assert _import(with_folds, tmp_path, name, oof, test) == 0
+        _fold_files(config, name, fold_tests)
+    methods = ["ensemble.methods=[mean, slsqp]", "ensemble.selection=best"]
+    assert main(["ensemble", "--config", str(with_folds), *methods]) == 0
+    out = capsys.readouterr().out
+    assert "'fold-avg gain' what averaging its k fold models is expected to gain on the test set" in out
+    board = pd.read_csv(config.submissions_dir / "leaderboard.csv")
+    rows = {s.rstrip(" *"): r for s, r in zip(board["submission"], board.to_dict("records"))}
+    # fold models that agree gain nothing; the noisy one gains, and so does every blend that holds it
+    for name in ("single-a", "single-b"):
+        assert rows[name]["fold-avg gain"] == pytest.approx(0.0, abs=1e-12)
+    for name in ("single-bagged", "mean", "slsqp"):
+        assert rows[name]["fold-avg gain"] > 0.05
+    nested = {name: r["nested CV"] if r["kind"] != "single" else r["CV"] for name, r in rows.items()}
+    for name, row in rows.items():
+        assert row["expected"] == pytest.approx(nested[name] + row["fold-avg gain"])
+    by_nested = max(nested, key=nested.get)
+    by_expected = max(rows, key=lambda name: rows[name]["expected"])
+    assert by_nested != by_expected  # planted: the blend that gains most from averaging is not the best in nested CV
+    assert board["submission"][0] == f"{by_nested} *"
+    # choosing on the expected score picks the other, and says so
+    expected = "ensemble.selection_score=expected"
+    assert main(["ensemble", "--config", str(with_folds), *methods, expected, "--force"]) == 0
+    assert "chosen by expected test score (nested CV plus each candidate's estimated gain" in capsys.readouterr().out
+    assert pd.read_csv(config.submissions_dir / "leaderboard.csv")["submission"][0] == f"{by_expected} *"

@@ -41,7 +41,7 @@ def demo(digits_dir, tmp_path_factory):
     return path
 
 
-def _predict_elsewhere(folder: Path, config, where: Path) -> pd.DataFrame:
+def _predict_elsewhere(folder: Path, config, where: Path, *extra: str) -> pd.DataFrame:
     """predict.py in a fresh process: another working directory, no PYTHONPATH, the export folder alone."""
     where.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
@@ -59,6 +59,7 @@ def _predict_elsewhere(folder: Path, config, where: Path) -> pd.DataFrame:
             "--device",
             "cpu",
             "--no-progress",
+            *extra,
         ],
         cwd=where,
         env=env,
@@ -68,6 +69,8 @@ def _predict_elsewhere(folder: Path, config, where: Path) -> pd.DataFrame:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "estimated time for the whole test set" in done.stderr
+    # a time limit it cannot keep: warned once, as soon as it is projected, and the submission still written
+    assert done.stderr.count("warning: at this pace the whole test set takes") == (1 if "--time-limit" in extra else 0)
     probe = subprocess.run(
         [
             sys.executable,
@@ -95,7 +98,8 @@ def test_exported_predictor_reproduces_the_submission_offline(demo, tmp_path, me
         assert main(["export", "--config", str(demo), "--method", method, "--out", str(folder)]) == 0
     manifest = json.loads((folder / "manifest.json").read_text())
     expected_file = "submission.csv" if method == "submission" else manifest["submission_file"]
-    got = _predict_elsewhere(folder, config, tmp_path / "elsewhere")
+    limit = ("--time-limit", "0.001s") if method == "submission" else ()
+    got = _predict_elsewhere(folder, config, tmp_path / "elsewhere", *limit)
     expected = pd.read_csv(config.submissions_dir / expected_file, dtype={"id": str})
     # labels identical, probabilities within 1e-6
     assert compare_submissions(got, expected, "id") is None
@@ -367,3 +371,33 @@ def test_the_wheel_holds_the_package_and_no_benchmark(tmp_path):
     assert "pipeline/blend/__init__.py" in modules and "pipeline/export/predict.py" in modules
     assert [n for n in modules if not n.startswith("pipeline/")] == []
     assert [n for n in names if "bench" in n.rsplit("/", 1)[-1] or n.startswith("benchmarks/")] == []
+
+
+@pytest.mark.parametrize(
+    "text, seconds", [("9h", 32400.0), ("90m", 5400.0), ("45s", 45.0), ("3600", 3600.0), ("1.5H", 5400.0)]
+)
+def test_time_limits_are_read_with_their_unit(text, seconds):
+    from pipeline.export.predict import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "-2h", "nine hours", "9d", "", "infh"])
+def test_a_time_limit_that_is_no_duration_is_refused(text):
+    from pipeline.export.predict import ExportPredictError, parse_duration
+
+    with pytest.raises(ExportPredictError, match=r"--time-limit .*: give a duration above zero, e.g. 9h, 90m or 3600s"):
+        parse_duration(text)
+
+
+def test_the_projection_warns_once_when_it_is_past_the_limit(capsys):
+    from pipeline.export.predict import Progress
+
+    for limit, warnings in ((1e-9, 1), (1e6, 0)):
+        bar = Progress(40, 1000, enabled=False, time_limit=limit)
+        for _ in range(39):
+            bar.step()
+        bar.close()
+        err = capsys.readouterr().err
+        assert err.count("estimated time for the whole test set") == 3  # after the first batches, 1/4, 1/2
+        assert err.count("warning: at this pace the whole test set takes about 0s, past --time-limit") == warnings

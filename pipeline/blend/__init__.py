@@ -52,6 +52,7 @@ Where things live
                     :func:`prune_correlated`
 ``apply``           the fitted blend on the test set: per fold model then averaged
                     (:func:`predict_per_fold`) or on the fold means
+``averaging``       what averaging the k fold models gains on the test set, which OOF rows cannot show
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ from .slsqp import SLSQPWeights
 from .stackers import LGBMStacker, LogRegStacker
 # isort: on
 
-from .apply import APPLY_MODES, fold_means, predict_fold_mean, predict_per_fold, predict_test
+from .apply import APPLY_MODES, blend_each_fold, fold_means, predict_fold_mean, predict_per_fold, predict_test
+from .averaging import DRAWABLE_TASKS, ambiguity, averaging_gain, reference_distribution
 from .nested import NestedResult, nested_score
 from .objective import LinearLoss, single_model_scores
 from .selection import SELECTION_RULES, Scored, prune_correlated, rank_candidates, select_method, standard_errors
@@ -83,6 +85,11 @@ from .selection import SELECTION_RULES, Scored, prune_correlated, rank_candidate
 __all__ = [
     "APPLY_MODES",
     "BLEND_METHODS",
+    "DRAWABLE_TASKS",
+    "ambiguity",
+    "averaging_gain",
+    "blend_each_fold",
+    "reference_distribution",
     "SELECTION_RULES",
     "Scored",
     "fold_means",

@@ -50,15 +50,32 @@ def predict_per_fold(method: BlendMethod, fold_preds: np.ndarray, extra: np.ndar
         the method's temperature (fitted on OOF-shaped inputs, applied to the
         same shape).  Rows of a multiclass blend still sum to 1.
     """
+    return blend_each_fold(method, fold_preds, extra).mean(axis=0)
+
+
+def blend_each_fold(method: BlendMethod, fold_preds: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+    """A fitted blend applied to each fold's models, not yet averaged.
+
+    What :func:`predict_per_fold` averages, kept apart: the spread of the k blended
+    predictions is what averaging them gains (:mod:`pipeline.blend.averaging`).
+
+    Parameters
+    ----------
+    method : BlendMethod
+        Fitted on OOF predictions of the same models, in the same order.
+    fold_preds : ndarray of shape (n_models, n_folds, n_rows, n_cols)
+    extra : ndarray of shape (n_rows, n_features), optional
+
+    Returns
+    -------
+    ndarray of shape (n_folds, n_rows, n_cols)
+        ``method.predict(fold_preds[:, k])`` for each fold ``k``.
+    """
     fold_preds = np.asarray(fold_preds, dtype=np.float64)
     if fold_preds.ndim != 4:
         raise ValueError(f"fold_preds must have shape (n_models, n_folds, n_rows, n_cols); got {fold_preds.shape}")
-    n_folds = fold_preds.shape[1]
-    total = None
-    for k in range(n_folds):
-        pred = np.asarray(method.predict(fold_preds[:, k], extra=extra), dtype=np.float64)
-        total = pred if total is None else total + pred
-    return total / n_folds
+    blended = [method.predict(fold_preds[:, k], extra=extra) for k in range(fold_preds.shape[1])]
+    return np.stack([np.asarray(pred, dtype=np.float64) for pred in blended])
 
 
 def predict_fold_mean(method: BlendMethod, fold_preds: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:

@@ -10,7 +10,7 @@ from pipeline.core.errors import PipelineError
 
 DEFAULT_CONFIG = "configs/digits.yaml"
 # commands that read no image and train nothing: they import no torch, timm, albumentations or OpenCV
-LIGHT_COMMANDS = ("folds", "ensemble", "import-oof", "clean-run")
+LIGHT_COMMANDS = ("folds", "ensemble", "lb", "import-oof", "clean-run")
 
 
 class UsageError(PipelineError, ValueError):

@@ -11,6 +11,7 @@ python -m pipeline pseudo   --config ... --model resnet18 [--teacher submission|
                             [--name x] [--folds 0,2]
 python -m pipeline distill  --config ... --student resnet18 [--teacher ...] [--alpha 0.5] [--temperature 2] [--name x]
 python -m pipeline ensemble --config ...
+python -m pipeline lb       --config ... --score 0.912 [--submission submission.csv|<method>]
 python -m pipeline export   --config ... [--method submission|<method>] [--out export/<competition>] [--check]
 python -m pipeline zoo      --config ... [--zoo configs/zoo/default.yaml] [--top 3]
 python -m pipeline zoo-promote --config ... --top 3
@@ -25,7 +26,7 @@ import argparse
 import sys
 
 from pipeline.cli.common import DEFAULT_CONFIG, parse_settings
-from pipeline.cli.stages import (cmd_clean_run, cmd_demo, cmd_ensemble, cmd_export, cmd_folds, cmd_import_oof,
+from pipeline.cli.stages import (cmd_clean_run, cmd_demo, cmd_ensemble, cmd_export, cmd_folds, cmd_import_oof, cmd_lb,
                                  cmd_models, cmd_validate, cmd_zoo, cmd_zoo_promote)
 from pipeline.cli.training import cmd_distill, cmd_lr_find, cmd_predict, cmd_pseudo, cmd_train
 from pipeline.core.errors import PipelineError
@@ -39,6 +40,7 @@ COMMANDS = {
     "pseudo": (cmd_pseudo, "train a student on its folds plus test rows labelled by each fold's teacher"),
     "distill": (cmd_distill, "train a student on the true labels and the fold teacher's soft targets"),
     "ensemble": (cmd_ensemble, "blend the stored runs and write submissions"),
+    "lb": (cmd_lb, "record a submission's public-leaderboard score beside the nested CV that chose it"),
     "export": (cmd_export, "the chosen ensemble as an offline inference folder (Kaggle code competitions)"),
     "import-oof": (cmd_import_oof, "add OOF and test predictions made elsewhere to the store"),
     "models": (cmd_models, "list model aliases and recipes"),
@@ -111,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "validate":
             p.add_argument(
                 "--image-size", type=int, help="input size to check images against (default: the model line-up's)"
+            )
+        if name == "lb":
+            p.add_argument("--score", type=float, help="the public leaderboard's score of the submission")
+            p.add_argument(
+                "--submission", help="a file in submissions/<competition>/ or a method (default submission.csv)"
             )
         if name == "import-oof":
             p.add_argument("--name", help="run name for the imported predictions")

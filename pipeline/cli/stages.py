@@ -1,5 +1,5 @@
-"""The sub-commands that never train (``folds``, ``validate``, ``ensemble``, ``import-oof``, ``clean-run``, ``models``,
-``zoo``, ``zoo-promote``, ``export``) and ``demo``; one function each.
+"""The sub-commands that never train (``folds``, ``validate``, ``ensemble``, ``lb``, ``import-oof``, ``clean-run``,
+``models``, ``zoo``, ``zoo-promote``, ``export``) and ``demo``; one function each.
 """
 
 from __future__ import annotations
@@ -51,6 +51,28 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
     config = load_command_config(args)
     run_ensemble(config, force=args.force)
+    return 0
+
+
+def cmd_lb(args: argparse.Namespace) -> int:
+    from pipeline.core.report import format_table
+    from pipeline.ensemble.public_lb import rank_correlation, read_public_scores, record_public_score
+
+    if args.score is None:
+        raise UsageError("give the public leaderboard's score: make lb SCORE=0.912 [SUBMISSION=<file or method>]")
+    config = load_command_config(args)
+    entry = record_public_score(config, args.score, args.submission)
+    entries = read_public_scores(config)
+    rows = [
+        {"file": e["file"], "candidate": e["candidate"], "nested CV": e["nested_cv"], "public LB": e["public_lb"],
+         "public - nested": e["public_lb"] - e["nested_cv"], "recorded": e["recorded_at"]}
+        for e in entries
+    ]
+    rho = rank_correlation(entries)
+    print(format_table(rows, f"recorded public-LB scores ({len(entries)}); Spearman rank correlation with nested CV: "
+                             + (f"{rho:.2f}" if rho is not None else "needs 3 or more")))
+    print(f"recorded {entry['public_lb']} for {entry['file']} ({entry['candidate']}, nested CV "
+          f"{entry['nested_cv']:.4f}); make ensemble shows it in the leaderboard's public LB column")
     return 0
 
 

@@ -170,8 +170,7 @@ class TrainConfig(StrictModel):
     device_augment: list[dict[str, dict[str, Any]]] = Field(
         json_schema_extra=WHEN_SET, default_factory=list
     )  # per batch on the device (transforms.py)
-    # a named set of device steps run before device_augment (transforms.AUGMENT_POLICIES): none, flip, light, trivial,
-    # ...
+    # a named set of device steps run before device_augment (transforms.AUGMENT_POLICIES): none, flip, light, ...
     augment_policy: str = Field(default="none", json_schema_extra=WHEN_SET)
     tta: list[str] = Field(json_schema_extra=NOT_HASHED, default_factory=lambda: ["identity"])
     # training recipes (README "Training recipes"); each is off by default and hashed only when set
@@ -231,8 +230,7 @@ class TrainConfig(StrictModel):
         return value
 
     # The transform, policy and view names are checked against pipeline.vision (host, device, policies, views), which
-    # needs torch and
-    # albumentations. Commands that never train (folds, ensemble, import-oof) load the config with
+    # needs torch and albumentations. Commands that never train (folds, ensemble, import-oof) load the config with
     # training=False and skip these checks; every training path validates its TrainConfig again
     # through resolve_train_config, with them, before any work.
     @field_validator("augment")
@@ -326,8 +324,10 @@ class EnsembleConfig(StrictModel):
     method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # per_fold: each blend applied to every fold's models, then averaged; fold_mean: to the fold means (former way)
     apply: Literal["per_fold", "fold_mean"] = "per_fold"
-    # one_se: the simplest candidate within one standard error of the best nested score; best: the best score
+    # one_se: the simplest candidate within one standard error of the best score; best: the best score. The score:
+    # nested CV, or expected: nested CV plus each candidate's estimated gain from averaging k fold models (test set)
     selection: Literal["one_se", "best"] = "one_se"
+    selection_score: Literal["nested", "expected"] = "nested"
     # blend only these runs (e.g. one round of the student-teacher loop against another); null: every finished run
     runs: list[str] | None = Field(default=None, min_length=1)
 

@@ -39,8 +39,10 @@ class Candidate:
     weights: np.ndarray | None = None
     seconds: float = 0.0
     private: float | None = None
+    public: float | None = None  # the public-LB score make lb recorded for its submission file as it is now
     test_decided: np.ndarray | None = None  # the test predictions after the tuned decision (thresholds, cut points)
     decision: dict | None = None
+    decide: object = None  # the tuned decision's apply(pred), for scoring other predictions of the test set
     fold_scores: dict | None = None  # fold -> nested score of its held-out rows (the selection rule's SE)
     simplicity: int = 2  # blend.BlendMethod.simplicity; a single model ranks with the weights
     se: float | None = None  # standard error against the best candidate (blend.standard_errors)
@@ -48,6 +50,10 @@ class Candidate:
     test_other: np.ndarray | None = None  # the test predictions applied the other way (ensemble.apply), if they differ
     private_other: float | None = None
     fitted: object = None
+    fold_test: np.ndarray | None = None  # (n_folds, n_test, n_cols): the k predictions its test prediction averages
+    nested_pred: np.ndarray | None = None  # its held-out predictions of the training rows (what nested CV scored)
+    averaging_gain: float | None = None  # estimated gain of averaging k fold models (blend.averaging), metric units
+    expected: float | None = None  # nested CV + that gain: what it is expected to score on the test set
 
 
 def method_params(config: Config, method: str, runs: list[StoredRun], fingerprint: str, storage_dir: Path) -> dict:
@@ -147,7 +153,12 @@ def blend_candidates(
         result = blend.nested_score(
             method, preds, y, folds, metric, extra=extra, params=params_for(method), task=task, decision=factory
         )
-        test = blend.predict_test(result.fitted, tests, fold_tests, apply, extra=extra_test)
+        each_fold = None
+        if apply == "per_fold" and fold_tests is not None:
+            each_fold = blend.blend_each_fold(result.fitted, fold_tests, extra=extra_test)
+            test = each_fold.mean(axis=0)
+        else:
+            test = blend.predict_test(result.fitted, tests, fold_tests, apply, extra=extra_test)
         other = None
         if fold_tests is not None:
             other = blend.predict_test(
@@ -169,11 +180,14 @@ def blend_candidates(
                 seconds=result.seconds,
                 test_decided=decided,
                 decision=None if result.decision is None else result.decision.params,
+                decide=None if result.decision is None else result.decision.apply,
                 fold_scores=dict(result.fold_scores),
                 simplicity=blend.BLEND_METHODS[method].simplicity,
                 temperature=result.fitted.temperature_,
                 test_other=other if other is None or result.decision is None else result.decision.apply(other),
                 fitted=result.fitted,
+                fold_test=each_fold,
+                nested_pred=None if result.decision is not None else result.oof_pred,
             )
         )
     return candidates
@@ -203,6 +217,8 @@ def single_candidate(
             cv_plain=run.meta.cv_plain,
             seconds=seconds,
             fold_scores=per_fold_scores(y, run.oof, folds, metric),
+            fold_test=run.fold_tests,
+            nested_pred=run.oof,
         )
     decided_oof, _ = nested_decision(y, run.oof, folds, metric, factory)
     decision = factory().fit(y, run.oof, metric)
@@ -216,8 +232,36 @@ def single_candidate(
         seconds=seconds,
         test_decided=decision.apply(run.test),
         decision=decision.params,
+        decide=decision.apply,
         fold_scores=per_fold_scores(y, decided_oof, folds, metric),
+        fold_test=run.fold_tests,
     )
+
+
+def estimate_averaging(candidates: list[Candidate], y: np.ndarray, metric: Metric, task: str, seed: int = 0) -> None:
+    """Set each candidate's ``averaging_gain`` and ``expected`` score where its k test predictions are known.
+
+    The gain (:func:`pipeline.blend.averaging.averaging_gain`) is taken under one reference label
+    distribution for all: the test predictions of the best nested candidate that has held-out
+    probabilities (no tuned decision), temperature-scaled on them.  Nothing is set for a task
+    whose labels cannot be drawn (regression, ordinal), nor for a candidate without per-fold test
+    predictions (an imported run, a blend applied to the fold means).
+    """
+    if task not in blend.DRAWABLE_TASKS:
+        return
+    sign = 1.0 if metric.greater_is_better else -1.0
+    usable = [c for c in candidates if c.nested_pred is not None and not c.decision and np.isfinite(c.nested)]
+    if not usable:
+        return
+    best = max(usable, key=lambda c: sign * c.nested)
+    reference = blend.reference_distribution(best.test, best.nested_pred, y, task)
+    for cand in candidates:
+        if cand.fold_test is None or not np.isfinite(cand.nested):
+            continue
+        cand.averaging_gain = blend.averaging_gain(
+            cand.fold_test, metric, reference, task, seed=seed, decide=cand.decide
+        )
+        cand.expected = cand.nested + sign * cand.averaging_gain
 
 
 def per_fold_scores(y: np.ndarray, pred: np.ndarray, folds: np.ndarray, metric: Metric) -> dict:

@@ -14,23 +14,38 @@ from pipeline.store import StoredRun
 from pipeline.task.metrics import Metric
 
 
-def choose_candidate(candidates: list[Candidate], metric: Metric, rule: str = "one_se") -> Candidate:
+def choose_candidate(
+    candidates: list[Candidate], metric: Metric, rule: str = "one_se", score: str = "nested"
+) -> Candidate:
     # the one selection rule (blend.select_method): with one_se, the simplest candidate within one standard error
-    # of the best nested score; ties to the earlier candidate (singles, then the methods in the configured order).
-    # Keyed by position, as names may repeat.
-    scored = {i: blend.Scored(c.nested, c.fold_scores, c.simplicity) for i, c in enumerate(candidates)}
+    # of the best score; ties to the earlier candidate (singles, then the methods in the configured order).
+    # Keyed by position, as names may repeat. score="expected": each candidate's nested score (and every fold's)
+    # moved by its estimated fold-averaging gain (estimate_averaging); one without an estimate keeps its nested score
+    def shifted(c: Candidate) -> blend.Scored:
+        if score != "expected" or c.expected is None:
+            return blend.Scored(c.nested, c.fold_scores, c.simplicity)
+        move = c.expected - c.nested
+        folds = {f: v + move for f, v in c.fold_scores.items()} if c.fold_scores else c.fold_scores
+        return blend.Scored(c.expected, folds, c.simplicity)
+
+    scored = {i: shifted(c) for i, c in enumerate(candidates)}
     for i, se in blend.standard_errors(scored, metric).items():
         candidates[i].se = None if np.isnan(se) else se
     return candidates[blend.select_method(scored, metric, rule=rule)]
 
 
-def describe_rule(rule: str) -> str:
-    """The selection rule in words, for the line that names the chosen candidate."""
+def describe_rule(rule: str, score: str = "nested") -> str:
+    """What chose the submission, in words: ``nested CV (<the rule>)`` or ``expected test score (...)``."""
+    what = "nested CV" if score == "nested" else "expected test score"
     if rule == "one_se":
-        return ("the simplest within one standard error of the best nested CV: means, then weights and single models, "
-                "then stackers; among equally simple ones the better nested CV, a tie to the earlier listed")
-    return ("the best nested CV, a tie to the earlier listed (single models first, then the methods in the "
-            "configured order)")
+        text = (f"the simplest within one standard error of the best {what}: means, then weights and single models, "
+                f"then stackers; among equally simple ones the better {what}, a tie to the earlier listed")
+    else:
+        text = (f"the best {what}, a tie to the earlier listed (single models first, then the methods in the "
+                "configured order)")
+    if score == "expected":
+        text = "nested CV plus each candidate's estimated gain from averaging its k fold models; " + text
+    return f"{what} ({text})"
 
 
 def tie_note(candidates: list[Candidate], chosen: Candidate) -> str:
@@ -63,9 +78,15 @@ def leaderboard_rows(
                 "CV no TTA": cand.cv_plain,
                 "nested CV": None if cand.kind == "single" and not cand.decision else cand.nested,
                 "SE": cand.se,
+                **(
+                    {"fold-avg gain": cand.averaging_gain, "expected": cand.expected}
+                    if any(c.expected is not None for c in candidates)
+                    else {}
+                ),
                 "gap": cand.gap,
                 "weight std": cand.weight_std,
                 "private LB": cand.private,
+                **({"public LB": cand.public} if any(c.public is not None for c in candidates) else {}),
                 "time": format_seconds(cand.seconds),
             }
         )

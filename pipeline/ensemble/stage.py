@@ -26,11 +26,13 @@ from pipeline.config import Config
 from pipeline.core import io
 from pipeline.core.report import format_table
 from pipeline.data import Competition, load_competition
-from pipeline.ensemble.candidates import (Candidate, blend_candidates, method_params, optuna_study_path, select_runs,
-                                          single_candidate, stacked_fold_tests, stacker_features)
+from pipeline.ensemble.candidates import (Candidate, blend_candidates, estimate_averaging, method_params,
+                                          optuna_study_path, select_runs, single_candidate, stacked_fold_tests,
+                                          stacker_features)
 from pipeline.ensemble.fitted import store_candidates
 from pipeline.ensemble.leaderboard import (PLOT_NAME, choose_candidate, describe_rule, ensemble_figure,
                                            leaderboard_rows, save_figure, tie_note)
+from pipeline.ensemble.public_lb import LB_PLOT, frame_sha256, public_lb_figure, read_public_scores
 from pipeline.ensemble.submissions import SubmissionWriter, submission_frame
 from pipeline.folds import read_folds
 from pipeline.store import StoreError, load_runs
@@ -134,6 +136,8 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     else:
         log.info("only one distinct model: no blend to search (train another architecture to ensemble)")
 
+    # what averaging k fold models gains each candidate on the test set, unseen by nested CV (blend.averaging)
+    estimate_averaging(candidates, y, metric, task, seed=config.ensemble.seed)
     private = competition.solution_labels()
     if private is not None:
         for cand in candidates:
@@ -142,7 +146,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
                 cand.private_other = metric(private, cand.test_other)
 
     best_single = max(singles, key=lambda c: c.nested if metric.greater_is_better else -c.nested)
-    chosen = choose_candidate(candidates, metric, config.ensemble.selection)
+    chosen = choose_candidate(candidates, metric, config.ensemble.selection, config.ensemble.selection_score)
     frames = {}  # every file is made, and every name checked, before the first one is written
     for cand in candidates:
         if cand.kind == "single" and cand is not best_single:
@@ -156,15 +160,24 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
         "submission.csv",
         submission_frame(competition.sample_submission, competition, metric, chosen.test, chosen.test_decided),
     )
+    # make lb's public scores, on the rows whose file has the content each was recorded for
+    recorded = read_public_scores(config)
+    by_sha = {e["sha256"]: e["public_lb"] for e in recorded}
+    if by_sha:
+        for cand in candidates:
+            if cand.name in frames:
+                cand.public = by_sha.get(frame_sha256(frames[cand.name][1]))
     rows = leaderboard_rows(
         candidates, metric, chosen, other_apply="fold_mean" if config.ensemble.apply == "per_fold" else "per_fold"
     )
     frames["leaderboard"] = ("leaderboard.csv", pd.DataFrame(rows))
     writer = SubmissionWriter(config.submissions_dir, force=force)
-    writer.check([name for name, _ in frames.values()] + [PLOT_NAME])
+    writer.check([name for name, _ in frames.values()] + [PLOT_NAME] + ([LB_PLOT] if recorded else []))
     paths = {key: writer.write(name, frame) for key, (name, frame) in frames.items()}
     paths.pop("leaderboard")
     save_figure(writer, PLOT_NAME, ensemble_figure(runs, preds, candidates, keep))
+    if recorded:
+        save_figure(writer, LB_PLOT, public_lb_figure(recorded, metric.name))
     writer.finish()
     # every candidate's fitted state, for `make export` and to recompute its file (pipeline.ensemble.fitted)
     store_candidates(
@@ -183,11 +196,18 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
             rows,
             f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
             f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold; "
-            f"'SE' is its standard error against the best, over the folds",
+            f"'SE' is its standard error against the best, over the folds"
+            + (
+                "; 'fold-avg gain' what averaging its k fold models is expected to gain on the test set "
+                "(OOF rows have one), 'expected' nested CV + that gain"
+                if any(c.expected is not None for c in candidates)
+                else ""
+            ),
         )
     )
     log.info(
-        f"chosen by nested CV ({describe_rule(config.ensemble.selection)}): {chosen.name} -> {paths['submission']}"
+        f"chosen by {describe_rule(config.ensemble.selection, config.ensemble.selection_score)}: "
+        f"{chosen.name} -> {paths['submission']}"
         f"{tie_note(candidates, chosen)}"
     )
     log.info(f"all submissions: {config.submissions_dir}/")

@@ -137,7 +137,8 @@ class Progress:
     user learns in minutes whether the run will fit.
     """
 
-    def __init__(self, total_batches: int, n_images: int, enabled: bool = True, estimate_after: int = 3):
+    def __init__(self, total_batches: int, n_images: int, enabled: bool = True, estimate_after: int = 3,
+                 time_limit: float | None = None):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(
@@ -146,6 +147,7 @@ class Progress:
         self.total, self.n_images, self.estimate_after = total_batches, n_images, estimate_after
         self.done, self.started, self.first_done = 0, time.perf_counter(), None
         self.estimate: float | None = None
+        self.time_limit, self.warned = time_limit, False
 
     def wrap(self, loader):
         for batch in loader:
@@ -177,9 +179,52 @@ class Progress:
                 file=sys.stderr,
                 flush=True,
             )
+            if self.time_limit is not None and self.estimate > self.time_limit and not self.warned:
+                self.warned = True  # once: the later estimates only refine it
+                print(
+                    f"warning: at this pace the whole test set takes about {format_duration(self.estimate)}, past "
+                    f"--time-limit {format_duration(self.time_limit)}: the notebook would be stopped before it "
+                    "writes the submission. Export a smaller ensemble (make export METHOD=<a single run or a "
+                    "lighter blend>) or predict on a GPU (--device cuda)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def close(self) -> None:
         self.bar.close()
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number with an optional unit, ``s``, ``m`` or ``h`` (``9h``, ``90m``, ``3600``).
+
+    Raises
+    ------
+    ExportPredictError
+        For anything else, or a duration that is not above zero.
+    """
+    value = str(text).strip().lower()
+    unit = _DURATION_UNITS.get(value[-1:], None)
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ExportPredictError(f"--time-limit {text!r}: give a duration above zero, e.g. 9h, 90m or 3600s")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``3h 05m``, ``12m 30s`` or ``45s``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds}s"
 
 
 def _runtime(device: str, cfg, workers: int | None):
@@ -271,6 +316,7 @@ def predict_folder(
     progress: bool = True,
     workers: int | None = None,
     test_csv: Path | None = None,
+    time_limit: float | None = None,
 ) -> pd.DataFrame:
     """The exported ensemble's submission for a test set.
 
@@ -294,6 +340,9 @@ def predict_folder(
     test_csv : Path, optional
         The competition's test table, for a stacker fitted with metadata columns
         (``ensemble.stacker_features``); required then.
+    time_limit : float, optional
+        Seconds the whole prediction may take (a Kaggle notebook's limit): a warning as soon as the
+        projected time is past it.
 
     Returns
     -------
@@ -324,7 +373,7 @@ def predict_folder(
         raise ExportPredictError(str(exc)) from None
     rows_per_batch = [batch_size or m.batch_size for m in spec.models]
     total = sum(len(m.folds) * -(-len(paths) // b) for m, b in zip(spec.models, rows_per_batch))
-    bar = Progress(total, len(paths), enabled=progress)
+    bar = Progress(total, len(paths), enabled=progress, time_limit=time_limit)
     stores: dict = {}
     fold_tests = []
     try:
@@ -379,6 +428,10 @@ def main(argv: list[str] | None = None, folder: Path | None = None) -> int:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (the time estimate is still printed)"
     )
+    parser.add_argument(
+        "--time-limit",
+        help="the notebook's time limit (9h, 90m, 3600s): a warning as soon as the projected time is past it",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     out = Path(args.out)
@@ -387,6 +440,7 @@ def main(argv: list[str] | None = None, folder: Path | None = None) -> int:
             raise ExportPredictError("--export: pass the folder make export wrote")
         check_arguments(out, Path(args.images), Path(args.sample_submission), args.batch_size, args.workers,
                         Path(args.test_csv) if args.test_csv else None)
+        time_limit = parse_duration(args.time_limit) if args.time_limit is not None else None
         frame = predict_folder(
             Path(args.export),
             Path(args.images),
@@ -397,6 +451,7 @@ def main(argv: list[str] | None = None, folder: Path | None = None) -> int:
             progress=not args.no_progress,
             workers=args.workers,
             test_csv=Path(args.test_csv) if args.test_csv else None,
+            time_limit=time_limit,
         )
         # atomically: a failure (a full disk, a kill) leaves the earlier file or none, never half a submission
         write_csv(out, frame)
