@@ -287,11 +287,8 @@ def test_ensemble_runs_naming_no_usable_run_is_refused(with_folds, tmp_path, cap
     assert not config.submissions_dir.exists() or not (config.submissions_dir / "submission.csv").exists()
 
 
-def test_the_gain_of_averaging_fold_models_is_estimated_and_can_decide(with_folds, tmp_path, capsys):
-    # "bagged": each fold model sees the class through heavy noise of its own, so its OOF rows (one model each) score
-    # low and the mean of its fold models on the test set far higher; "a" and "b": less noise, the same in every fold
-    # model, so averaging gains them nothing. Nested CV prefers the blend of a and b; what the test set will score
-    # prefers bagged.
+def _runs_that_gain_from_averaging(with_folds, tmp_path) -> None:
+    """Three imported runs with per-fold test predictions: "bagged" gains much from averaging, "a" and "b" nothing."""
     config = load_config(with_folds)
     competition = load_competition(config, check_image_files=False)
     folds, _ = read_folds(config, competition)
@@ -318,6 +315,14 @@ def test_the_gain_of_averaging_fold_models_is_estimated_and_can_decide(with_fold
         test.insert(0, "id", competition.test_ids)
         assert _import(with_folds, tmp_path, name, oof, test) == 0
         _fold_files(config, name, fold_tests)
+
+
+def test_the_gain_of_averaging_fold_models_is_estimated_and_can_decide(with_folds, tmp_path, capsys):
+    # "bagged": each fold model sees the class through heavy noise of its own, so its OOF rows (one model each) score
+    # low and the mean of its fold models on the test set far higher; "a" and "b": less noise, the same in every fold
+    # model, so averaging gains them nothing.
+    config = load_config(with_folds)
+    _runs_that_gain_from_averaging(with_folds, tmp_path)
     methods = ["ensemble.methods=[mean, slsqp]", "ensemble.selection=best"]
     assert main(["ensemble", "--config", str(with_folds), *methods]) == 0
     out = capsys.readouterr().out
@@ -341,3 +346,15 @@ def test_the_gain_of_averaging_fold_models_is_estimated_and_can_decide(with_fold
     assert main(["ensemble", "--config", str(with_folds), *methods, expected, "--force"]) == 0
     assert "chosen by expected test score (nested CV plus each candidate's estimated gain" in capsys.readouterr().out
     assert pd.read_csv(config.submissions_dir / "leaderboard.csv")["submission"][0] == f"{by_expected} *"
+
+
+def test_no_averaging_estimate_for_a_metric_of_probabilities(with_folds, tmp_path, capsys):
+    # log loss is unbounded per row: a fold model's near-zero probability for a drawn label would dominate the estimate
+    config = load_config(with_folds)
+    _runs_that_gain_from_averaging(with_folds, tmp_path)
+    args = ["ensemble.methods=[mean, slsqp]", "competition.metric=log_loss", "ensemble.selection_score=expected"]
+    assert main(["ensemble", "--config", str(with_folds), *args]) == 0
+    out = capsys.readouterr().out
+    assert "selection_score=expected: no fold-averaging estimate for log_loss here" in out
+    assert "chosen by nested CV (" in out
+    assert "expected" not in pd.read_csv(config.submissions_dir / "leaderboard.csv").columns

@@ -245,9 +245,14 @@ def estimate_averaging(candidates: list[Candidate], y: np.ndarray, metric: Metri
     distribution for all: the test predictions of the best nested candidate that has held-out
     probabilities (no tuned decision), temperature-scaled on them.  Nothing is set for a task
     whose labels cannot be drawn (regression, ordinal), nor for a candidate without per-fold test
-    predictions (an imported run, a blend applied to the fold means).
+    predictions (an imported run, a blend applied to the fold means), nor for a metric of
+    probabilities (log loss, AUC): there a row's loss is unbounded, and a fold model that gives a
+    drawn label a probability near 0 makes the estimate as large as it is wrong (on
+    ``make bench-ensemble-real`` it overstated the gain of trees and forests, and choosing on it
+    lost: docs/benchmarks.md).  Metrics of decided labels (accuracy, F1, QWK) score each row
+    within bounds.
     """
-    if task not in blend.DRAWABLE_TASKS:
+    if task not in blend.DRAWABLE_TASKS or metric.needs != "label":
         return
     sign = 1.0 if metric.greater_is_better else -1.0
     usable = [c for c in candidates if c.nested_pred is not None and not c.decision and np.isfinite(c.nested)]

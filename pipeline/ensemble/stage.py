@@ -138,6 +138,13 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
 
     # what averaging k fold models gains each candidate on the test set, unseen by nested CV (blend.averaging)
     estimate_averaging(candidates, y, metric, task, seed=config.ensemble.seed)
+    selection_score = config.ensemble.selection_score
+    if selection_score == "expected" and all(c.expected is None for c in candidates):
+        selection_score = "nested"
+        log.info(
+            f"ensemble.selection_score=expected: no fold-averaging estimate for {metric.name} here (it is made for "
+            "metrics of decided labels, from the fold models' test predictions); chosen on nested CV"
+        )
     private = competition.solution_labels()
     if private is not None:
         for cand in candidates:
@@ -146,7 +153,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
                 cand.private_other = metric(private, cand.test_other)
 
     best_single = max(singles, key=lambda c: c.nested if metric.greater_is_better else -c.nested)
-    chosen = choose_candidate(candidates, metric, config.ensemble.selection, config.ensemble.selection_score)
+    chosen = choose_candidate(candidates, metric, config.ensemble.selection, selection_score)
     frames = {}  # every file is made, and every name checked, before the first one is written
     for cand in candidates:
         if cand.kind == "single" and cand is not best_single:
@@ -206,7 +213,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
         )
     )
     log.info(
-        f"chosen by {describe_rule(config.ensemble.selection, config.ensemble.selection_score)}: "
+        f"chosen by {describe_rule(config.ensemble.selection, selection_score)}: "
         f"{chosen.name} -> {paths['submission']}"
         f"{tie_note(candidates, chosen)}"
     )

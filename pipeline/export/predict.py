@@ -243,11 +243,11 @@ def _runtime(device: str, cfg, workers: int | None):
     cuda = dev.type == "cuda"
     if workers is None:
         workers = 4 if cuda else 0
-    # as the run's own test predictions were made: its autocast and memory format on a GPU, plain float32 on the CPU
+    # as the run's own test predictions were made: its memory format, and its autocast on a GPU (float32 on the CPU)
     return Runtime(
         dev,
         amp_dtype_for(cfg, cuda),
-        bool(cuda and cfg.channels_last),
+        bool(cfg.channels_last),
         workers,
         cuda,
         persistent_workers=False,

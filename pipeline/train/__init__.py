@@ -3,7 +3,7 @@
 Per fold: augmentation at the model's own input size (albumentations per image on the
 host, and/or batched on the device: :mod:`pipeline.vision`), the model's own
 normalisation (on the device), AdamW with linear warm-up then cosine decay, AMP (bf16, or
-fp16 with a grad scaler) and channels_last on a GPU, the best checkpoint by the validation
+fp16 with a grad scaler) on a GPU, channels_last (GPU and CPU), the best checkpoint by the validation
 metric, early stopping, and a progress bar. The training state is saved after every epoch,
 so a rerun after a crash continues the unfinished fold and skips finished ones.
 
