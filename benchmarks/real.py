@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.blend import (BLEND_METHODS, Scored, averaging_gain, blend_each_fold, nested_score, predict_fold_mean,
-                            reference_distribution, select_method)
+                            reference_distribution, select_method, shift_scored)
 from pipeline.core.io import write_json
 from pipeline.task.metrics import get_metric
 
@@ -366,11 +366,10 @@ def selection_variants(
     # (pipeline.blend.averaging), labels drawn from the best nested candidate's test predictions, temperature-scaled
     top = min(scored, key=lambda k: round(scored[k].nested, 6))
     reference = reference_distribution(test_preds[top], nested_preds[top], lib.y, "multiclass")
-    expected = {}
-    for key, cand in scored.items():
-        gain = averaging_gain(fold_test_preds[key], metric, reference, "multiclass")
-        folds = {f: v - gain for f, v in cand.fold_scores.items()} if cand.fold_scores else cand.fold_scores
-        expected[key] = Scored(cand.nested - gain, folds, cand.simplicity)
+    expected = {  # a log loss: the gain lowers it
+        key: shift_scored(cand, -averaging_gain(fold_test_preds[key], metric, reference, "multiclass"))
+        for key, cand in scored.items()
+    }
     return {
         "expected, one_se": one(select_method(expected, metric, rule="one_se")),
         "expected, best": one(select_method(expected, metric, rule="best")),

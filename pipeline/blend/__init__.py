@@ -80,7 +80,8 @@ from .apply import APPLY_MODES, blend_each_fold, fold_means, predict_fold_mean, 
 from .averaging import DRAWABLE_TASKS, ambiguity, averaging_gain, reference_distribution
 from .nested import NestedResult, nested_score
 from .objective import LinearLoss, single_model_scores
-from .selection import SELECTION_RULES, Scored, prune_correlated, rank_candidates, select_method, standard_errors
+from .selection import (SELECTION_RULES, Scored, prune_correlated, rank_candidates, select_method, shift_scored,
+                        standard_errors)
 
 __all__ = [
     "APPLY_MODES",
@@ -110,6 +111,7 @@ __all__ = [
     "prune_correlated",
     "register_blend",
     "select_method",
+    "shift_scored",
     "rank_candidates",
     "LinearLoss",
     "GeometricMean",

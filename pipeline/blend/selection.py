@@ -47,6 +47,16 @@ class Scored:
     simplicity: int = 0
 
 
+def shift_scored(scored: Scored, move: float) -> Scored:
+    """The same candidate with its nested score and every fold's score moved by ``move`` (the SEs are unchanged).
+
+    How an estimate that applies to the whole candidate, such as its gain from averaging k fold
+    models (:mod:`pipeline.blend.averaging`), enters the selection rule.
+    """
+    folds = {f: v + move for f, v in scored.fold_scores.items()} if scored.fold_scores else scored.fold_scores
+    return Scored(scored.nested + move, folds, scored.simplicity)
+
+
 def _as_scored(value: Any) -> Scored:
     if isinstance(value, Scored):
         return value

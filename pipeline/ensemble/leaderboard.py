@@ -22,11 +22,10 @@ def choose_candidate(
     # Keyed by position, as names may repeat. score="expected": each candidate's nested score (and every fold's)
     # moved by its estimated fold-averaging gain (estimate_averaging); one without an estimate keeps its nested score
     def shifted(c: Candidate) -> blend.Scored:
+        nested = blend.Scored(c.nested, c.fold_scores, c.simplicity)
         if score != "expected" or c.expected is None:
-            return blend.Scored(c.nested, c.fold_scores, c.simplicity)
-        move = c.expected - c.nested
-        folds = {f: v + move for f, v in c.fold_scores.items()} if c.fold_scores else c.fold_scores
-        return blend.Scored(c.expected, folds, c.simplicity)
+            return nested
+        return blend.shift_scored(nested, c.expected - c.nested)
 
     scored = {i: shifted(c) for i, c in enumerate(candidates)}
     for i, se in blend.standard_errors(scored, metric).items():
