@@ -11,8 +11,10 @@ raw file, plus a JSON header::
 The side ``S`` is the model's input size times ``train.cache_margin`` (1 by default:
 the loader's per-image transform resizes to the input size before any augmentation, so
 at ``S`` equal to the input size it has no resize left to do), but never larger than
-the largest source image: the cache never invents detail that a resize to the input
-size does not need. The key hashes the source paths with their sizes
+the largest source image. Small images (CIFAR's 32 px trained at 96 px) are cached at
+their own size and enlarged by the loader, with the model's interpolation: an enlarged
+copy holds no more detail and would cost the run its side squared in resident memory
+(9x at 32 -> 96 px: 276 MB instead of 31 MB for 10,000 images). The key hashes the source paths with their sizes
 and modification times, the input size and the margin, so every architecture trained
 at that size shares one cache, and a changed, added or removed source file makes a
 new key (the stale cache of the same image set is then deleted).
@@ -44,7 +46,7 @@ from pipeline.core import io
 from pipeline.core.report import progress_bar
 from pipeline.data import DataError, decode_image
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: small sources are no longer enlarged to the input size
 DEFAULT_MARGIN = 1.0
 
 
@@ -63,8 +65,8 @@ def cache_side(target: int, margin: float = DEFAULT_MARGIN, largest_source_side:
         How much larger than ``target`` the cache keeps images (>= 1); above 1 the loader
         resizes every image again, each epoch.
     largest_source_side : int, optional
-        The longest side among the source images: ``S`` never exceeds it (no upscaling
-        beyond what the transform needs), and never falls below ``target``.
+        The longest side among the source images: ``S`` never exceeds it. Sources smaller
+        than ``target`` are kept at their size; the loader's transform enlarges them.
 
     Returns
     -------
@@ -76,8 +78,8 @@ def cache_side(target: int, margin: float = DEFAULT_MARGIN, largest_source_side:
         raise ValueError(f"cache margin must be >= 1 (1 keeps the input size), got {margin}")
     side = math.ceil(round(target * margin, 6))
     if largest_source_side is not None:
-        side = min(side, int(largest_source_side))
-    return max(side, int(target))
+        side = min(side, max(int(largest_source_side), 1))
+    return side
 
 
 def resize_for_cache(image: np.ndarray, side: int) -> np.ndarray:
