@@ -11,7 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pipeline.config import load_config, parse_overrides, resolve_train_config
@@ -46,14 +45,13 @@ def _count_decodes(monkeypatch) -> list[Path]:
     return calls
 
 
-def test_cache_side_has_a_margin_but_never_upscales_the_sources():
+def test_cache_side_has_a_margin_but_never_upscales_beyond_the_input_size():
     assert cache_side(224) == 224  # by default the input size: the loader has no resize left to do
     assert cache_side(224, 1.15) == 258
     assert cache_side(32, 1.15) == 37
     assert cache_side(224, 1.0) == 224
     assert cache_side(224, 1.15, largest_source_side=240) == 240  # no invented detail above the sources
-    # small sources stay at their size: the loader enlarges them, an enlarged cache only costs memory
-    assert cache_side(96, 1.0, largest_source_side=32) == 32
+    assert cache_side(224, 1.15, largest_source_side=100) == 224  # never below what the transform needs
     with pytest.raises(ValueError, match="margin must be >= 1"):
         cache_side(224, 0.9)
 
@@ -80,23 +78,22 @@ def test_same_pixels_as_decoding_directly_at_that_size(tmp_path):
     assert cache[len(paths) - 1].any()
 
 
-def test_small_sources_stay_small_and_the_loader_enlarges_them(tmp_path):
-    # CIFAR at 96 px: a 32-px cache is 9x smaller in memory, and the batches are the pixels an enlarged cache gave
-    from pipeline.train.dataset import ImageDataset
-    from pipeline.vision.host import HostTransform
-
-    paths = _images(tmp_path / "img", [(32, 32)] * 6)
-    cache = open_cache(paths, tmp_path / "cache", target=96, progress=False)
-    assert cache.side == 32 and cache.data_path.stat().st_size == 6 * 32 * 32 * 3
-    transform = HostTransform(96, "bicubic")
-    assert transform.acts_on(cache.side)  # the batch path must not hand out 32-px rows
-    batch = ImageDataset(cache, np.arange(6), transform).__getitems__([4, 1])
-    images = torch.utils.data.default_collate(batch)[0]
-    assert images.shape == (2, 96, 96, 3)
-    for got, row in zip(images.numpy(), (4, 1)):
-        with Image.open(paths[row]) as image:
-            source = np.asarray(image.convert("RGB"))
-        np.testing.assert_array_equal(got, cv2.resize(source, (96, 96), interpolation=cv2.INTER_CUBIC))
+def test_rows_are_read_without_mapping_the_file_into_the_process(tmp_path):
+    # the pixels stay in the page cache, not in the process's resident memory (CIFAR at 96 px: 276 MB)
+    paths = _images(tmp_path / "img", [(40, 40)] * 9)
+    cache = open_cache(paths, tmp_path / "cache", target=16, progress=False)
+    order = np.array([4, 5, 6, 0, 8, 7, 1, 2, 3])  # shuffled rows and runs of consecutive ones
+    got = cache.take(order)
+    assert got.shape == (9, 16, 16, 3) and got.flags.writeable
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(cache.data_path) not in maps.read_text()
+    np.testing.assert_array_equal(got, np.asarray(cache.array)[cache._rows[order]])  # the same pixels as a map
+    np.testing.assert_array_equal(cache[7], got[5])
+    cache.data_path.write_bytes(cache.data_path.read_bytes()[:-10])  # truncated behind the reader's back
+    fresh = ImageCache(cache.data_path, cache.header, paths)
+    with pytest.raises(cache_module.CacheError, match="shorter than its header"):
+        fresh.take(np.array([8]))
 
 
 def test_digits_cache_is_identical_to_the_decoded_images(small_config):
