@@ -3,6 +3,7 @@
 #            SEEDS=n (make train: a seed bag)  START_LR= END_LR= STEPS= (make lr-find)
 #            TEACHER=submission|<method>|<run> ROUNDS=n (make pseudo)  STUDENT= ALPHA= T= (make distill)
 #            ARGS="key=value ..."  FORCE=1 (overwrite finished work)  METHOD= OUT= CHECK=1 (make export)  ROWS=<rows yaml> (make bench-recipes)
+#            KAGGLE_USER= WHEELS=timm WHEELS_FROM=<dir> GPU=1 TIME_LIMIT=9h PUSH=1 SUBMIT=1 (make kaggle)
 
 TASK ?=
 # TASK=binary|multilabel|regression|ordinal picks that demo competition (configs/digits_<task>.yaml)
@@ -25,6 +26,14 @@ TOP ?=
 METHOD ?=
 OUT ?=
 CHECK ?=
+# make kaggle: the Kaggle user, the packages shipped as wheels (default timm), a local wheel folder, the notebook's
+# accelerator and time limit; PUSH=1 uploads with the kaggle CLI, SUBMIT=1 also submits the CSV
+KAGGLE_USER ?=
+WHEELS_FROM ?=
+GPU ?=
+TIME_LIMIT ?=
+PUSH ?=
+SUBMIT ?=
 GPUS ?=
 # EXECUTOR=ray runs every (model, fold) or zoo architecture as its own Ray job, one per GPU (pip install -e '.[ray]')
 EXECUTOR ?=
@@ -47,11 +56,11 @@ LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_n
 COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test validate folds train predict lr-find pseudo distill ensemble lb export import-oof clean-run zoo zoo-promote models bench bench-recipes pretrained-weights bench-ensemble bench-ensemble-real mutate clean-demo
+.PHONY: help install demo test validate folds train predict lr-find pseudo distill ensemble lb export kaggle import-oof clean-run zoo zoo-promote models bench bench-recipes pretrained-weights bench-ensemble bench-ensemble-real mutate clean-demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= PRESET= NAME= SEEDS= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK= TEACHER= ROUNDS= STUDENT= ALPHA= T= ROWS="
+	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= PRESET= NAME= SEEDS= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK= TEACHER= ROUNDS= STUDENT= ALPHA= T= ROWS= KAGGLE_USER= WHEELS= WHEELS_FROM= GPU= TIME_LIMIT= PUSH= SUBMIT="
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -107,6 +116,9 @@ lb: $(STAMP) ## record the public-LB score of a submission: SCORE=0.912 [SUBMISS
 
 export: $(STAMP) ## the chosen ensemble as an offline folder for a Kaggle code competition (METHOD=, OUT=, CHECK=1)
 	$(RUN) export $(if $(METHOD),--method $(METHOD)) $(if $(OUT),--out $(OUT)) $(if $(CHECK),--check) $(COMMON)
+
+kaggle: $(STAMP) ## the export as a Kaggle dataset + offline notebook with the trained timm's wheel (KAGGLE_USER= WHEELS= WHEELS_FROM= GPU=1 TIME_LIMIT= PUSH=1 SUBMIT=1 METHOD= OUT=)
+	$(RUN) kaggle $(if $(METHOD),--method $(METHOD)) $(if $(OUT),--out $(OUT)) $(if $(KAGGLE_USER),--user $(KAGGLE_USER)) $(if $(filter command line environment,$(origin WHEELS)),--wheels "$(WHEELS)") $(if $(WHEELS_FROM),--wheels-from $(WHEELS_FROM)) $(if $(GPU),--gpu) $(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT)) $(if $(PUSH),--push) $(if $(SUBMIT),--submit) $(COMMON)
 
 import-oof: $(STAMP) ## add predictions made elsewhere: NAME=<run> OOF=<file> TEST=<file>
 	$(RUN) import-oof --name "$(NAME)" --oof "$(OOF)" --test "$(TEST)" $(COMMON)

@@ -13,6 +13,8 @@ python -m pipeline distill  --config ... --student resnet18 [--teacher ...] [--a
 python -m pipeline ensemble --config ...
 python -m pipeline lb       --config ... --score 0.912 [--submission submission.csv|<method>]
 python -m pipeline export   --config ... [--method submission|<method>] [--out export/<competition>] [--check]
+python -m pipeline kaggle   --config ... [--method ...] [--user u] [--wheels timm] [--wheels-from dir] [--gpu]
+                            [--time-limit 9h] [--push] [--submit]
 python -m pipeline zoo      --config ... [--zoo configs/zoo/default.yaml] [--top 3]
 python -m pipeline zoo-promote --config ... --top 3
 python -m pipeline models
@@ -26,8 +28,8 @@ import argparse
 import sys
 
 from pipeline.cli.common import DEFAULT_CONFIG, parse_settings
-from pipeline.cli.stages import (cmd_clean_run, cmd_demo, cmd_ensemble, cmd_export, cmd_folds, cmd_import_oof, cmd_lb,
-                                 cmd_models, cmd_validate, cmd_zoo, cmd_zoo_promote)
+from pipeline.cli.stages import (cmd_clean_run, cmd_demo, cmd_ensemble, cmd_export, cmd_folds, cmd_import_oof,
+                                 cmd_kaggle, cmd_lb, cmd_models, cmd_validate, cmd_zoo, cmd_zoo_promote)
 from pipeline.cli.training import cmd_distill, cmd_lr_find, cmd_predict, cmd_pseudo, cmd_train
 from pipeline.core.errors import PipelineError
 
@@ -42,6 +44,7 @@ COMMANDS = {
     "ensemble": (cmd_ensemble, "blend the stored runs and write submissions"),
     "lb": (cmd_lb, "record a submission's public-leaderboard score beside the nested CV that chose it"),
     "export": (cmd_export, "the chosen ensemble as an offline inference folder (Kaggle code competitions)"),
+    "kaggle": (cmd_kaggle, "the export as a Kaggle dataset with an offline notebook (wheels included); --push uploads"),
     "import-oof": (cmd_import_oof, "add OOF and test predictions made elsewhere to the store"),
     "models": (cmd_models, "list model aliases and recipes"),
     "clean-run": (cmd_clean_run, "delete one run from the store (an unfinished or unwanted run)"),
@@ -129,7 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
             )
             p.add_argument("--out", help="the folder to write (default export/<competition>)")
             p.add_argument("--check", action="store_true", help="predict our test images with the export and compare")
+        if name == "kaggle":
+            p.add_argument(
+                "--method", default="submission", help="submission (the chosen one) or a method of the last ensemble"
+            )
+            p.add_argument("--out", help="the folder to write (default kaggle/<competition>)")
+            p.add_argument("--user", help="your Kaggle user name (default: the credentials')")
+            p.add_argument("--dataset", help="the dataset's slug (default <competition>-models)")
+            p.add_argument("--notebook", help="the notebook's slug (default <competition>-inference)")
+            p.add_argument(
+                "--wheels", default="timm", help="packages shipped as wheels at their trained versions, a,b ('' none)"
+            )
+            p.add_argument("--wheels-from", help="a local folder of wheels to take them from (no package index)")
+            p.add_argument("--gpu", action="store_true", help="the notebook runs on a GPU")
+            p.add_argument("--time-limit", default="9h", help="the notebook's time limit predict.py warns against")
+            p.add_argument("--push", action="store_true", help="upload the dataset and notebook with the kaggle CLI")
+            p.add_argument("--submit", action="store_true", help="with --push: also submit submission.csv (CSV "
+                           "competitions)")
         if name in (
+            "kaggle",
             "train",
             "folds",
             "ensemble",

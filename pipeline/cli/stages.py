@@ -205,6 +205,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kaggle(args: argparse.Namespace) -> int:
+    from pipeline.export.kaggle import run_kaggle
+
+    config = load_command_config(args)
+    wheels = tuple(w.strip() for w in args.wheels.split(",") if w.strip())
+    result = run_kaggle(
+        config, method=args.method, out=Path(args.out) if args.out else None, user=args.user, dataset=args.dataset,
+        notebook=args.notebook, wheels=wheels, wheels_from=Path(args.wheels_from) if args.wheels_from else None,
+        gpu=args.gpu, time_limit=args.time_limit, push=args.push, submit=args.submit, force=args.force,
+    )
+    target, out = result["target"], result["out"]
+    print(f"wrote {out}/dataset (the export, wheels: {', '.join(result['wheels']) or 'none'}) and "
+          f"{out}/notebook/{target.notebook}.ipynb (internet off; dataset {target.dataset_id}, competition "
+          f"{target.competition})")
+    if args.push:
+        print(f"pushed: https://www.kaggle.com/code/{target.notebook_id} (run it there, then submit its output)")
+    else:
+        print("to upload: make kaggle PUSH=1 (the kaggle CLI and a token in ~/.kaggle/kaggle.json), or run:")
+        for command in result["commands"]:
+            print("  " + " ".join(f"'{c}'" if " " in c else c for c in command))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.data import load_competition
     from pipeline.ensemble import run_ensemble

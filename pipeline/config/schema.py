@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from pipeline.config.tracking import TrackingConfig
 from pipeline.task.metrics import METRICS
 
 # How a setting enters a run's hash, kept on the field itself (pipeline.config.hashing reads it): a new
@@ -410,10 +411,8 @@ class Config(StrictModel):
     @model_validator(mode="after")
     def _features_need_test_table(self) -> "Config":
         if self.ensemble.stacker_features and not self.competition.test_csv:
-            raise ValueError(
-                "ensemble.stacker_features need competition.test_csv (the test rows' metadata: id plus the same "
-                "columns)"
-            )
+            raise ValueError("ensemble.stacker_features need competition.test_csv (the test rows' metadata: id "
+                             "plus the same columns)")
         return self
 
     @model_validator(mode="after")
@@ -438,9 +437,7 @@ class Config(StrictModel):
                 f"folds.strategy 'multilabel' is for task 'multilabel'; task is {comp.task!r} (use 'stratified')"
             )
         if self.folds.strategy == "stratified_group" and comp.task == "multilabel":
-            raise ValueError(
-                "folds.strategy 'stratified_group' cannot stratify label sets; use 'group' or 'multilabel'"
-            )
+            raise ValueError("folds.strategy 'stratified_group' can't stratify label sets, use 'group' or 'multilabel'")
         if self.train.image_size_from == "competition" and self.train.image_size is None:
             raise ValueError(
                 "train.image_size_from 'competition' needs train.image_size in the competition config "
@@ -456,6 +453,7 @@ class Config(StrictModel):
     lr_find: LrFindConfig = Field(default_factory=LrFindConfig)
     pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     models: list[str] = Field(default_factory=list)
     recipes_dir: str = "recipes"
     output_dir: str = "."

@@ -37,6 +37,7 @@ from pipeline.ensemble.submissions import SubmissionWriter, submission_frame
 from pipeline.folds import read_folds
 from pipeline.store import StoreError, load_runs
 from pipeline.task.metrics import get_metric
+from pipeline.tracking import track
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     writer = SubmissionWriter(config.submissions_dir, force=force)
     writer.check([name for name, _ in frames.values()] + [PLOT_NAME] + ([LB_PLOT] if recorded else []))
     paths = {key: writer.write(name, frame) for key, (name, frame) in frames.items()}
-    paths.pop("leaderboard")
+    board_path = paths.pop("leaderboard")
     save_figure(writer, PLOT_NAME, ensemble_figure(runs, preds, candidates, keep))
     if recorded:
         save_figure(writer, LB_PLOT, public_lb_figure(recorded, metric.name))
@@ -198,8 +199,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
         blend_apply,
     )
 
-    log.info(
-        format_table(
+    table = format_table(
             rows,
             f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
             f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold; "
@@ -211,13 +211,19 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
                 else ""
             ),
         )
-    )
+    log.info(table)
     log.info(
         f"chosen by {describe_rule(config.ensemble.selection, selection_score)}: "
         f"{chosen.name} -> {paths['submission']}"
         f"{tie_note(candidates, chosen)}"
     )
     log.info(f"all submissions: {config.submissions_dir}/")
+    track(config.tracking.settings(config.out, config.competition.name), "ensemble",
+          {"competition": config.competition.name, "folds_fingerprint": fingerprint, "stage": "ensemble",
+           "chosen": chosen.name, "runs": ",".join(r.name for r in runs)},
+          metrics={"nested_cv": chosen.nested, "cv": chosen.cv, "candidates": len(candidates),
+                   **({"private_lb": chosen.private} if chosen.private is not None else {})},
+          texts={"leaderboard.txt": table}, artifacts=[board_path, config.submissions_dir / PLOT_NAME])
     return {"chosen": chosen.name, "rows": rows, "paths": {k: str(v) for k, v in paths.items()}}
 
 

@@ -22,6 +22,7 @@ recipes        weight EMA (timm ``ModelEmaV3``), mixup/cutmix (timm ``Mixup``), 
 predict        TTA views in one pass, ``predict_fold``, fold prediction files
 images         the decoded-image cache or an in-memory store, the model's input size
 loop           ``train_one_epoch``, ``evaluate``, ``train_fold``
+tracked        what a fold and a finished run record with experiment tracking (:mod:`pipeline.tracking`)
 stage          ``run_train``/``run_predict``: the run spec, locks, DDP orchestration, assembly
 lr_find        the learning-rate range test (``make lr-find``): no run is written
 seeds          seed bags (``SEEDS=``): run names, seeds, the bag's mean-OOF score

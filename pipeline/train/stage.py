@@ -33,6 +33,7 @@ from pipeline.train.loop import train_fold
 from pipeline.train.predict import predict_fold, read_fold_predictions
 from pipeline.train.runtime import Runtime, select_runtime, use_cuda_for
 from pipeline.train.spec import RunSpec, fold_list, new_meta, prepare_run, view_list
+from pipeline.train.tracked import track_fold, track_run
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ def run_train(
             mark_fold_done(layout, meta, fold, write=context.is_main)
             if not context.is_main:
                 continue
+            track_fold(config, spec, meta, fold, result)
             log.info(
                 "  fold %d: %s %.4f (no TTA %.4f), best epoch %d/%d, %s, %.0f images/s, %.0f%% waiting for data",
                 fold,
@@ -226,6 +228,8 @@ def run_train(
                 100 * (result["data_wait_share"] or 0.0),
             )
         meta = on_main(context, lambda: assemble_run(spec, meta))
+        if context.is_main:
+            track_run(config, spec, meta, train_leaderboard(meta))
     return meta
 
 
@@ -313,6 +317,8 @@ def run_predict(
                 view_names,
             )
         meta = on_main(context, lambda: assemble_run(spec, meta))
+        if context.is_main:
+            track_run(config, spec, meta, train_leaderboard(meta))
     return meta
 
 

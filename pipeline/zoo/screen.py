@@ -40,6 +40,7 @@ from pipeline.core import io
 from pipeline.core.report import configure_logging, format_seconds
 from pipeline.store import RunLayout
 from pipeline.zoo.plan import DEFAULT_ZOO, ScreenPlan, load_zoo, make_plan
+from pipeline.tracking import track
 from pipeline.zoo.report import leaderboard, write_report
 
 log = logging.getLogger(__name__)
@@ -262,8 +263,12 @@ def run_zoo(
             log.warning(f"[{k}/{len(jobs)}] {name}: FAILED - {record['error']}{eta}")
     ordered = [records[name] for name, _ in entries]
     board = leaderboard(ordered, config.competition.metric)
-    write_report(plan, board, ordered)
+    written = write_report(plan, board, ordered)
     n_failed = int((board["status"] != "ok").sum())
+    track(config.tracking.settings(config.out, config.competition.name), "zoo",
+          {"competition": config.competition.name, "stage": "zoo", "folds": ",".join(map(str, plan.folds))},
+          metrics={"architectures": len(board), "failed": n_failed},
+          artifacts=[written["html"], written["md"], written["csv"]])
     return board, n_failed
 
 
