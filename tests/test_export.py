@@ -401,3 +401,27 @@ def test_the_projection_warns_once_when_it_is_past_the_limit(capsys):
         err = capsys.readouterr().err
         assert err.count("estimated time for the whole test set") == 3  # after the first batches, 1/4, 1/2
         assert err.count("warning: at this pace the whole test set takes about 0s, past --time-limit") == warnings
+
+
+def test_the_export_measures_what_each_fold_model_and_view_costs(demo, capsys):
+    from pipeline.export.cost import COLUMNS, cost_summary, measure_costs, projected_seconds
+
+    config = load_config(demo)
+    folder = config.out / "export" / config.competition.name
+    spec = json.loads((folder / "export.json").read_text())
+    costs = pd.read_csv(folder / "cost.csv")
+    assert list(costs.columns) == COLUMNS
+    expected = {(m["run"], f["fold"], view) for m in spec["models"] for f in m["folds"] for view in f["tta"]}
+    assert set(zip(costs["model"], costs["fold"], costs["view"])) == expected and len(costs) == len(expected)
+    assert (costs["ms_per_image"] > 0).all() and costs["device"].str.startswith("CPU").all()
+    assert "cost.csv" in json.loads((folder / "manifest.json").read_text())["files"]  # checked like every file
+    # the projection is the sum over the pieces, per image
+    total = costs["ms_per_image"].sum()
+    assert projected_seconds(costs, 2000) == pytest.approx(total * 2)
+    summary = cost_summary(costs)
+    assert summary["ms per image"].sum() == pytest.approx(total)
+    assert set(summary["model"]) == {m["run"] for m in spec["models"]}
+    with pytest.raises(ValueError, match="timed >= 1"):
+        measure_costs(folder, spec, timed=0)
+    with pytest.raises(ValueError, match="test images must be >= 0"):
+        projected_seconds(costs, -1)

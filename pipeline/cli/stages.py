@@ -219,6 +219,9 @@ def cmd_kaggle(args: argparse.Namespace) -> int:
     print(f"wrote {out}/dataset (the export, wheels: {', '.join(result['wheels']) or 'none'}) and "
           f"{out}/notebook/{target.notebook}.ipynb (internet off; dataset {target.dataset_id}, competition "
           f"{target.competition})")
+    if target.user == "your-kaggle-username":
+        print("the ids hold a placeholder user: pass KAGGLE_USER=<you> (or put your token in ~/.kaggle/kaggle.json) "
+              "and rerun before uploading")
     if args.push:
         print(f"pushed: https://www.kaggle.com/code/{target.notebook_id} (run it there, then submit its output)")
     else:

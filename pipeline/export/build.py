@@ -8,6 +8,7 @@ The folder holds everything the notebook needs and nothing it must download::
                                 architecture, input size, normalisation, interpolation, resize, TTA views, folds
         models/<run>/fold<k>.safetensors   the checkpoints the blend reads (weight > 0)
         kfold_ensembler-<version>-py3-none-any.whl   this package (predict.py puts it on sys.path)
+        cost.csv                ms per image of each fold model and TTA view, measured here (the device named)
         manifest.json           every file's sha256, the code version, the run hashes, the blend, the expected CV
 
 It is built in a temporary folder beside ``OUT`` and renamed into place at the end, so a
@@ -33,6 +34,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.io import file_sha256
 from pipeline.ensemble.fitted import FittedError, load_fitted, reduce_record
 from pipeline.ensemble.records import FittedRecord, RecordError, RunEntry
+from pipeline.core.report import format_table
+from pipeline.export.cost import COST_FILE, cost_summary, measure_costs, projected_seconds
 from pipeline.export.spec import SPEC_FILE, parse_spec
 from pipeline.export.wheel import PREDICT_PY, PREDICT_REQUIRES, build_wheel  # noqa: F401 - PREDICT_REQUIRES re-exported
 
@@ -291,6 +294,9 @@ def run_export(
         io.write_json(tmp / SPEC_FILE, spec)
         io.write_text(tmp / "predict.py", PREDICT_PY)
         wheel = build_wheel(tmp)
+        # what each (model, fold model, view) costs per image here: what a time limit can afford (cost.csv)
+        costs = measure_costs(tmp, spec)
+        io.write_csv(tmp / COST_FILE, costs)
         files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "version": EXPORT_VERSION,
@@ -329,7 +335,13 @@ def run_export(
         f"{sum(len(m['folds']) for m in models)} checkpoints, {size / 2**20:.1f} MiB) to {out} "
         f"in {time.perf_counter() - started:.1f}s"
     )
-    result = {"out": str(out), "bytes": size, "files": sorted(files) + ["manifest.json"], "candidate": record.name}
+    n_test = len(competition.test_ids)
+    log.info(format_table(cost_summary(costs).to_dict("records"),
+                          f"prediction cost on {costs['device'].iloc[0]} ({COST_FILE}: each fold model and view)")
+             + f"\nthe {n_test} test images: about {projected_seconds(costs, n_test):.1f}s of forward passes "
+             f"({projected_seconds(costs, 1000):.2f}s per 1,000 images; decoding aside)")
+    result = {"out": str(out), "bytes": size, "files": sorted(files) + ["manifest.json"], "candidate": record.name,
+              "costs": costs}
     if check:
         result["check"] = check_export(config, out, method, record)
     return result

@@ -9,7 +9,7 @@ What it writes, next to nothing else::
         notebook/
             <slug>.ipynb           install from wheels/ with --no-index, predict, /kaggle/working/submission.csv
             kernel-metadata.json   internet off, the dataset and the competition attached
-        kaggle.json                what was built from what (the export's manifest hash, the wheels)
+        make-kaggle.json           what was built from what (the export's manifest hash, the wheels)
 
 A Kaggle notebook has no internet in a code competition and comes with its own image,
 whose timm may differ from the one the models were trained with: the notebook installs
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 #: Shipped by default: model definitions change between timm releases (a checkpoint's keys, a layer's default),
 #: so the notebook must build each network with the timm that trained it.
 DEFAULT_WHEELS = ("timm",)
-KAGGLE_FILE = "kaggle.json"
+KAGGLE_FILE = "make-kaggle.json"  # not kaggle.json: that is the name of the CLI's credentials file
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,48})[a-z0-9]$")
 
 
