@@ -195,3 +195,21 @@ def test_values_as_trackers_take_them():
         "train.lr": "0.001", "train.tta": "['identity']", "seed": "1", "empty": "{}"}
     assert finite({"a": 1, "b": float("nan"), "c": True, "d": "x", "e": 2.5}) == {"a": 1.0, "e": 2.5}
     assert safe_path("resnet 18/fold0") == "resnet_18/fold0" and safe_path("//") == "run"
+
+
+def test_a_zoo_screen_records_its_report(small_competition, write_config, tmp_path):
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text(yaml.safe_dump({"screen": {"rows": "auto", "image_size": "auto", "epochs": 1, "folds": 1,
+                                              "timing_batch_size": 8, "timing_steps": 2},
+                                   "architectures": ["digits_resnet"]}))
+    logs = tmp_path / "tb"
+    path = write_config(small_competition, {"tracking": {"backend": "tensorboard", "uri": str(logs)}})
+    assert main(["zoo", "--config", str(path), "--zoo", str(zoo)]) == 0
+    accumulator = EventAccumulator(str(logs / "zoo"), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert {"report.html/text_summary", "leaderboard.md/text_summary", "leaderboard.csv/text_summary"} <= set(
+        accumulator.Tags()["tensors"])
+    assert accumulator.Scalars("architectures")[0].value == 1 and accumulator.Scalars("failed")[0].value == 0

@@ -2,10 +2,10 @@
 
 ``make export`` measures it on the device the export is made on (a GPU when there is one; the device is recorded
 with the figures), writes ``cost.csv`` beside ``export.json`` and prints the projected time for the test set.
-Each fold model is built and loaded as ``predict.py`` does; each view runs on its own over synthetic images at the
-model's input size, one warm-up batch then timed batches, so a view's cost includes its own transform (a
-``resize`` view's larger input costs more than an ``hflip``). Decoding the images is not included: it is the same
-for every piece, and ``predict.py``'s own estimate after its first batches includes it.
+Each fold model is built and loaded as ``predict.py`` does and run once on a warm-up batch; then each view runs on
+its own over synthetic images at the model's input size, in timed batches, so a view's cost includes its own
+transform (a ``resize`` view's larger input costs more than an ``hflip``). Decoding the images is not included: it
+is the same for every piece, and ``predict.py``'s own estimate after its first batches includes it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def measure_costs(folder: Path, spec: ExportSpec | dict, device: str = "auto", b
     from safetensors.torch import load_file as load_safetensors
 
     from pipeline.config import TrainConfig
-    from pipeline.export.predict import _runtime
+    from pipeline.export.predict import prediction_runtime
     from pipeline.train.model import prepare_model
     from pipeline.train.predict import predict_views
     from pipeline.train.runtime import device_transform
@@ -62,7 +62,7 @@ def measure_costs(folder: Path, spec: ExportSpec | dict, device: str = "auto", b
     rows = []
     for model in spec.models:
         cfg = TrainConfig.model_validate(model.train)
-        runtime = _runtime(device, cfg, 0)
+        runtime = prediction_runtime(device, cfg, 0)
         data = model.data
         dcfg = DataConfig(data["image_size"], tuple(data["mean"]), tuple(data["std"]), data["interpolation"])
         inputs = device_transform(cfg, dcfg, runtime)
@@ -74,10 +74,10 @@ def measure_costs(folder: Path, spec: ExportSpec | dict, device: str = "auto", b
         for fold in model.folds:
             net = prepare_model(cfg, model.n_outputs, runtime, False)
             net.load_state_dict(load_safetensors(str(Path(folder) / fold.file), device=str(runtime.device)))
+            if warmup:  # once per fold model: the first passes pay for allocation and kernel selection
+                predict_views(net, [batch] * warmup, [parse_view(fold.tta[0])], runtime, None, inputs)
             for name in fold.tta:
                 view = [parse_view(name)]
-                if warmup:
-                    predict_views(net, [batch] * warmup, view, runtime, None, inputs)
                 started = time.perf_counter()
                 predict_views(net, [batch] * timed, view, runtime, None, inputs)  # returns on the host: synced
                 seconds = time.perf_counter() - started

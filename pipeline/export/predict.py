@@ -227,7 +227,7 @@ def format_duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def _runtime(device: str, cfg, workers: int | None):
+def prediction_runtime(device: str, cfg, workers: int | None):
     """The device, the run's autocast there, and loader workers (decoding overlaps the GPU; the CPU keeps its cores)."""
     import torch
 
@@ -285,7 +285,7 @@ def predict_model(
     spec = spec if isinstance(spec, ExportSpec) else ExportSpec.model_validate(spec)
     model = model if isinstance(model, ModelEntry) else ModelEntry.model_validate(model)
     cfg = TrainConfig.model_validate(model.train)
-    runtime = _runtime(device, cfg, workers)
+    runtime = prediction_runtime(device, cfg, workers)
     head = Head(spec.task, model.loss, spec_targets(spec))
     data = model.data
     host = HostTransform(data["image_size"], data["interpolation"])
