@@ -200,17 +200,17 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     )
 
     table = format_table(
-            rows,
-            f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
-            f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold; "
-            f"'SE' is its standard error against the best, over the folds"
-            + (
-                "; 'fold-avg gain' what averaging its k fold models is expected to gain on the test set "
-                "(OOF rows have one), 'expected' nested CV + that gain"
-                if any(c.expected is not None for c in candidates)
-                else ""
-            ),
-        )
+        rows,
+        f"ensemble leaderboard - {metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better); "
+        f"'nested CV' fits each blend on K-1 folds' OOF and scores the held-out fold; "
+        f"'SE' is its standard error against the best, over the folds"
+        + (
+            "; 'fold-avg gain' what averaging its k fold models is expected to gain on the test set "
+            "(OOF rows have one), 'expected' nested CV + that gain"
+            if any(c.expected is not None for c in candidates)
+            else ""
+        ),
+    )
     log.info(table)
     log.info(
         f"chosen by {describe_rule(config.ensemble.selection, selection_score)}: "

@@ -32,9 +32,9 @@ from pipeline.config import Config
 from pipeline.core import io
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import file_sha256
+from pipeline.core.report import format_table
 from pipeline.ensemble.fitted import FittedError, load_fitted, reduce_record
 from pipeline.ensemble.records import FittedRecord, RecordError, RunEntry
-from pipeline.core.report import format_table
 from pipeline.export.cost import COST_FILE, cost_summary, measure_costs, projected_seconds
 from pipeline.export.spec import SPEC_FILE, parse_spec
 from pipeline.export.wheel import PREDICT_PY, PREDICT_REQUIRES, build_wheel  # noqa: F401 - PREDICT_REQUIRES re-exported
@@ -47,14 +47,27 @@ class ExportError(PipelineError, ValueError):
     """The export cannot be made; nothing was written. The message names the file or value and the fix."""
 
 
+def _pattern_start(parts: tuple[str, ...]) -> int:
+    """Where the config's test-image pattern stops being fixed folders: its first part with a ``{field}``."""
+    return next((i for i, part in enumerate(parts) if "{" in part), len(parts) - 1)
+
+
 def image_pattern(test_images: str) -> str:
     """A test image's path under the test folder: the config's pattern without its leading fixed folders.
 
     ``test/{id}.png`` -> ``{id}.png``; ``images/test/{id}/0.jpg`` -> ``{id}/0.jpg``.
     """
     parts = Path(test_images).parts
-    first = next((i for i, part in enumerate(parts) if "{" in part), len(parts) - 1)
-    return str(Path(*parts[first:]))
+    return str(Path(*parts[_pattern_start(parts):]))
+
+
+def image_folder(test_images: str) -> str:
+    """The test folder under the competition's folder: the pattern's leading fixed folders (``.`` for none).
+
+    ``test/{id}.png`` -> ``test``; ``images/test/{id}/0.jpg`` -> ``images/test``; ``{id}.png`` -> ``.``.
+    """
+    parts = Path(test_images).parts
+    return str(Path(*parts[:_pattern_start(parts)]))
 
 
 def _checked_runs(config: Config, record: FittedRecord) -> list:

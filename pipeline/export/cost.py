@@ -44,15 +44,11 @@ def measure_costs(folder: Path, spec: ExportSpec | dict, device: str = "auto", b
         One row per (model, fold, view): :data:`COLUMNS`.
     """
     import torch
-    from safetensors.torch import load_file as load_safetensors
 
     from pipeline.config import TrainConfig
-    from pipeline.export.predict import prediction_runtime
-    from pipeline.train.model import prepare_model
+    from pipeline.export.predict import load_fold_model, model_inputs, prediction_runtime
     from pipeline.train.predict import predict_views
-    from pipeline.train.runtime import device_transform
     from pipeline.train.timing import device_description
-    from pipeline.vision.models import DataConfig
     from pipeline.vision.views import parse_view
 
     if warmup < 0 or timed < 1:
@@ -63,17 +59,14 @@ def measure_costs(folder: Path, spec: ExportSpec | dict, device: str = "auto", b
     for model in spec.models:
         cfg = TrainConfig.model_validate(model.train)
         runtime = prediction_runtime(device, cfg, 0)
-        data = model.data
-        dcfg = DataConfig(data["image_size"], tuple(data["mean"]), tuple(data["std"]), data["interpolation"])
-        inputs = device_transform(cfg, dcfg, runtime)
+        inputs = model_inputs(model, cfg, runtime)
         size = batch_size or model.batch_size
-        side = int(data["image_size"])
+        side = int(model.data["image_size"])
         images = torch.from_numpy(rng.integers(0, 256, size=(size, side, side, 3), dtype=np.uint8))
         batch = (images, torch.zeros(size, dtype=torch.int64))
         where = device_description(runtime)
         for fold in model.folds:
-            net = prepare_model(cfg, model.n_outputs, runtime, False)
-            net.load_state_dict(load_safetensors(str(Path(folder) / fold.file), device=str(runtime.device)))
+            net = load_fold_model(folder, model, fold, cfg, runtime)
             if warmup:  # once per fold model: the first passes pay for allocation and kernel selection
                 predict_views(net, [batch] * warmup, [parse_view(fold.tta[0])], runtime, None, inputs)
             for name in fold.tta:

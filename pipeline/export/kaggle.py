@@ -25,6 +25,7 @@ written and the message says what to install or where the token goes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -33,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core import io
@@ -53,7 +53,7 @@ class KaggleError(PipelineError, ValueError):
     """The Kaggle folder cannot be built or pushed; the message names the value or file and the fix."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class KaggleTarget:
     """Where the notebook and its dataset live on Kaggle."""
 
@@ -63,7 +63,7 @@ class KaggleTarget:
     notebook: str
     gpu: bool = False
     wheels: tuple[str, ...] = DEFAULT_WHEELS
-    trained: dict = field(default_factory=dict)
+    trained: dict = dataclasses.field(default_factory=dict)
 
     @property
     def dataset_id(self) -> str:
@@ -212,6 +212,12 @@ def kernel_metadata(target: KaggleTarget) -> dict:
     }
 
 
+def check_replaceable(out: Path, force: bool) -> None:
+    """Refuse to replace ``out`` unless ``make kaggle`` wrote it (its ``make-kaggle.json``) or ``force`` is set."""
+    if out.exists() and not force and not (out / KAGGLE_FILE).is_file():
+        raise KaggleError(f"{out} exists and was not written by make kaggle; remove it, pass OUT=, or FORCE=1")
+
+
 def _link_tree(source: Path, dest: Path) -> None:
     """``source``'s files under ``dest`` as hard links (a copy across file systems): checkpoints are not duplicated."""
     for path in sorted(source.rglob("*")):
@@ -226,7 +232,7 @@ def _link_tree(source: Path, dest: Path) -> None:
 
 def build_kaggle_folder(export_dir: Path, out: Path, target: KaggleTarget, wheels: list[Path], test_dir: str,
                         sample_submission: str, test_csv: str | None, time_limit: str, force: bool = False) -> Path:
-    """Write ``out`` (``dataset/``, ``notebook/``, ``kaggle.json``) atomically from an export folder.
+    """Write ``out`` (``dataset/``, ``notebook/``, ``make-kaggle.json``) atomically from an export folder.
 
     Raises
     ------
@@ -236,8 +242,7 @@ def build_kaggle_folder(export_dir: Path, out: Path, target: KaggleTarget, wheel
     manifest_path = export_dir / "manifest.json"
     if not manifest_path.is_file() or not (export_dir / "predict.py").is_file():
         raise KaggleError(f"{export_dir} is not an export folder (no manifest.json / predict.py); run make export")
-    if out.exists() and not force and not (out / KAGGLE_FILE).is_file():
-        raise KaggleError(f"{out} exists and was not written by make kaggle; remove it, pass OUT=, or FORCE=1")
+    check_replaceable(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -319,14 +324,6 @@ def dataset_exists(dataset_id: str, runner=subprocess.run) -> bool:
     return done.returncode == 0
 
 
-def _competition_paths(config) -> tuple[str, str, str | None]:
-    """The test image folder, sample submission and test table, relative to the competition's folder."""
-    parts = Path(config.competition.test_images).parts
-    fixed = [p for p in parts[: next((i for i, p in enumerate(parts) if "{" in p), len(parts))]]
-    test_dir = str(Path(*fixed)) if fixed else "."
-    return test_dir, config.competition.sample_submission, config.competition.test_csv
-
-
 def run_kaggle(config, method: str = "submission", out: Path | None = None, user: str | None = None,
                dataset: str | None = None, notebook: str | None = None, wheels: tuple[str, ...] = DEFAULT_WHEELS,
                wheels_from: Path | None = None, gpu: bool = False, time_limit: str = "9h", push: bool = False,
@@ -364,7 +361,7 @@ def run_kaggle(config, method: str = "submission", out: Path | None = None, user
     KaggleError, ExportError
         Before anything is written: push without the CLI or credentials, a bad slug, wheels pip cannot get.
     """
-    from pipeline.export.build import run_export
+    from pipeline.export.build import image_folder, run_export
     from pipeline.export.predict import parse_duration
     from pipeline.store import RunLayout, read_meta
 
@@ -391,22 +388,21 @@ def run_kaggle(config, method: str = "submission", out: Path | None = None, user
         wheels=tuple(wheels),
     )
     out = Path(out) if out else config.out / "kaggle" / config.competition.name
-    if out.exists() and not force and not (out / KAGGLE_FILE).is_file():  # before the export: nothing half done
-        raise KaggleError(f"{out} exists and was not written by make kaggle; remove it, pass OUT=, or FORCE=1")
+    check_replaceable(out, force)  # before the export too: a refusal leaves nothing half done
     wheel_requirements(target.wheels, {})  # torch or an unknown package: refused before the export
     exported = run_export(config, method=method, force=force)
     export_dir = Path(exported["out"])
     manifest = io.read_json(export_dir / "manifest.json")
     metas = {name: read_meta(RunLayout(config.runs_dir / name)) for name in manifest["runs"]}
     trained = trained_versions({name: meta for name, meta in metas.items() if meta is not None})
-    target = KaggleTarget(**{**target.__dict__, "trained": trained})
+    target = dataclasses.replace(target, trained=trained)
     requirements = wheel_requirements(target.wheels, trained)
     with tempfile.TemporaryDirectory() as folder:
         got = download_wheels(requirements, Path(folder), find_links=wheels_from)
-        test_dir, sample, test_csv = _competition_paths(config)
-        spec = io.read_json(export_dir / "export.json")
-        build_kaggle_folder(export_dir, out, target, got, test_dir, sample, test_csv if spec.get("test_csv") else None,
-                            time_limit, force=force)
+        # the test table only when the exported blend reads metadata columns from it (predict.py --test-csv)
+        test_csv = config.competition.test_csv if io.read_json(export_dir / "export.json").get("test_csv") else None
+        build_kaggle_folder(export_dir, out, target, got, image_folder(config.competition.test_images),
+                            config.competition.sample_submission, test_csv, time_limit, force=force)
         names = [w.name for w in got]
     message = f"kfold-ensembler {manifest['method']} ({manifest['candidate']}): " + ", ".join(
         f"{name}@{run_hash}" for name, run_hash in sorted(manifest["runs"].items()))

@@ -33,7 +33,7 @@ from pipeline.core.io import write_csv
 from pipeline.ensemble.records import RecordError
 from pipeline.export.inputs import ExportPredictError, check_arguments, check_images_open, load_spec, read_sample
 from pipeline.export.inputs import read_spec  # noqa: F401 - re-exported: export.json as plain data, checked
-from pipeline.export.spec import ExportSpec, ModelEntry, verify_checkpoints
+from pipeline.export.spec import ExportSpec, FoldEntry, ModelEntry, verify_checkpoints
 
 def spec_targets(spec: ExportSpec):
     """The competition's targets as the export stored them (names, labels, value scale; no rows).
@@ -255,6 +255,30 @@ def prediction_runtime(device: str, cfg, workers: int | None):
     )
 
 
+def model_inputs(model: ModelEntry, cfg, runtime):
+    """The run's device transform (its input size, normalisation and interpolation), as its training built it."""
+    from pipeline.train.runtime import device_transform
+    from pipeline.vision.models import DataConfig
+
+    data = model.data
+    dcfg = DataConfig(data["image_size"], tuple(data["mean"]), tuple(data["std"]), data["interpolation"])
+    return device_transform(cfg, dcfg, runtime)
+
+
+def load_fold_model(folder: Path, model: ModelEntry, fold: FoldEntry, cfg, runtime):
+    """One exported fold model: built with ``pretrained=False`` and loaded from its checkpoint on the device.
+
+    The file's sha256 is checked against ``export.json`` before any model is built (:func:`verify_checkpoints`).
+    """
+    from safetensors.torch import load_file as load_safetensors
+
+    from pipeline.train.model import prepare_model
+
+    net = prepare_model(cfg, model.n_outputs, runtime, False)
+    net.load_state_dict(load_safetensors(str(Path(folder) / fold.file), device=str(runtime.device)))
+    return net
+
+
 def predict_model(
     folder: Path,
     model: ModelEntry | dict,
@@ -269,16 +293,12 @@ def predict_model(
 
     As ``make train`` stores them: each fold's mean over TTA views (float32), read as float64.
     """
-    from safetensors.torch import load_file as load_safetensors
-
     from pipeline.config import TrainConfig
     from pipeline.train.dataset import ImageDataset
     from pipeline.train.heads import Head
-    from pipeline.train.model import prepare_model
     from pipeline.train.predict import predict_views
-    from pipeline.train.runtime import device_transform, make_loader
+    from pipeline.train.runtime import make_loader
     from pipeline.vision.host import HostTransform
-    from pipeline.vision.models import DataConfig
     from pipeline.vision.views import parse_view
 
     # export.json's entries as plain data (read_spec) or typed (load_spec): one checked form below
@@ -287,17 +307,12 @@ def predict_model(
     cfg = TrainConfig.model_validate(model.train)
     runtime = prediction_runtime(device, cfg, workers)
     head = Head(spec.task, model.loss, spec_targets(spec))
-    data = model.data
-    host = HostTransform(data["image_size"], data["interpolation"])
-
-    dcfg = DataConfig(data["image_size"], tuple(data["mean"]), tuple(data["std"]), data["interpolation"])
-    inputs = device_transform(cfg, dcfg, runtime)
+    host = HostTransform(model.data["image_size"], model.data["interpolation"])
+    inputs = model_inputs(model, cfg, runtime)
     size = batch_size or model.batch_size
     out = []
     for fold in model.folds:
-        net = prepare_model(cfg, model.n_outputs, runtime, False)
-        # the file's sha256 was checked against export.json before any model was built (verify_checkpoints)
-        net.load_state_dict(load_safetensors(str(folder / fold.file), device=str(runtime.device)))
+        net = load_fold_model(folder, model, fold, cfg, runtime)
         views = [parse_view(v) for v in fold.tta]
         loader = make_loader(ImageDataset(store, np.arange(len(store)), host), size, runtime)
         probs = predict_views(net, progress.wrap(loader), views, runtime, head.activate, inputs)
