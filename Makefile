@@ -60,7 +60,7 @@ COMMON := --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= PRESET= NAME= SEEDS= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK= TEACHER= ROUNDS= STUDENT= ALPHA= T= ROWS= KAGGLE_USER= WHEELS= WHEELS_FROM= GPU= TIME_LIMIT= PUSH= SUBMIT="
+	@echo "  variables: TASK= CONFIG=$(CONFIG) MODEL= PRESET= NAME= SEEDS= FOLDS= EPOCHS= ARGS=\"key=value ...\" FORCE=1 ZOO=$(ZOO) TOP= GPUS= EXECUTOR= IMAGE_SIZE= METHOD= OUT= CHECK= TEACHER= ROUNDS= STUDENT= ALPHA= T= ROWS= KAGGLE_USER= WHEELS= WHEELS_FROM= GPU= TIME_LIMIT= PUSH= SUBMIT= BUDGET= TEST_IMAGES="
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -114,11 +114,14 @@ ensemble: $(STAMP) ## blend the stored runs, score them by nested CV, write subm
 lb: $(STAMP) ## record the public-LB score of a submission: SCORE=0.912 [SUBMISSION=<file or method>]; make ensemble shows it
 	$(RUN) lb $(if $(SCORE),--score $(SCORE)) $(if $(SUBMISSION),--submission $(SUBMISSION)) $(COMMON)
 
-export: $(STAMP) ## the chosen ensemble as an offline folder for a Kaggle code competition (METHOD=, OUT=, CHECK=1)
-	$(RUN) export $(if $(METHOD),--method $(METHOD)) $(if $(OUT),--out $(OUT)) $(if $(CHECK),--check) $(COMMON)
+export: $(STAMP) ## the chosen ensemble as an offline folder for a Kaggle code competition (METHOD=, OUT=, CHECK=1, BUDGET=2h TEST_IMAGES=)
+	$(RUN) export $(if $(METHOD),--method $(METHOD)) $(if $(OUT),--out $(OUT)) $(if $(CHECK),--check) $(BUDGET_ARGS) $(COMMON)
 
-kaggle: $(STAMP) ## the export as a Kaggle dataset + offline notebook with the trained timm's wheel (KAGGLE_USER= WHEELS= WHEELS_FROM= GPU=1 TIME_LIMIT= PUSH=1 SUBMIT=1 METHOD= OUT=)
-	$(RUN) kaggle $(if $(METHOD),--method $(METHOD)) $(if $(OUT),--out $(OUT)) $(if $(KAGGLE_USER),--user $(KAGGLE_USER)) $(if $(filter command line environment,$(origin WHEELS)),--wheels "$(WHEELS)") $(if $(WHEELS_FROM),--wheels-from $(WHEELS_FROM)) $(if $(GPU),--gpu) $(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT)) $(if $(PUSH),--push) $(if $(SUBMIT),--submit) $(COMMON)
+# make export / make kaggle BUDGET=2h TEST_IMAGES=50000: keep what fits that time (pipeline/export/budget.py)
+BUDGET_ARGS = $(if $(BUDGET),--budget $(BUDGET)) $(if $(TEST_IMAGES),--test-images $(TEST_IMAGES))
+
+kaggle: $(STAMP) ## the export as a Kaggle dataset + offline notebook with the trained timm's wheel (KAGGLE_USER= WHEELS= WHEELS_FROM= GPU=1 TIME_LIMIT= PUSH=1 SUBMIT=1 METHOD= OUT= BUDGET= TEST_IMAGES=)
+	$(RUN) kaggle $(if $(METHOD),--method $(METHOD)) $(if $(OUT),--out $(OUT)) $(if $(KAGGLE_USER),--user $(KAGGLE_USER)) $(if $(filter command line environment,$(origin WHEELS)),--wheels "$(WHEELS)") $(if $(WHEELS_FROM),--wheels-from $(WHEELS_FROM)) $(if $(GPU),--gpu) $(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT)) $(if $(PUSH),--push) $(if $(SUBMIT),--submit) $(BUDGET_ARGS) $(COMMON)
 
 import-oof: $(STAMP) ## add predictions made elsewhere: NAME=<run> OOF=<file> TEST=<file>
 	$(RUN) import-oof --name "$(NAME)" --oof "$(OOF)" --test "$(TEST)" $(COMMON)

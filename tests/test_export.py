@@ -400,7 +400,7 @@ def test_the_projection_warns_once_when_it_is_past_the_limit(capsys):
         bar.close()
         err = capsys.readouterr().err
         assert err.count("estimated time for the whole test set") == 3  # after the first batches, 1/4, 1/2
-        assert err.count("warning: at this pace the whole test set takes about 0s, past --time-limit") == warnings
+        assert err.count("warning: at this pace the whole test set takes about 0.0s, past --time-limit") == warnings
 
 
 def test_the_export_measures_what_each_fold_model_and_view_costs(demo, capsys):
@@ -415,12 +415,26 @@ def test_the_export_measures_what_each_fold_model_and_view_costs(demo, capsys):
     assert set(zip(costs["model"], costs["fold"], costs["view"])) == expected and len(costs) == len(expected)
     assert (costs["ms_per_image"] > 0).all() and costs["device"].str.startswith("CPU").all()
     assert "cost.csv" in json.loads((folder / "manifest.json").read_text())["files"]  # checked like every file
-    # the projection is the sum over the pieces, per image
+    # the projection: the sum over the pieces per image, and per fold model its loading (once) and decoding (per
+    # image: each fold model's pass reads every image), plus the start
     total = costs["ms_per_image"].sum()
-    assert projected_seconds(costs, 2000) == pytest.approx(total * 2)
+    per_fold = costs.drop_duplicates(["model", "fold"])
+    assert (per_fold["load_seconds"] > 0).all() and (per_fold["decode_ms_per_image"] > 0).all()
+    assert len(per_fold) == sum(len(m["folds"]) for m in spec["models"])
+    expected = total * 2 + per_fold["load_seconds"].sum() + per_fold["decode_ms_per_image"].sum() * 2 + 3.0
+    assert projected_seconds(costs, 2000, startup=3.0) == pytest.approx(expected)
+    assert json.loads((folder / "manifest.json").read_text())["startup_seconds"] > 0
     summary = cost_summary(costs)
     assert summary["ms per image"].sum() == pytest.approx(total)
     assert set(summary["model"]) == {m["run"] for m in spec["models"]}
+    # the plan and the projection take each run's fold models at the median of their timings, view by view
+    from pipeline.export.cost import planning_costs
+
+    planned = planning_costs(costs)
+    for (model, view), group in costs.groupby(["model", "view"]):
+        rows = (planned["model"] == model) & (planned["view"] == view)
+        assert (planned.loc[rows, "ms_per_image"] == group["ms_per_image"].median()).all()
+    assert planned[["model", "fold", "view"]].equals(costs[["model", "fold", "view"]])
     with pytest.raises(ValueError, match="timed >= 1"):
         measure_costs(folder, spec, timed=0)
     with pytest.raises(ValueError, match="test images must be >= 0"):

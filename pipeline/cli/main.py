@@ -13,6 +13,7 @@ python -m pipeline distill  --config ... --student resnet18 [--teacher ...] [--a
 python -m pipeline ensemble --config ...
 python -m pipeline lb       --config ... --score 0.912 [--submission submission.csv|<method>]
 python -m pipeline export   --config ... [--method submission|<method>] [--out export/<competition>] [--check]
+                            [--budget 2h] [--test-images N]
 python -m pipeline kaggle   --config ... [--method ...] [--user u] [--wheels timm] [--wheels-from dir] [--gpu]
                             [--time-limit 9h] [--push] [--submit]
 python -m pipeline zoo      --config ... [--zoo configs/zoo/default.yaml] [--top 3]
@@ -132,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
             p.add_argument("--out", help="the folder to write (default export/<competition>)")
             p.add_argument("--check", action="store_true", help="predict our test images with the export and compare")
+        if name in ("export", "kaggle"):
+            p.add_argument("--budget", help="the time the forward passes may take on the test set (2h, 90m, 3600s): "
+                           "what does not fit is dropped, the blend refitted (default export.budget)")
+            p.add_argument("--test-images", type=int, help="how many test images the budget is for (default "
+                           "export.test_images, else this test set's)")
         if name == "kaggle":
             p.add_argument(
                 "--method", default="submission", help="submission (the chosen one) or a method of the last ensemble"

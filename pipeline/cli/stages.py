@@ -196,7 +196,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     config = load_command_config(args)
     result = run_export(
-        config, method=args.method, out=Path(args.out) if args.out else None, force=args.force, check=args.check
+        config, method=args.method, out=Path(args.out) if args.out else None, force=args.force, check=args.check,
+        budget=args.budget, test_images=args.test_images,
     )
     print(
         f"offline: python {result['out']}/predict.py --images <test folder> --sample-submission <csv> --out "
@@ -214,6 +215,7 @@ def cmd_kaggle(args: argparse.Namespace) -> int:
         config, method=args.method, out=Path(args.out) if args.out else None, user=args.user, dataset=args.dataset,
         notebook=args.notebook, wheels=wheels, wheels_from=Path(args.wheels_from) if args.wheels_from else None,
         gpu=args.gpu, time_limit=args.time_limit, push=args.push, submit=args.submit, force=args.force,
+        budget=args.budget, test_images=args.test_images,
     )
     target, out = result["target"], result["out"]
     print(f"wrote {out}/dataset (the export, wheels: {', '.join(result['wheels']) or 'none'}) and "

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from pipeline.config.export import ExportConfig
 from pipeline.config.tracking import TrackingConfig
 from pipeline.task.metrics import METRICS
 
@@ -454,6 +455,7 @@ class Config(StrictModel):
     pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     models: list[str] = Field(default_factory=list)
     recipes_dir: str = "recipes"
     output_dir: str = "."

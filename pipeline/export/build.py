@@ -35,7 +35,11 @@ from pipeline.core.io import file_sha256
 from pipeline.core.report import format_table
 from pipeline.ensemble.fitted import FittedError, load_fitted, reduce_record
 from pipeline.ensemble.records import FittedRecord, RecordError, RunEntry
-from pipeline.export.cost import COST_FILE, cost_summary, measure_costs, projected_seconds
+from pipeline.export.budget import BudgetError
+from pipeline.export.budgeted import apply_budget, log_piece_values
+from pipeline.export.inputs import image_folder, image_pattern, test_image_paths  # noqa: F401 - re-exported
+from pipeline.export.cost import (COST_FILE, cost_summary, measure_costs, planning_costs, projected_seconds,
+                                  startup_seconds)
 from pipeline.export.spec import SPEC_FILE, parse_spec
 from pipeline.export.wheel import PREDICT_PY, PREDICT_REQUIRES, build_wheel  # noqa: F401 - PREDICT_REQUIRES re-exported
 
@@ -45,29 +49,6 @@ EXPORT_VERSION = 1
 
 class ExportError(PipelineError, ValueError):
     """The export cannot be made; nothing was written. The message names the file or value and the fix."""
-
-
-def _pattern_start(parts: tuple[str, ...]) -> int:
-    """Where the config's test-image pattern stops being fixed folders: its first part with a ``{field}``."""
-    return next((i for i, part in enumerate(parts) if "{" in part), len(parts) - 1)
-
-
-def image_pattern(test_images: str) -> str:
-    """A test image's path under the test folder: the config's pattern without its leading fixed folders.
-
-    ``test/{id}.png`` -> ``{id}.png``; ``images/test/{id}/0.jpg`` -> ``{id}/0.jpg``.
-    """
-    parts = Path(test_images).parts
-    return str(Path(*parts[_pattern_start(parts):]))
-
-
-def image_folder(test_images: str) -> str:
-    """The test folder under the competition's folder: the pattern's leading fixed folders (``.`` for none).
-
-    ``test/{id}.png`` -> ``test``; ``images/test/{id}/0.jpg`` -> ``images/test``; ``{id}.png`` -> ``.``.
-    """
-    parts = Path(test_images).parts
-    return str(Path(*parts[:_pattern_start(parts)]))
 
 
 def _checked_runs(config: Config, record: FittedRecord) -> list:
@@ -217,7 +198,8 @@ def model_entry(config: Config, stored: RunEntry, layout, meta, competition) -> 
 
 
 def run_export(
-    config: Config, method: str = "submission", out: Path | None = None, force: bool = False, check: bool = False
+    config: Config, method: str = "submission", out: Path | None = None, force: bool = False, check: bool = False,
+    budget: str | float | None = None, test_images: int | None = None,
 ) -> dict:
     """Write the export folder of a stored candidate.
 
@@ -231,7 +213,14 @@ def run_export(
     force : bool
         Replace an existing export folder.
     check : bool
-        Run the exported predictor on the competition's test images and compare with the submission file.
+        Run the exported predictor on the competition's test images and compare with the submission file (with a
+        budget that dropped pieces: time it and count the labels that agree).
+    budget : str or float, optional
+        The time prediction may take (``2h``, ``90m``, seconds, or ``50%`` of the whole ensemble's projected
+        time); default ``export.budget``. What does not
+        fit is dropped (:mod:`pipeline.export.budget`) and the blend refitted on what is kept.
+    test_images : int, optional
+        The number of test images the budget is for; default ``export.test_images``, else this test set's.
 
     Returns
     -------
@@ -248,6 +237,19 @@ def run_export(
     from pipeline.task.metrics import get_metric
 
     out = Path(out) if out else config.out / "export" / config.competition.name
+    budget = config.export.budget if budget is None else budget
+    test_images = config.export.test_images if test_images is None else test_images
+    budget_seconds = budget_share = None
+    if budget is not None:
+        from pipeline.export.budget import parse_budget
+
+        try:
+            budget_seconds, budget_share = parse_budget(budget)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
+    if test_images is not None and (isinstance(test_images, bool) or int(test_images) != test_images
+                                    or test_images < 1):
+        raise ExportError(f"TEST_IMAGES={test_images!r}: give the number of test images the notebook predicts (>= 1)")
     remove_stale_builds(out)
     problem = None if force else replace_problem(out)
     if problem:
@@ -308,7 +310,17 @@ def run_export(
         io.write_text(tmp / "predict.py", PREDICT_PY)
         wheel = build_wheel(tmp)
         # what each (model, fold model, view) costs per image here: what a time limit can afford (cost.csv)
-        costs = measure_costs(tmp, spec)
+        costs = measure_costs(tmp, spec, images=test_image_paths(config, competition))
+        startup = startup_seconds()  # a fresh interpreter importing torch and timm: what predict.py pays first
+        budget_plan = None
+        if budget is not None:
+            try:
+                budget_plan, record, costs = apply_budget(config, record, competition, costs, startup, spec, tmp,
+                                                          budget_seconds, test_images or len(competition.test_ids),
+                                                          budget_share)
+            except (BudgetError, RecordError) as exc:
+                raise ExportError(str(exc)) from None
+            models = spec["models"]
         io.write_csv(tmp / COST_FILE, costs)
         files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
@@ -331,6 +343,16 @@ def run_export(
             "apply": record.apply,
             "decision": record.decision,
             "submission_file": record.submission_file,
+            "startup_seconds": startup,
+            "budget": None if budget_plan is None else {
+                "seconds": budget_plan.budget_seconds,
+                "share": budget_share,
+                "test_images": test_images or len(competition.test_ids),
+                "projected_seconds": budget_plan.seconds,
+                "full_seconds": budget_plan.seconds_full,
+                "estimated_change": budget_plan.estimated_change,
+                "dropped": budget_plan.table(),
+            },
             "wheel": wheel.name,
             "files": files,
         }
@@ -349,14 +371,19 @@ def run_export(
         f"in {time.perf_counter() - started:.1f}s"
     )
     n_test = len(competition.test_ids)
-    log.info(format_table(cost_summary(costs).to_dict("records"),
+    planned = planning_costs(costs)  # each run's fold models at the median of their timings
+    log.info(format_table(cost_summary(planned).to_dict("records"),
                           f"prediction cost on {costs['device'].iloc[0]} ({COST_FILE}: each fold model and view)")
-             + f"\nthe {n_test} test images: about {projected_seconds(costs, n_test):.1f}s of forward passes "
-             f"({projected_seconds(costs, 1000):.2f}s per 1,000 images; decoding aside)")
+             + f"\nthe {n_test} test images: about {projected_seconds(planned, n_test, startup):.1f}s "
+             f"({projected_seconds(planned, 1000, startup):.2f}s for 1,000 images: the forward passes, each fold "
+             f"model's loading and decoding, {startup:.1f}s to start)")
+    if budget_plan is None:
+        log_piece_values(config, record, competition, costs, n_test, startup)
     result = {"out": str(out), "bytes": size, "files": sorted(files) + ["manifest.json"], "candidate": record.name,
-              "costs": costs}
+              "costs": costs, "budget": budget_plan, "record": record}
     if check:
-        result["check"] = check_export(config, out, method, record)
+        budgeted = budget_plan is not None and bool(budget_plan.dropped)
+        result["check"] = check_export(config, out, method, record, budgeted=budgeted)
     return result
 
 
@@ -396,8 +423,11 @@ def compare_submissions(got, expected, id_column: str, atol: float = 1e-6) -> st
     return None
 
 
-def check_export(config: Config, out: Path, method: str, record: FittedRecord) -> dict:
+def check_export(config: Config, out: Path, method: str, record: FittedRecord, budgeted: bool = False) -> dict:
     """Run the exported predictor on the competition's own test images; compare with the stored submission file.
+
+    A budgeted export that dropped pieces predicts otherwise by design: it is timed, and the share of rows whose
+    labels agree with the full ensemble's is reported instead.
 
     Raises
     ------
@@ -425,6 +455,14 @@ def check_export(config: Config, out: Path, method: str, record: FittedRecord) -
     name = "submission.csv" if method == "submission" else record.submission_file
     expected = pd.read_csv(config.submissions_dir / name, dtype={config.competition.id_column: str})
     got = pd.read_csv(StringIO(got.to_csv(index=False)), dtype={config.competition.id_column: str})
+    if budgeted:
+        from pipeline.export.budgeted import row_labels
+
+        agree = float(np.mean(row_labels(got, config.competition.id_column)
+                              == row_labels(expected, config.competition.id_column)))
+        log.info(f"check: the budgeted export predicted {len(got)} rows in {seconds:.1f}s; {agree:.1%} of their "
+                 f"labels agree with the full ensemble's {name}")
+        return {"file": name, "rows": len(got), "seconds": seconds, "agreement": agree}
     problem = compare_submissions(got, expected, config.competition.id_column)
     if problem:
         raise ExportError(

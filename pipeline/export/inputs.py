@@ -23,6 +23,41 @@ class ExportPredictError(PipelineError, ValueError):
     """The export folder or the test inputs cannot be used; the message says which file and what to do."""
 
 
+def _pattern_start(parts: tuple[str, ...]) -> int:
+    """Where the config's test-image pattern stops being fixed folders: its first part with a ``{field}``."""
+    return next((i for i, part in enumerate(parts) if "{" in part), len(parts) - 1)
+
+
+def image_pattern(test_images: str) -> str:
+    """A test image's path under the test folder: the config's pattern without its leading fixed folders.
+
+    ``test/{id}.png`` -> ``{id}.png``; ``images/test/{id}/0.jpg`` -> ``{id}/0.jpg``.
+    """
+    parts = Path(test_images).parts
+    return str(Path(*parts[_pattern_start(parts):]))
+
+
+def image_folder(test_images: str) -> str:
+    """The test folder under the competition's folder: the pattern's leading fixed folders (``.`` for none).
+
+    ``test/{id}.png`` -> ``test``; ``images/test/{id}/0.jpg`` -> ``images/test``; ``{id}.png`` -> ``.``.
+    """
+    parts = Path(test_images).parts
+    return str(Path(*parts[:_pattern_start(parts)]))
+
+
+def test_image_paths(config, competition, limit: int = 200) -> list[Path]:
+    """Up to ``limit`` of the competition's test images, as predict.py would read them (to time their decoding); []
+    when they are not there (a code competition's hidden set)."""
+    from pipeline.export.predict import image_paths
+
+    folder = config.data_dir / image_folder(config.competition.test_images)
+    try:
+        return image_paths(folder, image_pattern(config.competition.test_images), list(competition.test_ids)[:limit])
+    except ExportPredictError:
+        return []
+
+
 def load_spec(folder: Path) -> ExportSpec:
     """The export's ``export.json``, checked against its schema (:class:`pipeline.export.spec.ExportSpec`).
 

@@ -327,8 +327,11 @@ def dataset_exists(dataset_id: str, runner=subprocess.run) -> bool:
 def run_kaggle(config, method: str = "submission", out: Path | None = None, user: str | None = None,
                dataset: str | None = None, notebook: str | None = None, wheels: tuple[str, ...] = DEFAULT_WHEELS,
                wheels_from: Path | None = None, gpu: bool = False, time_limit: str = "9h", push: bool = False,
-               submit: bool = False, force: bool = False, which=shutil.which, runner=subprocess.run) -> dict:
+               submit: bool = False, force: bool = False, budget: str | None = None, test_images: int | None = None,
+               which=shutil.which, runner=subprocess.run) -> dict:
     """``make kaggle``: export ``method``, then write the Kaggle folder and, with ``push``, upload it.
+
+    ``budget`` and ``test_images`` go to :func:`pipeline.export.build.run_export` (what fits the notebook's time).
 
     Parameters
     ----------
@@ -390,7 +393,7 @@ def run_kaggle(config, method: str = "submission", out: Path | None = None, user
     out = Path(out) if out else config.out / "kaggle" / config.competition.name
     check_replaceable(out, force)  # before the export too: a refusal leaves nothing half done
     wheel_requirements(target.wheels, {})  # torch or an unknown package: refused before the export
-    exported = run_export(config, method=method, force=force)
+    exported = run_export(config, method=method, force=force, budget=budget, test_images=test_images)
     export_dir = Path(exported["out"])
     manifest = io.read_json(export_dir / "manifest.json")
     metas = {name: read_meta(RunLayout(config.runs_dir / name)) for name in manifest["runs"]}

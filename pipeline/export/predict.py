@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.core.durations import format_duration  # noqa: F401 - re-exported: make export and kaggle print it
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import write_csv
 from pipeline.ensemble.records import RecordError
@@ -194,37 +195,20 @@ class Progress:
         self.bar.close()
 
 
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``text``: a number with an optional unit, ``s``, ``m`` or ``h`` (``9h``, ``90m``, ``3600``).
+def parse_duration(text: str, what: str = "--time-limit") -> float:
+    """Seconds in ``text`` (:func:`pipeline.core.durations.parse_duration`).
 
     Raises
     ------
     ExportPredictError
-        For anything else, or a duration that is not above zero.
+        For anything but a duration above zero (``9h``, ``90m``, ``3600s``).
     """
-    value = str(text).strip().lower()
-    unit = _DURATION_UNITS.get(value[-1:], None)
-    number = value[:-1] if unit is not None else value
+    from pipeline.core.durations import parse_duration as parse
+
     try:
-        seconds = float(number) * (unit or 1.0)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise ExportPredictError(f"--time-limit {text!r}: give a duration above zero, e.g. 9h, 90m or 3600s")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """``3h 05m``, ``12m 30s`` or ``45s``."""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{seconds}s"
+        return parse(text, what)
+    except ValueError as exc:
+        raise ExportPredictError(str(exc)) from None
 
 
 def prediction_runtime(device: str, cfg, workers: int | None):
@@ -398,11 +382,13 @@ def predict_folder(
             fold_tests.append(predict_model(folder, model, spec, store, device, batch_size, bar, workers))
     finally:
         bar.close()
-    fold_tests = np.stack(fold_tests)
     # each run's test predictions as the run stores them: the fold models' mean, summed fold by fold
-    tests = np.zeros(fold_tests.shape[:1] + fold_tests.shape[2:])
-    for k in range(fold_tests.shape[1]):
-        tests += fold_tests[:, k] / fold_tests.shape[1]
+    tests = np.zeros((len(fold_tests),) + fold_tests[0].shape[1:])
+    for m, per_fold in enumerate(fold_tests):
+        for k in range(per_fold.shape[0]):
+            tests[m] += per_fold[k] / per_fold.shape[0]
+    # a budgeted export may keep other fold models per run: its blend then meets the fold means (fold_mean)
+    fold_tests = np.stack(fold_tests) if len({f.shape[0] for f in fold_tests}) == 1 else None
     pred, decided = blend_test(spec.ensemble, tests, fold_tests, extra_test)
     return submission_frame(
         sample, id_column, spec.target_column, spec.task, spec_targets(spec), pred, decided, spec.metric_needs

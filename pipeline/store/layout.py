@@ -15,6 +15,7 @@ Layout, one folder per run::
         fold<k>/best.safetensors   best checkpoint of fold k (by the validation metric)
         fold<k>/last.pt            training state after the last complete epoch (resume)
         fold<k>/valid.parquet, valid_plain.parquet, test.parquet, fold.json
+        fold<k>/valid_views.parquet, test_views.parquet   each TTA view on its own (what make export BUDGET= drops)
 
 A run is finished only when ``meta.json`` says ``"status": "finished"``; the
 ensemble reads finished runs alone. Predictions from another notebook can be
@@ -34,6 +35,10 @@ from pipeline.core.errors import PipelineError
 
 class StoreError(PipelineError, ValueError):
     """A stored run is inconsistent with the competition or is held by another process."""
+
+
+#: the prediction files of one fold (:meth:`RunLayout.fold_predictions`)
+FOLD_PREDICTION_KINDS = ("valid", "valid_plain", "test", "valid_views", "test_views")
 
 
 # -- where a run's files are ----------------------------------------------------------------
@@ -100,9 +105,10 @@ class RunLayout:
         return self.fold_dir(fold) / "fold.json"
 
     def fold_predictions(self, fold: int, kind: str) -> Path:
-        """A fold's row-indexed predictions: ``valid``, ``valid_plain`` or ``test``."""
-        if kind not in ("valid", "valid_plain", "test"):
-            raise ValueError(f"fold prediction kind {kind!r}: choose valid, valid_plain or test")
+        """A fold's row-indexed predictions: ``valid``, ``valid_plain``, ``test``, or each TTA view's on its own
+        (``valid_views``, ``test_views``: a ``view`` column, written when a run has more than one view)."""
+        if kind not in FOLD_PREDICTION_KINDS:
+            raise ValueError(f"fold prediction kind {kind!r}: choose one of {', '.join(FOLD_PREDICTION_KINDS)}")
         return self.fold_dir(fold) / f"{kind}.parquet"
 
     def read_fold_info(self, fold: int) -> dict:

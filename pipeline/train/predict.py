@@ -18,6 +18,7 @@ from safetensors.torch import load_file as load_safetensors
 from pipeline.config import TrainConfig
 from pipeline.core import io
 from pipeline.store import RunLayout
+from pipeline.store.views import view_frame
 from pipeline.task.metrics import Metric
 from pipeline.train.dataset import FoldData, ImageDataset
 from pipeline.train.distributed import gather_rows, shard
@@ -167,23 +168,14 @@ def predict_fold(
     )
     test_loader = make_loader(ImageDataset(data.test_store, shard(test_rows, context), eval_tf), batch_size, runtime)
 
-    def summary(probs: np.ndarray) -> np.ndarray:
-        # the plain view and the mean over views: all that is kept, and all that ranks exchange
-        return np.stack([probs[0], probs.mean(axis=0)])
-
+    # every view is kept (each on its own: make export BUDGET= weighs what dropping one costs), and exchanged by ranks
     valid_views = gather_rows(
-        summary(predict_views(model, valid_loader, views, runtime, data.head.activate, inputs)),
-        context,
-        len(valid_idx),
-        axis=1,
+        predict_views(model, valid_loader, views, runtime, data.head.activate, inputs), context, len(valid_idx), axis=1
     )
     test_views = gather_rows(
-        summary(predict_views(model, test_loader, views, runtime, data.head.activate, inputs)),
-        context,
-        len(test_rows),
-        axis=1,
+        predict_views(model, test_loader, views, runtime, data.head.activate, inputs), context, len(test_rows), axis=1
     )
-    valid_plain, valid_tta = valid_views
+    valid_plain, valid_tta = valid_views[0], valid_views.mean(axis=0)
     valid_y = data.y[valid_idx]
     result = {
         "fold": fold,
@@ -197,7 +189,9 @@ def predict_fold(
         # the weights these predictions came from: make export refuses a checkpoint that is not this one
         result["checkpoint_sha256"] = io.file_sha256(layout.best(fold))
     if context.is_main:
-        write_fold_predictions(layout, fold, valid_idx, valid_tta, valid_plain, test_views[1])
+        write_fold_predictions(layout, fold, valid_idx, valid_tta, valid_plain, test_views.mean(axis=0))
+        if len(view_names) > 1:
+            write_view_predictions(layout, fold, view_names, valid_idx, valid_views, test_views)
     return result
 
 
@@ -222,6 +216,15 @@ def write_fold_predictions(
         frame = pd.DataFrame(probs, columns=columns)
         frame.insert(0, "row", rows)
         io.write_parquet(layout.fold_predictions(fold, name), frame)
+
+
+def write_view_predictions(layout: RunLayout, fold: int, view_names: list[str], valid_idx: np.ndarray,
+                           valid_views: np.ndarray, test_views: np.ndarray) -> None:
+    """Each TTA view's validation and test predictions on its own (``valid_views``, ``test_views``), keyed by
+    (view, row): what dropping a view would score, read by :mod:`pipeline.store.views`."""
+    for name, rows, probs in (("valid_views", valid_idx, valid_views), ("test_views", np.arange(test_views.shape[1]),
+                                                                        test_views)):
+        io.write_parquet(layout.fold_predictions(fold, name), view_frame(view_names, rows, probs))
 
 
 def read_fold_predictions(layout: RunLayout, fold: int, name: str) -> tuple[np.ndarray, np.ndarray]:
