@@ -680,6 +680,57 @@ def test_optuna_persistent_study_continues(tmp_path):
 # --------------------------------------------------------------------------- #
 
 
+def _twin(preds, y, toward_truth: float, seed: int = 1):
+    """A near copy of ``preds[0]``: a little noise, and ``toward_truth`` of each row's mass moved to its true class."""
+    rng = np.random.default_rng(seed)
+    twin = np.clip(preds[0] + rng.normal(0, 1e-3, preds[0].shape), 1e-6, None)
+    twin /= twin.sum(axis=1, keepdims=True)
+    onehot = np.eye(twin.shape[1])[y]
+    return (1 - toward_truth) * twin + toward_truth * onehot
+
+
+@pytest.mark.parametrize("metric", ["log_loss", "accuracy"])
+def test_prune_correlated_scores_the_twins_from_y_and_keeps_the_better(metric):
+    """Without scores, with y and a metric: each model scored on y (either direction), the better twin kept."""
+    preds, y = synth([1.0, 1.5], n_rows=400, n_cols=4, seed=21)
+    better = _twin(preds, y, toward_truth=0.02)  # still a twin (correlation > 0.995), and better on y
+    stack = np.stack([preds[0], preds[1], better])
+    kept, pruned = prune_correlated(stack, metric=metric, y=y)  # the default threshold, 0.995
+    assert kept.tolist() == [1, 2] and [p[:2] for p in pruned] == [(0, 2)] and pruned[0][2] >= 0.995
+    # the same twins without y: visited by index, the first kept
+    assert prune_correlated(stack)[0].tolist() == [0, 1]
+
+
+def test_prune_correlated_constant_models_are_duplicates_only_when_identical():
+    preds, _ = synth([1.0], n_rows=50, n_cols=4, seed=23)
+    flat = np.full_like(preds[0], 0.25)
+    other = np.tile([0.4, 0.2, 0.2, 0.2], (50, 1))
+    stack = np.stack([flat, preds[0], flat.copy(), other])
+    kept, pruned = prune_correlated(stack, 0.5)
+    # the second uniform model duplicates the first (correlation 1 by identity); the other constant and the real
+    # model duplicate nothing, whatever the low threshold
+    assert kept.tolist() == [0, 1, 3] and pruned == [(2, 0, 1.0)]
+
+
+def test_prune_correlated_visits_a_model_without_a_score_last():
+    preds, y = synth([1.0, 1.5], n_rows=400, n_cols=4, seed=24)
+    twin = _twin(preds, y, toward_truth=0.0)
+    stack = np.stack([preds[0], preds[1], twin])
+    kept, pruned = prune_correlated(stack, 0.995, np.array([np.nan, 0.7, 0.6]), "log_loss")
+    assert kept.tolist() == [1, 2] and pruned[0][:2] == (0, 2)  # the unscored twin gives way, not the scored one
+
+
+def test_prune_correlated_default_threshold_is_0995():
+    preds, y = synth([1.0, 1.5], n_rows=400, n_cols=4, seed=22)
+    loose = _twin(preds, y, toward_truth=0.25)  # correlated, but below 0.995
+    stack = np.stack([preds[0], loose])
+    corr = float(np.corrcoef(stack[0].ravel(), stack[1].ravel())[0, 1])
+    assert 0.9 < corr < 0.995
+    assert prune_correlated(stack)[0].tolist() == [0, 1]  # kept at the default
+    kept, pruned = prune_correlated(stack, corr - 0.001)  # pruned just under its correlation
+    assert kept.tolist() == [0] and pruned[0][:2] == (1, 0) and pruned[0][2] == pytest.approx(corr)
+
+
 def test_prune_correlated_keeps_the_better_duplicate():
     preds, y = synth([1.0, 1.5], n_rows=300, n_cols=4, seed=20)
     rng = np.random.default_rng(0)
