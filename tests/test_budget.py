@@ -226,18 +226,18 @@ def workspace(digits_dir, tmp_path_factory):
 
 def test_each_view_is_stored_and_averages_to_the_tta_file(workspace):
     from pipeline.store import RunLayout
-    from pipeline.store.views import fold_views, read_fold_file
+    from pipeline.store.views import fold_views, read_fold_predictions
 
     config = load_config(workspace)
     layout = RunLayout(config.runs_dir / "digits_resnet")
     for fold in range(3):
         for split in ("valid", "test"):
             rows, views = fold_views(layout, fold, split, ["identity", "shift(1,0)"])
-            stored_rows, mean = read_fold_file(layout, fold, split)
+            stored_rows, mean = read_fold_predictions(layout, fold, split)
             assert views.shape[0] == 2 and np.array_equal(rows, stored_rows)
             assert np.allclose(views.mean(axis=0), mean, atol=1e-6)
             assert not np.allclose(views[0], views[1])  # two views, two predictions
-        _, plain = read_fold_file(layout, fold, "valid_plain")
+        _, plain = read_fold_predictions(layout, fold, "valid_plain")
         assert np.allclose(fold_views(layout, fold, "valid", ["identity", "shift(1,0)"])[1][0], plain, atol=1e-7)
 
 

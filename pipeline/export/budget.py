@@ -311,8 +311,13 @@ class BudgetPlan:
 
     def table(self) -> list[dict]:
         """The drops as rows of a table (what ``make export`` prints)."""
-        return [{"dropped": d.what, "seconds saved": round(d.seconds_saved, 1),
-                 "estimated change": round(d.estimated_change, 5)} for d in self.dropped]
+        return drops_table(self.dropped)
+
+
+def drops_table(drops: list[Drop]) -> list[dict]:
+    """Drops as rows of a table: what, the seconds it saves, its estimated change."""
+    return [{"dropped": d.what, "seconds saved": round(d.seconds_saved, 1),
+             "estimated change": round(d.estimated_change, 5)} for d in drops]
 
 
 def _moves(plan: Plan, runs: dict[str, RunPredictions]):
@@ -366,7 +371,7 @@ def choose_within_budget(runs: list[RunPredictions], costs: CostTable, estimator
     BudgetError
         The budget is below the cheapest piece; the message gives the minimum.
     """
-    from pipeline.export.predict import format_duration
+    from pipeline.core.durations import format_duration
 
     if n_images < 1:
         raise BudgetError(f"TEST_IMAGES={n_images}: give the number of test images the notebook will predict (>= 1)")
@@ -414,7 +419,7 @@ def load_run_predictions(layout, meta, n_train: int, n_test: int) -> RunPredicti
     BudgetError
         A fold's files are missing (the run was imported, or its folder was edited).
     """
-    from pipeline.store.views import fold_views, read_fold_file
+    from pipeline.store.views import fold_views, read_fold_predictions
 
     folds = tuple(sorted(int(f) for f in meta.folds_done))
     tta = [tuple((meta.folds or {}).get(str(f), {}).get("tta") or meta.tta or ["identity"]) for f in folds]
@@ -429,8 +434,8 @@ def load_run_predictions(layout, meta, n_train: int, n_test: int) -> RunPredicti
     for fold in folds:
         valid = fold_views(layout, fold, "valid", list(views))
         if valid is None:
-            rows, mean = read_fold_file(layout, fold, "valid")
-            _, plain = read_fold_file(layout, fold, "valid_plain")
+            rows, mean = read_fold_predictions(layout, fold, "valid")
+            _, plain = read_fold_predictions(layout, fold, "valid_plain")
             per_view_known = False
             valid_views = None
         else:
@@ -445,7 +450,7 @@ def load_run_predictions(layout, meta, n_train: int, n_test: int) -> RunPredicti
             oof_views[:, rows] = valid_views
         test = fold_views(layout, fold, "test", list(views))
         if test is None:
-            test_rows, test_mean = read_fold_file(layout, fold, "test")
+            test_rows, test_mean = read_fold_predictions(layout, fold, "test")
             fold_test_views = None
         else:
             test_rows, per_view = test

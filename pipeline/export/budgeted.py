@@ -20,7 +20,8 @@ from pipeline.config import Config
 from pipeline.core.report import format_table
 from pipeline.ensemble.records import FittedRecord
 from pipeline.export.budget import (BudgetError, BudgetPlan, CostTable, Plan, RunPredictions, ScoreEstimator,
-                                    choose_within_budget, full_plan, load_run_predictions, single_drops)
+                                    choose_within_budget, drops_table, full_plan, load_run_predictions,
+                                    single_drops)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def piece_values(config, record: FittedRecord, competition, costs, n_images: int
     """What each run, fold model and TTA view of ``record`` earns (:func:`pipeline.export.budget.single_drops`), as
     rows of a table: what is dropped, the seconds it saves on ``n_images`` images, its estimated change."""
     runs, estimator, table, _ = _inputs(config, record, competition, costs, startup)
-    return BudgetPlan({}, single_drops(runs, table, estimator, n_images), 0.0, 0.0, 0.0).table()
+    return drops_table(single_drops(runs, table, estimator, n_images))
 
 
 def plan_export(config, record: FittedRecord, competition, costs, budget_seconds: float | None,

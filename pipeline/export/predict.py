@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.durations import format_duration  # noqa: F401 - re-exported: make export and kaggle print it
+from pipeline.core.durations import format_duration
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import write_csv
 from pipeline.ensemble.records import RecordError

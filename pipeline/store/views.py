@@ -81,17 +81,18 @@ def fold_views(layout: RunLayout, fold: int, split: str, view_names: list[str]) 
     if path.is_file():
         return read_view_frame(pd.read_parquet(path), view_names)
     if len(view_names) == 1:
-        rows, values = read_fold_file(layout, fold, split)
+        rows, values = read_fold_predictions(layout, fold, split)
         return rows, values[None]
     if split == "valid" and len(view_names) == 2:
-        rows, mean = read_fold_file(layout, fold, "valid")
-        plain_rows, plain = read_fold_file(layout, fold, "valid_plain")
+        rows, mean = read_fold_predictions(layout, fold, "valid")
+        plain_rows, plain = read_fold_predictions(layout, fold, "valid_plain")
         if not np.array_equal(rows, plain_rows):
             raise StoreError(f"{layout.fold_predictions(fold, 'valid_plain')} covers other rows than the fold's valid")
         return rows, np.stack([plain, 2 * mean - plain])
     return None
 
 
-def read_fold_file(layout: RunLayout, fold: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def read_fold_predictions(layout: RunLayout, fold: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(row indices, predictions) of one of a fold's prediction files (``valid``, ``valid_plain``, ``test``)."""
     frame = pd.read_parquet(layout.fold_predictions(fold, kind))
     return frame["row"].to_numpy(), frame.drop(columns="row").to_numpy(dtype=np.float64)

@@ -225,9 +225,3 @@ def write_view_predictions(layout: RunLayout, fold: int, view_names: list[str], 
     for name, rows, probs in (("valid_views", valid_idx, valid_views), ("test_views", np.arange(test_views.shape[1]),
                                                                         test_views)):
         io.write_parquet(layout.fold_predictions(fold, name), view_frame(view_names, rows, probs))
-
-
-def read_fold_predictions(layout: RunLayout, fold: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(row indices, predictions) of one of a fold's prediction files (``valid``, ``valid_plain``, ``test``)."""
-    frame = pd.read_parquet(layout.fold_predictions(fold, name))
-    return frame["row"].to_numpy(), frame.drop(columns="row").to_numpy(dtype=np.float64)

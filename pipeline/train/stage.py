@@ -30,7 +30,8 @@ from pipeline.train.dataset import FoldData
 from pipeline.train.distributed import (SINGLE, DistContext, barrier, broadcast_object, init_distributed,
                                         launched_by_torchrun)
 from pipeline.train.loop import train_fold
-from pipeline.train.predict import predict_fold, read_fold_predictions
+from pipeline.store.views import read_fold_predictions
+from pipeline.train.predict import predict_fold
 from pipeline.train.runtime import Runtime, select_runtime, use_cuda_for
 from pipeline.train.spec import RunSpec, fold_list, new_meta, prepare_run, view_list
 from pipeline.train.tracked import track_fold, track_run
