@@ -39,7 +39,7 @@ from pipeline.core.report import format_table
 from pipeline.data import load_competition
 from pipeline.store import RunLayout
 from pipeline.task.metrics import get_metric
-from pipeline.train.predict import read_fold_predictions
+from pipeline.store.views import read_fold_predictions
 
 ROW_KEYS = {"name", "model", "preset", "folds", "set", "note"}
 
