@@ -9,6 +9,7 @@ the cost of the slow ones.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import ClassVar
 
 import numpy as np
@@ -1375,3 +1376,263 @@ def test_bench_selection_variants_score_what_they_submit():
         if v["chosen"] in scored:
             assert v["nested"] == pytest.approx(scored[v["chosen"]].nested)
             assert v["test"] == pytest.approx(metric(y_test, tests[v["chosen"]]))
+
+
+# --------------------------------------------------------------------------- #
+# nested_score against the same refits made by hand with the public API
+
+
+@pytest.mark.parametrize("name, metric", [("caruana", "log_loss"), ("slsqp", "accuracy"),
+                                          ("logreg_stacker", "log_loss")])
+def test_nested_score_is_the_fold_refits_made_by_hand(name, metric):
+    preds, y = synth([0.5, 1.0, 1.5], n_rows=240, n_cols=3, seed=31)
+    # a feature that knows the class of a third of the rows: only a stacker reads it, and only if it is passed
+    rng = np.random.default_rng(31)
+    extra = np.eye(3)[y] * (rng.random(240) < 0.33)[:, None]  # one-hot where known, zeros elsewhere
+    folds = np.arange(240) % 4
+    params = fast(name)
+    m = get_metric(metric)
+    by_hand = np.empty((240, 3))
+    weights, fold_scores = [], {}
+    for f in range(4):
+        train, test = folds != f, folds == f
+        method = make_blend(name, **params).fit(preds[:, train], y[train], m, extra=extra[train])
+        by_hand[test] = method.predict(preds[:, test], extra[test])
+        fold_scores[f] = m(y[test], by_hand[test])
+        if method.weights_ is not None:
+            weights.append(method.weights_)
+    full = make_blend(name, **params).fit(preds, y, m, extra=extra)
+
+    started = time.perf_counter()
+    res = nested_score(name, preds, y, folds, metric, extra=extra, params=params)
+    elapsed = time.perf_counter() - started
+
+    np.testing.assert_allclose(res.oof_pred, by_hand, atol=1e-9)
+    assert res.nested == pytest.approx(m(y, by_hand), abs=1e-12)
+    assert res.fold_scores == pytest.approx(fold_scores, abs=1e-12)
+    assert res.in_sample == pytest.approx(m(y, full.predict(preds, extra)), abs=1e-12)
+    assert res.method == name and res.params == full.params
+    assert 0 < res.seconds <= elapsed
+    if weights:
+        # the mean over models of each weight's spread across the four refits
+        assert res.weight_std == pytest.approx(float(np.std(np.stack(weights), axis=0).mean()), abs=1e-12)
+        np.testing.assert_allclose(res.weights, full.weights_)
+    else:
+        assert res.weight_std is None and res.weights is None
+        # the feature reached every refit: without it the stacker scores worse on the held-out rows
+        blind = nested_score(name, preds, y, folds, metric, params=params)
+        assert m.loss(y, res.oof_pred) < m.loss(y, blind.oof_pred) - 0.05
+
+
+def test_nested_score_gives_a_persistent_study_to_the_all_rows_fit_only():
+    # the fold refits are throwaway: a stored study (storage, study_name, earlier trials) would mix their trials
+    # with the all-rows fit's, so they start fresh in memory and only the all-rows fit continues the study
+    preds, y = synth([0.5, 1.0], n_rows=80, n_cols=2, seed=32)
+    record = make_blend("optuna", n_trials=3).fit(preds, y, "log_loss").trials_record()
+    given = []
+
+    def factory(**params):
+        given.append(params)
+        return make_blend("optuna", **params)
+
+    nested_score(factory, preds, y, np.arange(80) % 2, "log_loss",
+                 params={"n_trials": 2, "previous_trials": record, "study_name": "kept"})
+    *refits, last = given
+    assert len(refits) == 2
+    for params in refits:
+        assert params["previous_trials"] is None and params["storage"] is None and params["study_name"] is None
+        assert params["n_trials"] == 2
+    assert last == {"n_trials": 2, "previous_trials": record, "study_name": "kept"}
+
+
+def test_nested_score_names_an_inapplicable_method_before_fitting():
+    preds, y = synth([0.5, 1.0], n_rows=40, n_cols=1, seed=33)
+    values = preds[..., :1] * 3.0
+    reason = not_applicable_reason("rank_mean", "regression")
+    with pytest.raises(NotApplicable) as info:
+        nested_score("rank_mean", values, y * 1.5, np.arange(40) % 2, "rmse", task="regression")
+    assert str(info.value) == reason
+    # before the arrays are checked: a method that cannot apply is the first thing to fix
+    with pytest.raises(NotApplicable) as info:
+        nested_score("rank_mean", values, y[:39] * 1.5, np.arange(40) % 2, "rmse", task="regression")
+    assert str(info.value) == reason
+
+
+def test_rank_mean_scores_each_held_out_row_ranked_among_all_rows():
+    # rank_mean learns nothing from the labels, but a row's rank depends on the rows it is ranked with: the nested
+    # figure ranks the held-out rows among all the rows, as the all-rows blend that predicts them does
+    preds, y = synth([0.5, 1.0, 1.5], n_rows=90, n_cols=1, seed=34)
+    folds = np.arange(90) % 3
+    res = nested_score("rank_mean", preds, y, folds, "roc_auc")
+    np.testing.assert_allclose(res.oof_pred, make_blend("rank_mean").fit(preds, y, "roc_auc").predict(preds))
+    per_fold = make_blend("rank_mean").fit(preds[:, folds == 0], y[folds == 0], "roc_auc").predict(preds[:, folds == 0])
+    assert not np.allclose(res.oof_pred[folds == 0], per_fold)  # the fold's own ranks differ
+
+
+def test_nested_score_without_calibrate_reports_no_calibrated_figures():
+    preds, y = synth([0.5, 1.0], n_rows=80, n_cols=3, seed=35)
+    res = nested_score("caruana", preds, y, np.arange(80) % 2, "log_loss")
+    assert res.nested_calibrated is None and res.nested_uncalibrated is None
+    assert res.temperature_in_sample == 1.0 and res.fitted.temperature_ == 1.0
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"calibration": "always"}, ValueError, r"^calibration must be 'nested' or 'in_sample'; got 'always'$"),
+    ({"folds": np.zeros(39)}, ValueError, r"^folds must have shape \(40,\), one fold id per OOF row; got \(39,\)$"),
+    ({"extra": np.zeros((39, 2))}, ValueError, r"^extra must have shape \(n_rows=40, n_features\); got \(39, 2\)$"),
+])
+def test_nested_score_errors_name_the_bad_value(kwargs, exc, match):
+    preds, y = synth([0.5, 1.0], n_rows=40, n_cols=1, seed=36)
+    args = {"folds": np.arange(40) % 2, **kwargs}
+    folds = args.pop("folds")
+    with pytest.raises(exc, match=match):
+        nested_score("logreg_stacker", preds, y, folds, "log_loss", **args)
+
+
+class _FitOnly:
+    def fit(self, y, pred, metric):
+        return self
+
+
+class _FitReturnsNone(Threshold):
+    def fit(self, y, pred, metric):
+        super().fit(y, pred, metric)  # fitted in place, returns nothing (allowed: the decision itself is kept)
+
+
+class _FitReturnsAnother:
+    """fit returns a new, fitted object; this one cannot apply (only what fit returned is used)."""
+
+    def fit(self, y, pred, metric):
+        return Threshold().fit(y, pred, metric)
+
+    def apply(self, pred):
+        raise AssertionError("the unfitted decision was applied")
+
+
+def test_a_decision_is_what_its_fit_returns_or_itself():
+    preds, y = synth([0.5, 1.0], n_rows=60, n_cols=1, seed=37)
+    folds = np.arange(60) % 3
+    reference = nested_score("slsqp", preds, y, folds, "accuracy", decision=Threshold)
+    for decision in (_FitReturnsNone, _FitReturnsAnother):
+        res = nested_score("slsqp", preds, y, folds, "accuracy", decision=decision)
+        np.testing.assert_array_equal(res.oof_pred, reference.oof_pred)
+        assert res.decision.t == reference.decision.t
+    assert isinstance(nested_score("slsqp", preds, y, folds, "accuracy", decision=_FitReturnsNone).decision,
+                      _FitReturnsNone)
+    with pytest.raises(TypeError, match=r"fit\(y, pred, metric\) and apply\(pred\); got <.*_FitOnly"):
+        nested_score("slsqp", preds, y, folds, "accuracy", decision=_FitOnly)
+
+
+# --------------------------------------------------------------------------- #
+# The selection rule's inputs, standard errors and ties, by hand
+
+
+def test_shift_scored_moves_the_score_and_every_fold_by_the_same_amount():
+    moved = B.shift_scored(B.Scored(0.40, {0: 0.38, 1: 0.42}, simplicity=3), -0.05)
+    assert moved.nested == pytest.approx(0.35) and moved.simplicity == 3
+    assert moved.fold_scores == pytest.approx({0: 0.33, 1: 0.37})
+    unknown = B.shift_scored(B.Scored(0.40, None, 0), 0.01)
+    assert unknown.nested == pytest.approx(0.41) and unknown.fold_scores is None and unknown.simplicity == 0
+
+
+def test_nested_results_rank_by_their_registered_simplicity():
+    folds = np.array([0.38, 0.42, 0.40, 0.41, 0.39])
+
+    def result(name, nested, differences):
+        return dataclasses.replace(_result(name, nested), fold_scores=dict(enumerate(folds + differences)))
+
+    # both within one SE of the stacker (the best; per-fold differences that vary): the mean (simplicity 0) first
+    results = {"single-a": result("single-a", 0.4005, np.array([0.003, -0.002, 0.002, -0.002, 0.0015])),
+               "mean": result("mean", 0.401, np.array([0.006, -0.003, 0.004, -0.004, 0.002])),
+               "logreg_stacker": result("logreg_stacker", 0.400, np.zeros(5))}
+    assert select_method(results, "log_loss") == "mean"
+    # a name the registry does not know (a single model) ranks with the weight searches (2), before a stacker (3)
+    del results["mean"]
+    assert select_method(results, "log_loss") == "single-a"
+    # a result with an empty mapping of fold scores has none: no standard error
+    assert np.isnan(B.standard_errors({"a": _result("a", 0.4), "b": results["single-a"]}, "log_loss")["b"])
+
+
+def test_standard_errors_are_taken_against_the_best_in_the_metrics_direction():
+    high = B.Scored(0.90, {0: 0.91, 1: 0.89, 2: 0.90})
+    low = B.Scored(0.80, {0: 0.80, 1: 0.82, 2: 0.78})
+    errors = B.standard_errors({"low": low, "high": high}, "accuracy")
+    assert errors["high"] == pytest.approx(np.std([0.91, 0.89, 0.90], ddof=1) / np.sqrt(3))  # the best: its own
+    assert errors["low"] == pytest.approx(np.std([-0.11, -0.07, -0.12], ddof=1) / np.sqrt(3))  # against the best
+    # the best is found as select_method finds it, rounded to 6 decimals: 8e-7 apart is a tie, the first wins
+    first = B.Scored(0.4000004, {0: 0.30, 1: 0.50})
+    second = B.Scored(0.3999996, {0: 0.35, 1: 0.45})
+    for metric in ("log_loss", "accuracy"):
+        errors = B.standard_errors({"first": first, "second": second}, metric)
+        assert errors["first"] == pytest.approx(np.std([0.30, 0.50], ddof=1) / np.sqrt(2))
+        assert errors["second"] == pytest.approx(np.std([0.05, -0.05], ddof=1) / np.sqrt(2))
+    assert B.standard_errors({}, "accuracy") == {}
+
+
+@pytest.mark.parametrize("best_folds, cand_folds", [
+    ({0: 0.4, 1: 0.5}, None),           # the candidate has no per-fold scores
+    (None, {0: 0.4, 1: 0.5}),           # the best has none
+    ({0: 0.4, 1: 0.5}, {1: 0.5, 2: 0.6}),  # one fold in common: no spread to measure
+])
+def test_standard_error_is_nan_without_two_common_folds(best_folds, cand_folds):
+    errors = B.standard_errors({"best": B.Scored(0.4, best_folds), "cand": B.Scored(0.5, cand_folds)}, "log_loss")
+    assert np.isnan(errors["cand"])
+
+
+def test_one_se_ties_and_nan_candidates():
+    # without per-fold scores a candidate is within only on an equal (rounded) score, and then the simpler wins
+    tied = {"slsqp": B.Scored(0.4, {0: 0.38, 1: 0.42}, 2), "mean": B.Scored(0.4000001, None, 0)}
+    assert select_method(tied, "log_loss") == "mean"
+    assert select_method({**tied, "mean": B.Scored(0.401, None, 0)}, "log_loss") == "slsqp"
+    # every score NaN: the first listed
+    assert select_method({"a": float("nan"), "b": float("nan")}, "log_loss") == "a"
+    assert select_method({"a": float("nan"), "b": float("nan")}, "accuracy", rule="best") == "a"
+
+
+def test_select_method_errors_are_quoted_whole():
+    with pytest.raises(ValueError, match=r"^select_method needs at least one result$"):
+        select_method({}, "log_loss")
+    with pytest.raises(ValueError, match=r"^selection rule 'lowest': choose one of one_se, best$"):
+        select_method({"a": 0.1}, "log_loss", rule="lowest")
+
+
+def test_a_stacker_with_features_keeps_them_when_a_temperature_or_a_decision_is_refitted():
+    rng = np.random.default_rng(7)
+    n_rows = 300
+    p = _probs(rng.normal(0, 1.5, size=(n_rows, 3)))
+    y = (rng.random(n_rows)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    preds, extra = np.stack([p, apply_temperature(p, 1.02)]), rng.normal(size=(n_rows, 2))
+    folds = np.arange(n_rows) % 5
+    m = get_metric("log_loss")
+    # the in-sample rule sharpens the stacker, nested CV drops that temperature: the all-rows blend is predicted
+    # again without it, with its features
+    res = nested_score("logreg_stacker", preds, y, folds, m, extra=extra, params={"C": 0.1, "calibrate": True})
+    assert res.temperature_in_sample < 0.95 and res.fitted.temperature_ == 1.0
+    assert res.in_sample == pytest.approx(m(y, res.fitted.predict(preds, extra)), abs=1e-12)
+    # a decision is fitted on the stacker's predictions of its training rows, features included
+    binary, y2 = synth([0.5, 1.0], n_rows=120, n_cols=1, seed=38)
+    features = rng.normal(size=(120, 2))
+    decided = nested_score("logreg_stacker", binary, y2, np.arange(120) % 3, "accuracy", extra=features,
+                           params=fast("logreg_stacker"), decision=Threshold)
+    assert set(np.unique(decided.oof_pred)) <= {0.0, 1.0} and 0.5 < decided.nested <= 1.0
+
+
+def test_rank_candidates_orders_by_nested_score_ties_in_given_order_nan_last():
+    scores = {"a": 0.42, "b": float("nan"), "c": 0.40, "d": 0.4000004, "e": 0.45}
+    assert B.rank_candidates(scores, "log_loss") == ["c", "d", "a", "e", "b"]  # c and d tie at 6 decimals
+    assert B.rank_candidates(scores, "accuracy") == ["e", "a", "c", "d", "b"]
+    assert B.rank_candidates({"x": B.Scored(0.3), "y": _result("y", 0.2)}, "log_loss") == ["y", "x"]
+    nan = float("nan")
+    assert B.rank_candidates({"a": nan, "b": 0.1, "c": nan}, "log_loss") == ["b", "a", "c"]  # NaNs in given order
+    assert B.rank_candidates({"c": 0.4000004, "d": 0.3999996}, "log_loss") == ["c", "d"]  # a tie, though d is lower
+    with pytest.raises(ValueError, match=r"^rank_candidates needs at least one result$"):
+        B.rank_candidates({}, "log_loss")
+
+
+def test_the_best_candidate_of_a_tie_is_the_first_in_both_directions():
+    # 8e-7 apart rounds to the same 6 decimals: the first listed is the best, whichever is numerically better
+    first, second = B.Scored(0.3999996, {0: 0.30, 1: 0.50}), B.Scored(0.4000004, {0: 0.35, 1: 0.45})
+    for metric in ("accuracy", "log_loss"):
+        errors = B.standard_errors({"first": first, "second": second}, metric)
+        assert errors["first"] == pytest.approx(np.std([0.30, 0.50], ddof=1) / np.sqrt(2))  # its own spread
+        assert select_method({"first": first, "second": second}, metric, rule="best") == "first"

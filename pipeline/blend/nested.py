@@ -151,14 +151,15 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
     params = dict(params or {})
     if isinstance(name_or_factory, str):
         method_name = name_or_factory
+        method_cls = BLEND_METHODS.get(method_name)
         factory = lambda **kw: make_blend(method_name, **kw)  # noqa: E731
         if task is not None:
             reason = not_applicable_reason(method_name, check_task(task))
             if reason is not None:
                 raise NotApplicable(reason)
     else:
-        factory = name_or_factory
-        method_name = getattr(name_or_factory, "name", getattr(name_or_factory, "__name__", repr(name_or_factory)))
+        method_cls = None
+        factory = name_or_factory  # the result is named by what it builds (BlendMethod.name)
     if calibration not in ("nested", "in_sample"):
         raise ValueError(f"calibration must be 'nested' or 'in_sample'; got {calibration!r}")
     if decision is not None and not callable(decision):
@@ -172,7 +173,6 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
         raise ValueError(f"folds must have shape ({n_rows},), one fold id per OOF row; got {folds.shape}")
     splits = iter_splits(folds)  # checks the fold ids before any fitting
 
-    method_cls = BLEND_METHODS.get(method_name) if isinstance(name_or_factory, str) else None
     fixed = method_cls is not None and method_cls.kind == "mean" and not params.get("calibrate")
     if fixed:
         # a fixed mean learns nothing from the rows, so its refit on any fold's rows is the all-rows fit: fit
@@ -256,7 +256,7 @@ def nested_score(name_or_factory: str | Callable[..., BlendMethod], preds: np.nd
         float(np.std(np.stack(inner_weights), axis=0).mean()) if len(inner_weights) == len(fold_scores) else None
     )
     return NestedResult(
-        method=getattr(full, "name", method_name),
+        method=full.name,
         params=dict(full.params),
         in_sample=in_sample,
         nested=nested,
