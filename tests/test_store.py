@@ -87,12 +87,18 @@ def test_a_prediction_frame_round_trips_in_any_row_order():
     assert list(frame.columns) == ["id", "fold", *CLASSES]
     assert frame["fold"].dtype == np.int64 and frame["id"].tolist() == TRAIN_IDS.tolist()
     assert list(prediction_frame(TEST_IDS, probs[:4], CLASSES).columns) == ["id", *CLASSES]
+    # numeric ids are stored as text, fold ids as integers, predictions as float64 whatever they came as
+    typed = prediction_frame(np.arange(6), probs.astype(np.float32), CLASSES, FOLDS.astype(float))
+    assert typed["id"].tolist() == ["0", "1", "2", "3", "4", "5"] and typed["fold"].dtype == np.int64
+    assert (typed[CLASSES].dtypes == np.float64).all()
+    np.testing.assert_array_equal(frame_probs(typed, np.arange(6), CLASSES, "oof"), probs.astype(np.float32))
     shuffled = frame.iloc[::-1]
     np.testing.assert_array_equal(frame_probs(shuffled, TRAIN_IDS, CLASSES, "oof"), probs)
 
 
 @pytest.mark.parametrize("spoil, message", [
     (lambda f: f.drop(columns="dog"), r"^oof: no column for class\(es\) \['dog'\]$"),
+    (lambda f: f[["id", "fold"]], r"^oof: no column for class\(es\) \['cat', 'dog', 'eel', 'fox', 'gnu'\]$"),
     (lambda f: pd.concat([f, f.iloc[:1]]), r"^oof: duplicate ids$"),
     (lambda f: f.iloc[:5], r"^oof: ids differ from the competition's \(5 rows vs 6\)$"),
     (lambda f: f.assign(id=[f"x{i}" for i in range(6)]), r"^oof: ids differ from the competition's \(6 rows vs 6\)$"),
@@ -102,8 +108,9 @@ def test_a_prediction_frame_round_trips_in_any_row_order():
 ])
 def test_frame_probs_names_what_is_wrong(spoil, message):
     frame = prediction_frame(TRAIN_IDS, _probs(6, 5), CLASSES, FOLDS)
+    six = CLASSES + ["fox", "gnu", "hen"]  # only the first five missing are named
     with pytest.raises(StoreError, match=message):
-        frame_probs(spoil(frame), TRAIN_IDS, CLASSES, "oof")
+        frame_probs(spoil(frame), TRAIN_IDS, six if "fox" in message else CLASSES, "oof")
 
 
 def test_tables_are_read_from_csv_or_parquet_and_refused_with_the_fix(tmp_path):
@@ -118,11 +125,12 @@ def test_tables_are_read_from_csv_or_parquet_and_refused_with_the_fix(tmp_path):
     (tmp_path / "p.json").write_text("{}")
     with pytest.raises(StoreError, match=rf"^{tmp_path / 'missing.csv'} does not exist$"):
         read_table(tmp_path / "missing.csv")
-    with pytest.raises(StoreError, match=r"bad.parquet is not a parquet file pandas can read \(.*\); write it with "
-                                         r"DataFrame.to_parquet, or pass a .csv$"):
+    reason = r"\((?!None\)).+\)"  # the reader's own first line
+    with pytest.raises(StoreError, match=rf"bad.parquet is not a parquet file pandas can read {reason}; write it "
+                                         r"with DataFrame.to_parquet, or pass a .csv$"):
         read_table(tmp_path / "bad.parquet")
     for name in ("bad.csv", "empty.csv"):
-        with pytest.raises(StoreError, match=rf"{name} is not a CSV file pandas can read \(.*\); write it with "
+        with pytest.raises(StoreError, match=rf"{name} is not a CSV file pandas can read {reason}; write it with "
                                              r"DataFrame.to_csv\(index=False\)$"):
             read_table(tmp_path / name)
     with pytest.raises(StoreError, match=r"p.json: expected a .csv or .parquet file$"):
@@ -140,6 +148,7 @@ def test_numeric_columns_name_the_first_bad_value_and_its_id():
 
 @pytest.mark.parametrize("task, values, message", [
     ("multiclass", [[0.2, 0.8, 0.0]], None),
+    ("multiclass", [[0.0, 1.0, 0.0]], None),  # certain: 0 and 1 are probabilities
     ("multiclass", [[0.2, 0.7, 0.0]], r"^f: rows do not sum to 1 \(e.g. 0.9000\); apply a softmax first$"),
     ("multiclass", [[0.2, 0.7998, 0.0]], None),  # within 1e-3 of 1
     ("multiclass", [[-0.5, 1.5, 0.0]], r"^f: values outside \[0, 1\] \(min -0.5, max 1.5\); store probabilities, "
@@ -157,6 +166,12 @@ def test_prediction_values_are_checked_per_task(task, values, message):
         with pytest.raises(StoreError, match=message):
             check_prediction_values(probs, task, "f", CLASSES)
     check_prediction_values(np.empty((0, 3)), "multiclass", "f", CLASSES)  # nothing to check
+
+
+def test_rows_sum_to_one_from_two_classes_on():
+    with pytest.raises(StoreError, match="rows do not sum to 1"):
+        check_prediction_values(np.array([[0.3, 0.3]]), "multiclass", "f", ["a", "b"])
+    check_prediction_values(np.array([[0.3]]), "multiclass", "f", ["a"])  # one column: a probability, not a split
 
 
 # -- meta.json -------------------------------------------------------------------------------
@@ -180,6 +195,11 @@ def test_meta_round_trips_and_refuses_what_it_cannot_read(tmp_path):
     ]:
         with pytest.raises(StoreError, match=message):
             RunMeta.from_json(data, "m.json")
+    layout.meta.write_text(json.dumps({**base, "colour": 1}))
+    with pytest.raises(StoreError, match=rf"^{layout.meta}: unknown key\(s\) \['colour'\]"):
+        read_meta(layout)
+    with pytest.raises(StoreError, match=r"^meta.json: expected a JSON object"):  # the default name
+        RunMeta.from_json(None)
     layout.meta.write_text("{not json")
     with pytest.raises(StoreError, match=r"meta.json is damaged \(.*\); retrain the run from scratch with FORCE=1 "
                                          r"\(make train MODEL=r FORCE=1\)$"):
@@ -203,20 +223,27 @@ def test_load_runs_reads_finished_runs_and_says_why_others_are_left_out(tmp_path
     (runs_dir / "i_damaged").mkdir()
     (runs_dir / "i_damaged" / "meta.json").write_text("[")
     (runs_dir / "j_no_meta").mkdir()  # a folder being made: not listed at all
+    (runs_dir / "0_no_meta").mkdir()  # ... and neither stops the runs after them from being read
+    (runs_dir / "00_damaged").mkdir()
+    (runs_dir / "00_damaged" / "meta.json").write_text("{")
+    layout, *_ = write_run(runs_dir, "l_no_dog")
+    pd.read_parquet(layout.oof).drop(columns="dog").to_parquet(layout.oof)
+    write_run(runs_dir, "z_good_too")
     write_run(runs_dir, "_hidden")
     write_run(runs_dir, ".hidden")
     (runs_dir / "k_file").write_text("not a run")
 
     runs, excluded = load_runs(runs_dir, TRAIN_IDS, TEST_IDS, CLASSES, "fp")
-    assert [r.name for r in runs] == ["a_good"]
+    assert [r.name for r in runs] == ["a_good", "z_good_too"]
     good = runs[0]
     np.testing.assert_allclose(good.oof, oof)
     np.testing.assert_allclose(good.test, test)
     np.testing.assert_allclose(good.fold_tests, fold_tests)  # each fold model's, rows in order
     assert good.meta.name == "a_good"
     reasons = dict(excluded)
-    assert list(reasons) == ["b_partial", "c_none_done", "d_other_folds", "e_regression", "f_classes", "g_logits",
-                             "h_logits_test", "i_damaged"]
+    assert list(reasons) == ["00_damaged", "b_partial", "c_none_done", "d_other_folds", "e_regression", "f_classes",
+                             "g_logits", "h_logits_test", "i_damaged", "l_no_dog"]
+    assert reasons["l_no_dog"] == f"unreadable: {layout.oof}: no column for class(es) ['dog']"
     assert reasons["b_partial"] == ("unfinished (folds done: [1]); finish it with make train, or delete it with "
                                     "make clean-run NAME=b_partial")
     assert reasons["c_none_done"].startswith("unfinished (folds done: none);")
@@ -231,7 +258,8 @@ def test_load_runs_reads_finished_runs_and_says_why_others_are_left_out(tmp_path
     assert [r.name for r in runs] == ["e_regression"]
     # a test id missing from a run's test file: unreadable, named
     _, excluded = load_runs(runs_dir, TRAIN_IDS, np.append(TEST_IDS, "s9"), CLASSES, "fp")
-    assert dict(excluded)["a_good"].startswith("unreadable: ")
+    assert dict(excluded)["a_good"] == (f"unreadable: {runs_dir / 'a_good' / 'test.parquet'}: ids differ from the "
+                                        "competition's (4 rows vs 5)")
 
 
 def test_fold_tests_are_used_only_when_every_fold_agrees_with_the_test_file(tmp_path):
@@ -273,6 +301,8 @@ def test_each_views_predictions_round_trip_and_refuse_a_mismatch():
         view_frame(["a", "b", "c"], rows, probs)
     with pytest.raises(ValueError, match=r"do not match 2 views x 2 rows$"):
         view_frame(["a", "b"], rows[:2], probs)
+    with pytest.raises(ValueError, match=r"^probs of shape \(2, 3, 2\) do not match 2 views x 2 rows$"):
+        view_frame(["a", "b"], rows[:2], probs[..., :2])  # two outputs, two rows: still three rows predicted
     with pytest.raises(ValueError, match=r"^probs of shape \(6, 3\)"):
         view_frame(["a", "b"], rows, probs.reshape(6, 3))
     with pytest.raises(StoreError, match=r"^view 'vflip' has no predictions \(stored: \['hflip', 'identity'\]\)$"):
@@ -294,11 +324,11 @@ def test_fold_views_from_their_file_one_view_or_two_derived(tmp_path):
     layout = RunLayout(tmp_path / "r")
     rows, first, second = np.array([3, 0, 5]), _probs(3, 11), _probs(3, 12)
     _write_fold(layout, 0, "valid", rows, (first + second) / 2)
-    _write_fold(layout, 0, "valid_plain", rows, first)
+    _write_fold(layout, 0, "valid_plain", rows, first.astype(np.float32))  # read back as float64
     _write_fold(layout, 0, "test", rows, first)
     got_rows, got = fold_views(layout, 0, "valid", ["identity", "hflip"])  # derived: 2 * mean - first
     np.testing.assert_array_equal(got_rows, rows)
-    np.testing.assert_allclose(got, np.stack([first, second]), atol=1e-12)
+    np.testing.assert_allclose(got, np.stack([first, second]), atol=1e-6)
     assert fold_views(layout, 0, "test", ["identity", "hflip"]) is None  # the test's first view was not kept
     assert fold_views(layout, 0, "valid", ["identity", "hflip", "vflip"]) is None  # three views: not derivable
     one_rows, one = fold_views(layout, 0, "test", ["identity"])  # one view: the fold's own file
@@ -309,13 +339,16 @@ def test_fold_views_from_their_file_one_view_or_two_derived(tmp_path):
     np.testing.assert_allclose(fold_views(layout, 0, "valid", ["identity", "hflip"])[1], np.stack([second, first]))
     read_rows, read = read_fold_predictions(layout, 0, "valid_plain")
     np.testing.assert_array_equal(read_rows, rows)
-    np.testing.assert_allclose(read, first)
+    np.testing.assert_allclose(read, first, atol=1e-7)
     assert read.dtype == np.float64
+    stored = view_frame(["identity", "hflip"], rows, np.stack([second, first]).astype(np.float32))
+    assert read_view_frame(stored, ["identity"])[1].dtype == np.float64
     with pytest.raises(ValueError, match=r"^split 'train': choose valid or test$"):
         fold_views(layout, 0, "train", ["identity"])
     layout.fold_predictions(0, "valid_views").unlink()
     _write_fold(layout, 0, "valid_plain", rows[::-1], first)
-    with pytest.raises(StoreError, match=r"valid_plain.parquet covers other rows than the fold's valid$"):
+    with pytest.raises(StoreError, match=rf"^{layout.fold_predictions(0, 'valid_plain')} covers other rows than the "
+                                         r"fold's valid$"):
         fold_views(layout, 0, "valid", ["identity", "hflip"])
 
 
@@ -351,6 +384,14 @@ def test_imports_are_refused_naming_the_first_problem(spoil, message):
         validate_import(oof, test, TRAIN_IDS, TEST_IDS, FOLDS, CLASSES, "x.csv")
 
 
+def test_an_import_matches_ids_as_text_and_reads_fold_numbers_written_as_text():
+    oof, test = _import_frames()
+    ids = np.arange(6)
+    oof = oof.assign(id=[str(i) for i in ids], fold=[str(f) for f in FOLDS])  # as a CSV read as text gives them
+    got, _ = validate_import(oof, test, ids, TEST_IDS, FOLDS, CLASSES, "x.csv")
+    np.testing.assert_allclose(got, oof[CLASSES].to_numpy())
+
+
 def test_an_import_is_stored_as_a_finished_run_and_never_overwritten(tmp_path):
     oof_probs, test_probs = _probs(6, 15), _probs(4, 16)
     oof, test = _import_frames(oof_probs, test_probs)
@@ -379,6 +420,18 @@ def test_an_import_is_stored_as_a_finished_run_and_never_overwritten(tmp_path):
     again = import_run(run_dir, tmp_path / "oof.csv", tmp_path / "test.parquet", TRAIN_IDS, TEST_IDS, FOLDS, "fp2",
                        CLASSES, metric, Y, force=True)
     assert again.folds_fingerprint == "fp2"
+    # errors name the file given; a regression import takes any finite values and says so in its meta
+    prediction_frame(TRAIN_IDS, _probs(6, 17)[:, :2], CLASSES[:2], FOLDS).to_csv(tmp_path / "two.csv", index=False)
+    with pytest.raises(StoreError, match=rf"^{tmp_path / 'two.csv'} \(OOF\): no column for class\(es\) \['eel'\]$"):
+        import_run(tmp_path / "runs" / "two", tmp_path / "two.csv", tmp_path / "test.parquet", TRAIN_IDS, TEST_IDS,
+                   FOLDS, "fp", CLASSES, metric, Y)
+    values = np.linspace(-5, 5, 6)[:, None]
+    prediction_frame(TRAIN_IDS, values, ["target"], FOLDS).to_csv(tmp_path / "reg_oof.csv", index=False)
+    prediction_frame(TEST_IDS, values[:4] * 2, ["target"]).to_csv(tmp_path / "reg_test.csv", index=False)
+    rmse = get_metric("rmse")
+    meta = import_run(tmp_path / "runs" / "reg", tmp_path / "reg_oof.csv", tmp_path / "reg_test.csv", TRAIN_IDS,
+                      TEST_IDS, FOLDS, "fp", ["target"], rmse, np.zeros(6), task="regression")
+    assert meta.task == "regression" and meta.cv == pytest.approx(rmse(np.zeros(6), values))
 
 
 # -- describing, locking and removing a run --------------------------------------------------
@@ -421,6 +474,16 @@ def test_the_run_lock_is_exclusive_and_takes_over_only_a_dead_local_owner(tmp_pa
     (run_dir / ".lock").write_text(_dead_pid())
     with RunLock(run_dir):
         assert (run_dir / ".lock").read_text() == f"{host}:{os.getpid()}"
+        (run_dir / ".lock").unlink()  # deleted by hand meanwhile (as the message for another machine's lock says)
+    # a fold's lock in a run folder not made yet
+    nested = RunLayout(tmp_path / "new" / "run").fold_lock(0)
+    with RunLock(nested.parent.parent, nested):
+        assert nested.is_file()
+    # another machine's lock, its name holding colons of its own, is never taken over
+    (run_dir / ".lock").write_text("gpu:box:7:4242")
+    with pytest.raises(StoreError, match=rf"^{run_dir} is being trained by process 4242 on machine gpu:box:7; wait "
+                                         rf"for it, or delete {run_dir / '.lock'} if that job is gone$"):
+        RunLock(run_dir).__enter__()
 
 
 def test_remove_run_deletes_one_run_under_its_lock(tmp_path):
@@ -428,6 +491,11 @@ def test_remove_run_deletes_one_run_under_its_lock(tmp_path):
     layout, *_ = write_run(runs_dir, "old")
     write_run(runs_dir, "kept")
     write_run(runs_dir, "_cache")
+    write_run(runs_dir, ".hidden")
+    write_run(runs_dir, "also")
+    with pytest.raises(StoreError, match=rf"^no run {runs_dir / 'olf'}; runs: also, kept, old$"):  # hidden ones not
+        remove_run(runs_dir, "olf")
+    assert remove_run(runs_dir, "also") == runs_dir / "also"
     assert remove_run(runs_dir, "old") == layout.run_dir
     assert not layout.run_dir.exists() and (runs_dir / "kept" / "meta.json").is_file()
     with pytest.raises(StoreError, match=rf"^no run {runs_dir / 'old'}; runs: kept$"):
@@ -460,6 +528,17 @@ def test_the_run_hash_follows_the_settings_the_folds_and_the_competition():
     assert run_hash(cfg, other, "f") != base  # another competition setting
 
 
+def test_the_run_hash_is_the_hash_of_these_three_keys(monkeypatch):
+    # the keys are part of every stored run's identity: renaming one would retrain every run made before
+    import pipeline.store.meta as meta
+    from pipeline.core.hashing import json_hash
+
+    monkeypatch.setattr(meta, "settings_dump", lambda cfg: {"lr": cfg})
+    monkeypatch.setattr(meta, "competition_settings", lambda config: {"metric": config})
+    assert meta.run_hash(0.1, "accuracy", "fp") == json_hash(
+        {"train": {"lr": 0.1}, "competition": {"metric": "accuracy"}, "folds_fingerprint": "fp"})
+
+
 def test_a_run_records_the_versions_it_was_made_with():
     import pipeline
 
@@ -470,9 +549,32 @@ def test_a_run_records_the_versions_it_was_made_with():
     assert versions["pipeline"] == pipeline.__version__ and versions["pandas"] == pd.__version__
     code = code_version()
     assert code["pipeline"] == pipeline.__version__
-    source = os.path.dirname(pipeline.__file__)
+    source = os.path.dirname(os.path.realpath(pipeline.__file__))
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True)
     if head.returncode == 0:  # a git checkout (CI's clone, a worktree): the commit and whether it has changes
-        assert code["git_commit"] == head.stdout.strip() and isinstance(code["git_dirty"], bool)
+        status = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=source, capture_output=True, text=True)
+        assert code == {"pipeline": pipeline.__version__, "git_commit": head.stdout.strip(),
+                        "git_dirty": bool(status.stdout.strip())}
     else:
         assert set(code) == {"pipeline"}
+
+
+def test_the_code_version_is_the_packages_wherever_it_is_called_from(tmp_path, monkeypatch):
+    here = code_version()
+    monkeypatch.chdir(tmp_path)  # not a git checkout: the commit still comes from the package's own folder
+    assert code_version() == here
+
+
+def test_a_missing_library_is_recorded_as_not_installed(monkeypatch):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+
+    def version(package):
+        if package == "timm":
+            raise importlib.metadata.PackageNotFoundError(package)
+        return real(package)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    versions = library_versions()
+    assert versions["timm"] == "not installed" and versions["torch"] == real("torch")
