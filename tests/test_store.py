@@ -267,6 +267,7 @@ def test_fold_tests_are_used_only_when_every_fold_agrees_with_the_test_file(tmp_
     meta = read_meta(layout)
     np.testing.assert_allclose(read_fold_tests(layout, meta, test), fold_tests)
     assert read_fold_tests(layout, meta, test + 0.01) is None  # their mean is not the run's test file
+    assert read_fold_tests(layout, meta, test + 5e-7) is not None  # float32 rounding of a stored file is the same
     assert read_fold_tests(layout, meta, test[:3]) is None  # another number of rows
     assert read_fold_tests(layout, meta, np.hstack([test, test])) is None  # another number of columns
     meta.folds_done = []
@@ -557,6 +558,30 @@ def test_a_run_records_the_versions_it_was_made_with():
                         "git_dirty": bool(status.stdout.strip())}
     else:
         assert set(code) == {"pipeline"}
+
+
+def test_the_code_version_says_when_the_package_has_local_changes(tmp_path, monkeypatch):
+    import pipeline
+
+    package = tmp_path / "repo" / "pipeline"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+
+    def git(*args):
+        done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=package,
+                              capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    monkeypatch.setattr(pipeline, "__file__", str(package / "__init__.py"))
+    assert code_version() == {"pipeline": pipeline.__version__, "git_commit": git("rev-parse", "HEAD"),
+                              "git_dirty": False}
+    (package.parent / "notes.txt").write_text("")  # beside the package: not the package's change
+    assert code_version()["git_dirty"] is False
+    (package / "new.py").write_text("")
+    assert code_version()["git_dirty"] is True
 
 
 def test_the_code_version_is_the_packages_wherever_it_is_called_from(tmp_path, monkeypatch):
