@@ -1,0 +1,209 @@
+"""``TEACHER=`` resolved against the store (``pipeline.students.teach``): runs written by hand with each fold model's
+test predictions, a real ``make ensemble`` over them, then every teacher a user can name and every refusal, quoted
+whole.  No training: the fast tests ``make mutate`` runs against the teacher's resolution.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.data import load_competition
+from pipeline.ensemble.fitted import INDEX, fitted_dir
+from pipeline.folds import read_folds
+from pipeline.store import RunLayout, RunMeta, prediction_frame, read_meta, write_meta
+from pipeline.students.teach import (FALLBACK_METHOD, Teacher, TeacherError, competition_folds, fallback_reason,
+                                     resolve_teacher, stored_candidates)
+
+
+def write_trained_run(config, competition, folds, fingerprint, name, strength, seed):
+    """A finished run as training leaves it: OOF keyed by id, each fold model's test predictions keyed by row,
+    their mean as test.parquet."""
+    rng = np.random.default_rng(seed)
+    classes = [str(c) for c in competition.classes]
+
+    def probs(labels):
+        logits = rng.normal(size=(len(labels), len(classes))) + strength * np.eye(len(classes))[labels]
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    layout = RunLayout(config.runs_dir / name)
+    layout.run_dir.mkdir(parents=True)
+    truth = competition.solution_labels()
+    fold_ids = sorted(set(folds.tolist()))
+    fold_tests = np.stack([probs(truth) for _ in fold_ids])
+    prediction_frame(competition.train_ids, probs(competition.y), classes, folds).to_parquet(layout.oof)
+    prediction_frame(competition.test_ids, fold_tests.mean(axis=0), classes).to_parquet(layout.test)
+    for fold, values in zip(fold_ids, fold_tests):
+        layout.fold_dir(fold).mkdir()
+        frame = pd.DataFrame(values, columns=[str(k) for k in range(len(classes))])
+        frame.insert(0, "row", np.arange(len(values)))
+        frame.to_parquet(layout.fold_predictions(fold, "test"))
+    write_meta(layout, RunMeta(name=name, status="finished", classes=classes, folds_fingerprint=fingerprint,
+                               model="digits_resnet", config_hash=f"hash-{name}", folds_done=fold_ids, cv=0.5))
+    return layout
+
+
+@pytest.fixture()
+def store(small_config):
+    """Folds, two runs and a third weaker one written by hand, no ensemble yet."""
+    assert main(["folds", "--config", str(small_config)]) == 0
+    config = load_config(small_config)
+    competition = load_competition(config, check_image_files=False)
+    folds, fingerprint = read_folds(config, competition)
+    for name, strength, seed in (("a", 2.0, 1), ("b", 2.0, 2), ("c", 0.5, 3)):
+        write_trained_run(config, competition, folds, fingerprint, name, strength, seed)
+    return small_config, config, competition, fingerprint
+
+
+def _ensemble(path, *args):
+    assert main(["ensemble", "--config", str(path), *args]) == 0
+
+
+def test_a_run_name_teaches_alone_and_a_stored_blend_teaches_its_runs(store):
+    path, config, competition, fingerprint = store
+    np.testing.assert_array_equal(competition_folds(config, competition), read_folds(config, competition)[0])
+    # a run alone, before any ensemble
+    alone = resolve_teacher(config, "a", competition, fingerprint)
+    assert (alone.name, alone.method, alone.params, [r.name for r in alone.runs]) == ("a", None, {}, ["a"])
+    assert alone.fallback is None and alone.left_out == []
+    with pytest.raises(TeacherError, match=r"^TEACHER=submission needs the ensemble's chosen blend: "):
+        resolve_teacher(config, "submission", competition, fingerprint)
+    with pytest.raises(TeacherError, match=rf"^TEACHER=zz is neither a run in {config.runs_dir} \(train it first: make "
+                                           r"train MODEL=zz\) nor a stored blend \("):
+        resolve_teacher(config, "zz", competition, fingerprint)
+    assert stored_candidates(config) == []
+
+    _ensemble(path, "ensemble.runs=[a,b]")
+    candidates = stored_candidates(config)
+    assert "mean" in candidates and "caruana" in candidates and "single-a" in candidates
+    mean = resolve_teacher(config, "mean", competition, fingerprint)
+    assert (mean.name, mean.method, [r.name for r in mean.runs]) == ("mean", "mean", ["a", "b"])
+    caruana = resolve_teacher(config, "caruana", competition, fingerprint)
+    assert caruana.method == "caruana" and caruana.params["calibrate"] is not None
+    chosen = json.loads((fitted_dir(config) / INDEX).read_text())
+    submission = resolve_teacher(config, "submission", competition, fingerprint)
+    assert submission.name == chosen["submission"] == "mean"
+    single = resolve_teacher(config, "single-b", competition, fingerprint)
+    assert (single.method, [r.name for r in single.runs]) == (None, ["b"])
+    # what the student's settings hash and meta.json keep of a teacher
+    assert mean.identity() == {"name": "mean", "method": "mean", "params": mean.params, "fallback": None,
+                               "runs": [["a", "hash-a"], ["b", "hash-b"]]}
+    assert mean.record() == {**mean.identity(), "left_out": []}
+    assert mean.key() != caruana.key() and mean.key() == resolve_teacher(config, "mean", competition,
+                                                                         fingerprint).key()
+    assert mean.fold_position(2) == 2 and mean.fold_test(1).shape == (2, len(competition.test_ids), 10)
+    np.testing.assert_allclose(mean.oof(), np.stack([r.oof for r in mean.runs]))
+    # the student cannot be its own teacher
+    with pytest.raises(TeacherError, match=r"^the teacher \(mean\) blends b, the run this command writes; delete it "
+                                           r"first \(make clean-run NAME=b\) and rerun make ensemble, or name the new "
+                                           r"run otherwise \(NAME=\)$"):
+        resolve_teacher(config, "mean", competition, fingerprint, student="b")
+    assert resolve_teacher(config, "mean", competition, fingerprint, student="c").runs  # not blended: allowed
+
+
+@pytest.mark.parametrize("spoil, message", [
+    # retrained since the ensemble was fitted
+    (lambda layout, meta: setattr(meta, "config_hash", "new"),
+     r"^teacher run\(s\) \['b'\] were retrained since the ensemble was fitted: run 'make ensemble' first$"),
+    # made on other folds since
+    (lambda layout, meta: setattr(meta, "folds_fingerprint", "other"),
+     r"^teacher run b was made on other folds \(fingerprint other != .*\); mixing splits leaks: retrain it on the "
+     r"current folds \(make train MODEL=b FORCE=1\), then make ensemble$"),
+    # unfinished
+    (lambda layout, meta: (setattr(meta, "status", "partial"), setattr(meta, "folds_done", [0])),
+     r"^teacher run b is unfinished \(folds done: \[0\]\); finish it with make train"),
+])
+def test_a_teacher_run_that_changed_is_refused(store, spoil, message):
+    path, config, competition, fingerprint = store
+    _ensemble(path, "ensemble.runs=[a,b]")
+    layout = RunLayout(config.runs_dir / "b")
+    meta = read_meta(layout)
+    spoil(layout, meta)
+    write_meta(layout, meta)
+    with pytest.raises(TeacherError, match=message):
+        resolve_teacher(config, "mean", competition, fingerprint)
+
+
+def test_a_teacher_run_without_its_fold_predictions_says_what_to_run(store):
+    path, config, competition, fingerprint = store
+    _ensemble(path, "ensemble.runs=[a,b]")
+    layout = RunLayout(config.runs_dir / "b")
+    missing = layout.fold_predictions(1, "test")
+    kept = pd.read_parquet(missing)
+    missing.unlink()
+    with pytest.raises(TeacherError, match=rf"^teacher run b has no test predictions of fold 1 \({missing} is "
+                                           r"missing\): run 'make train MODEL=b FOLDS=1 FORCE=1' first$"):
+        resolve_teacher(config, "mean", competition, fingerprint)
+    layout.best(1).write_bytes(b"a checkpoint")  # the checkpoint is there: predicting again is enough
+    with pytest.raises(TeacherError, match=r"run 'make predict MODEL=b' first$"):
+        resolve_teacher(config, "mean", competition, fingerprint)
+    kept.assign(**{"0": kept["0"] + 0.1}).to_parquet(missing)  # there, but not what test.parquet averages
+    with pytest.raises(TeacherError, match=r"^teacher run b: its per-fold test predictions do not match its "
+                                           r"test.parquet; rewrite them with 'make predict MODEL=b'$"):
+        resolve_teacher(config, "mean", competition, fingerprint)
+    # the run is gone altogether
+    import shutil
+
+    shutil.rmtree(layout.run_dir)
+    with pytest.raises(TeacherError, match=rf"^teacher run b is missing from {config.runs_dir}: train it first \(make "
+                                           r"train MODEL=b\), then make ensemble$"):
+        resolve_teacher(config, "mean", competition, fingerprint)
+
+
+def test_imported_runs_are_left_out_of_a_teacher_with_why(store):
+    path, config, competition, fingerprint = store
+    for name in ("a", "c"):  # imported: their test predictions are a mean over every fold's models
+        layout = RunLayout(config.runs_dir / name)
+        meta = read_meta(layout)
+        meta.model = "imported"
+        write_meta(layout, meta)
+        for fold in range(3):
+            layout.fold_predictions(fold, "test").unlink()
+    _ensemble(path, "ensemble.runs=[a,b]")
+    teacher = resolve_teacher(config, "mean", competition, fingerprint)
+    why = "imported: no per-fold test predictions, and its fold-mean ones saw every fold's labels"
+    assert [r.name for r in teacher.runs] == ["b"] and teacher.left_out == [("a", why)]
+    assert teacher.method is None and teacher.params == {}  # a blend of one run is that run
+    assert teacher.record()["left_out"] == [["a", why]]
+    _ensemble(path, "ensemble.runs=[a,c]")
+    with pytest.raises(TeacherError, match=rf"^the teacher \(mean\) has no run with per-fold test predictions \(a: "
+                                           rf"{why}; c: {why}\); train one \(make train MODEL=\.\.\.\) and rerun make "
+                                           r"ensemble$"):
+        resolve_teacher(config, "mean", competition, fingerprint)
+
+
+def test_a_blend_stored_on_other_folds_or_unreadable_is_refused(store):
+    path, config, competition, fingerprint = store
+    _ensemble(path, "ensemble.runs=[a,b]")
+    with pytest.raises(TeacherError, match=r"^the stored ensemble \(mean\) was made on other folds \(fingerprint "
+                                           rf"{fingerprint} != other\): run 'make ensemble' first$"):
+        resolve_teacher(config, "mean", competition, "other")
+    (fitted_dir(config) / INDEX).write_text("[not an index")
+    assert stored_candidates(config) == []
+
+
+def test_a_blend_that_cannot_be_refit_per_fold_falls_back_to_the_mean(store, monkeypatch):
+    from types import SimpleNamespace
+
+    import pipeline.students.teach as teach
+
+    assert fallback_reason("no_such_method", SimpleNamespace(extra_features=[])) == (
+        "blend method 'no_such_method' is not registered here")
+    assert fallback_reason("logreg_stacker", SimpleNamespace(extra_features=["age"])) == (
+        "logreg_stacker read metadata columns ['age'], which the per-fold refit does not read")
+    assert fallback_reason("caruana", SimpleNamespace(extra_features=[])) is None
+    path, config, competition, fingerprint = store
+    _ensemble(path, "ensemble.runs=[a,b]")
+    asked = []
+    reason = "blend method 'caruana' is not registered here"
+    monkeypatch.setattr(teach, "fallback_reason", lambda method, record: asked.append(method) or reason)
+    teacher = resolve_teacher(config, "caruana", competition, fingerprint)
+    assert asked == ["caruana"]
+    assert (teacher.method, teacher.params, teacher.fallback) == (FALLBACK_METHOD, {}, reason)
+    assert isinstance(teacher, Teacher) and [r.name for r in teacher.runs] == ["a", "b"]
