@@ -207,3 +207,89 @@ def test_a_blend_that_cannot_be_refit_per_fold_falls_back_to_the_mean(store, mon
     assert asked == ["caruana"]
     assert (teacher.method, teacher.params, teacher.fallback) == (FALLBACK_METHOD, {}, reason)
     assert isinstance(teacher, Teacher) and [r.name for r in teacher.runs] == ["a", "b"]
+
+
+# -- the student's name, plan and table (pipeline.students.teacher), before any training ------------
+
+
+def test_a_students_name():
+    from pipeline.students.teacher import student_name
+
+    assert student_name("resnet", "pseudo") == "resnet-pl"
+    assert student_name("resnet", "distill") == "resnet-distill"
+    assert student_name("resnet", "pseudo", round_=2) == "resnet-pl2"
+    assert student_name("resnet", "distill", name="mine", round_=3) == "mine3"
+    assert student_name("resnet", "pseudo", name="mine") == "mine"
+    with pytest.raises(ValueError, match=r"^NAME='\.\./x' must be one name"):
+        student_name("resnet", "pseudo", name="../x")
+
+
+def test_a_student_plan_is_keyed_by_its_teacher_and_settings_and_recorded(store):
+    from pipeline.config import DistillConfig, PseudoConfig, TrainConfig
+    from pipeline.core.hashing import json_hash
+    from pipeline.students.teacher import StudentPlan
+
+    path, config, competition, fingerprint = store
+    teacher = resolve_teacher(config, "a", competition, fingerprint)
+    folds = competition_folds(config, competition)
+    pseudo = StudentPlan("pseudo", teacher, competition, folds, config, PseudoConfig(max_share=0.5))
+    assert pseudo.key() == json_hash(["pseudo", teacher.key(), PseudoConfig(max_share=0.5).model_dump(), None])
+    distill = StudentPlan("distill", teacher, competition, folds, config, None, DistillConfig(alpha=0.3))
+    assert distill.key() == json_hash(["distill", teacher.key(), None, DistillConfig(alpha=0.3).model_dump()])
+    rule = ("fold k's targets come from the blend refit on the OOF rows outside fold k, applied to the fold-k models "
+            "of its runs")
+    assert pseudo.record() == {"kind": "pseudo", **teacher.record(), "rule": rule,
+                               "pseudo": PseudoConfig(max_share=0.5).model_dump()}
+    assert distill.record() == {"kind": "distill", **teacher.record(), "rule": rule,
+                                "distill": DistillConfig(alpha=0.3).model_dump()}
+    pseudo.check(TrainConfig())
+    for mixing in ({"mixup_alpha": 0.2}, {"cutmix_alpha": 1.0}):
+        with pytest.raises(Exception, match=r"^make pseudo trains on packed soft targets; mixup/cutmix "
+                                            r"\(train.mixup_alpha, train.cutmix_alpha\) do not combine with it yet: "
+                                            r"set them to 0 for the student$"):
+            pseudo.check(TrainConfig(**mixing))
+
+
+def test_run_student_refuses_before_training(store, caplog):
+    from pipeline.students.teacher import run_student
+
+    path, config, competition, fingerprint = store
+    with pytest.raises(ValueError, match=r"^student kind 'teach': choose one of \['distill', 'pseudo'\]$"):
+        run_student(config, "digits_resnet", "teach", competition=competition)
+    _ensemble(path, "ensemble.runs=[a,b]")
+    with pytest.raises(TeacherError, match=r"^the teacher \(mean\) blends a, the run this command writes"):
+        run_student(config, "digits_resnet", "pseudo", teacher="mean", name="a", competition=competition)
+    # a finished student of the same kind is kept, whatever the ensemble says now
+    layout = RunLayout(config.runs_dir / "digits_resnet-pl")
+    layout.run_dir.mkdir()
+    finished = RunMeta(name="digits_resnet-pl", status="finished", classes=[str(c) for c in competition.classes],
+                       folds_fingerprint=fingerprint, cv=0.75, teacher={"kind": "pseudo"})
+    write_meta(layout, finished)
+    with caplog.at_level("INFO", logger="pipeline.students.teacher"):
+        assert run_student(config, "digits_resnet", "pseudo", competition=competition) == finished
+    assert "digits_resnet-pl: already finished (CV 0.7500); pass FORCE=1 to retrain" in caplog.text
+
+
+def test_a_students_table_per_fold():
+    from pipeline.students.teacher import student_leaderboard
+
+    meta = RunMeta(name="r-pl", status="finished", classes=["a", "b"], folds_fingerprint="f", timm_name="resnet18",
+                   metric="accuracy", cv=0.9, cv_plain=0.85, private_lb=0.875,
+                   teacher={"kind": "pseudo", "name": "mean", "method": "mean", "fallback": "no refit"},
+                   folds={"1": {"score": 0.8, "score_plain": 0.7, "pseudo": {"count": 5, "balance": {"a": 0.25,
+                                                                                                    "b": 0.75}}},
+                          "0": {"score": 0.9, "pseudo": {"count": 3, "mean": 1.5, "std": 0.25}},
+                          "10": {"score": 0.95}})
+    lines = student_leaderboard(meta).splitlines()
+    assert lines[0] == ("r-pl (resnet18, accuracy) - finished; pseudo of mean (mean, fallback: no refit), "
+                        "private LB 0.8750")
+    header = lines[1].split()
+    assert header == ["fold", "score", "no", "TTA", "pseudo", "rows", "pseudo", "balance"]
+    body = [line.split() for line in lines[3:]]
+    assert body[0][:4] == ["0", "0.9000", "-", "3"] and body[0][4:] == ["mean", "1.5", "std", "0.25"]
+    assert body[1] == ["1", "0.8000", "0.7000", "5", "0.25", "0.75"]
+    assert body[2][:4] == ["10", "0.9500", "-", "0"]  # fold 10 after fold 1: folds sorted as numbers
+    assert body[3] == ["CV", "0.9000", "0.8500"]
+    running = RunMeta(name="r-d", status="running", classes=["a"], folds_fingerprint="f", timm_name="t",
+                      metric="rmse", teacher={"name": "a"})
+    assert student_leaderboard(running).splitlines()[0] == "r-d (t, rmse) - running; student of a (single model)"
