@@ -293,3 +293,84 @@ def test_a_students_table_per_fold():
     running = RunMeta(name="r-d", status="running", classes=["a"], folds_fingerprint="f", timm_name="t",
                       metric="rmse", teacher={"name": "a"})
     assert student_leaderboard(running).splitlines()[0] == "r-d (t, rmse) - running; student of a (single model)"
+
+
+# -- the pseudo table and the naive teacher, by hand ----------------------------------------------------
+
+
+def test_hard_labels_and_the_pseudo_tables_defaults():
+    from pipeline.students.teach import hard_labels, pseudo_table
+
+    np.testing.assert_array_equal(hard_labels(np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]]), "simplex"),
+                                  [[0, 1, 0], [1, 0, 0]])
+    labels = hard_labels(np.array([[0.5, 0.49, 0.9]], dtype=np.float32), "probability")
+    np.testing.assert_array_equal(labels, [[1.0, 0.0, 1.0]])  # 0.5 counts as positive
+    assert labels.dtype == np.float64
+    soft = np.full((4, 2), 0.5)
+    assert len(pseudo_table(soft, "multiclass", n_train=3).rows) == 3  # by default at most as many as the train rows
+    values = np.arange(40.0)[:, None]
+    drawn = pseudo_table(values, "regression", n_train=10, max_share=0.5)
+    np.testing.assert_array_equal(drawn.rows, pseudo_table(values, "regression", 10, max_share=0.5, seed=0).rows)
+    assert not np.array_equal(drawn.rows, pseudo_table(values, "regression", 10, max_share=0.5, seed=1).rows)
+    # equally confident rows: the earlier ones are kept
+    tied = np.tile([[0.7, 0.3]], (40, 1))
+    np.testing.assert_array_equal(pseudo_table(tied, "multiclass", n_train=10, max_share=1.0).rows, np.arange(10))
+    with pytest.raises(TeacherError, match=r"^pseudo.hard_threshold=0.9: a ordinal teacher gives values, which have "
+                                           r"no confidence to threshold; use soft targets "
+                                           r"\(pseudo.hard_threshold=null\)$"):
+        pseudo_table(values, "ordinal", n_train=10, hard_threshold=0.9)
+
+
+def test_the_pseudo_tables_count_and_balance():
+    from pipeline.students.teach import PseudoTable
+
+    table = PseudoTable(np.array([2, 5]), np.array([[0.2, 0.8], [0.6, 0.4]]), hard=False)
+    assert table.stats(["cat", "dog"], "simplex") == {"count": 2, "hard": False,
+                                                      "balance": {"cat": pytest.approx(0.4), "dog": pytest.approx(0.6)}}
+    values = PseudoTable(np.array([0, 1, 2]), np.array([[1.0], [2.0], [4.0]]), hard=False)
+    assert values.stats(["target"], "value") == {"count": 3, "hard": False, "mean": pytest.approx(7 / 3),
+                                                 "std": pytest.approx(np.std([1.0, 2.0, 4.0]))}
+    assert PseudoTable(np.array([], int), np.empty((0, 2)), True).stats(["a", "b"], "simplex") == {"count": 0,
+                                                                                                   "hard": True}
+
+
+def test_the_naive_teacher_is_the_all_rows_blend_on_the_fold_means():
+    from pipeline import blend
+    from pipeline.students.teach import naive_teacher_test
+    from pipeline.task.metrics import get_metric
+
+    rng = np.random.default_rng(4)
+    oof = rng.random((2, 30, 3))
+    y = (rng.random((30, 3)) > 0.5).astype(float)  # multilabel: columns do not sum to 1
+    fold_tests = rng.random((2, 3, 8, 3)).astype(np.float32)
+    metric = get_metric("log_loss")
+    means = fold_tests.astype(np.float64).mean(axis=1)
+    np.testing.assert_allclose(naive_teacher_test(None, {}, oof, y, fold_tests, metric, "multilabel"), means[0])
+    got = naive_teacher_test("mean", {}, oof, y, fold_tests, metric, "multilabel")
+    np.testing.assert_allclose(got, means.mean(axis=0), rtol=1e-6)  # per label, not renormalised as one split
+    stacker = naive_teacher_test("logreg_stacker", {"C": 0.1}, oof, y, fold_tests, metric, "multilabel")
+    by_hand = blend.make_blend("logreg_stacker", C=0.1).fit(oof, y, metric, task="multilabel").predict(means)
+    np.testing.assert_allclose(stacker, by_hand)
+    assert not np.allclose(stacker, blend.make_blend("logreg_stacker").fit(oof, y, metric,
+                                                                           task="multilabel").predict(means))
+
+
+def test_cached_rows_are_computed_once_per_row_set(tmp_path):
+    from pipeline.students.teacher import _cached_rows
+
+    path = tmp_path / "fold0" / "teacher" / "m0.parquet"
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.array([[1, 2], [3, 4]], dtype=np.float32)
+
+    first = _cached_rows(path, np.array([7, 3]), compute)
+    assert first.dtype == np.float64 and calls == [1]
+    stored = pd.read_parquet(path)
+    assert list(stored.columns) == ["row", "0", "1"] and stored["row"].tolist() == [7, 3]
+    again = _cached_rows(path, np.array([7, 3]), compute)
+    assert calls == [1] and again.dtype == np.float64  # read back, not computed
+    np.testing.assert_array_equal(again, [[1, 2], [3, 4]])
+    _cached_rows(path, np.array([3, 7]), compute)  # other rows (or another order): computed again
+    assert calls == [1, 1]
