@@ -374,3 +374,47 @@ def test_cached_rows_are_computed_once_per_row_set(tmp_path):
     np.testing.assert_array_equal(again, [[1, 2], [3, 4]])
     _cached_rows(path, np.array([3, 7]), compute)  # other rows (or another order): computed again
     assert calls == [1, 1]
+
+
+def test_a_folds_training_rows_carry_the_true_target_the_teachers_and_the_pseudo_rows(store, tmp_path):
+    from pipeline.config import DistillConfig, PseudoConfig, TrainConfig
+    from pipeline.students.targets import soften
+    from pipeline.students.teacher import StudentPlan
+    from pipeline.train.heads import make_head
+    from pipeline.train.runtime import select_runtime
+
+    path, config, competition, fingerprint = store
+    teacher = resolve_teacher(config, "a", competition, fingerprint)  # run a alone: its predictions are the targets
+    folds = competition_folds(config, competition)
+    cfg = TrainConfig()
+    head = make_head(competition.task, "ce", competition.targets)
+    runtime = select_runtime(cfg, True)
+    plan = StudentPlan("distill", teacher, competition, folds, config, PseudoConfig(weight=0.5, max_share=0.2),
+                       DistillConfig(alpha=0.3, temperature=2.0, targets="oof"))
+    rows = plan.fold_rows(1, RunLayout(tmp_path / "student"), head, runtime, cfg)
+    train_idx, n = np.flatnonzero(folds != 1), len(competition.train_ids)
+    packed = rows.train_packed
+    assert packed.shape == (n, 22) and packed.dtype == np.float32  # 10 hard, 10 soft, weight, alpha
+    assert not packed[folds == 1].any()  # the fold's own rows are not trained on
+    np.testing.assert_array_equal(packed[train_idx, :10], np.eye(10)[competition.y[train_idx]])
+    soft = soften(head, teacher.runs[0].oof[train_idx], 2.0)
+    np.testing.assert_allclose(packed[train_idx, 10:20], soft, rtol=1e-6)
+    assert (packed[train_idx, 20] == 1.0).all() and np.allclose(packed[train_idx, 21], 0.3)
+    # the pseudo rows: a fifth of the 40 training rows, the most confident of run a's fold-1 test predictions
+    assert len(rows.pseudo_rows) == 8
+    pseudo = rows.pseudo_packed[rows.pseudo_rows]
+    expected = teacher.runs[0].fold_tests[1][rows.pseudo_rows]
+    np.testing.assert_allclose(pseudo[:, :10], expected, rtol=1e-6)
+    np.testing.assert_allclose(pseudo[:, 10:20], expected, rtol=1e-6)
+    assert (pseudo[:, 20] == 0.5).all() and (pseudo[:, 21] == 0).all()
+    others = np.setdiff1d(np.arange(len(competition.test_ids)), rows.pseudo_rows)
+    assert not rows.pseudo_packed[others].any()
+    assert rows.info["distill"] == {"targets": "oof", "alpha": 0.3, "temperature": 2.0, "rows": 40}
+    assert rows.info["pseudo"]["count"] == 8 and set(rows.info["pseudo"]["balance"]) == set(competition.classes)
+    assert (rows.loss.temperature, rows.loss.distill, rows.loss.n_out) == (2.0, True, 10)
+    # pseudo-labels alone: no teacher column, no alpha, a plain loss
+    plain = StudentPlan("pseudo", teacher, competition, folds, config, PseudoConfig()).fold_rows(
+        1, RunLayout(tmp_path / "pl"), head, runtime, cfg)
+    assert not plain.train_packed[:, 10:20].any() and not plain.train_packed[:, 21].any()
+    assert set(plain.info) == {"pseudo"} and (plain.loss.temperature, plain.loss.distill) == (1.0, False)
+    assert len(plain.pseudo_rows) == len(competition.test_ids)  # 20 test rows, below the cap of 40
