@@ -418,3 +418,60 @@ def test_a_folds_training_rows_carry_the_true_target_the_teachers_and_the_pseudo
     assert not plain.train_packed[:, 10:20].any() and not plain.train_packed[:, 21].any()
     assert set(plain.info) == {"pseudo"} and (plain.loss.temperature, plain.loss.distill) == (1.0, False)
     assert len(plain.pseudo_rows) == len(competition.test_ids)  # 20 test rows, below the cap of 40
+
+
+def _checkpoint_for(config, competition, run_name, fold, cfg):
+    """Give a hand-written run a fold checkpoint of its recipe (fresh weights) and its settings in meta.json."""
+    from safetensors.torch import save_file
+
+    from pipeline.train.model import prepare_model
+    from pipeline.train.runtime import select_runtime
+
+    layout = RunLayout(config.runs_dir / run_name)
+    model = prepare_model(cfg, len(competition.classes), select_runtime(cfg, True), False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(layout.best(fold)))
+    meta = read_meta(layout)
+    meta.config = cfg.model_dump()
+    write_meta(layout, meta)
+    return model
+
+
+def test_the_teachers_fold_checkpoint_predicts_the_students_training_rows(store, tmp_path):
+    from pipeline.config import DistillConfig, resolve_train_config
+    from pipeline.students.teacher import StudentPlan, teacher_model_predictions
+    from pipeline.train.runtime import select_runtime
+
+    path, config, competition, fingerprint = store
+    cfg = resolve_train_config(config, "digits_resnet")[1]
+    runtime = select_runtime(cfg, True)
+    layout = RunLayout(config.runs_dir / "a")
+    run = resolve_teacher(config, "a", competition, fingerprint).runs[0]
+    with pytest.raises(TeacherError, match=rf"^teacher run a has no checkpoint of fold 0 \({layout.best(0)} is "
+                                           r"missing\): run 'make train MODEL=a FOLDS=0 FORCE=1' first$"):
+        teacher_model_predictions(config, run, 0, np.arange(4), runtime, competition, 8)
+    _checkpoint_for(config, competition, "a", 0, cfg)
+    teacher = resolve_teacher(config, "a", competition, fingerprint)  # meta.json now holds the run's settings
+    rows = np.array([5, 0, 9])
+    got = teacher_model_predictions(config, teacher.runs[0], 0, rows, runtime, competition, 2)
+    assert got.shape == (3, 10)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)  # probabilities: the head's activation applied
+    assert not np.allclose(got[0], got[1])  # each row its own image
+    # in any batch size, and row by row: the same predictions
+    np.testing.assert_allclose(teacher_model_predictions(config, teacher.runs[0], 0, rows[1:2], runtime, competition,
+                                                         8)[0], got[1], rtol=1e-4, atol=1e-6)
+    # distill.targets: fold reads each teacher run's fold-k checkpoint once, then its cache
+    plan = StudentPlan("distill", teacher, competition, competition_folds(config, competition), config, None,
+                       DistillConfig(targets="fold"))
+    train_idx = np.flatnonzero(plan.folds != 0)
+    student = RunLayout(tmp_path / "student")
+    targets = plan.train_soft_targets(0, train_idx, student, runtime, 8)
+    direct = teacher_model_predictions(config, teacher.runs[0], 0, train_idx, runtime, competition, 8)
+    np.testing.assert_allclose(targets, direct, rtol=1e-4, atol=1e-6)
+    assert (student.fold_dir(0) / "teacher" / "a.parquet").is_file()
+    meta = read_meta(layout)
+    meta.config = {"lr": "fast"}
+    write_meta(layout, meta)
+    broken = resolve_teacher(config, "a", competition, fingerprint).runs[0]
+    with pytest.raises(TeacherError, match=r"(?s)^teacher run a: its settings in meta.json do not load \(.*\); "
+                                           r"retrain it$"):
+        teacher_model_predictions(config, broken, 0, rows, runtime, competition, 8)
