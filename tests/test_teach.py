@@ -475,3 +475,38 @@ def test_the_teachers_fold_checkpoint_predicts_the_students_training_rows(store,
     with pytest.raises(TeacherError, match=r"(?s)^teacher run a: its settings in meta.json do not load \(.*\); "
                                            r"retrain it$"):
         teacher_model_predictions(config, broken, 0, rows, runtime, competition, 8)
+
+
+def test_run_student_hands_the_fold_loop_its_plan(store, monkeypatch, caplog):
+    import pipeline.train.stage as stage
+    from pipeline.students.teacher import StudentPlan, run_student
+
+    path, config, competition, fingerprint = store
+    layout = RunLayout(config.runs_dir / "c")  # imported: left out of the teacher, with a warning
+    meta = read_meta(layout)
+    meta.model = "imported"
+    write_meta(layout, meta)
+    for fold in range(3):
+        layout.fold_predictions(fold, "test").unlink()
+    _ensemble(path, "ensemble.runs=[a,b,c]")
+    calls = []
+    monkeypatch.setattr(stage, "run_train", lambda *args, **kwargs: calls.append((args, kwargs)) or "trained")
+    with caplog.at_level("INFO", logger="pipeline.students.teacher"):
+        assert run_student(config, "digits_resnet", "distill", teacher="mean", folds_subset=[1], force=True,
+                           overrides={"train.epochs": 2}, competition=competition) == "trained"
+    (args, kwargs), = calls
+    assert args == (config, "digits_resnet", [1])
+    plan = kwargs.pop("student")
+    assert kwargs == {"force": True, "overrides": {"train.epochs": 2}, "competition": competition,
+                      "name": "digits_resnet-distill"}
+    assert isinstance(plan, StudentPlan) and plan.kind == "distill" and plan.config is config
+    assert plan.pseudo is None and plan.distill == config.distill  # distill.pseudo is off by default
+    assert [r.name for r in plan.teacher.runs] == ["a", "b"] and plan.teacher.method == "mean"
+    np.testing.assert_array_equal(plan.folds, competition_folds(config, competition))
+    assert "digits_resnet-distill: teacher run c left out: imported: no per-fold test predictions" in caplog.text
+    assert "digits_resnet-distill: teacher mean (mean over a, b)" in caplog.text
+    calls.clear()
+    run_student(config, "digits_resnet", "pseudo", teacher="a", name="pl", competition=competition)
+    plan = calls[0][1]["student"]
+    assert (plan.kind, plan.pseudo, plan.distill, calls[0][1]["name"]) == ("pseudo", config.pseudo, None, "pl")
+    assert "pl: teacher a (single model over a)" in caplog.text
