@@ -276,7 +276,7 @@ def test_a_students_table_per_fold():
     meta = RunMeta(name="r-pl", status="finished", classes=["a", "b"], folds_fingerprint="f", timm_name="resnet18",
                    metric="accuracy", cv=0.9, cv_plain=0.85, private_lb=0.875,
                    teacher={"kind": "pseudo", "name": "mean", "method": "mean", "fallback": "no refit"},
-                   folds={"1": {"score": 0.8, "score_plain": 0.7, "pseudo": {"count": 5, "balance": {"a": 0.25,
+                   folds={"2": {"score": 0.8, "score_plain": 0.7, "pseudo": {"count": 5, "balance": {"a": 0.25,
                                                                                                     "b": 0.75}}},
                           "0": {"score": 0.9, "pseudo": {"count": 3, "mean": 1.5, "std": 0.25}},
                           "10": {"score": 0.95}})
@@ -287,8 +287,8 @@ def test_a_students_table_per_fold():
     assert header == ["fold", "score", "no", "TTA", "pseudo", "rows", "pseudo", "balance"]
     body = [line.split() for line in lines[3:]]
     assert body[0][:4] == ["0", "0.9000", "-", "3"] and body[0][4:] == ["mean", "1.5", "std", "0.25"]
-    assert body[1] == ["1", "0.8000", "0.7000", "5", "0.25", "0.75"]
-    assert body[2][:4] == ["10", "0.9500", "-", "0"]  # fold 10 after fold 1: folds sorted as numbers
+    assert body[1] == ["2", "0.8000", "0.7000", "5", "0.25", "0.75"]
+    assert body[2] == ["10", "0.9500", "-", "0"]  # fold 10 after fold 2: folds sorted as numbers; no pseudo: blank
     assert body[3] == ["CV", "0.9000", "0.8500"]
     running = RunMeta(name="r-d", status="running", classes=["a"], folds_fingerprint="f", timm_name="t",
                       metric="rmse", teacher={"name": "a"})
@@ -301,8 +301,8 @@ def test_a_students_table_per_fold():
 def test_hard_labels_and_the_pseudo_tables_defaults():
     from pipeline.students.teach import hard_labels, pseudo_table
 
-    np.testing.assert_array_equal(hard_labels(np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]]), "simplex"),
-                                  [[0, 1, 0], [1, 0, 0]])
+    np.testing.assert_array_equal(hard_labels(np.array([[0.2, 0.45, 0.35], [0.4, 0.3, 0.3]]), "simplex"),
+                                  [[0, 1, 0], [1, 0, 0]])  # the top class, even below 0.5
     labels = hard_labels(np.array([[0.5, 0.49, 0.9]], dtype=np.float32), "probability")
     np.testing.assert_array_equal(labels, [[1.0, 0.0, 1.0]])  # 0.5 counts as positive
     assert labels.dtype == np.float64
@@ -411,13 +411,19 @@ def test_a_folds_training_rows_carry_the_true_target_the_teachers_and_the_pseudo
     assert not rows.pseudo_packed[others].any()
     assert rows.info["distill"] == {"targets": "oof", "alpha": 0.3, "temperature": 2.0, "rows": 40}
     assert rows.info["pseudo"]["count"] == 8 and set(rows.info["pseudo"]["balance"]) == set(competition.classes)
-    assert (rows.loss.temperature, rows.loss.distill, rows.loss.n_out) == (2.0, True, 10)
+    assert (rows.loss.temperature, rows.loss.distill, rows.loss.n_out) == (2.0, True, 10) and rows.loss.head is head
+    assert rows.pseudo_packed.dtype == np.float32 and rows.pseudo_rows.dtype == np.int64
     # pseudo-labels alone: no teacher column, no alpha, a plain loss
     plain = StudentPlan("pseudo", teacher, competition, folds, config, PseudoConfig()).fold_rows(
         1, RunLayout(tmp_path / "pl"), head, runtime, cfg)
     assert not plain.train_packed[:, 10:20].any() and not plain.train_packed[:, 21].any()
     assert set(plain.info) == {"pseudo"} and (plain.loss.temperature, plain.loss.distill) == (1.0, False)
     assert len(plain.pseudo_rows) == len(competition.test_ids)  # 20 test rows, below the cap of 40
+    # distillation alone: no pseudo rows
+    alone = StudentPlan("distill", teacher, competition, folds, config, None, DistillConfig(targets="oof")).fold_rows(
+        1, RunLayout(tmp_path / "d"), head, runtime, cfg)
+    assert alone.pseudo_rows.shape == (0,) and alone.pseudo_rows.dtype == np.int64 and set(alone.info) == {"distill"}
+    assert not alone.pseudo_packed.any()
 
 
 def _checkpoint_for(config, competition, run_name, fold, cfg):
@@ -468,6 +474,14 @@ def test_the_teachers_fold_checkpoint_predicts_the_students_training_rows(store,
     direct = teacher_model_predictions(config, teacher.runs[0], 0, train_idx, runtime, competition, 8)
     np.testing.assert_allclose(targets, direct, rtol=1e-4, atol=1e-6)
     assert (student.fold_dir(0) / "teacher" / "a.parquet").is_file()
+    # ... and fold_rows packs them, softened, for the fold's training rows
+    from pipeline.students.targets import soften
+    from pipeline.train.heads import make_head
+
+    head = make_head(competition.task, "ce", competition.targets)
+    packed = plan.fold_rows(0, student, head, runtime, cfg).train_packed
+    np.testing.assert_allclose(packed[train_idx, 10:20], soften(head, direct, plan.distill.temperature), rtol=1e-4,
+                               atol=1e-6)
     meta = read_meta(layout)
     meta.config = {"lr": "fast"}
     write_meta(layout, meta)
