@@ -312,9 +312,16 @@ def test_hard_labels_and_the_pseudo_tables_defaults():
     drawn = pseudo_table(values, "regression", n_train=10, max_share=0.5)
     np.testing.assert_array_equal(drawn.rows, pseudo_table(values, "regression", 10, max_share=0.5, seed=0).rows)
     assert not np.array_equal(drawn.rows, pseudo_table(values, "regression", 10, max_share=0.5, seed=1).rows)
-    # equally confident rows: the earlier ones are kept
-    tied = np.tile([[0.7, 0.3]], (40, 1))
-    np.testing.assert_array_equal(pseudo_table(tied, "multiclass", n_train=10, max_share=1.0).rows, np.arange(10))
+    # equally confident rows: the earlier ones are kept (here, the first ten of the twenty rows at 0.7)
+    tied = np.tile([[0.7, 0.3], [0.6, 0.4]], (20, 1))
+    np.testing.assert_array_equal(pseudo_table(tied, "multiclass", n_train=10, max_share=1.0).rows, np.arange(0, 20, 2))
+    # hard targets: the top class one-hot even below 0.5, float64, and the table says it is hard
+    hard = pseudo_table(np.array([[0.45, 0.35, 0.2], [0.3, 0.3, 0.4]], dtype=np.float32), "multiclass", n_train=10,
+                        hard_threshold=0.4)
+    np.testing.assert_array_equal(hard.targets, [[1, 0, 0], [0, 0, 1]])
+    assert hard.hard is True and hard.targets.dtype == np.float64
+    soft_table = pseudo_table(np.array([[0.45, 0.55]], dtype=np.float32), "multiclass", n_train=10)
+    assert soft_table.hard is False and soft_table.targets.dtype == np.float64
     with pytest.raises(TeacherError, match=r"^pseudo.hard_threshold=0.9: a ordinal teacher gives values, which have "
                                            r"no confidence to threshold; use soft targets "
                                            r"\(pseudo.hard_threshold=null\)$"):
@@ -413,6 +420,16 @@ def test_a_folds_training_rows_carry_the_true_target_the_teachers_and_the_pseudo
     assert rows.info["pseudo"]["count"] == 8 and set(rows.info["pseudo"]["balance"]) == set(competition.classes)
     assert (rows.loss.temperature, rows.loss.distill, rows.loss.n_out) == (2.0, True, 10) and rows.loss.head is head
     assert rows.pseudo_packed.dtype == np.float32 and rows.pseudo_rows.dtype == np.int64
+    # the pseudo table is kept with the classes' names, and read back as it was made (hard or soft)
+    stored = pd.read_parquet(tmp_path / "student" / "fold1" / "pseudo.parquet")
+    assert list(stored.columns) == ["row", *[str(c) for c in competition.classes]]
+    hard_plan = StudentPlan("pseudo", teacher, competition, folds, config, PseudoConfig(hard_threshold=0.2))
+    (tmp_path / "hard" / "fold1").mkdir(parents=True)  # the fold's folder may be there already
+    made = hard_plan.pseudo_rows(1, RunLayout(tmp_path / "hard"), 40, seed=0)
+    again = hard_plan.pseudo_rows(1, RunLayout(tmp_path / "hard"), 40, seed=0)
+    assert made.hard is True and again.hard is True and set(np.unique(made.targets)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(again.targets, made.targets)
+    assert plan.pseudo_rows(1, RunLayout(tmp_path / "student"), 40, seed=0).hard is False
     # pseudo-labels alone: no teacher column, no alpha, a plain loss
     plain = StudentPlan("pseudo", teacher, competition, folds, config, PseudoConfig()).fold_rows(
         1, RunLayout(tmp_path / "pl"), head, runtime, cfg)
