@@ -61,6 +61,17 @@ def store(small_config):
     return small_config, config, competition, fingerprint
 
 
+def as_imported(config, name):
+    """Make a hand-written run look imported: no fold test files, its test predictions a mean over every fold's
+    models."""
+    layout = RunLayout(config.runs_dir / name)
+    meta = read_meta(layout)
+    meta.model = "imported"
+    write_meta(layout, meta)
+    for fold in meta.folds_done:
+        layout.fold_predictions(fold, "test").unlink()
+
+
 def _ensemble(path, *args):
     assert main(["ensemble", "--config", str(path), *args]) == 0
 
@@ -158,13 +169,8 @@ def test_a_teacher_run_without_its_fold_predictions_says_what_to_run(store):
 
 def test_imported_runs_are_left_out_of_a_teacher_with_why(store):
     path, config, competition, fingerprint = store
-    for name in ("a", "c"):  # imported: their test predictions are a mean over every fold's models
-        layout = RunLayout(config.runs_dir / name)
-        meta = read_meta(layout)
-        meta.model = "imported"
-        write_meta(layout, meta)
-        for fold in range(3):
-            layout.fold_predictions(fold, "test").unlink()
+    for name in ("a", "c"):
+        as_imported(config, name)
     _ensemble(path, "ensemble.runs=[a,b]")
     teacher = resolve_teacher(config, "mean", competition, fingerprint)
     why = "imported: no per-fold test predictions, and its fold-mean ones saw every fold's labels"
@@ -513,12 +519,7 @@ def test_run_student_hands_the_fold_loop_its_plan(store, monkeypatch, caplog):
     from pipeline.students.teacher import StudentPlan, run_student
 
     path, config, competition, fingerprint = store
-    layout = RunLayout(config.runs_dir / "c")  # imported: left out of the teacher, with a warning
-    meta = read_meta(layout)
-    meta.model = "imported"
-    write_meta(layout, meta)
-    for fold in range(3):
-        layout.fold_predictions(fold, "test").unlink()
+    as_imported(config, "c")  # left out of the teacher, with a warning
     _ensemble(path, "ensemble.runs=[a,b,c]")
     calls = []
     monkeypatch.setattr(stage, "run_train", lambda *args, **kwargs: calls.append((args, kwargs)) or "trained")
