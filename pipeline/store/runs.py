@@ -145,7 +145,7 @@ def remove_run(runs_dir: Path, name: str) -> Path:
         If the name is not a run name, there is no such run, or a live process holds its lock.
     """
     run_dir = runs_dir / check_run_name(name)
-    if not run_dir.is_dir():  # (a name starting with "_" or ".", a cache or a hidden folder, is no run name)
+    if not run_dir.is_dir():  # check_run_name has refused "_" and "." names (caches, hidden folders) already
         known = (
             sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
             if runs_dir.is_dir()
