@@ -169,6 +169,7 @@ def test_every_table_problem_is_reported_at_once(small_config, small_competition
     [
         ("I;16", np.array([[0, 257, 65535]], dtype=np.uint16), [0, 1, 255]),
         ("L", np.array([[0, 7, 255]], dtype=np.uint8), [0, 7, 255]),
+        ("RGB", np.array([[[0, 0, 0], [7, 7, 7], [255, 255, 255]]], dtype=np.uint8), [0, 7, 255]),
         ("F", np.array([[-1.0, 0.0, 1.0]], dtype=np.float32), [0, 128, 255]),
     ],
 )
@@ -177,4 +178,6 @@ def test_modes_convert_to_rgb_uint8(mode, values, expected):
     assert image.mode == mode
     rgb = image_to_rgb(image)
     assert rgb.dtype == np.uint8 and rgb.shape == (1, 3, 3)
+    # writable: a read-only array makes torch.from_numpy warn in the loader
+    assert rgb.flags.writeable and rgb.flags.c_contiguous
     assert rgb[0, :, 0].tolist() == expected and (rgb[..., 0] == rgb[..., 2]).all()

@@ -304,7 +304,9 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
         image = np.repeat(image[:, :, None], 3, axis=2)
     elif image.shape[2] == 4:
         image = image[:, :, :3]
-    return np.ascontiguousarray(image, dtype=np.uint8)
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    # Pillow hands out read-only arrays: torch.from_numpy warns on them (every predict.py run showed the warning)
+    return image if image.flags.writeable else image.copy()
 
 
 def image_to_rgb(image: Image.Image) -> np.ndarray:
