@@ -11,6 +11,7 @@ this file is the one the mutation run (``make mutate``) uses for the predictor.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,39 @@ RUNS = [
     ("r_eff", "test_efficientnet", ["identity"], (21, 22)),
 ]
 WEIGHTS = [0.7, 0.3]
+# each task shape as make export stores it: classes, targets, the head's loss and outputs, and the head's activation
+# written out by hand (logits in, the stored prediction out)
+TASKS = {
+    "multiclass": dict(
+        classes=CLASSES,
+        loss="ce",
+        n_outputs=3,
+        activate=lambda logits: logits.softmax(dim=1),
+        targets={"columns": CLASSES, "labels": CLASSES, "value_range": None, "value_mean": 0.0, "value_std": 1.0},
+    ),
+    # a softmax head of two logits stores the positive class's probability
+    "binary": dict(
+        classes=["no", "yes"],
+        loss="ce",
+        n_outputs=2,
+        activate=lambda logits: logits.softmax(dim=1)[:, 1:2],
+        targets={"columns": ["yes"], "labels": ["no", "yes"], "value_range": None, "value_mean": 0.0, "value_std": 1.0},
+    ),
+    # values are learnt standardised: the head scales them back with the stored mean and std
+    "regression": dict(
+        classes=[],
+        loss="mse",
+        n_outputs=1,
+        activate=lambda logits: logits * 0.75 + 2.5,
+        targets={
+            "columns": ["label"],
+            "labels": ["label"],
+            "value_range": [1.0, 5.0],
+            "value_mean": 2.5,
+            "value_std": 0.75,
+        },
+    ),
+}
 
 
 def _write_images(folder: Path, ids: list[str], side: int, seed: int = 0) -> None:
@@ -48,9 +82,9 @@ def _write_images(folder: Path, ids: list[str], side: int, seed: int = 0) -> Non
         Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"{i}.png")
 
 
-def _fold_net(timm_name: str, seed: int) -> torch.nn.Module:
+def _fold_net(timm_name: str, seed: int, n_outputs: int = len(CLASSES)) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return timm.create_model(timm_name, num_classes=len(CLASSES)).eval()
+    return timm.create_model(timm_name, num_classes=n_outputs).eval()
 
 
 def _blend_state(method_name: str, n_models: int, weights: list[float] | None, extra: int | None = None) -> dict:
@@ -75,15 +109,21 @@ def write_export(
     submission_columns: list[str] | None = None,
     metric: tuple[str, str] = ("accuracy", "label"),
     extra_features: list[str] | None = None,
+    task: str = "multiclass",
+    decision: dict | None = None,
+    test_csv: str | None = None,
+    resize_modes: dict[str, str] | None = None,
 ) -> ExportSpec:
     """An export folder as ``make export`` writes it: ``export.json`` and ``models/<run>/fold<k>.safetensors``."""
+    shape = TASKS[task]
     models, record_runs = [], []
     for run, timm_name, tta, seeds in runs:
         folds, checkpoints = [], {}
         for fold, seed in enumerate(seeds):
             path = folder / "models" / run / f"fold{fold}.safetensors"
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in _fold_net(timm_name, seed).state_dict().items()}, str(path))
+            net = _fold_net(timm_name, seed, shape["n_outputs"])
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
             digest = file_sha256(path)
             folds.append({"fold": fold, "file": f"models/{run}/fold{fold}.safetensors", "tta": tta, "sha256": digest})
             checkpoints[str(fold)] = digest
@@ -93,11 +133,11 @@ def write_export(
                 "run": run,
                 "config_hash": f"hash_{run}",
                 "timm_name": timm_name,
-                "loss": "ce",
-                "n_outputs": len(CLASSES),
+                "loss": shape["loss"],
+                "n_outputs": shape["n_outputs"],
                 "train": train,
                 "data": {"image_size": SIZE, "mean": list(MEAN), "std": list(STD), "interpolation": "bilinear"},
-                "resize": {"mode": resize_mode, "target": SIZE, "margin": 1.0},
+                "resize": {"mode": (resize_modes or {}).get(run, resize_mode), "target": SIZE, "margin": 1.0},
                 "batch_size": 4,
                 "folds": folds,
             }
@@ -107,15 +147,15 @@ def write_export(
     spec = {
         "version": 1,
         "competition": "pets",
-        "task": "multiclass",
-        "classes": CLASSES,
+        "task": task,
+        "classes": shape["classes"],
         "id_column": "id",
         "target_column": "label",
         "metric": metric[0],
         "metric_needs": metric[1],
         "submission_columns": submission_columns or ["id", "label"],
         "image_pattern": "{id}.png",
-        "targets": {"columns": CLASSES, "labels": CLASSES, "value_range": None, "value_mean": 0.0, "value_std": 1.0},
+        "targets": shape["targets"],
         "ensemble": {
             "version": 1,
             "name": "single-" + runs[0][0] if single else blend["method"],
@@ -123,7 +163,7 @@ def write_export(
             "runs": record_runs,
             "blend": None if single else blend,
             "apply": apply,
-            "decision": None,
+            "decision": decision,
             "submission_file": "sub.csv",
             "cv": 0.5,
             "nested_cv": 0.5,
@@ -131,14 +171,16 @@ def write_export(
             "extra_features": extra_features,
         },
         "models": models,
-        "test_csv": "test.csv" if extra_features else None,
+        "test_csv": test_csv or ("test.csv" if extra_features else None),
     }
     (folder / "export.json").write_text(json.dumps(spec))
     return ExportSpec.model_validate(spec)
 
 
-def fold_probabilities(images: Path, ids, runs=RUNS) -> np.ndarray:
-    """``(n_models, n_folds, n_rows, n_classes)``: each fold model's softmax, averaged over its views, by hand."""
+def fold_probabilities(images: Path, ids, runs=RUNS, task: str = "multiclass") -> np.ndarray:
+    """``(n_models, n_folds, n_rows, n_columns)``: each fold model's activated output (the task head's, by hand),
+    averaged over its views."""
+    shape = TASKS[task]
     pixels = np.stack([np.asarray(Image.open(images / f"{i}.png").convert("RGB")) for i in ids])
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
     x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
@@ -146,10 +188,10 @@ def fold_probabilities(images: Path, ids, runs=RUNS) -> np.ndarray:
     for _run, timm_name, tta, seeds in runs:
         per_fold = []
         for seed in seeds:
-            net = _fold_net(timm_name, seed)
+            net = _fold_net(timm_name, seed, shape["n_outputs"])
             views = {"identity": x, "hflip": x.flip(-1)}
             with torch.no_grad():
-                probs = [net(views[v]).softmax(dim=1).double().numpy() for v in tta]
+                probs = [shape["activate"](net(views[v])).double().numpy() for v in tta]
             per_fold.append(np.mean(probs, axis=0))
         out.append(per_fold)
     return np.asarray(out)
@@ -486,7 +528,14 @@ def test_main_writes_the_submission_and_says_so(competition, capsys):
     written = pd.read_csv(out, dtype=str)
     assert written["id"].tolist() == order
     assert written["label"].tolist() == [CLASSES[k] for k in expected.argmax(axis=1)]
-    assert capsys.readouterr().out.startswith(f"wrote {out}: 7 rows in ")
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"wrote {out}: 7 rows in ")
+    # 2 runs x 2 fold models x 2 batches (7 images, 5 a batch): estimates at a quarter (batch 2) and after the first
+    # batches (batch 4, which is also half)
+    estimates = [line for line in captured.err.splitlines() if line.startswith("estimated time")]
+    assert len(estimates) == 2 and all("(7 images, 8 batches over every model" in line for line in estimates)
+    assert "; at 2/8 batches)" in estimates[0] and "; after the first batches)" in estimates[1]
+    assert "warning" not in captured.err
 
 
 def _argv(root: Path, *extra: str) -> list[str]:
@@ -507,16 +556,17 @@ def _argv(root: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize(
     "export_folder, args, message",
     [
-        (False, [], "--export: pass the folder make export wrote"),
-        (True, ["--time-limit", "soon"], "--time-limit"),
-        (True, ["--time-limit", "0s"], "--time-limit"),
+        (False, [], "^error: --export: pass the folder make export wrote$"),
+        (True, ["--time-limit", "soon"], "^error: --time-limit"),
+        (True, ["--time-limit", "0s"], "^error: --time-limit"),
+        (True, ["--sample-submission", "absent.csv"], "^error: --sample-submission absent.csv is not a readable file$"),
+        (True, ["--test-csv", "absent.csv"], "^error: --test-csv absent.csv is not a readable file$"),
+        (True, ["--workers", "-1"], r"^error: --workers -1: pass 0"),
         (True, ["--pattern", "{id}.jpg"], r"7 of 7 test images are missing"),
         (True, ["--batch-size", "0"], "--batch-size"),
     ],
 )
 def test_main_refuses_in_one_line_with_exit_code_2(competition, capsys, export_folder, args, message):
-    import re
-
     root, _ = competition
     write_export(root / "export", blend=_blend_state("slsqp", 2, WEIGHTS))
     assert export_predict.main(_argv(root, *args), folder=root / "export" if export_folder else None) == 2
@@ -536,3 +586,355 @@ def test_an_undecodable_image_says_to_replace_it(competition, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "img3.png" in err
     assert err.endswith("; replace that file with a readable copy: every id of the sample submission needs its image")
+
+
+# -- other task shapes, mixed runs, and what reaches each step ------------------------------
+
+
+def _sample(root: Path, order: list[str], columns: list[str], name: str = "sample_other.csv") -> Path:
+    path = root / name
+    pd.DataFrame({"id": order, **{c: 0.0 for c in columns}}).to_csv(path, index=False)
+    return path
+
+
+def test_a_binary_export_labels_by_the_stored_threshold(competition):
+    root, order = competition
+    runs = RUNS[:1]
+    p = fold_probabilities(root / "test", order, runs, task="binary")[0].mean(axis=0).reshape(-1)
+    # the middle of the fold models' positive probabilities: rows fall on both sides, unlike at 0.5
+    threshold = float(np.median(p))
+    assert (p >= threshold).tolist() != (p >= 0.5).tolist()
+    write_export(root / "export", runs=runs, task="binary", decision={"thresholds": [threshold]})
+    frame = _predict(root / "export", root / "test", root / "sample_submission.csv")
+    assert frame["id"].tolist() == order
+    assert frame["label"].tolist() == ["yes" if v >= threshold else "no" for v in p]
+
+
+def test_a_regression_export_submits_the_values_on_the_targets_scale(competition):
+    root, order = competition
+    runs = RUNS[:1]
+    expected = fold_probabilities(root / "test", order, runs, task="regression")[0].mean(axis=0).reshape(-1)
+    write_export(root / "export", runs=runs, task="regression", metric=("rmse", "value"))
+    frame = _predict(root / "export", root / "test", _sample(root, order, ["label"]))
+    np.testing.assert_allclose(frame["label"].to_numpy(dtype=float), expected, atol=1e-6, rtol=0)
+    # scaled back: the raw outputs of a fresh network sit near 0, the values near the stored mean 2.5
+    assert np.all(np.abs(expected - 2.5) < 1.0) and np.ptp(expected) > 1e-4
+
+
+def test_a_stacker_without_metadata_reads_no_test_table(competition):
+    from pipeline.blend import BlendMethod, predict_test
+
+    root, order = competition
+    state = _blend_state("logreg_stacker", 2, None)
+    write_export(root / "export", blend=state, submission_columns=["id", *CLASSES], metric=("log_loss", "proba"))
+    expected = predict_test(BlendMethod.from_state(state), None, fold_probabilities(root / "test", order), "per_fold")
+    frame = _predict(root / "export", root / "test", _sample(root, order, CLASSES))
+    np.testing.assert_allclose(frame[CLASSES].to_numpy(dtype=float), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("test_csv, named", [("meta.csv", "meta.csv"), (None, "test.csv")])
+def test_a_stacker_with_metadata_names_the_test_table_it_needs(competition, test_csv, named):
+    root, order = competition
+    write_export(
+        root / "export",
+        blend=_blend_state("logreg_stacker", 2, None, extra=1),
+        submission_columns=["id", *CLASSES],
+        metric=("log_loss", "proba"),
+        extra_features=["age"],
+    )
+    spec = json.loads((root / "export" / "export.json").read_text())
+    spec["test_csv"] = test_csv
+    (root / "export" / "export.json").write_text(json.dumps(spec))
+    message = (
+        f"this ensemble's stacker reads the metadata column(s) ['age'] of the test table: pass --test-csv "
+        f"<the competition's {named}>"
+    )
+    with pytest.raises(ExportPredictError, match=f"^{re.escape(message)}$"):
+        _predict(root / "export", root / "test", _sample(root, order, CLASSES))
+
+
+def test_runs_that_read_their_images_differently_each_get_their_own(competition):
+    """One run read the decoded-image cache, the other the files: in one export each sees its own images."""
+    root, order = competition
+    _write_images(root / "big", [f"img{i}" for i in range(7)], 45)
+    sample = _sample(root, order, CLASSES)
+    proba = dict(submission_columns=["id", *CLASSES], metric=("log_loss", "proba"))
+    modes = {"r_res": "direct", "r_eff": "cache"}
+    write_export(root / "both", blend=_blend_state("slsqp", 2, WEIGHTS), resize_modes=modes, **proba)
+    alone = []
+    for run in RUNS:
+        write_export(root / run[0], runs=[run], resize_mode=modes[run[0]], **proba)
+        alone.append(_predict(root / run[0], root / "big", sample)[CLASSES].to_numpy(dtype=float))
+    both = _predict(root / "both", root / "big", sample)[CLASSES].to_numpy(dtype=float)
+    np.testing.assert_allclose(both, WEIGHTS[0] * alone[0] + WEIGHTS[1] * alone[1], atol=1e-6, rtol=0)
+
+
+def test_a_replaced_checkpoint_is_refused_before_any_model_is_built(competition):
+    root, order = competition
+    write_export(root / "export", blend=_blend_state("slsqp", 2, WEIGHTS))
+    save_file(
+        {k: v.contiguous() for k, v in _fold_net("test_efficientnet", 99).state_dict().items()},
+        str(root / "export" / "models" / "r_eff" / "fold1.safetensors"),
+    )
+    with pytest.raises(ExportPredictError, match=r"models/r_eff/fold1\.safetensors is not the checkpoint exported"):
+        _predict(root / "export", root / "test", root / "sample_submission.csv")
+
+
+def test_predict_folder_defaults_show_the_bar_and_pass_the_batch_and_workers_on(competition, capsys, monkeypatch):
+    root, order = competition
+    write_export(root / "export", blend=_blend_state("slsqp", 2, WEIGHTS))
+    passed = []
+    real_predict_model = export_predict.predict_model
+
+    def recording(folder, model, spec, store, device, batch_size, progress, workers=None):
+        passed.append((device, batch_size, workers))
+        return real_predict_model(folder, model, spec, store, device, batch_size, progress, workers)
+
+    monkeypatch.setattr(export_predict, "predict_model", recording)
+    # no device and no progress given: auto (the CPU here) and the bar; a limit no run can meet
+    frame = export_predict.predict_folder(
+        root / "export", root / "test", root / "sample_submission.csv", batch_size=3, workers=0, time_limit=1e-6
+    )
+    assert frame["id"].tolist() == order
+    assert passed == [("auto", 3, 0), ("auto", 3, 0)]
+    err = capsys.readouterr().err
+    # 2 runs x 2 fold models x 3 batches of at most 3 images
+    assert "predict: 100%" in err and "12/12 [" in err and "batch" in err.split("12/12 [")[-1]
+    assert err.count("warning: at this pace the whole test set takes about") == 1
+
+
+def test_a_progress_bar_counts_batches_on_stderr(capsys):
+    bar = export_predict.Progress(5, 10)
+    assert bar.estimate is None
+    assert list(bar.wrap(iter("abcde"))) == list("abcde")
+    bar.close()
+    err = capsys.readouterr().err
+    assert "predict: 100%" in err and "5/5 [" in err and "batch" in err.split("5/5 [")[-1]
+    quiet = export_predict.Progress(5, 10, enabled=False)
+    list(quiet.wrap(iter("abcde")))
+    quiet.close()
+    assert "predict" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "total, said_at",
+    [
+        (4, ["at 2/4 batches"]),  # not at the last batch: the job is done then
+        (42, ["after the first batches", "at 10/42 batches", "at 21/42 batches"]),
+    ],
+)
+def test_progress_says_its_estimate_at_the_checkpoints(capsys, monkeypatch, total, said_at):
+    _ticking_clock(monkeypatch, 0.0, 1.0)
+    bar = export_predict.Progress(total, 1, enabled=False)
+    for _ in range(total):
+        bar.step()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split("; ")[-1].split(")")[0] for line in lines] == said_at
+    # 1 s to the first batch, then 1 s a batch: the total, for 1 image
+    assert all(line.endswith(f": {total}s ({total * 1000:.1f}s per 1,000 images)") for line in lines)
+
+
+def test_the_warning_says_what_to_do(capsys, monkeypatch):
+    _ticking_clock(monkeypatch, 0.0, 2.0)
+    bar = export_predict.Progress(20, 100, enabled=False, time_limit=30.0)
+    for _ in range(20):
+        bar.step()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warnings == [
+        "warning: at this pace the whole test set takes about 40s, past --time-limit 30s: the notebook would be "
+        "stopped before it writes the submission. Export a smaller ensemble (make export METHOD=<a single run or a "
+        "lighter blend>) or predict on a GPU (--device cuda)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Traceback: a: b", "Traceback: a: b"),  # one line: kept whole, even with the word in it
+        ("Traceback (most recent call last):\nboom", "boom"),
+        ("Traceback (most recent call last):\n  File x\nRuntimeError in worker: boom: now", "boom: now"),
+    ],
+)
+def test_one_line_takes_what_follows_the_last_lines_first_colon(text, expected):
+    assert export_predict.one_line(RuntimeError(text)) == expected
+
+
+def test_a_gpu_runtime_pins_memory_and_decodes_in_four_workers(monkeypatch):
+    import pipeline.train.runtime as runtime_module
+
+    asked = []
+
+    def amp_dtype_for(cfg, use_cuda):
+        asked.append((cfg, use_cuda))
+        return torch.float16
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runtime_module, "amp_dtype_for", amp_dtype_for)
+    cfg = TrainConfig(model="test_resnet")
+    runtime = export_predict.prediction_runtime("auto", cfg, None)
+    assert runtime.device.type == "cuda" and runtime.is_cuda and runtime.pin_memory is True
+    assert runtime.num_workers == 4 and runtime.prefetch_factor == 2 and runtime.persistent_workers is False
+    assert runtime.amp_dtype == torch.float16 and asked == [(cfg, True)]
+    cpu = export_predict.prediction_runtime("cpu", cfg, None)
+    assert cpu.pin_memory is False and cpu.num_workers == 0 and asked[-1] == (cfg, False)
+
+
+def test_no_gpu_for_device_cuda_is_said_whole():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    message = "--device cuda: no CUDA device is visible; turn the notebook's GPU on or pass --device cpu"
+    with pytest.raises(ExportPredictError, match=f"^{re.escape(message)}$"):
+        export_predict.prediction_runtime("cuda", TrainConfig(model="test_resnet"), None)
+
+
+def test_predict_model_passes_its_workers_to_the_runtime(competition, monkeypatch):
+    root, order = competition
+    spec = write_export(root / "export", runs=RUNS[:1])
+    asked = []
+    real = export_predict.prediction_runtime
+    monkeypatch.setattr(
+        export_predict,
+        "prediction_runtime",
+        lambda device, cfg, workers: asked.append((device, workers)) or real(device, cfg, workers),
+    )
+    paths = export_predict.image_paths(root / "test", "{id}.png", np.array(order))
+    bar = export_predict.Progress(4, 7, enabled=False)
+    export_predict.predict_model(
+        root / "export", spec.models[0], spec, export_predict.TestImages(paths, None), "cpu", None, bar, workers=0
+    )
+    assert asked == [("cpu", 0)]
+    # the run's own batch (4 here) when none is given: 2 fold models x 2 batches
+    assert bar.done == 4
+
+
+def test_metadata_ids_are_compared_as_text(tmp_path):
+    csv = tmp_path / "test.csv"
+    pd.DataFrame({"id": ["007", "7", "12"], "age": ["1", "2", "3"]}).to_csv(csv, index=False)
+    # ids kept as written ("007" is not "7"), numbers of whole values read as float64
+    got = export_predict.metadata_features(csv, "id", ["age"], ["7", "007"])
+    assert got.dtype == np.float64 and got.tolist() == [[2.0], [1.0]]
+    assert export_predict.metadata_features(csv, "id", ["age"], np.array([12, 7])).tolist() == [[3.0], [2.0]]
+    with pytest.raises(ExportPredictError, match=r"has no row for id\(s\) \['a', 'b', 'c', 'd', 'e'\]$"):
+        export_predict.metadata_features(csv, "id", ["age"], ["a", "b", "c", "d", "e", "f", "7"])
+
+
+def test_missing_images_are_named_three_at_most(tmp_path):
+    with pytest.raises(ExportPredictError, match=r"4 of 4 test images are missing") as caught:
+        export_predict.image_paths(tmp_path, "{id}.png", ["a", "b", "c", "d"])
+    named = str(caught.value).split("e.g. ")[1].split("]")[0]
+    assert "c.png" in named and "d.png" not in named
+
+
+# -- predict.py's command line --------------------------------------------------------------
+
+
+HELP = {
+    "--images IMAGES": "folder of the test images",
+    "--sample-submission SAMPLE_SUBMISSION": "the competition's sample_submission.csv",
+    "--out OUT": "where to write the submission (default submission.csv)",
+    "--device DEVICE": "auto (a GPU when there is one), cpu or cuda",
+    "--batch-size BATCH_SIZE": "images per batch (default: the run's)",
+    "--test-csv TEST_CSV": "the competition's test table, when the blend reads metadata columns from it",
+    "--workers WORKERS": "loader processes decoding images (default 4 on a GPU, 0 on the CPU)",
+    "--pattern PATTERN": "an image's file name under --images, with {id} (default: the export's)",
+    "--export EXPORT": "the export folder (default: predict.py's)",
+    "--no-progress": "no progress bar (the time estimate is still printed)",
+    "--time-limit TIME_LIMIT": "the notebook's time limit (9h, 90m, 3600s): a warning as soon as the projected time "
+    "is past it",
+}
+
+
+def test_the_help_says_what_each_option_is(capsys):
+    with pytest.raises(SystemExit) as caught:
+        export_predict.main(["--help"])
+    assert caught.value.code == 0
+    usage, *sections = capsys.readouterr().out.split("\n\n")
+    # argparse wraps to the terminal: compared with the white space collapsed
+    text = " ".join(" ".join(sections).split())
+    assert text.startswith("Predict the test set with an exported kfold-ensembler ensemble, offline. options:")
+    for option, help_text in HELP.items():
+        assert f" {option} {help_text} " in f"{text} ", option
+    # the two the predictor cannot do without are required, the rest optional
+    usage = " ".join(usage.split())
+    assert "--images IMAGES --sample-submission SAMPLE_SUBMISSION" in usage and "[--images" not in usage
+
+
+def test_the_required_arguments_are_named(capsys):
+    with pytest.raises(SystemExit) as caught:
+        export_predict.main([])
+    assert caught.value.code == 2
+    assert "the following arguments are required: --images, --sample-submission" in capsys.readouterr().err
+
+
+def test_main_passes_every_option_to_the_predictor(tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def recording(folder, images, sample, device, batch_size, pattern, progress, workers, test_csv, time_limit):
+        calls.append(
+            dict(
+                folder=folder,
+                images=images,
+                sample=sample,
+                device=device,
+                batch_size=batch_size,
+                pattern=pattern,
+                progress=progress,
+                workers=workers,
+                test_csv=test_csv,
+                time_limit=time_limit,
+            )
+        )
+        return pd.DataFrame({"id": ["a", "b"], "label": ["cat", "owl"]})
+
+    (tmp_path / "images").mkdir()
+    for name in ["sample.csv", "test.csv"]:
+        (tmp_path / name).write_text("id,label\na,cat\n")
+    monkeypatch.setattr(export_predict, "predict_folder", recording)
+    monkeypatch.chdir(tmp_path)
+    _ticking_clock(monkeypatch, 100.0, 1.5)
+    base = ["--images", "images", "--sample-submission", "sample.csv"]
+    full = [
+        "--batch-size",
+        "5",
+        "--workers",
+        "3",
+        "--test-csv",
+        "test.csv",
+        "--time-limit",
+        "90m",
+        "--pattern",
+        "{id}.jpg",
+        "--device",
+        "cpu",
+    ]
+    assert export_predict.main(base + full, folder=Path("export")) == 0
+    assert export_predict.main(base + ["--no-progress", "--export", "other"], folder=Path("export")) == 0
+    assert calls == [
+        dict(
+            folder=Path("export"),
+            images=Path("images"),
+            sample=Path("sample.csv"),
+            device="cpu",
+            batch_size=5,
+            pattern="{id}.jpg",
+            progress=True,
+            workers=3,
+            test_csv=Path("test.csv"),
+            time_limit=5400.0,
+        ),
+        dict(
+            folder=Path("other"),
+            images=Path("images"),
+            sample=Path("sample.csv"),
+            device="auto",
+            batch_size=None,
+            pattern=None,
+            progress=False,
+            workers=None,
+            test_csv=None,
+            time_limit=None,
+        ),
+    ]
+    # --out's default, in the working folder; the seconds from the start of main to the file written
+    assert pd.read_csv(tmp_path / "submission.csv")["label"].tolist() == ["cat", "owl"]
+    assert capsys.readouterr().out.splitlines() == ["wrote submission.csv: 2 rows in 1.5s"] * 2
