@@ -10,6 +10,7 @@ this file is the one the mutation run (``make mutate``) uses for the predictor.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -870,21 +871,11 @@ def test_the_required_arguments_are_named(capsys):
 def test_main_passes_every_option_to_the_predictor(tmp_path, capsys, monkeypatch):
     calls = []
 
-    def recording(folder, images, sample, device, batch_size, pattern, progress, workers, test_csv, time_limit):
-        calls.append(
-            dict(
-                folder=folder,
-                images=images,
-                sample=sample,
-                device=device,
-                batch_size=batch_size,
-                pattern=pattern,
-                progress=progress,
-                workers=workers,
-                test_csv=test_csv,
-                time_limit=time_limit,
-            )
-        )
+    # each call as predict_folder's parameters by name, however main passes them
+    signature = inspect.signature(export_predict.predict_folder)
+
+    def recording(*args, **kwargs):
+        calls.append(dict(signature.bind(*args, **kwargs).arguments))
         return pd.DataFrame({"id": ["a", "b"], "label": ["cat", "owl"]})
 
     (tmp_path / "images").mkdir()
@@ -914,7 +905,7 @@ def test_main_passes_every_option_to_the_predictor(tmp_path, capsys, monkeypatch
         dict(
             folder=Path("export"),
             images=Path("images"),
-            sample=Path("sample.csv"),
+            sample_submission=Path("sample.csv"),
             device="cpu",
             batch_size=5,
             pattern="{id}.jpg",
@@ -926,7 +917,7 @@ def test_main_passes_every_option_to_the_predictor(tmp_path, capsys, monkeypatch
         dict(
             folder=Path("other"),
             images=Path("images"),
-            sample=Path("sample.csv"),
+            sample_submission=Path("sample.csv"),
             device="auto",
             batch_size=None,
             pattern=None,
