@@ -1,4 +1,4 @@
-"""A local weights file read directly (pipeline.models.read_weights_file): which tensors, and the refusals' words.
+"""A local weights file read directly (`pipeline.vision.weights.read_weights_file`): which tensors, the refusals.
 
 ``make pretrained-weights`` and the converter read a source file with it, so its choice of tensors matters beyond
 ``create_model`` (where timm's own loader reads the file again); these tests came from `make mutate`'s survivors.
@@ -14,7 +14,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pipeline.vision.models import ModelError, create_model, read_weights_file
+from pipeline.vision.models import ModelError, create_model
+from pipeline.vision.weights import read_weights_file
 
 
 def _two_states():

@@ -252,7 +252,8 @@ def convert_file(source_path: str | Path, model_name: str, out: str | Path, by: 
     """
     from safetensors.torch import save_file
 
-    from pipeline.vision.models import read_weights_file, resolve_model_name
+    from pipeline.vision.models import resolve_model_name
+    from pipeline.vision.weights import read_weights_file
 
     source_path, out = Path(source_path), Path(out)
     if out.suffix != ".safetensors":
