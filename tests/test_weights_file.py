@@ -110,3 +110,60 @@ def test_a_file_that_does_not_fit_the_architecture_is_named(tmp_path):
     with pytest.raises(ModelError, match="^weights file " + re.escape(str(path)) + r" does not match architecture "
                                          r"'test_resnet': 1 missing \(e\.g\. conv1\.0\.weight\)\. Use weights saved"):
         create_model("test_resnet", num_classes=10, pretrained=str(path))
+
+
+# -- the head size a file brings, and the message for a file that does not fit ---------------
+
+
+@pytest.mark.parametrize(
+    "timm_name, state, expected",
+    [
+        ("test_resnet", {"fc.weight": torch.zeros(7, 4), "fc.bias": torch.zeros(7)}, 7),
+        ("test_resnet", {"conv1.weight": torch.zeros(8, 3, 3, 3)}, 0),  # a headless backbone
+        ("test_resnet", {"fc.weight": torch.zeros(5)}, 5),  # any tensor with a first axis
+        ("test_resnet", {"fc.weight": torch.tensor(1.0)}, 0),  # a scalar is no head
+        # a model with two classifiers names both; the first present in the file counts
+        ("deit_tiny_distilled_patch16_224", {"head_dist.weight": torch.zeros(4, 2)}, 4),
+        ("no_such_model", {"fc.weight": torch.zeros(3, 2)}, 0),  # no pretrained config: no head names
+    ],
+)
+def test_the_files_head_size_comes_from_the_models_classifier_names(timm_name, state, expected):
+    from pipeline.vision.weights import _file_head_classes
+
+    assert _file_head_classes(state, timm_name) == expected
+
+
+FIX = (
+    ". Use weights saved from the same timm architecture, or convert them (docs/scripts/convert_weights.py maps "
+    "another naming to a timm architecture)"
+)
+TORCH_LOAD_ERROR = (
+    "Error(s) in loading state_dict for ResNet:\n"
+    '\tMissing key(s) in state_dict: "fc.weight", "fc.bias", "layer1.0.conv1.weight", "layer1.0.bn1.weight". \n'
+    '\tUnexpected key(s) in state_dict: "head.weight". \n'
+    "\tsize mismatch for conv1.weight: copying a param with shape torch.Size([8, 3, 3, 3]) from checkpoint, the shape "
+    "in current model is torch.Size([16, 3, 3, 3])."
+)
+
+
+@pytest.mark.parametrize(
+    "text, summary",
+    [
+        (
+            TORCH_LOAD_ERROR,
+            "4 missing (e.g. fc.weight, fc.bias, layer1.0.conv1.weight); 1 unexpected (e.g. head.weight); "
+            "1 wrong shape (e.g. conv1.weight)",
+        ),
+        # none of torch's key lists: the first line, without its final dot
+        ("no layer named blockX.\nsecond line", "no layer named blockX"),
+        ("a" * 250 + "\nsecond line", "a" * 200),
+    ],
+)
+def test_a_file_that_does_not_fit_is_summarised_from_torchs_message(tmp_path, text, summary):
+    from pipeline.vision.weights import _load_error
+
+    error = _load_error(tmp_path / "w.safetensors", "test_resnet", RuntimeError(text))
+    assert isinstance(error, ModelError)
+    assert str(error) == (
+        f"weights file {tmp_path / 'w.safetensors'} does not match architecture 'test_resnet': {summary}{FIX}"
+    )
