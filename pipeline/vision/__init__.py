@@ -1,6 +1,6 @@
-"""Torch-side primitives that know nothing of a config: timm models and weights files (``models``) and the input
-path, one module per job: ``host`` (per-image CPU steps), ``kernels`` (batched device augmentation), ``policies``
-(TrivialAugment, RandAugment, the named policies), ``device`` (the device half of the input path and its
+"""Torch-side primitives that know nothing of a config: timm models (``models``), weights files (``weights``) and
+the input path, one module per job: ``host`` (per-image CPU steps), ``kernels`` (batched device augmentation),
+``policies`` (TrivialAugment, RandAugment, the named policies), ``device`` (the device half of the input path and its
 registry of steps) and ``views`` (test-time views). The config's validators import them lazily, only when a
 command trains.
 
