@@ -41,6 +41,8 @@ RUNS = [
     ("r_eff", "test_efficientnet", ["identity"], (21, 22)),
 ]
 WEIGHTS = [0.7, 0.3]
+# an export whose submission holds each class's probability (a log-loss competition)
+PROBABILITIES = {"submission_columns": ["id", *CLASSES], "metric": ("log_loss", "proba")}
 # each task shape as make export stores it: classes, targets, the head's loss and outputs, and the head's activation
 # written out by hand (logits in, the stored prediction out)
 TASKS = {
@@ -88,6 +90,10 @@ def _fold_net(timm_name: str, seed: int, n_outputs: int = len(CLASSES)) -> torch
     return timm.create_model(timm_name, num_classes=n_outputs).eval()
 
 
+def _save_net(net: torch.nn.Module, path: Path) -> None:
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+
+
 def _blend_state(method_name: str, n_models: int, weights: list[float] | None, extra: int | None = None) -> dict:
     """A fitted blend's stored state: fitted on random OOF rows, then given ``weights`` when it has weights."""
     rng = np.random.default_rng(3)
@@ -106,7 +112,6 @@ def write_export(
     runs=RUNS,
     blend: dict | None = None,
     apply: str = "per_fold",
-    resize_mode: str = "direct",
     submission_columns: list[str] | None = None,
     metric: tuple[str, str] = ("accuracy", "label"),
     extra_features: list[str] | None = None,
@@ -124,7 +129,7 @@ def write_export(
             path = folder / "models" / run / f"fold{fold}.safetensors"
             path.parent.mkdir(parents=True, exist_ok=True)
             net = _fold_net(timm_name, seed, shape["n_outputs"])
-            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+            _save_net(net, path)
             digest = file_sha256(path)
             folds.append({"fold": fold, "file": f"models/{run}/fold{fold}.safetensors", "tta": tta, "sha256": digest})
             checkpoints[str(fold)] = digest
@@ -138,7 +143,7 @@ def write_export(
                 "n_outputs": shape["n_outputs"],
                 "train": train,
                 "data": {"image_size": SIZE, "mean": list(MEAN), "std": list(STD), "interpolation": "bilinear"},
-                "resize": {"mode": (resize_modes or {}).get(run, resize_mode), "target": SIZE, "margin": 1.0},
+                "resize": {"mode": (resize_modes or {}).get(run, "direct"), "target": SIZE, "margin": 1.0},
                 "batch_size": 4,
                 "folds": folds,
             }
@@ -208,6 +213,12 @@ def competition(tmp_path):
     return tmp_path, order
 
 
+def _sample(root: Path, order: list[str], columns: list[str], name: str = "sample_other.csv") -> Path:
+    path = root / name
+    pd.DataFrame({"id": order, **{c: 0.0 for c in columns}}).to_csv(path, index=False)
+    return path
+
+
 def _predict(folder: Path, images: Path, sample: Path, **kwargs) -> pd.DataFrame:
     return export_predict.predict_folder(folder, images, sample, device="cpu", progress=False, **kwargs)
 
@@ -228,19 +239,18 @@ def test_a_weighted_blend_of_two_runs_is_the_hand_computed_one(competition):
 
 def test_probabilities_of_a_blend_match_the_hand_computed_ones_to_1e_6(competition):
     root, order = competition
-    pd.DataFrame({"id": order, **{c: 1 / 3 for c in CLASSES}}).to_csv(root / "sample_proba.csv", index=False)
+    sample = _sample(root, order, CLASSES)
     write_export(
         root / "export",
         blend=_blend_state("slsqp", 2, WEIGHTS),
-        submission_columns=["id", *CLASSES],
-        metric=("log_loss", "proba"),
+        **PROBABILITIES,
     )
     expected = np.tensordot(WEIGHTS, fold_probabilities(root / "test", order).mean(axis=1), axes=1)
-    frame = _predict(root / "export", root / "test", root / "sample_proba.csv")
+    frame = _predict(root / "export", root / "test", sample)
     assert frame["id"].tolist() == order
     np.testing.assert_allclose(frame[CLASSES].to_numpy(dtype=float), expected, atol=1e-6, rtol=0)
     # the batch size changes nothing but the batches
-    again = _predict(root / "export", root / "test", root / "sample_proba.csv", batch_size=3)
+    again = _predict(root / "export", root / "test", sample, batch_size=3)
     np.testing.assert_allclose(again[CLASSES].to_numpy(dtype=float), expected, atol=1e-6, rtol=0)
 
 
@@ -266,10 +276,10 @@ def test_predict_model_returns_each_fold_models_mean_over_views(competition):
 def test_a_single_run_export_submits_its_fold_models_mean(competition):
     root, order = competition
     runs = RUNS[:1]
-    write_export(root / "export", runs=runs, submission_columns=["id", *CLASSES], metric=("log_loss", "proba"))
-    pd.DataFrame({"id": order, **{c: 0.0 for c in CLASSES}}).to_csv(root / "sample_proba.csv", index=False)
+    write_export(root / "export", runs=runs, **PROBABILITIES)
+    sample = _sample(root, order, CLASSES)
     expected = fold_probabilities(root / "test", order, runs)[0].mean(axis=0)
-    frame = _predict(root / "export", root / "test", root / "sample_proba.csv")
+    frame = _predict(root / "export", root / "test", sample)
     np.testing.assert_allclose(frame[CLASSES].to_numpy(dtype=float), expected, atol=1e-6, rtol=0)
 
 
@@ -282,16 +292,15 @@ def test_runs_with_different_fold_models_meet_the_blend_as_fold_means(competitio
         runs=runs,
         blend=_blend_state("slsqp", 2, WEIGHTS),
         apply="fold_mean",
-        submission_columns=["id", *CLASSES],
-        metric=("log_loss", "proba"),
+        **PROBABILITIES,
     )
-    pd.DataFrame({"id": order, **{c: 0.0 for c in CLASSES}}).to_csv(root / "sample_proba.csv", index=False)
+    sample = _sample(root, order, CLASSES)
     first, second = (
         fold_probabilities(root / "test", order, runs[:1])[0],
         fold_probabilities(root / "test", order, runs[1:])[0],
     )
     expected = WEIGHTS[0] * first.mean(axis=0) + WEIGHTS[1] * second.mean(axis=0)
-    frame = _predict(root / "export", root / "test", root / "sample_proba.csv")
+    frame = _predict(root / "export", root / "test", sample)
     np.testing.assert_allclose(frame[CLASSES].to_numpy(dtype=float), expected, atol=1e-6, rtol=0)
 
 
@@ -303,22 +312,21 @@ def test_a_stacker_reads_the_metadata_columns_in_the_sample_order(competition):
     write_export(
         root / "export",
         blend=state,
-        submission_columns=["id", *CLASSES],
-        metric=("log_loss", "proba"),
+        **PROBABILITIES,
         extra_features=["age", "weight"],
     )
-    pd.DataFrame({"id": order, **{c: 0.0 for c in CLASSES}}).to_csv(root / "sample_proba.csv", index=False)
+    sample = _sample(root, order, CLASSES)
     # the test table in file order, with a column the stacker does not read
     files = [f"img{i}" for i in range(7)]
     table = pd.DataFrame({"id": files, "age": np.arange(7) * 3.0, "weight": np.arange(7) ** 2 - 10.0, "note": "x"})
     table.to_csv(root / "test.csv", index=False)
     with pytest.raises(ExportPredictError, match=r"metadata column\(s\) \['age', 'weight'\].*--test-csv"):
-        _predict(root / "export", root / "test", root / "sample_proba.csv")
+        _predict(root / "export", root / "test", sample)
     features = table.set_index("id").loc[order, ["age", "weight"]].to_numpy()
     expected = predict_test(
         BlendMethod.from_state(state), None, fold_probabilities(root / "test", order), "per_fold", extra=features
     )
-    frame = _predict(root / "export", root / "test", root / "sample_proba.csv", test_csv=root / "test.csv")
+    frame = _predict(root / "export", root / "test", sample, test_csv=root / "test.csv")
     np.testing.assert_allclose(frame[CLASSES].to_numpy(dtype=float), expected, atol=1e-6, rtol=0)
 
 
@@ -376,17 +384,16 @@ def test_a_cached_runs_export_resizes_as_the_cache_did(competition):
     root, order = competition
     _write_images(root / "big", [f"img{i}" for i in range(7)], 45)
     runs = RUNS[:1]
-    pd.DataFrame({"id": order, **{c: 0.0 for c in CLASSES}}).to_csv(root / "sample_proba.csv", index=False)
-    write_export(root / "direct", runs=runs, submission_columns=["id", *CLASSES], metric=("log_loss", "proba"))
+    sample = _sample(root, order, CLASSES)
+    write_export(root / "direct", runs=runs, **PROBABILITIES)
     write_export(
         root / "cached",
         runs=runs,
-        submission_columns=["id", *CLASSES],
-        metric=("log_loss", "proba"),
-        resize_mode="cache",
+        **PROBABILITIES,
+        resize_modes={"r_res": "cache"},
     )
-    direct = _predict(root / "direct", root / "big", root / "sample_proba.csv")[CLASSES].to_numpy(dtype=float)
-    cached = _predict(root / "cached", root / "big", root / "sample_proba.csv")[CLASSES].to_numpy(dtype=float)
+    direct = _predict(root / "direct", root / "big", sample)[CLASSES].to_numpy(dtype=float)
+    cached = _predict(root / "cached", root / "big", sample)[CLASSES].to_numpy(dtype=float)
     # cache mode at margin 1.0 resizes to 32 once on the host before the (then no-op) input resize
     from pipeline.data.cache import resize_for_cache
 
@@ -401,52 +408,10 @@ def test_a_cached_runs_export_resizes_as_the_cache_did(competition):
     assert not np.allclose(direct, cached, atol=1e-4)
 
 
-def test_spec_targets_are_the_stored_names_labels_and_scale():
-    spec = ExportSpec.model_validate(
-        {
-            "version": 1,
-            "competition": "c",
-            "task": "regression",
-            "classes": [],
-            "id_column": "id",
-            "target_column": "y",
-            "metric": "rmse",
-            "metric_needs": "value",
-            "submission_columns": ["id", "y"],
-            "image_pattern": "{id}.png",
-            "targets": {
-                "columns": ["y"],
-                "labels": ["y"],
-                "value_range": [1.0, 5.0],
-                "value_mean": 2.5,
-                "value_std": 0.75,
-            },
-            "ensemble": {
-                "name": "single-r",
-                "kind": "single",
-                "runs": [{"name": "r", "config_hash": "h"}],
-                "apply": "fold_mean",
-                "cv": 0.0,
-                "nested_cv": 0.0,
-            },
-            "models": [
-                {
-                    "run": "r",
-                    "config_hash": "h",
-                    "n_outputs": 1,
-                    "train": {},
-                    "data": {},
-                    "resize": {},
-                    "batch_size": 1,
-                    "folds": [
-                        {"fold": 0, "file": "models/r/fold0.safetensors", "tta": ["identity"], "sha256": "0" * 64}
-                    ],
-                }
-            ],
-        }
-    )
+def test_spec_targets_are_the_stored_names_labels_and_scale(tmp_path):
+    spec = write_export(tmp_path, runs=RUNS[:1], task="regression", metric=("rmse", "value"))
     targets = export_predict.spec_targets(spec)
-    assert targets.columns == ["y"] and targets.labels == ["y"]
+    assert targets.columns == ["label"] and targets.labels == ["label"]
     assert targets.value_range == (1.0, 5.0) and isinstance(targets.value_range, tuple)
     assert (targets.value_mean, targets.value_std) == (2.5, 0.75)
     assert len(targets.y) == 0
@@ -462,10 +427,6 @@ def test_the_runtime_is_the_runs_memory_format_and_the_cpus_workers():
     assert runtime.amp_dtype is None and runtime.persistent_workers is False
     runtime = export_predict.prediction_runtime("cpu", TrainConfig(model="test_resnet"), 2)
     assert runtime.channels_last is True and runtime.num_workers == 2 and runtime.prefetch_factor == 2
-    if not torch.cuda.is_available():
-        assert export_predict.prediction_runtime("auto", cfg, None).device.type == "cpu"
-        with pytest.raises(ExportPredictError, match="--device cuda: no CUDA device is visible.*--device cpu"):
-            export_predict.prediction_runtime("cuda", cfg, None)
 
 
 def _ticking_clock(monkeypatch, start: float, tick: float) -> None:
@@ -592,12 +553,6 @@ def test_an_undecodable_image_says_to_replace_it(competition, capsys):
 # -- other task shapes, mixed runs, and what reaches each step ------------------------------
 
 
-def _sample(root: Path, order: list[str], columns: list[str], name: str = "sample_other.csv") -> Path:
-    path = root / name
-    pd.DataFrame({"id": order, **{c: 0.0 for c in columns}}).to_csv(path, index=False)
-    return path
-
-
 def test_a_binary_export_labels_by_the_stored_threshold(competition):
     root, order = competition
     runs = RUNS[:1]
@@ -627,7 +582,7 @@ def test_a_stacker_without_metadata_reads_no_test_table(competition):
 
     root, order = competition
     state = _blend_state("logreg_stacker", 2, None)
-    write_export(root / "export", blend=state, submission_columns=["id", *CLASSES], metric=("log_loss", "proba"))
+    write_export(root / "export", blend=state, **PROBABILITIES)
     expected = predict_test(BlendMethod.from_state(state), None, fold_probabilities(root / "test", order), "per_fold")
     frame = _predict(root / "export", root / "test", _sample(root, order, CLASSES))
     np.testing.assert_allclose(frame[CLASSES].to_numpy(dtype=float), expected, atol=1e-6, rtol=0)
@@ -639,8 +594,7 @@ def test_a_stacker_with_metadata_names_the_test_table_it_needs(competition, test
     write_export(
         root / "export",
         blend=_blend_state("logreg_stacker", 2, None, extra=1),
-        submission_columns=["id", *CLASSES],
-        metric=("log_loss", "proba"),
+        **PROBABILITIES,
         extra_features=["age"],
     )
     spec = json.loads((root / "export" / "export.json").read_text())
@@ -659,12 +613,11 @@ def test_runs_that_read_their_images_differently_each_get_their_own(competition)
     root, order = competition
     _write_images(root / "big", [f"img{i}" for i in range(7)], 45)
     sample = _sample(root, order, CLASSES)
-    proba = dict(submission_columns=["id", *CLASSES], metric=("log_loss", "proba"))
     modes = {"r_res": "direct", "r_eff": "cache"}
-    write_export(root / "both", blend=_blend_state("slsqp", 2, WEIGHTS), resize_modes=modes, **proba)
+    write_export(root / "both", blend=_blend_state("slsqp", 2, WEIGHTS), resize_modes=modes, **PROBABILITIES)
     alone = []
     for run in RUNS:
-        write_export(root / run[0], runs=[run], resize_mode=modes[run[0]], **proba)
+        write_export(root / run[0], runs=[run], resize_modes=modes, **PROBABILITIES)
         alone.append(_predict(root / run[0], root / "big", sample)[CLASSES].to_numpy(dtype=float))
     both = _predict(root / "both", root / "big", sample)[CLASSES].to_numpy(dtype=float)
     np.testing.assert_allclose(both, WEIGHTS[0] * alone[0] + WEIGHTS[1] * alone[1], atol=1e-6, rtol=0)
@@ -673,10 +626,7 @@ def test_runs_that_read_their_images_differently_each_get_their_own(competition)
 def test_a_replaced_checkpoint_is_refused_before_any_model_is_built(competition):
     root, order = competition
     write_export(root / "export", blend=_blend_state("slsqp", 2, WEIGHTS))
-    save_file(
-        {k: v.contiguous() for k, v in _fold_net("test_efficientnet", 99).state_dict().items()},
-        str(root / "export" / "models" / "r_eff" / "fold1.safetensors"),
-    )
+    _save_net(_fold_net("test_efficientnet", 99), root / "export" / "models" / "r_eff" / "fold1.safetensors")
     with pytest.raises(ExportPredictError, match=r"models/r_eff/fold1\.safetensors is not the checkpoint exported"):
         _predict(root / "export", root / "test", root / "sample_submission.csv")
 
@@ -781,12 +731,14 @@ def test_a_gpu_runtime_pins_memory_and_decodes_in_four_workers(monkeypatch):
     assert cpu.pin_memory is False and cpu.num_workers == 0 and asked[-1] == (cfg, False)
 
 
-def test_no_gpu_for_device_cuda_is_said_whole():
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is visible")
+def test_without_a_gpu_auto_is_the_cpu_and_device_cuda_is_refused_whole(monkeypatch):
+    # no GPU, also on a machine that has one: the rule, not the machine, is under test
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = TrainConfig(model="test_resnet")
+    assert export_predict.prediction_runtime("auto", cfg, None).device.type == "cpu"
     message = "--device cuda: no CUDA device is visible; turn the notebook's GPU on or pass --device cpu"
     with pytest.raises(ExportPredictError, match=f"^{re.escape(message)}$"):
-        export_predict.prediction_runtime("cuda", TrainConfig(model="test_resnet"), None)
+        export_predict.prediction_runtime("cuda", cfg, None)
 
 
 def test_predict_model_passes_its_workers_to_the_runtime(competition, monkeypatch):
