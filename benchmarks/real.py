@@ -363,6 +363,24 @@ def _within_one_se(scored: dict[str, Scored], rows: dict[str, np.ndarray] | None
     return out
 
 
+def _within_own_se(scored: dict[str, Scored]) -> list[str]:
+    """Candidates within one standard error of the best nested log loss, the SE of the best's own per-fold scores
+    (issue 31: the uncertainty of the best candidate, not of the paired differences)."""
+    best = min(scored, key=lambda k: round(scored[k].nested, 6))
+    own = np.array(list(scored[best].fold_scores.values()))
+    own_se = np.std(own, ddof=1) / np.sqrt(len(own))
+    return [k for k, cand in scored.items() if cand.nested - scored[best].nested <= own_se]
+
+
+def _weights_before_means(scored: dict[str, Scored], within: list[str]) -> str:
+    """The simplest of ``within`` with the weight searches and single models (simplicity 2) ranked before the fixed
+    means (0), stackers last; among equals the better nested score (issue 31: a mean chosen over a weight search)."""
+    order = {2: 0, 0: 1}
+    return min(
+        within, key=lambda k: (order.get(scored[k].simplicity, scored[k].simplicity), round(scored[k].nested, 6))
+    )
+
+
 def selection_variants(
     scored: dict[str, Scored],
     nested_preds: dict[str, np.ndarray],
@@ -399,6 +417,7 @@ def selection_variants(
 
     one_se = select_method(scored, metric, rule="one_se")
     within = _within_one_se(scored, None)
+    top = min(scored, key=lambda k: round(scored[k].nested, 6))
     blends_within = [k for k in within if not k.startswith("single-")]
     paired = np.array(
         [scored[one_se].fold_scores[f] - scored[best_single].fold_scores[f] for f in scored[one_se].fold_scores]
@@ -421,7 +440,6 @@ def selection_variants(
     }
     # issue 31: each candidate's nested score moved by its estimated gain from averaging its k fold models
     # (pipeline.blend.averaging), labels drawn from the best nested candidate's test predictions, temperature-scaled
-    top = min(scored, key=lambda k: round(scored[k].nested, 6))
     reference = reference_distribution(test_preds[top], nested_preds[top], lib.y, "multiclass")
     expected = {  # a log loss: the gain lowers it
         key: shift_scored(cand, -averaging_gain(fold_test_preds[key], metric, reference, "multiclass"))
@@ -440,6 +458,8 @@ def selection_variants(
         "mix with best single, fitted": mix,
         "mean of the 1-SE set": mean_of(within),
         "mean of the 1-SE set, per-row SE": mean_of(_within_one_se(scored, rows)),
+        "one_se, the best's own SE": one(simplest(_within_own_se(scored))),
+        "one_se, weights before means": one(_weights_before_means(scored, within)),
     }
 
 

@@ -1343,6 +1343,29 @@ def test_bench_one_se_set_is_the_rules(others, within):
     assert select_method(results, "log_loss") == simplest
 
 
+@pytest.mark.parametrize(
+    "others, own_set, weights_first",
+    [
+        # a mean within the paired SE: one_se takes it, weights-before-means keeps the best weight search
+        ({"mean": _S(0.401, {0: 0.386, 1: 0.417, 2: 0.404, 3: 0.406, 4: 0.392}, 0)}, {"slsqp", "mean"}, "slsqp"),
+        # worse by 0.005 on every fold: outside the paired set (SE 0), inside the best's own SE (0.0071)
+        ({"stacker": _S(0.405, {f: v + 0.005 for f, v in _BEST.items()}, 3)}, {"slsqp", "stacker"}, "slsqp"),
+        # worse by 0.008: outside both
+        ({"single-a": _S(0.408, {f: v + 0.008 for f, v in _BEST.items()}, 2)}, {"slsqp"}, "slsqp"),
+    ],
+)
+def test_bench_issue31_selection_sets(others, own_set, weights_first):
+    from benchmarks.real import _weights_before_means, _within_one_se, _within_own_se
+
+    results = {"slsqp": _S(0.400, _BEST, 2), **others}
+    assert np.std(list(_BEST.values()), ddof=1) / np.sqrt(5) == pytest.approx(0.00707, abs=1e-5)
+    assert set(_within_own_se(results)) == own_set
+    assert _weights_before_means(results, _within_one_se(results, None)) == weights_first
+    # a weight search in the set is taken even over a mean with a better nested score; a mean alone is kept
+    assert _weights_before_means({"mean": _S(0.39, _BEST, 0), **results}, ["mean", "slsqp"]) == "slsqp"
+    assert _weights_before_means({"mean": _S(0.39, _BEST, 0)}, ["mean"]) == "mean"
+
+
 def test_bench_selection_variants_score_what_they_submit():
     from benchmarks.blend import synthetic_oof
     from benchmarks.real import Library, _fold_scores, selection_variants
