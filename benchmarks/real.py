@@ -588,6 +588,8 @@ def main(argv: list[str] | None = None) -> dict:
         help="k-fold splits per library (repeated k-fold): each OOF row and fold slice is their mean (default 1)",
     )
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: give 1 (one k-fold split) or more")
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(args.threads), warnings.catch_warnings():

@@ -1427,6 +1427,8 @@ def test_bench_repeated_kfold_library_is_the_mean_of_its_splits(tmp_path, monkey
     # read back from the cache, the same library
     again = real.build_library("digits", 3, tmp_path, repeats=2)
     np.testing.assert_array_equal(again.oof, two.oof)
+    with pytest.raises(SystemExit):
+        real.main(["--repeats", "0", "--cache", str(tmp_path)])
 
 
 # --------------------------------------------------------------------------- #
