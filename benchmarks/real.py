@@ -205,6 +205,7 @@ def build_library(name: str, seed: int, cache_dir: Path, repeats: int = 1) -> Li
     ``repeats=1``; each further split is cached on its own (``<name>_s<seed>_repeat<r>.npz``).
     """
     path = cache_dir / f"{name}_s{seed}.npz"
+    data_split = None  # the dataset's train/test split, loaded once if any split is trained now
     if path.is_file():
         data = np.load(path, allow_pickle=False)
         lib = Library(
@@ -217,14 +218,15 @@ def build_library(name: str, seed: int, cache_dir: Path, repeats: int = 1) -> Li
             data["y_test"],
         )
     else:
-        x_train, x_test, y, y_test = _split_data(name, seed)
+        data_split = _split_data(name, seed)
+        x_train, x_test, y, y_test = data_split
         n_classes = int(max(y.max(), y_test.max())) + 1
         models, folds, oof, fold_tests = _cross_fit(x_train, y, x_test, n_classes, seed, split_seed=seed)
         _save_npz(path, models=np.array(models), oof=oof, y=y, folds=folds, fold_tests=fold_tests, y_test=y_test)
         lib = Library(f"{name}/s{seed}", models, oof, y, folds, fold_tests, y_test)
     if repeats == 1:
         return lib
-    oofs, tests, data_split = [lib.oof], [lib.fold_tests], None
+    oofs, tests = [lib.oof], [lib.fold_tests]
     for r in range(1, repeats):
         rpath = cache_dir / f"{name}_s{seed}_repeat{r}.npz"
         if not rpath.is_file():
@@ -345,9 +347,21 @@ def _row_losses(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))
 
 
+def _best_key(scored: dict[str, Scored]) -> str:
+    """The candidate with the best (lowest) nested log loss, compared rounded as :func:`select_method` compares."""
+    return min(scored, key=lambda k: round(scored[k].nested, 6))
+
+
+def _simplest(scored: dict[str, Scored], keys: list[str], order: dict[int, int] | None = None) -> str:
+    """The simplest of ``keys`` (lowest simplicity, or its place in ``order`` where given), among equals the better
+    nested score; ties to the earlier key."""
+    order = order or {}
+    return min(keys, key=lambda k: (order.get(scored[k].simplicity, scored[k].simplicity), round(scored[k].nested, 6)))
+
+
 def _within_one_se(scored: dict[str, Scored], rows: dict[str, np.ndarray] | None, mult: float = 1.0) -> list[str]:
     """Candidates within ``mult`` standard errors of the best nested log loss (paired: per fold, or per row)."""
-    best = min(scored, key=lambda k: round(scored[k].nested, 6))
+    best = _best_key(scored)
     out = []
     for key, cand in scored.items():
         shortfall = cand.nested - scored[best].nested
@@ -366,7 +380,7 @@ def _within_one_se(scored: dict[str, Scored], rows: dict[str, np.ndarray] | None
 def _within_own_se(scored: dict[str, Scored]) -> list[str]:
     """Candidates within one standard error of the best nested log loss, the SE of the best's own per-fold scores
     (issue 31: the uncertainty of the best candidate, not of the paired differences)."""
-    best = min(scored, key=lambda k: round(scored[k].nested, 6))
+    best = _best_key(scored)
     own = np.array(list(scored[best].fold_scores.values()))
     own_se = np.std(own, ddof=1) / np.sqrt(len(own))
     return [k for k, cand in scored.items() if cand.nested - scored[best].nested <= own_se]
@@ -375,10 +389,7 @@ def _within_own_se(scored: dict[str, Scored]) -> list[str]:
 def _weights_before_means(scored: dict[str, Scored], within: list[str]) -> str:
     """The simplest of ``within`` with the weight searches and single models (simplicity 2) ranked before the fixed
     means (0), stackers last; among equals the better nested score (issue 31: a mean chosen over a weight search)."""
-    order = {2: 0, 0: 1}
-    return min(
-        within, key=lambda k: (order.get(scored[k].simplicity, scored[k].simplicity), round(scored[k].nested, 6))
-    )
+    return _simplest(scored, within, order={2: 0, 0: 1})
 
 
 def selection_variants(
@@ -411,13 +422,8 @@ def selection_variants(
             "nested": metric(lib.y, np.mean([nested_preds[k] for k in keys], axis=0)),
         }
 
-    def simplest(keys: list[str]) -> str:
-        low = min(scored[k].simplicity for k in keys)
-        return min((k for k in keys if scored[k].simplicity == low), key=lambda k: round(scored[k].nested, 6))
-
     one_se = select_method(scored, metric, rule="one_se")
     within = _within_one_se(scored, None)
-    top = min(scored, key=lambda k: round(scored[k].nested, 6))
     blends_within = [k for k in within if not k.startswith("single-")]
     paired = np.array(
         [scored[one_se].fold_scores[f] - scored[best_single].fold_scores[f] for f in scored[one_se].fold_scores]
@@ -440,6 +446,7 @@ def selection_variants(
     }
     # issue 31: each candidate's nested score moved by its estimated gain from averaging its k fold models
     # (pipeline.blend.averaging), labels drawn from the best nested candidate's test predictions, temperature-scaled
+    top = _best_key(scored)
     reference = reference_distribution(test_preds[top], nested_preds[top], lib.y, "multiclass")
     expected = {  # a log loss: the gain lowers it
         key: shift_scored(cand, -averaging_gain(fold_test_preds[key], metric, reference, "multiclass"))
@@ -450,15 +457,15 @@ def selection_variants(
         "expected, best": one(select_method(expected, metric, rule="best")),
         "best": one(select_method(scored, metric, rule="best")),
         "one_se (main)": one(one_se),
-        "one_se, per-row SE": one(simplest(_within_one_se(scored, rows))),
-        "one_se, singles last": one(simplest(blends_within or within)),
+        "one_se, per-row SE": one(_simplest(scored, _within_one_se(scored, rows))),
+        "one_se, singles last": one(_simplest(scored, blends_within or within)),
         "shrink to best single, always": shrink(None),
         "shrink to best single, unless > 1 SE": shrink(1.0),
         "shrink to best single, unless t95": shrink(float(student_t.ppf(0.95, len(paired) - 1))),
         "mix with best single, fitted": mix,
         "mean of the 1-SE set": mean_of(within),
         "mean of the 1-SE set, per-row SE": mean_of(_within_one_se(scored, rows)),
-        "one_se, the best's own SE": one(simplest(_within_own_se(scored))),
+        "one_se, the best's own SE": one(_simplest(scored, _within_own_se(scored))),
         "one_se, weights before means": one(_weights_before_means(scored, within)),
     }
 
