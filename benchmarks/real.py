@@ -307,7 +307,8 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
             "seconds": time.perf_counter() - start,
         }
         before[name] = Scored(nested_before, None, BLEND_METHODS[name].simplicity)
-        after[name] = Scored(res.nested, res.fold_scores, BLEND_METHODS[name].simplicity)
+        after[name] = Scored(res.nested, res.fold_scores, BLEND_METHODS[name].simplicity, BLEND_METHODS[name].kind,
+                             bool(fitted.exact_))
         tests_before[name] = fold_mean_before
         tests_after[name] = per_fold
     chosen_before = select_method(before, metric, rule="best")
@@ -457,6 +458,7 @@ def selection_variants(
         "expected, best": one(select_method(expected, metric, rule="best")),
         "best": one(select_method(scored, metric, rule="best")),
         "one_se (main)": one(one_se),
+        "one_se, no exact stand-in": one(select_method(scored, metric, stand_in=False)),
         "one_se, per-row SE": one(_simplest(scored, _within_one_se(scored, rows))),
         "one_se, singles last": one(_simplest(scored, blends_within or within)),
         "shrink to best single, always": shrink(None),

@@ -1642,6 +1642,67 @@ def test_one_se_ties_and_nan_candidates():
     assert select_method({"a": float("nan"), "b": float("nan")}, "accuracy", rule="best") == "a"
 
 
+# hill_climb has the best nested log loss; its own per-fold scores spread with SE 0.01 (std 0.02236 over 5 folds)
+_HILL_FOLDS = {0: 0.37, 1: 0.39, 2: 0.40, 3: 0.41, 4: 0.43}
+
+
+def _weights(nested, exact=False, folds=None):
+    # a weight search whose per-fold scores move with hill_climb's: the paired SE against it is tiny
+    folds = folds or {f: v + (nested - 0.40) for f, v in _HILL_FOLDS.items()}
+    return B.Scored(nested, folds, 2, "weights", exact)
+
+
+@pytest.mark.parametrize("candidates, metric, rule, chosen", [
+    # the pick's exact sibling is 0.005 behind: within hill_climb's own SE (0.01), outside the paired one (0)
+    ({"hill_climb": _weights(0.400), "slsqp": _weights(0.405, exact=True)}, "log_loss", "one_se", "slsqp"),
+    # 0.015 behind: beyond the own SE, the pick stands
+    ({"hill_climb": _weights(0.400), "slsqp": _weights(0.415, exact=True)}, "log_loss", "one_se", "hill_climb"),
+    # an slsqp that is not exact (a surrogate loss, no convergence) stands for nothing
+    ({"hill_climb": _weights(0.400), "slsqp": _weights(0.405)}, "log_loss", "one_se", "hill_climb"),
+    # the literal best nested score knows no families
+    ({"hill_climb": _weights(0.400), "slsqp": _weights(0.405, exact=True)}, "log_loss", "best", "hill_climb"),
+    # a pick of another family (a stacker) keeps its place: an exact weight fit stands only for weight searches
+    ({"lgbm_stacker": B.Scored(0.400, _HILL_FOLDS, 3, "stacker"), "slsqp": _weights(0.405, exact=True)},
+     "log_loss", "one_se", "lgbm_stacker"),
+    # a pick without per-fold scores has no own SE: an exact sibling takes over only on an equal score
+    ({"optuna": B.Scored(0.400, None, 2, "weights"), "slsqp": _weights(0.4001, exact=True)}, "log_loss", "one_se",
+     "optuna"),
+    ({"optuna": B.Scored(0.400, None, 2, "weights"), "slsqp": _weights(0.400, exact=True)}, "log_loss", "one_se",
+     "slsqp"),
+    # higher is better: 0.005 below the pick is within its SE
+    ({"caruana": _weights(0.900), "slsqp": _weights(0.895, exact=True)}, "accuracy", "one_se", "slsqp"),
+    ({"caruana": _weights(0.900), "slsqp": _weights(0.885, exact=True)}, "accuracy", "one_se", "caruana"),
+    # an exact sibling with a NaN score is skipped
+    ({"hill_climb": _weights(0.400), "slsqp": _weights(float("nan"), exact=True)}, "log_loss", "one_se",
+     "hill_climb"),
+])
+def test_an_exact_fit_stands_for_its_family_within_the_picks_own_se(candidates, metric, rule, chosen):
+    assert select_method(candidates, metric, rule=rule) == chosen
+
+
+def test_own_standard_error_is_the_spread_of_a_candidates_fold_scores():
+    assert B.own_standard_error(B.Scored(0.4, _HILL_FOLDS)) == pytest.approx(np.std(list(_HILL_FOLDS.values()),
+                                                                                    ddof=1) / np.sqrt(5))
+    assert np.isnan(B.own_standard_error(B.Scored(0.4, {0: 0.4})))
+    assert np.isnan(B.own_standard_error(B.Scored(0.4, None)))
+    # a shifted candidate keeps its family and exactness
+    moved = B.shift_scored(_weights(0.4, exact=True), 0.01)
+    assert (moved.family, moved.exact, moved.nested) == ("weights", True, pytest.approx(0.41))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_only_slsqp_on_its_own_loss_is_an_exact_fit(name):
+    # exact_: the optimum of the metric over the parameters its kind fits; slsqp's smooth loss is the metric only
+    # for log loss (probabilities) and squared error (values), and a surrogate for accuracy
+    for task, metric in (("multiclass", "log_loss"), ("multiclass", "accuracy"), ("regression", "rmse")):
+        if not applicable(name, task):
+            continue
+        preds, y = make_data(task, [1.0, 2.0, 0.5], n_rows=120, seed=5)
+        fitted = make_blend(name, **fast(name)).fit(preds, y, metric, task=task)
+        assert fitted.exact_ is (name == "slsqp" and metric != "accuracy"), (task, metric)
+    assert make_blend(name).exact_ is False  # unfitted
+
+
 def test_select_method_errors_are_quoted_whole():
     with pytest.raises(ValueError, match=r"^select_method needs at least one result$"):
         select_method({}, "log_loss")

@@ -261,6 +261,38 @@ def test_a_tie_is_listed_and_marked_as_it_is_chosen(greater):
     assert tie_note(candidates[:1], chosen) == ""
 
 
+@pytest.mark.parametrize("greater", [True, False])
+def test_an_exact_fit_chosen_for_its_family_is_explained(greater):
+    from pipeline.ensemble import Candidate, choose_candidate, stand_in_note
+    from pipeline.task.metrics import get_metric
+
+    metric = get_metric("accuracy" if greater else "log_loss")
+    step = 0.005 if greater else -0.005  # hill_climb leads slsqp by one step in the metric's direction
+    folds = {0: 0.37, 1: 0.39, 2: 0.40, 3: 0.41, 4: 0.43}  # hill_climb's own SE: 0.01
+
+    def weights(name, nested, exact):
+        return Candidate(name=name, kind="weights", cv=nested, nested=nested, test=np.zeros((1, 2)),
+                         fold_scores={f: v + nested for f, v in folds.items()}, family="weights", exact=exact)
+
+    candidates = [weights("hill_climb", 0.5 + step, False), weights("slsqp", 0.5, True)]
+    chosen = choose_candidate(candidates, metric)
+    assert chosen.name == "slsqp"
+    note = stand_in_note(candidates, chosen, metric)
+    assert note == (f"; slsqp stands for hill_climb, the rule's pick (nested CV {0.5 + step:.4f} against 0.5000, "
+                    "within hill_climb's own standard error 0.0100): both fit the same weights, slsqp exactly, so "
+                    "that lead is search noise")
+    # the expected score moves every candidate alike here: the same pick, named in the score it compared
+    for cand in candidates:
+        cand.expected = cand.nested + (0.01 if greater else -0.01)
+    assert choose_candidate(candidates, metric, score="expected") is chosen
+    assert f"(expected test score {0.51 + step if greater else 0.49 + step:.4f} against" in stand_in_note(
+        candidates, chosen, metric, score="expected")
+    # the literal best rule, or no better sibling: nothing to explain
+    assert choose_candidate(candidates, metric, rule="best").name == "hill_climb"
+    assert stand_in_note(candidates, candidates[0], metric, rule="best") == ""
+    assert stand_in_note(candidates[1:], chosen, metric) == ""
+
+
 def test_ensemble_runs_blends_only_the_runs_named(with_folds, tmp_path, capsys):
     config = load_config(with_folds)
     for name, strength, seed in (("a", 2.0, 1), ("b", 2.0, 2), ("c", 1.0, 3)):

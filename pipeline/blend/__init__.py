@@ -49,7 +49,7 @@ Where things live
 ``stackers``        ``logreg_stacker``, ``lgbm_stacker``
 ``nested``          :func:`nested_score` and :class:`NestedResult`
 ``selection``       :func:`select_method` (the one-standard-error rule), :func:`standard_errors`,
-                    :func:`prune_correlated`
+                    :func:`own_standard_error`, :func:`prune_correlated`
 ``apply``           the fitted blend on the test set: per fold model then averaged
                     (:func:`predict_per_fold`) or on the fold means
 ``averaging``       what averaging the k fold models gains on the test set, which OOF rows cannot show
@@ -80,8 +80,8 @@ from .apply import APPLY_MODES, blend_each_fold, fold_means, predict_fold_mean, 
 from .averaging import DRAWABLE_TASKS, ambiguity, averaging_gain, reference_distribution
 from .nested import NestedResult, nested_score
 from .objective import LinearLoss, single_model_scores
-from .selection import (SELECTION_RULES, Scored, prune_correlated, rank_candidates, select_method, shift_scored,
-                        standard_errors)
+from .selection import (SELECTION_RULES, Scored, own_standard_error, prune_correlated, rank_candidates, select_method,
+                        shift_scored, standard_errors)
 
 __all__ = [
     "APPLY_MODES",
@@ -98,6 +98,7 @@ __all__ = [
     "predict_per_fold",
     "predict_test",
     "standard_errors",
+    "own_standard_error",
     "TASK_OUTPUT",
     "BlendMethod",
     "NestedResult",

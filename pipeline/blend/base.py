@@ -185,6 +185,13 @@ class BlendMethod:
         Blend weights (uniform for the ``mean`` kind); None for stackers.
     temperature_ : float
         1.0 unless ``calibrate`` kept a temperature.
+    exact_ : bool
+        True when the fit is the exact optimum of the metric over the
+        parameters its ``kind`` fits (``slsqp`` on log loss or squared
+        error, where its smooth loss is the metric); False for searches
+        that approximate it (random, greedy) or optimise a surrogate.
+        The one-SE rule lets an exact fit stand for the other members of
+        its kind (:func:`pipeline.blend.select_method`).
     task_ : str
         The task the method was fitted for (resolved: never None), so that
         ``predict`` validates and outputs the same way.
@@ -233,6 +240,7 @@ class BlendMethod:
         self._check_params()
         self.weights_: np.ndarray | None = None
         self.temperature_: float = 1.0
+        self.exact_: bool = False
         self.n_models_: int | None = None
         self.n_cols_: int | None = None
         self.n_extra_: int | None = None

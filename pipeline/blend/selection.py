@@ -4,6 +4,7 @@ models.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -40,11 +41,22 @@ class Scored:
     simplicity : int
         Lower is simpler (see :attr:`pipeline.blend.BlendMethod.simplicity`):
         0 fixed means, 2 weight searches and single models, 3 stackers.
+    family : str or None
+        Candidates that fit the same parameters share a family (a blend
+        method's :attr:`~pipeline.blend.BlendMethod.kind`: ``"weights"``
+        for the weight searches); None for a single model.
+    exact : bool
+        Its fit is the exact optimum of the metric over its family's
+        parameters (:attr:`pipeline.blend.BlendMethod.exact_`): it can
+        stand for a family member that the one-SE rule picks (see
+        :func:`select_method`).
     """
 
     nested: float
     fold_scores: Mapping | None = None
     simplicity: int = 0
+    family: str | None = None
+    exact: bool = False
 
 
 def shift_scored(scored: Scored, move: float) -> Scored:
@@ -54,7 +66,7 @@ def shift_scored(scored: Scored, move: float) -> Scored:
     models (:mod:`pipeline.blend.averaging`), enters the selection rule.
     """
     folds = {f: v + move for f, v in scored.fold_scores.items()} if scored.fold_scores else scored.fold_scores
-    return Scored(scored.nested + move, folds, scored.simplicity)
+    return dataclasses.replace(scored, nested=scored.nested + move, fold_scores=folds)
 
 
 def _as_scored(value: Any) -> Scored:
@@ -62,7 +74,10 @@ def _as_scored(value: Any) -> Scored:
         return value
     if isinstance(value, NestedResult):
         cls = BLEND_METHODS.get(value.method)
-        return Scored(float(value.nested), value.fold_scores or None, cls.simplicity if cls is not None else 2)
+        if cls is None:  # a name the registry does not know: a single model
+            return Scored(float(value.nested), value.fold_scores or None, 2)
+        exact = bool(getattr(value.fitted, "exact_", False))
+        return Scored(float(value.nested), value.fold_scores or None, cls.simplicity, cls.kind, exact)
     return Scored(float(value))
 
 
@@ -123,7 +138,20 @@ def _difference_se(cand: Scored, best: Scored) -> float:
     return float(np.std(values, ddof=1) / math.sqrt(len(values)))
 
 
-def select_method(results: Mapping[Hashable, Any], metric: Metric | str, rule: str = "one_se") -> Hashable:
+def own_standard_error(scored: Scored) -> float:
+    """A candidate's own standard error: ``std_f(score_f) / sqrt(K)`` (``ddof=1``) over its K per-fold scores.
+
+    The scale of what its nested score can resolve; NaN with fewer than 2 per-fold scores.
+    """
+    if not scored.fold_scores or len(scored.fold_scores) < 2:
+        return float("nan")
+    values = np.array(list(scored.fold_scores.values()), dtype=np.float64)
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def select_method(
+    results: Mapping[Hashable, Any], metric: Metric | str, rule: str = "one_se", *, stand_in: bool = True
+) -> Hashable:
     """Pick a candidate from its nested scores: the one selection rule.
 
     ``make ensemble`` (single models and blends together) and both ensemble
@@ -155,7 +183,19 @@ def select_method(results: Mapping[Hashable, Any], metric: Metric | str, rule: s
         searches and single models, then stackers), and among equally
         simple ones the best nested score (ties as in ``best``).  A
         candidate without per-fold scores is within only when its rounded
-        score equals the best's.
+        score equals the best's.  Then, where the pick has a family member
+        whose fit is exact (:attr:`Scored.exact`: ``slsqp`` for log loss or
+        squared error, among the weight searches) and whose nested score is
+        within the pick's *own* standard error
+        (:func:`own_standard_error`), that member is chosen instead.
+        Family members fit the same parameters to nearly the same
+        predictions, so their paired per-fold differences are tiny and
+        any lead looks significant to the paired SE; what separates them
+        is search noise, and the exact optimum is the stable one
+        (measured in docs/benchmarks.md, issue 31).
+    stand_in : bool, default True
+        False: ``one_se`` without that last step (what it picked before
+        the exact fit stood in, for explaining the choice).
 
     Returns
     -------
@@ -188,7 +228,22 @@ def select_method(results: Mapping[Hashable, Any], metric: Metric | str, rule: s
         if shortfall <= 0 or (not math.isnan(se) and shortfall <= se):
             within.append(i)
     simplest = min(scores[i].simplicity for i in within)
-    return keys[_best_index_among(scores, sign, [i for i in within if scores[i].simplicity == simplest])]
+    pick = _best_index_among(scores, sign, [i for i in within if scores[i].simplicity == simplest])
+    return keys[_exact_stand_in(scores, sign, pick) if stand_in else pick]
+
+
+def _exact_stand_in(scores: list[Scored], sign: float, pick: int) -> int:
+    # the first exact member of the pick's family, where its nested score is within the pick's own SE
+    family = scores[pick].family
+    if family is None or scores[pick].exact:
+        return pick
+    own_se = own_standard_error(scores[pick])
+    for i, cand in enumerate(scores):
+        if cand.family == family and cand.exact and not math.isnan(cand.nested):
+            shortfall = round(sign * scores[pick].nested, _DECIMALS) - round(sign * cand.nested, _DECIMALS)
+            if shortfall <= 0 or (not math.isnan(own_se) and shortfall <= own_se):
+                return i
+    return pick
 
 
 def _best_index_among(scores: list[Scored], sign: float, indices: list[int]) -> int:

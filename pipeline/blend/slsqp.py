@@ -32,6 +32,10 @@ class SLSQPWeights(BlendMethod):
     surrogate_ : {"log_loss", "squared_error"} or None
         The loss minimised in place of the metric; None when it is the
         metric (or has the metric's minimiser).
+    exact_ : bool
+        No surrogate and SLSQP converged: the weights are the optimum of
+        the metric on the simplex (the loss is convex in the weights), which
+        the other weight searches approximate.
     result_ : scipy.optimize.OptimizeResult
     """
 
@@ -65,3 +69,4 @@ class SLSQPWeights(BlendMethod):
         w = np.clip(res.x, 0.0, None)
         self.weights_ = w / w.sum() if w.sum() > 0 else np.full(n, 1.0 / n)
         self.result_ = res
+        self.exact_ = self.surrogate_ is None and bool(res.success)

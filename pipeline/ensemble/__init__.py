@@ -10,12 +10,14 @@ from pipeline.ensemble.candidates import (Candidate, blend_candidates, method_pa
                                           per_fold_scores, select_runs, single_candidate, stacked_fold_tests,
                                           stacker_features)
 from pipeline.ensemble.leaderboard import (PLOT_NAME, choose_candidate, describe_decision, describe_rule,
-                                           ensemble_figure, leaderboard_rows, save_figure, tie_note)
+                                           ensemble_figure, leaderboard_rows, save_figure, stand_in_note,
+                                           tie_note)
 from pipeline.ensemble.stage import DEFAULT_METHODS, run_ensemble, save_optuna_trials
 from pipeline.ensemble.submissions import SubmissionError, SubmissionWriter, check_submission, submission_frame
 
 __all__ = ["SubmissionError", "submission_frame", "check_submission", "SubmissionWriter", "Candidate",
            "method_params", "optuna_study_path", "stacker_features", "blend_candidates", "single_candidate",
            "per_fold_scores", "stacked_fold_tests", "select_runs", "choose_candidate", "describe_rule", "tie_note",
+           "stand_in_note",
            "leaderboard_rows", "describe_decision", "PLOT_NAME", "save_figure", "ensemble_figure",
            "DEFAULT_METHODS", "run_ensemble", "save_optuna_trials"]

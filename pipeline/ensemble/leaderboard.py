@@ -19,18 +19,22 @@ def choose_candidate(
 ) -> Candidate:
     # the one selection rule (blend.select_method): with one_se, the simplest candidate within one standard error
     # of the best score; ties to the earlier candidate (singles, then the methods in the configured order).
+    scored = _scored(candidates, score)
+    for i, se in blend.standard_errors(scored, metric).items():
+        candidates[i].se = None if np.isnan(se) else se
+    return candidates[blend.select_method(scored, metric, rule=rule)]
+
+
+def _scored(candidates: list[Candidate], score: str) -> dict[int, blend.Scored]:
     # Keyed by position, as names may repeat. score="expected": each candidate's nested score (and every fold's)
     # moved by its estimated fold-averaging gain (estimate_averaging); one without an estimate keeps its nested score
     def shifted(c: Candidate) -> blend.Scored:
-        nested = blend.Scored(c.nested, c.fold_scores, c.simplicity)
+        nested = blend.Scored(c.nested, c.fold_scores, c.simplicity, c.family, c.exact)
         if score != "expected" or c.expected is None:
             return nested
         return blend.shift_scored(nested, c.expected - c.nested)
 
-    scored = {i: shifted(c) for i, c in enumerate(candidates)}
-    for i, se in blend.standard_errors(scored, metric).items():
-        candidates[i].se = None if np.isnan(se) else se
-    return candidates[blend.select_method(scored, metric, rule=rule)]
+    return {i: shifted(c) for i, c in enumerate(candidates)}
 
 
 def describe_rule(rule: str, score: str = "nested") -> str:
@@ -38,7 +42,8 @@ def describe_rule(rule: str, score: str = "nested") -> str:
     what = "nested CV" if score == "nested" else "expected test score"
     if rule == "one_se":
         text = (f"the simplest within one standard error of the best {what}: means, then weights and single models, "
-                f"then stackers; among equally simple ones the better {what}, a tie to the earlier listed")
+                f"then stackers; among equally simple ones the better {what}, a tie to the earlier listed; an exact "
+                f"fit of the same weights stands for a weight search within that search's own standard error")
     else:
         text = (f"the best {what}, a tie to the earlier listed (single models first, then the methods in the "
                 "configured order)")
@@ -57,6 +62,27 @@ def tie_note(candidates: list[Candidate], chosen: Candidate) -> str:
     if not tied:
         return ""
     return f" (tied at nested CV {chosen.nested:.6f} with {', '.join(tied)}; the rule above broke the tie)"
+
+
+def stand_in_note(
+    candidates: list[Candidate], chosen: Candidate, metric: Metric, rule: str = "one_se", score: str = "nested"
+) -> str:
+    """Why the one-SE rule's pick gave way to an exact fit of its family (the rule's last step,
+    :func:`pipeline.blend.select_method`), or '' when it did not."""
+    if rule != "one_se":
+        return ""
+    scored = _scored(candidates, score)
+    pick = blend.select_method(scored, metric, rule=rule, stand_in=False)
+    if candidates[pick] is chosen:
+        return ""
+    mine = next(i for i, c in enumerate(candidates) if c is chosen)
+    what = "nested CV" if score == "nested" else "expected test score"
+    return (
+        f"; {chosen.name} stands for {candidates[pick].name}, the rule's pick ({what} {scored[pick].nested:.4f} "
+        f"against {scored[mine].nested:.4f}, within {candidates[pick].name}'s own standard error "
+        f"{blend.own_standard_error(scored[pick]):.4f}): both fit the same weights, {chosen.name} exactly, so that "
+        f"lead is search noise"
+    )
 
 
 def leaderboard_rows(

@@ -31,7 +31,7 @@ from pipeline.ensemble.candidates import (Candidate, blend_candidates, estimate_
                                           stacker_features)
 from pipeline.ensemble.fitted import store_candidates
 from pipeline.ensemble.leaderboard import (PLOT_NAME, choose_candidate, describe_rule, ensemble_figure,
-                                           leaderboard_rows, save_figure, tie_note)
+                                           leaderboard_rows, save_figure, stand_in_note, tie_note)
 from pipeline.ensemble.public_lb import LB_PLOT, frame_sha256, public_lb_figure, read_public_scores
 from pipeline.ensemble.submissions import SubmissionWriter, submission_frame
 from pipeline.folds import read_folds
@@ -216,6 +216,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
         f"chosen by {describe_rule(config.ensemble.selection, selection_score)}: "
         f"{chosen.name} -> {paths['submission']}"
         f"{tie_note(candidates, chosen)}"
+        f"{stand_in_note(candidates, chosen, metric, config.ensemble.selection, selection_score)}"
     )
     log.info(f"all submissions: {config.submissions_dir}/")
     track(config.tracking.settings(config.out, config.competition.name), "ensemble",
