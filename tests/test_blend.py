@@ -1672,17 +1672,25 @@ def _weights(nested, exact=False, folds=None):
     # higher is better: 0.005 below the pick is within its SE
     ({"caruana": _weights(0.900), "slsqp": _weights(0.895, exact=True)}, "accuracy", "one_se", "slsqp"),
     ({"caruana": _weights(0.900), "slsqp": _weights(0.885, exact=True)}, "accuracy", "one_se", "caruana"),
+    # without the last step (stand_in=False, what make ensemble explains the choice with): the pick itself
+    ({"hill_climb": _weights(0.400), "slsqp": _weights(0.405, exact=True)}, "log_loss", "one_se, no stand-in",
+     "hill_climb"),
+    # an exact pick stays, though another exact member of its family comes first
+    ({"slsqp_a": _weights(0.401, exact=True), "slsqp_b": _weights(0.400, exact=True)}, "log_loss", "one_se",
+     "slsqp_b"),
     # an exact sibling with a NaN score is skipped
     ({"hill_climb": _weights(0.400), "slsqp": _weights(float("nan"), exact=True)}, "log_loss", "one_se",
      "hill_climb"),
 ])
 def test_an_exact_fit_stands_for_its_family_within_the_picks_own_se(candidates, metric, rule, chosen):
-    assert select_method(candidates, metric, rule=rule) == chosen
+    stand_in = rule != "one_se, no stand-in"
+    assert select_method(candidates, metric, rule=rule.split(",")[0], stand_in=stand_in) == chosen
 
 
 def test_own_standard_error_is_the_spread_of_a_candidates_fold_scores():
     assert B.own_standard_error(B.Scored(0.4, _HILL_FOLDS)) == pytest.approx(np.std(list(_HILL_FOLDS.values()),
                                                                                     ddof=1) / np.sqrt(5))
+    assert B.own_standard_error(B.Scored(0.4, {0: 0.3, 1: 0.5})) == pytest.approx(0.1)  # two folds are enough
     assert np.isnan(B.own_standard_error(B.Scored(0.4, {0: 0.4})))
     assert np.isnan(B.own_standard_error(B.Scored(0.4, None)))
     # a shifted candidate keeps its family and exactness
