@@ -307,7 +307,7 @@ def evaluate_library(lib: Library, methods: tuple[str, ...] = METHODS) -> dict:
             "seconds": time.perf_counter() - start,
         }
         before[name] = Scored(nested_before, None, BLEND_METHODS[name].simplicity)
-        after[name] = Scored(res.nested, res.fold_scores, BLEND_METHODS[name].simplicity, BLEND_METHODS[name].kind,
+        after[name] = Scored(res.nested, res.fold_scores, BLEND_METHODS[name].simplicity, fitted.family(),
                              bool(fitted.exact_))
         tests_before[name] = fold_mean_before
         tests_after[name] = per_fold

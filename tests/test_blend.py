@@ -1700,15 +1700,40 @@ def test_own_standard_error_is_the_spread_of_a_candidates_fold_scores():
 
 @pytest.mark.parametrize("name", METHODS)
 def test_only_slsqp_on_its_own_loss_is_an_exact_fit(name):
-    # exact_: the optimum of the metric over the parameters its kind fits; slsqp's smooth loss is the metric only
-    # for log loss (probabilities) and squared error (values), and a surrogate for accuracy
-    for task, metric in (("multiclass", "log_loss"), ("multiclass", "accuracy"), ("regression", "rmse")):
+    # exact_: the optimum of the metric over the parameters its family searches; slsqp's smooth loss is the metric
+    # only for log loss (probabilities, binary and multilabel included) and squared error (values), a surrogate else
+    cases = [("multiclass", "log_loss", True), ("binary", "log_loss", True), ("multilabel", "log_loss", True),
+             ("regression", "rmse", True), ("multiclass", "accuracy", False), ("binary", "roc_auc", False),
+             ("regression", "mae", False)]
+    for task, metric, exact in cases:
         if not applicable(name, task):
             continue
         preds, y = make_data(task, [1.0, 2.0, 0.5], n_rows=120, seed=5)
         fitted = make_blend(name, **fast(name)).fit(preds, y, metric, task=task)
-        assert fitted.exact_ is (name == "slsqp" and metric != "accuracy"), (task, metric)
+        assert fitted.exact_ is (name == "slsqp" and exact), (task, metric)
     assert make_blend(name).exact_ is False  # unfitted
+
+
+def test_an_unconverged_slsqp_is_not_exact_and_a_refit_forgets_it():
+    preds, y = make_data("multiclass", [1.0, 2.0, 0.5], n_rows=120, seed=5)
+    blend = make_blend("slsqp", max_iter=1).fit(preds, y, "log_loss", task="multiclass")
+    assert not blend.result_.success and blend.exact_ is False
+    converged = make_blend("slsqp").fit(preds, y, "log_loss", task="multiclass")
+    assert converged.exact_ is True
+    assert converged.fit(preds, y, "accuracy", task="multiclass").exact_ is False  # refitted on a surrogate
+
+
+@pytest.mark.parametrize("name, params, family", [
+    ("slsqp", {}, "weights"),
+    ("caruana", {"calibrate": True}, "weights + temperature"),
+    ("hill_climb", {}, "weights"),
+    # signed weights leave the simplex: slsqp's optimum there does not stand for them
+    ("hill_climb", {"allow_negative": True}, "signed weights"),
+    ("geometric_mean", {}, "mean"),
+    ("logreg_stacker", {}, "stacker"),
+])
+def test_a_blends_family_is_what_it_searches(name, params, family):
+    assert make_blend(name, **params).family() == family
 
 
 def test_select_method_errors_are_quoted_whole():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 
@@ -278,15 +279,21 @@ def test_an_exact_fit_chosen_for_its_family_is_explained(greater):
     chosen = choose_candidate(candidates, metric)
     assert chosen.name == "slsqp"
     note = stand_in_note(candidates, chosen, metric)
-    assert note == (f"; slsqp stands for hill_climb, the rule's pick (nested CV {0.5 + step:.4f} against 0.5000, "
-                    "within hill_climb's own standard error 0.0100): both fit the same weights, slsqp exactly, so "
-                    "that lead is search noise")
+    assert note == (f"; slsqp stands for hill_climb, the rule's pick: both search the same weights, slsqp exactly "
+                    f"(nested CV {0.5 + step:.6f} against 0.500000, a lead within hill_climb's own standard error "
+                    "0.010000)")
     # the expected score moves every candidate alike here: the same pick, named in the score it compared
     for cand in candidates:
         cand.expected = cand.nested + (0.01 if greater else -0.01)
     assert choose_candidate(candidates, metric, score="expected") is chosen
-    assert f"(expected test score {0.51 + step if greater else 0.49 + step:.4f} against" in stand_in_note(
+    assert f"(expected test score {0.51 + step if greater else 0.49 + step:.6f} against" in stand_in_note(
         candidates, chosen, metric, score="expected")
+    # a pick without per-fold scores gives way only on an equal score: no lead, no standard error to quote
+    tied = [dataclasses.replace(candidates[0], nested=0.5, fold_scores=None, expected=None), candidates[1]]
+    assert choose_candidate(tied, metric) is tied[1]
+    assert stand_in_note(tied, tied[1], metric) == (
+        "; slsqp stands for hill_climb, the rule's pick: both search the same weights, slsqp exactly "
+        "(nested CV 0.500000 against 0.500000)")
     # the literal best rule, or no better sibling: nothing to explain
     assert choose_candidate(candidates, metric, rule="best").name == "hill_climb"
     assert stand_in_note(candidates, candidates[0], metric, rule="best") == ""
@@ -389,4 +396,10 @@ def test_no_averaging_estimate_for_a_metric_of_probabilities(with_folds, tmp_pat
     out = capsys.readouterr().out
     assert "selection_score=expected: no fold-averaging estimate for log_loss here" in out
     assert "chosen by nested CV (" in out
+    # slsqp minimised log loss itself: an exact fit, so the rule's last step can act and the rule says so
+    assert "; an exact fit of the same weights (slsqp on its own loss) stands for a weight search" in out
     assert "expected" not in pd.read_csv(config.submissions_dir / "leaderboard.csv").columns
+    # for accuracy slsqp minimises a surrogate: no exact fit, nothing to say
+    assert main(["ensemble", "--config", str(with_folds), "ensemble.methods=[mean, slsqp]", "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen by nested CV (" in out and "an exact fit" not in out

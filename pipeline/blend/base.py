@@ -320,6 +320,7 @@ class BlendMethod:
         self.n_extra_ = None if extra is None else extra.shape[1]
         self.metric_ = metric
         self.temperature_ = 1.0
+        self.exact_ = False  # only a fit that completes says otherwise
         self._fit(preds, y, metric, extra if self.kind == "stacker" else None)
         if self.params["calibrate"] and metric.name == "log_loss" and task in ("multiclass", "binary"):
             raw = self._predict(preds, extra if self.kind == "stacker" else None)
@@ -327,6 +328,19 @@ class BlendMethod:
             if metric.loss(y, apply_temperature(raw, t)) < metric.loss(y, raw):
                 self.temperature_ = t
         return self
+
+    def family(self) -> str:
+        """What the method fits, as a name: blends of one family search the same parameters for the same loss, so
+        the one-SE rule lets an exact fit (:attr:`exact_`) stand for the others
+        (:func:`pipeline.blend.select_method`).
+
+        Returns
+        -------
+        str
+            Its ``kind`` (``"weights"``: one weight per model on the simplex), with ``" + temperature"`` when
+            ``calibrate`` is on.
+        """
+        return self.kind + (" + temperature" if self.params["calibrate"] else "")
 
     def predict(self, preds: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
         """Blend new stacked predictions (OOF or test) with the fitted method.

@@ -98,3 +98,7 @@ class HillClimb(BlendMethod):
             still = losses < previous
             active, previous = active[still], losses[still]
         return move, move_loss
+
+    def family(self) -> str:
+        # signed weights leave the simplex the other weight searches share: slsqp's optimum there is not this one's
+        return ("signed " if self.params["allow_negative"] else "") + super().family()

@@ -42,9 +42,10 @@ class Scored:
         Lower is simpler (see :attr:`pipeline.blend.BlendMethod.simplicity`):
         0 fixed means, 2 weight searches and single models, 3 stackers.
     family : str or None
-        Candidates that fit the same parameters share a family (a blend
-        method's :attr:`~pipeline.blend.BlendMethod.kind`: ``"weights"``
-        for the weight searches); None for a single model.
+        Candidates that search the same parameters for the same loss share
+        a family (a fitted blend's
+        :meth:`~pipeline.blend.BlendMethod.family`: ``"weights"`` for the
+        weight searches on the simplex); None for a single model.
     exact : bool
         Its fit is the exact optimum of the metric over its family's
         parameters (:attr:`pipeline.blend.BlendMethod.exact_`): it can
@@ -76,8 +77,10 @@ def _as_scored(value: Any) -> Scored:
         cls = BLEND_METHODS.get(value.method)
         if cls is None:  # a name the registry does not know: a single model
             return Scored(float(value.nested), value.fold_scores or None, 2)
-        exact = bool(getattr(value.fitted, "exact_", False))
-        return Scored(float(value.nested), value.fold_scores or None, cls.simplicity, cls.kind, exact)
+        fitted = value.fitted
+        family = fitted.family() if fitted is not None else cls.kind
+        exact = bool(getattr(fitted, "exact_", False))
+        return Scored(float(value.nested), value.fold_scores or None, cls.simplicity, family, exact)
     return Scored(float(value))
 
 
@@ -192,7 +195,9 @@ def select_method(
         predictions, so their paired per-fold differences are tiny and
         any lead looks significant to the paired SE; what separates them
         is search noise, and the exact optimum is the stable one
-        (measured in docs/benchmarks.md, issue 31).
+        (measured in docs/benchmarks.md, issue 31).  The exact member is
+        compared with the pick, not with the best: it may lie outside one
+        paired SE of the best candidate.
     stand_in : bool, default True
         False: ``one_se`` without that last step (what it picked before
         the exact fit stood in, for explaining the choice).

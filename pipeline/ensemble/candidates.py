@@ -45,7 +45,7 @@ class Candidate:
     decide: object = None  # the tuned decision's apply(pred), for scoring other predictions of the test set
     fold_scores: dict | None = None  # fold -> nested score of its held-out rows (the selection rule's SE)
     simplicity: int = 2  # blend.BlendMethod.simplicity; a single model ranks with the weights
-    family: str | None = None  # blend.Scored.family: a blend method's kind, None for a single model
+    family: str | None = None  # blend.Scored.family: what a blend fits (BlendMethod.family), None for a single model
     exact: bool = False  # blend.BlendMethod.exact_: the exact optimum of its family's parameters for the metric
     se: float | None = None  # standard error against the best candidate (blend.standard_errors)
     temperature: float = 1.0
@@ -185,7 +185,7 @@ def blend_candidates(
                 decide=None if result.decision is None else result.decision.apply,
                 fold_scores=dict(result.fold_scores),
                 simplicity=blend.BLEND_METHODS[method].simplicity,
-                family=blend.BLEND_METHODS[method].kind,
+                family=result.fitted.family(),
                 exact=bool(result.fitted.exact_),
                 temperature=result.fitted.temperature_,
                 test_other=other if other is None or result.decision is None else result.decision.apply(other),

@@ -37,13 +37,16 @@ def _scored(candidates: list[Candidate], score: str) -> dict[int, blend.Scored]:
     return {i: shifted(c) for i, c in enumerate(candidates)}
 
 
-def describe_rule(rule: str, score: str = "nested") -> str:
-    """What chose the submission, in words: ``nested CV (<the rule>)`` or ``expected test score (...)``."""
+def describe_rule(rule: str, score: str = "nested", stand_in: bool = False) -> str:
+    """What chose the submission, in words: ``nested CV (<the rule>)`` or ``expected test score (...)``; with
+    ``stand_in`` (some candidate is an exact fit, so the rule's last step can act) that step too."""
     what = "nested CV" if score == "nested" else "expected test score"
     if rule == "one_se":
         text = (f"the simplest within one standard error of the best {what}: means, then weights and single models, "
-                f"then stackers; among equally simple ones the better {what}, a tie to the earlier listed; an exact "
-                f"fit of the same weights stands for a weight search within that search's own standard error")
+                f"then stackers; among equally simple ones the better {what}, a tie to the earlier listed")
+        if stand_in:
+            text += ("; an exact fit of the same weights (slsqp on its own loss) stands for a weight search within "
+                     "that search's own standard error")
     else:
         text = (f"the best {what}, a tie to the earlier listed (single models first, then the methods in the "
                 "configured order)")
@@ -77,11 +80,13 @@ def stand_in_note(
         return ""
     mine = next(i for i, c in enumerate(candidates) if c is chosen)
     what = "nested CV" if score == "nested" else "expected test score"
+    sign = 1.0 if metric.greater_is_better else -1.0
+    lead = round(sign * (scored[pick].nested - scored[mine].nested), 6)
+    own = blend.own_standard_error(scored[pick])
+    weighed = f", a lead within {candidates[pick].name}'s own standard error {own:.6f}" if lead > 0 else ""
     return (
-        f"; {chosen.name} stands for {candidates[pick].name}, the rule's pick ({what} {scored[pick].nested:.4f} "
-        f"against {scored[mine].nested:.4f}, within {candidates[pick].name}'s own standard error "
-        f"{blend.own_standard_error(scored[pick]):.4f}): both fit the same weights, {chosen.name} exactly, so that "
-        f"lead is search noise"
+        f"; {chosen.name} stands for {candidates[pick].name}, the rule's pick: both search the same weights, "
+        f"{chosen.name} exactly ({what} {scored[pick].nested:.6f} against {scored[mine].nested:.6f}{weighed})"
     )
 
 

@@ -213,7 +213,7 @@ def run_ensemble(config: Config, force: bool = False, competition: Competition |
     )
     log.info(table)
     log.info(
-        f"chosen by {describe_rule(config.ensemble.selection, selection_score)}: "
+        f"chosen by {describe_rule(config.ensemble.selection, selection_score, any(c.exact for c in candidates))}: "
         f"{chosen.name} -> {paths['submission']}"
         f"{tie_note(candidates, chosen)}"
         f"{stand_in_note(candidates, chosen, metric, config.ensemble.selection, selection_score)}"
