@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.blend import (BLEND_METHODS, Scored, averaging_gain, blend_each_fold, nested_score, predict_fold_mean,
-                            reference_distribution, select_method, shift_scored)
+from pipeline.blend import (BLEND_METHODS, Scored, averaging_gain, blend_each_fold, nested_score, own_standard_error,
+                            predict_fold_mean, reference_distribution, select_method, shift_scored)
 from pipeline.core.io import write_json
 from pipeline.task.metrics import get_metric
 
@@ -382,8 +382,7 @@ def _within_own_se(scored: dict[str, Scored]) -> list[str]:
     """Candidates within one standard error of the best nested log loss, the SE of the best's own per-fold scores
     (issue 31: the uncertainty of the best candidate, not of the paired differences)."""
     best = _best_key(scored)
-    own = np.array(list(scored[best].fold_scores.values()))
-    own_se = np.std(own, ddof=1) / np.sqrt(len(own))
+    own_se = own_standard_error(scored[best])
     return [k for k, cand in scored.items() if cand.nested - scored[best].nested <= own_se]
 
 

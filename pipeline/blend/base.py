@@ -187,11 +187,11 @@ class BlendMethod:
         1.0 unless ``calibrate`` kept a temperature.
     exact_ : bool
         True when the fit is the exact optimum of the metric over the
-        parameters its ``kind`` fits (``slsqp`` on log loss or squared
-        error, where its smooth loss is the metric); False for searches
-        that approximate it (random, greedy) or optimise a surrogate.
-        The one-SE rule lets an exact fit stand for the other members of
-        its kind (:func:`pipeline.blend.select_method`).
+        parameters its :meth:`family` searches (``slsqp`` on log loss or
+        squared error, where its smooth loss is the metric); False for
+        searches that approximate it (random, greedy) or optimise a
+        surrogate.  The one-SE rule lets an exact fit stand for the other
+        members of its family (:func:`pipeline.blend.select_method`).
     task_ : str
         The task the method was fitted for (resolved: never None), so that
         ``predict`` validates and outputs the same way.

@@ -129,15 +129,14 @@ def standard_errors(results: Mapping[Hashable, Any], metric: Metric | str) -> di
 
 
 def _difference_se(cand: Scored, best: Scored) -> float:
+    if cand is best:
+        return own_standard_error(cand)
     if not cand.fold_scores or not best.fold_scores:
         return float("nan")
     common = [f for f in cand.fold_scores if f in best.fold_scores]
     if len(common) < 2:
         return float("nan")
-    if cand is best:
-        values = np.array([cand.fold_scores[f] for f in common], dtype=np.float64)
-    else:
-        values = np.array([cand.fold_scores[f] - best.fold_scores[f] for f in common], dtype=np.float64)
+    values = np.array([cand.fold_scores[f] - best.fold_scores[f] for f in common], dtype=np.float64)
     return float(np.std(values, ddof=1) / math.sqrt(len(values)))
 
 
